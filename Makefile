@@ -1,0 +1,27 @@
+# Two commands do all set-up on a fresh machine with Python 3.11 and pip:
+#   make demo   builds a virtualenv, installs the project, runs the CPU demo
+#   make test   builds the same virtualenv, runs the whole test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test docs clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test,docs]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m pcircuits.demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest tests
+
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs build --strict
+
+clean:
+	rm -rf $(VENV) site

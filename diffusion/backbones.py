@@ -1,0 +1,400 @@
+"""Denoising backbones: token ids in, per-position logits out.
+
+Every backbone is a :class:`Backbone` (a ``torch.nn.Module``) with a known
+``mask_token_id`` and ``vocab_size``; calling it on ``LongTensor[B, N]`` ids
+returns ``FloatTensor[B, N, V]`` logits where row ``i`` is the model's
+distribution over the clean token at position ``i``.
+
+Supported sources, all loaded from local directories only (no network):
+
+* any Hugging Face masked LM (``AutoModelForMaskedLM``: BERT, RoBERTa,
+  ModernBERT, ...) saved with ``save_pretrained``;
+* LLaDA checkpoints (remote code, mask id 126336);
+* Dream checkpoints (remote code, mask id 151666; Dream is adapted from an
+  autoregressive model, so the logits for position ``i`` are read from output
+  position ``i - 1``; :class:`DreamBackbone` applies that shift);
+* the project's own small bidirectional transformer, built from a
+  ``transformers`` config by :func:`build_backbone` and saved with its tokenizer
+  by :func:`save_backbone`.
+
+:func:`load_backbone` detects which one a directory holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .tokenizers import TOKENIZER_META_FILE, TextTokenizer, load_tokenizer
+
+__all__ = [
+    "Backbone",
+    "MaskedLMBackbone",
+    "LLaDABackbone",
+    "DreamBackbone",
+    "LLADA_MASK_TOKEN_ID",
+    "DREAM_MASK_TOKEN_ID",
+    "BACKBONE_META_FILE",
+    "build_backbone",
+    "save_backbone",
+    "load_backbone",
+    "check_token_ids",
+]
+
+LLADA_MASK_TOKEN_ID = 126336
+"""Mask token id of LLaDA checkpoints."""
+DREAM_MASK_TOKEN_ID = 151666
+"""Mask token id of Dream checkpoints."""
+BACKBONE_META_FILE = "codd_backbone.json"
+"""Metadata file that marks a directory as one of the project's own backbones."""
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> None:
+    """Validate a tensor of token ids.
+
+    Args:
+        input_ids: ``LongTensor[B, N]`` token ids.
+        vocab_size: the vocabulary size ``V``.
+        name: argument name used in the error message.
+
+    Raises:
+        ValueError: if the tensor is not an integer ``[B, N]`` tensor or holds
+            ids outside ``[0, V)``.
+    """
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
+        raise ValueError(f"{name}: expected an integer (long) tensor")
+    if input_ids.dim() != 2:
+        raise ValueError(f"{name}: expected shape [B, N], got {tuple(input_ids.shape)}")
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+        raise ValueError(
+            f"{name}: token ids must lie in [0, {vocab_size}), got range "
+            f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+        )
+
+
+class Backbone(nn.Module):
+    """Base class of denoising backbones.
+
+    Subclasses implement :meth:`logits`; :meth:`forward` validates the ids.
+
+    Attributes:
+        mask_token_id: id of the mask (absorbing) token.
+        vocab_size: size ``V`` of the logit dimension.
+        tokenizer: the tokenizer saved with the model (a :class:`TextTokenizer`
+            or a Hugging Face tokenizer), or None when the directory had none.
+    """
+
+    def __init__(self, mask_token_id: int, vocab_size: int, tokenizer: Any = None):
+        super().__init__()
+        if not 0 <= int(mask_token_id) < int(vocab_size):
+            raise ValueError(f"mask_token_id: {mask_token_id} outside the vocabulary [0, {vocab_size})")
+        self.mask_token_id = int(mask_token_id)
+        self.vocab_size = int(vocab_size)
+        self.tokenizer = tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters (CPU when there are none)."""
+        p = next(self.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Compute logits without validation.
+
+        Args:
+            input_ids: ``LongTensor[B, N]``.
+
+        Returns:
+            ``FloatTensor[B, N, V]``.
+        """
+        raise NotImplementedError
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Per-position logits of the clean tokens.
+
+        Args:
+            input_ids: ``LongTensor[B, N]`` partially masked token ids.
+
+        Returns:
+            ``FloatTensor[B, N, V]`` logits.
+
+        Raises:
+            ValueError: if ids fall outside ``[0, V)``.
+        """
+        check_token_ids(input_ids, self.vocab_size)
+        return self.logits(input_ids)
+
+
+class MaskedLMBackbone(Backbone):
+    """Wraps a Hugging Face masked LM (or any module returning ``.logits``).
+
+    Args:
+        model: a module called as ``model(input_ids=ids)`` returning an object
+            with a ``logits`` attribute (or a tensor) of shape ``[B, N, V']``.
+        mask_token_id: mask id.
+        vocab_size: ``V`` (defaults to ``model.config.vocab_size``); logits are
+            cut to the first ``V`` entries.
+        tokenizer: optional tokenizer to keep with the model.
+    """
+
+    def __init__(self, model: nn.Module, mask_token_id: int, vocab_size: int | None = None, tokenizer: Any = None):
+        if vocab_size is None:
+            vocab_size = int(model.config.vocab_size)
+        super().__init__(mask_token_id, vocab_size, tokenizer)
+        self.model = model
+
+    def _raw_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=input_ids)
+        logits = out if isinstance(out, torch.Tensor) else out.logits
+        return logits[..., : self.vocab_size]
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self._raw_logits(input_ids)
+
+
+class LLaDABackbone(MaskedLMBackbone):
+    """LLaDA checkpoint (bidirectional; logits aligned with positions).
+
+    Args:
+        model: the LLaDA module (remote code).
+        mask_token_id: defaults to :data:`LLADA_MASK_TOKEN_ID`.
+        vocab_size: defaults to ``model.config.vocab_size``.
+        tokenizer: optional tokenizer.
+    """
+
+    def __init__(self, model: nn.Module, mask_token_id: int = LLADA_MASK_TOKEN_ID, vocab_size: int | None = None, tokenizer: Any = None):
+        super().__init__(model, mask_token_id, vocab_size, tokenizer)
+
+
+class DreamBackbone(MaskedLMBackbone):
+    """Dream checkpoint: logits shifted one position to the right.
+
+    Dream keeps the next-token head of its autoregressive initialisation, so
+    the prediction for position ``i`` sits at output position ``i - 1``. This
+    wrapper returns ``logits[:, i] = raw[:, i - 1]`` for ``i >= 1`` and
+    ``logits[:, 0] = raw[:, 0]`` (position 0 is always a prompt token).
+
+    Args:
+        model: the Dream module (remote code).
+        mask_token_id: defaults to :data:`DREAM_MASK_TOKEN_ID`.
+        vocab_size: defaults to ``model.config.vocab_size``.
+        tokenizer: optional tokenizer.
+    """
+
+    def __init__(self, model: nn.Module, mask_token_id: int = DREAM_MASK_TOKEN_ID, vocab_size: int | None = None, tokenizer: Any = None):
+        super().__init__(model, mask_token_id, vocab_size, tokenizer)
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        raw = self._raw_logits(input_ids)
+        return torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
+
+
+def build_backbone(
+    tokenizer: TextTokenizer,
+    hidden_size: int = 256,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    intermediate_size: int = 512,
+    max_length: int = 512,
+    config: Any = None,
+) -> MaskedLMBackbone:
+    """Build the project's own small bidirectional transformer.
+
+    By default a ModernBERT-style encoder (pre-norm, rotary positions, GLU MLP,
+    global attention in every layer, no dropout) from a
+    ``transformers.ModernBertConfig``; pass ``config`` to use any other masked-LM
+    config (e.g. ``BertConfig``) instead.
+
+    Args:
+        tokenizer: the tokenizer (fixes ``vocab_size`` and the special ids).
+        hidden_size: model width ``d``.
+        num_layers: number of transformer layers.
+        num_heads: attention heads.
+        intermediate_size: MLP width.
+        max_length: maximal sequence length.
+        config: optional ready-made ``transformers`` config (its ``vocab_size``
+            must equal ``tokenizer.vocab_size``).
+
+    Returns:
+        A randomly initialised :class:`MaskedLMBackbone` with ``tokenizer`` attached.
+    """
+    from transformers import AutoModelForMaskedLM, ModernBertConfig
+
+    if config is None:
+        config = ModernBertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            intermediate_size=intermediate_size,
+            max_position_embeddings=max_length,
+            global_attn_every_n_layers=1,
+            pad_token_id=tokenizer.pad_id,
+            bos_token_id=tokenizer.bos_id,
+            eos_token_id=tokenizer.eos_id,
+            cls_token_id=tokenizer.bos_id,
+            sep_token_id=tokenizer.sep_id,
+            mask_token_id=tokenizer.mask_id,
+            embedding_dropout=0.0,
+            attention_dropout=0.0,
+            mlp_dropout=0.0,
+            tie_word_embeddings=True,
+        )
+    elif config.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"config: vocab_size {config.vocab_size} != tokenizer vocab_size {tokenizer.vocab_size}")
+    model = AutoModelForMaskedLM.from_config(config)
+    return MaskedLMBackbone(model, tokenizer.mask_id, tokenizer.vocab_size, tokenizer)
+
+
+def save_backbone(backbone: MaskedLMBackbone, directory: str | Path, extra: dict | None = None) -> Path:
+    """Save one of the project's backbones with its tokenizer.
+
+    Writes ``config.json`` + ``model.safetensors`` (``save_pretrained``), the
+    tokenizer files and ``codd_backbone.json``.
+
+    Args:
+        backbone: a :class:`MaskedLMBackbone` with a :class:`TextTokenizer`.
+        directory: target directory (created).
+        extra: additional metadata (e.g. training statistics) stored in
+            ``codd_backbone.json``.
+
+    Returns:
+        The directory path.
+    """
+    if not isinstance(backbone, MaskedLMBackbone) or not hasattr(backbone.model, "save_pretrained"):
+        raise ValueError("backbone: expected a MaskedLMBackbone around a transformers model")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    backbone.model.save_pretrained(directory)
+    if isinstance(backbone.tokenizer, TextTokenizer):
+        backbone.tokenizer.save(directory)
+    meta = {"format": "codd-backbone", "mask_token_id": backbone.mask_token_id, "vocab_size": backbone.vocab_size}
+    meta.update(extra or {})
+    (directory / BACKBONE_META_FILE).write_text(json.dumps(meta, indent=2))
+    return directory
+
+
+def _check_directory(path: Path) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"backbone directory does not exist: {path}")
+    if not path.is_dir():
+        raise FileNotFoundError(f"backbone path is not a directory: {path}")
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"incomplete backbone directory {path}: missing config.json")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise FileNotFoundError(f"incomplete backbone directory {path}: unreadable config.json") from e
+    has_weights = any((path / f).is_file() for f in _WEIGHT_FILES) or any(path.glob("*.safetensors"))
+    if not has_weights:
+        raise FileNotFoundError(
+            f"incomplete backbone directory {path}: no weights (expected one of {', '.join(_WEIGHT_FILES)})"
+        )
+    return config
+
+
+def _kind_of(config: dict) -> str:
+    model_type = str(config.get("model_type", "")).lower()
+    archs = " ".join(config.get("architectures", []) or []).lower()
+    if model_type == "llada" or "llada" in archs:
+        return "llada"
+    if model_type == "dream" or "dream" in archs:
+        return "dream"
+    return "mlm"
+
+
+def _load_hf_tokenizer(path: Path) -> Any:
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model")
+    if not any((path / n).is_file() for n in names):
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=True)
+    except Exception:  # noqa: BLE001 - a model without a usable tokenizer is still usable with ids
+        return None
+
+
+def load_backbone(
+    path: str | Path,
+    mask_token_id: int | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> Backbone:
+    """Load a backbone from a local directory, detecting its kind.
+
+    Detection: ``codd_backbone.json`` marks the project's own model;
+    ``model_type``/``architectures`` in ``config.json`` naming LLaDA or Dream
+    select :class:`LLaDABackbone` / :class:`DreamBackbone` (loaded with
+    ``trust_remote_code``, code taken from the directory); anything else is
+    loaded with ``AutoModelForMaskedLM``. Nothing is downloaded.
+
+    Args:
+        path: the model directory.
+        mask_token_id: overrides (or supplies, when neither the config nor the
+            tokenizer names one) the mask token id.
+        device: device to place the model on.
+        dtype: optional parameter dtype (e.g. ``torch.bfloat16``).
+
+    Returns:
+        The :class:`Backbone`, in eval mode.
+
+    Raises:
+        FileNotFoundError: if the directory is missing or incomplete (no
+            ``config.json``, no weights, missing remote-code files).
+        ValueError: if no mask token id can be determined.
+    """
+    path = Path(path)
+    config = _check_directory(path)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoModelForMaskedLM
+
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+
+    if (path / BACKBONE_META_FILE).is_file():
+        meta = json.loads((path / BACKBONE_META_FILE).read_text())
+        tokenizer = load_tokenizer(path) if (path / TOKENIZER_META_FILE).is_file() else None
+        model = AutoModelForMaskedLM.from_pretrained(str(path), **kwargs)
+        mid = mask_token_id if mask_token_id is not None else meta["mask_token_id"]
+        backbone: Backbone = MaskedLMBackbone(model, mid, meta.get("vocab_size"), tokenizer)
+    else:
+        kind = _kind_of(config)
+        tokenizer = _load_hf_tokenizer(path)
+        if kind in ("llada", "dream"):
+            auto_map = config.get("auto_map", {})
+            if not auto_map:
+                raise FileNotFoundError(f"incomplete {kind} directory {path}: config.json has no auto_map for remote code")
+            for ref in auto_map.values():
+                ref = ref[0] if isinstance(ref, (list, tuple)) else ref
+                if ref and "--" not in ref:
+                    module_file = path / (ref.rsplit(".", 1)[0] + ".py")
+                    if not module_file.is_file():
+                        raise FileNotFoundError(f"incomplete {kind} directory {path}: missing {module_file.name}")
+            model = AutoModel.from_pretrained(str(path), trust_remote_code=True, **kwargs)
+            cls = LLaDABackbone if kind == "llada" else DreamBackbone
+            default = LLADA_MASK_TOKEN_ID if kind == "llada" else DREAM_MASK_TOKEN_ID
+            backbone = cls(model, mask_token_id if mask_token_id is not None else default, None, tokenizer)
+        else:
+            model = AutoModelForMaskedLM.from_pretrained(str(path), **kwargs)
+            mid = mask_token_id
+            if mid is None and tokenizer is not None:
+                mid = getattr(tokenizer, "mask_token_id", None)
+            if mid is None:
+                mid = config.get("mask_token_id")
+            if mid is None:
+                raise ValueError(
+                    f"mask_token_id: {path} names no mask token (no tokenizer with a mask token, "
+                    "no mask_token_id in config.json); pass mask_token_id"
+                )
+            backbone = MaskedLMBackbone(model, mid, None, tokenizer)
+    return backbone.to(device).eval()

@@ -1,0 +1,323 @@
+"""Command line interface ``codd``.
+
+Subcommands:
+
+* ``codd train-backbone``: train a small masked diffusion backbone
+  (see :class:`~diffusion.training.TrainConfig`).
+* ``codd generate``: generate answers for prompts with a saved backbone.
+* ``codd evaluate``: held-out bound, log-likelihood by mask ratio and few-step
+  generation quality of a saved backbone on GSM8K-style data.
+
+Run ``codd <subcommand> --help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .training import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser(
+        "train-backbone",
+        help="train a small masked diffusion backbone",
+        description="Train a small bidirectional transformer with the MDLM/LLaDA objective "
+        "and save it (with its tokenizer) to --output.",
+    )
+    p.add_argument("--data", default=d.data, help="'gsm8k', a directory with train/test.jsonl, a .jsonl QA file or a text file")
+    p.add_argument("--output", default=d.output_dir, help="output directory (default: %(default)s)")
+    p.add_argument("--tokenizer", choices=["bpe", "char"], default=d.tokenizer)
+    p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="BPE vocabulary size")
+    p.add_argument("--hidden-size", type=int, default=d.hidden_size)
+    p.add_argument("--layers", type=int, default=d.num_layers)
+    p.add_argument("--heads", type=int, default=d.num_heads)
+    p.add_argument("--intermediate-size", type=int, default=d.intermediate_size)
+    p.add_argument("--max-length", type=int, default=d.max_length)
+    p.add_argument("--truncate-long", action="store_true", help="truncate long QA pairs instead of skipping them")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="held-out evaluation every N steps (0: per epoch)")
+    p.add_argument("--eval-examples", type=int, default=d.eval_examples)
+    p.add_argument("--train-limit", type=int, default=None)
+    p.add_argument("--threads", type=int, default=d.num_threads)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gen-length", type=int, default=128)
+    p.add_argument("--block-length", type=int, default=32)
+    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "margin", "entropy", "random"])
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate answers with a saved backbone",
+        description="Generate with block diffusion. Prompts come from --prompt (repeatable) or --prompts-file (one per line).",
+    )
+    p.add_argument("model", help="backbone directory (project model, HF masked LM, LLaDA or Dream)")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (question); repeatable")
+    p.add_argument("--prompts-file", help="text file with one prompt per line")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default gen_length / tokens-per-step)")
+    p.add_argument("--tokens-per-step", type=int, default=1)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--mode", choices=["block", "full"], default="block", help="block (LLaDA) or full-sequence (Dream-style)")
+    p.add_argument("--mask-token-id", type=int, default=None)
+    _add_sampling_args(p)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a saved backbone on held-out question-answer data",
+        description="Held-out ELBO / perplexity bound, log-likelihood by mask-ratio bins and few-step "
+        "generation (exact match, annotation validity, tokens/s) at several tokens per step.",
+    )
+    p.add_argument("model", help="directory of a backbone trained with 'codd train-backbone'")
+    p.add_argument("--data", default="gsm8k", help="'gsm8k', a directory with test.jsonl, or a .jsonl QA file")
+    p.add_argument("--examples", type=int, default=200, help="held-out examples for the likelihood measures")
+    p.add_argument("--questions", type=int, default=50, help="held-out questions for generation")
+    p.add_argument("--tokens-per-step", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--max-answer-tokens", type=int, default=None, help="only generate for questions whose reference answer fits (default gen_length)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--output", help="write the results as JSON here")
+    _add_sampling_args(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``codd`` argument parser.
+
+    Returns:
+        The parser with the ``train-backbone``, ``generate`` and ``evaluate`` subcommands.
+    """
+    parser = argparse.ArgumentParser(prog="codd", description="Masked diffusion language-model tooling.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_generate(sub)
+    _add_evaluate(sub)
+    return parser
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from .training import TrainConfig, train_backbone
+
+    cfg = TrainConfig(
+        data=a.data,
+        output_dir=a.output,
+        tokenizer=a.tokenizer,
+        vocab_size=a.vocab_size,
+        hidden_size=a.hidden_size,
+        num_layers=a.layers,
+        num_heads=a.heads,
+        intermediate_size=a.intermediate_size,
+        max_length=a.max_length,
+        skip_long=not a.truncate_long,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        weight_decay=a.weight_decay,
+        warmup_steps=a.warmup_steps,
+        epochs=a.epochs,
+        max_steps=a.max_steps,
+        max_minutes=a.max_minutes,
+        eval_every=a.eval_every,
+        eval_examples=a.eval_examples,
+        train_limit=a.train_limit,
+        num_threads=a.threads,
+        seed=a.seed,
+        progress=not a.no_progress,
+    )
+    res = train_backbone(cfg, log=lambda s: print(s, flush=True))
+    if res.heldout:
+        h = res.heldout[-1]
+        print(json.dumps({"output": str(res.output_dir), "steps": res.steps, "heldout_nll": h["nll"], "ppl_bound": h["ppl_bound"]}))
+    return 0
+
+
+def _load(model: str, mask_token_id: int | None = None):
+    from .backbones import load_backbone
+
+    return load_backbone(model, mask_token_id=mask_token_id)
+
+
+def _cmd_generate(a: argparse.Namespace) -> int:
+    import torch
+
+    from .data import encode_prompts
+    from .sampling import generate
+
+    torch.set_num_threads(a.threads)
+    prompts = list(a.prompt)
+    if a.prompts_file:
+        try:
+            prompts += [ln.strip() for ln in Path(a.prompts_file).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise FileNotFoundError(f"--prompts-file: cannot read {a.prompts_file}") from e
+    if not prompts:
+        raise ValueError("--prompt / --prompts-file: no prompts given")
+    backbone = _load(a.model, a.mask_token_id)
+    tok = backbone.tokenizer
+    if tok is None:
+        raise ValueError(f"model: {a.model} has no tokenizer; cannot encode text prompts")
+    if hasattr(tok, "bos_id"):
+        ids = encode_prompts(prompts, tok)
+        eos = tok.eos_id
+    else:  # Hugging Face tokenizer
+        tok.padding_side = "left"
+        ids = tok(prompts, return_tensors="pt", padding=True)["input_ids"]
+        eos = tok.eos_token_id
+    steps = a.steps if a.steps is not None else a.gen_length // a.tokens_per_step
+    block = a.block_length if a.mode == "block" else None
+    out = generate(
+        backbone,
+        ids,
+        gen_length=a.gen_length,
+        steps=steps,
+        block_length=block,
+        remasking=a.remasking,
+        temperature=a.temperature,
+        top_p=a.top_p,
+        generator=torch.Generator().manual_seed(a.seed),
+    )
+    for p, row in zip(prompts, out[:, ids.shape[1] :].tolist()):
+        if eos is not None and eos in row:
+            row = row[: row.index(eos)]
+        print(f"### {p}\n{tok.decode(row, skip_special_tokens=True)}\n")
+    return 0
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> int:
+    import torch
+
+    from .data import encode_qa, load_gsm8k, read_jsonl_qa
+    from .evaluation import elbo_bound, evaluate_generation, loglik_by_mask_ratio
+
+    torch.set_num_threads(a.threads)
+    backbone = _load(a.model)
+    tok = backbone.tokenizer
+    if tok is None or not hasattr(tok, "bos_id"):
+        raise ValueError(f"model: {a.model} is not a backbone trained with 'codd train-backbone' (no project tokenizer)")
+    if a.data == "gsm8k":
+        held = load_gsm8k("test")
+    elif Path(a.data).is_dir():
+        held = load_gsm8k("test", a.data)
+    else:
+        held = read_jsonl_qa(a.data)
+    results = evaluate_backbone(
+        backbone,
+        held,
+        examples=a.examples,
+        questions=a.questions,
+        tokens_per_step=a.tokens_per_step,
+        gen_length=a.gen_length,
+        block_length=a.block_length,
+        remasking=a.remasking,
+        temperature=a.temperature,
+        batch_size=a.batch_size,
+        seed=a.seed,
+        max_answer_tokens=a.max_answer_tokens,
+    )
+    text = json.dumps(results, indent=1)
+    if a.output:
+        Path(a.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.output).write_text(text)
+    print(text)
+    return 0
+
+
+def evaluate_backbone(backbone, held, examples=200, questions=50, tokens_per_step=(1, 2, 4, 8), gen_length=128,
+                      block_length=32, remasking="low_confidence", temperature=0.0, batch_size=50, seed=0,
+                      max_answer_tokens=None, progress=True) -> dict:
+    """Run the full evaluation of a project backbone on held-out QA pairs.
+
+    Args:
+        backbone: a backbone with a project tokenizer.
+        held: held-out :class:`~diffusion.data.QAExample` list.
+        examples: examples for the likelihood measures.
+        questions: questions for generation.
+        tokens_per_step: tokens committed per step settings.
+        gen_length: generated tokens per question.
+        block_length: block length of the sampler.
+        remasking: remasking rule.
+        temperature: sampling temperature.
+        batch_size: generation batch size.
+        seed: seed.
+        max_answer_tokens: generation uses only questions whose reference
+            answer (with ``[EOS]``) has at most this many tokens (default ``gen_length``).
+        progress: print progress lines.
+
+    Returns:
+        A JSON-serialisable dict with ``elbo``, ``loglik_by_mask_ratio`` and ``generation``.
+    """
+    from .data import encode_qa
+    from .evaluation import elbo_bound, evaluate_generation, loglik_by_mask_ratio
+
+    tok = backbone.tokenizer
+    max_len = int(getattr(getattr(backbone, "model", None), "config", None).max_position_embeddings) if hasattr(backbone, "model") else 512
+    enc = [e for e in encode_qa(held, tok, 10**9) if len(e.prompt) + len(e.target) <= 256][:examples]
+    elbo = elbo_bound(backbone, enc, num_samples=4)
+    if progress:
+        print(f"heldout nll<={elbo['nll']:.4f} ppl_bound={elbo['ppl_bound']:.3f} ({elbo['tokens']} tokens)", flush=True)
+    bins = loglik_by_mask_ratio(backbone, enc)
+    limit = max_answer_tokens if max_answer_tokens is not None else gen_length
+    fit = [ex for ex in held if len(tok.encode(ex.answer)) + 1 <= limit][:questions]
+    gen = evaluate_generation(
+        backbone, fit, tokens_per_step, gen_length, block_length, remasking, temperature, batch_size, seed, progress=progress
+    )
+    del max_len
+    return {
+        "elbo": elbo,
+        "loglik_by_mask_ratio": bins,
+        "generation": gen,
+        "settings": {
+            "likelihood_examples": len(enc),
+            "questions": len(fit),
+            "gen_length": gen_length,
+            "block_length": block_length,
+            "remasking": remasking,
+            "temperature": temperature,
+            "max_answer_tokens": limit,
+        },
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``codd`` command.
+
+    Args:
+        argv: arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        Process exit status (0 on success, 2 on bad input).
+    """
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        if a.command == "train-backbone":
+            return _cmd_train(a)
+        if a.command == "generate":
+            return _cmd_generate(a)
+        return _cmd_evaluate(a)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"codd {a.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

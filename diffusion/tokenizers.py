@@ -1,0 +1,261 @@
+"""Text tokenizers for the project's own masked diffusion backbones.
+
+Two tokenizers share one small interface (:class:`TextTokenizer`):
+
+* :class:`CharTokenizer`: one token per character, vocabulary taken from a corpus.
+* :class:`BPETokenizer`: a byte-level BPE trained locally with the `tokenizers`
+  library; digits are always split into single-digit tokens so that arithmetic
+  stays visible to the model.
+
+Both reserve the same special tokens at ids 0..5 (``[PAD]``, ``[MASK]``,
+``[BOS]``, ``[SEP]``, ``[EOS]``, ``[UNK]``) and save themselves into a model
+directory next to the weights (:func:`load_tokenizer` reads them back).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+__all__ = [
+    "SPECIAL_TOKENS",
+    "TextTokenizer",
+    "CharTokenizer",
+    "BPETokenizer",
+    "train_bpe_tokenizer",
+    "build_char_tokenizer",
+    "load_tokenizer",
+    "TOKENIZER_META_FILE",
+]
+
+SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[MASK]", "[BOS]", "[SEP]", "[EOS]", "[UNK]")
+"""Special tokens, in id order (``[PAD]`` = 0 ... ``[UNK]`` = 5)."""
+
+TOKENIZER_META_FILE = "codd_tokenizer.json"
+"""File name of the small JSON that records which tokenizer a directory holds."""
+
+
+class TextTokenizer:
+    """Common interface of the project's tokenizers.
+
+    Attributes:
+        pad_id: id of ``[PAD]`` (left padding of prompts).
+        mask_id: id of ``[MASK]`` (the absorbing state of the diffusion).
+        bos_id: id of ``[BOS]`` (start of a sequence).
+        sep_id: id of ``[SEP]`` (end of a prompt / question).
+        eos_id: id of ``[EOS]`` (end of an answer; also pads answers on the right).
+        unk_id: id of ``[UNK]``.
+    """
+
+    pad_id = 0
+    mask_id = 1
+    bos_id = 2
+    sep_id = 3
+    eos_id = 4
+    unk_id = 5
+
+    kind: str = "base"
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids, special tokens included."""
+        raise NotImplementedError
+
+    def encode(self, text: str) -> list[int]:
+        """Encode text into token ids (no special tokens added).
+
+        Args:
+            text: the string to encode.
+
+        Returns:
+            A list of token ids.
+        """
+        raise NotImplementedError
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        """Decode token ids back into text.
+
+        Args:
+            ids: token ids.
+            skip_special_tokens: drop ``[PAD]``, ``[MASK]``, ``[BOS]`` ... from the output.
+
+        Returns:
+            The decoded string.
+        """
+        raise NotImplementedError
+
+    def save(self, directory: str | Path) -> None:
+        """Write the tokenizer into ``directory`` (created if needed).
+
+        Args:
+            directory: target directory, usually the model directory.
+        """
+        raise NotImplementedError
+
+    @property
+    def special_ids(self) -> set[int]:
+        """Ids of all special tokens."""
+        return set(range(len(SPECIAL_TOKENS)))
+
+
+class CharTokenizer(TextTokenizer):
+    """Character-level tokenizer.
+
+    Args:
+        chars: the ordinary characters of the vocabulary, in id order (ids start
+            after the special tokens). Unknown characters map to ``[UNK]``.
+    """
+
+    kind = "char"
+
+    def __init__(self, chars: Sequence[str]):
+        chars = list(dict.fromkeys(chars))
+        if any(len(c) != 1 for c in chars):
+            raise ValueError("chars: every entry must be a single character")
+        self.chars = chars
+        offset = len(SPECIAL_TOKENS)
+        self._to_id = {c: i + offset for i, c in enumerate(chars)}
+        self._to_char = {i + offset: c for i, c in enumerate(chars)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(SPECIAL_TOKENS) + len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        return [self._to_id.get(c, self.unk_id) for c in text]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        out = []
+        for i in ids:
+            i = int(i)
+            if i in self._to_char:
+                out.append(self._to_char[i])
+            elif not skip_special_tokens and 0 <= i < len(SPECIAL_TOKENS):
+                out.append(SPECIAL_TOKENS[i])
+        return "".join(out)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "char_vocab.json").write_text(json.dumps({"chars": self.chars}, ensure_ascii=False))
+        (directory / TOKENIZER_META_FILE).write_text(json.dumps({"type": "char", "file": "char_vocab.json"}))
+
+
+class BPETokenizer(TextTokenizer):
+    """Byte-level BPE tokenizer backed by a `tokenizers.Tokenizer`.
+
+    Args:
+        tokenizer: a trained `tokenizers.Tokenizer` whose first six ids are
+            :data:`SPECIAL_TOKENS`.
+    """
+
+    kind = "bpe"
+
+    def __init__(self, tokenizer):  # tokenizers.Tokenizer
+        for i, tok in enumerate(SPECIAL_TOKENS):
+            if tokenizer.token_to_id(tok) != i:
+                raise ValueError(f"tokenizer: special token {tok} must have id {i}")
+        self.tokenizer = tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        ids = [int(i) for i in ids]
+        if not skip_special_tokens:
+            return self.tokenizer.decode(ids, skip_special_tokens=False)
+        return self.tokenizer.decode([i for i in ids if i >= len(SPECIAL_TOKENS)], skip_special_tokens=True)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(str(directory / "tokenizer.json"))
+        (directory / TOKENIZER_META_FILE).write_text(json.dumps({"type": "bpe", "file": "tokenizer.json"}))
+
+
+def build_char_tokenizer(texts: Iterable[str]) -> CharTokenizer:
+    """Build a character tokenizer from the characters seen in ``texts``.
+
+    Args:
+        texts: training texts.
+
+    Returns:
+        A :class:`CharTokenizer` over the sorted set of characters.
+    """
+    chars: set[str] = set()
+    for t in texts:
+        chars.update(t)
+    return CharTokenizer(sorted(chars))
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2) -> BPETokenizer:
+    """Train a small byte-level BPE tokenizer locally.
+
+    Digits are pre-split into single digits, so numbers are spelled digit by
+    digit (this keeps calculator annotations such as ``<<48/2=24>>`` learnable).
+
+    Args:
+        texts: training texts.
+        vocab_size: target vocabulary size, special tokens and the 256 byte
+            symbols included (must exceed 262).
+        min_frequency: minimal pair frequency for a merge.
+
+    Returns:
+        The trained :class:`BPETokenizer`.
+
+    Raises:
+        ValueError: if ``vocab_size`` is too small.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size <= 256 + len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size: must exceed {256 + len(SPECIAL_TOKENS)}, got {vocab_size}")
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    return BPETokenizer(tok)
+
+
+def load_tokenizer(directory: str | Path) -> TextTokenizer:
+    """Load a tokenizer saved by :meth:`TextTokenizer.save`.
+
+    Args:
+        directory: the directory holding ``codd_tokenizer.json``.
+
+    Returns:
+        The :class:`CharTokenizer` or :class:`BPETokenizer` found there.
+
+    Raises:
+        FileNotFoundError: if the directory or its tokenizer files are missing.
+        ValueError: if the metadata names an unknown tokenizer type.
+    """
+    directory = Path(directory)
+    meta_path = directory / TOKENIZER_META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"no tokenizer in {directory}: missing {TOKENIZER_META_FILE}")
+    meta = json.loads(meta_path.read_text())
+    path = directory / meta.get("file", "")
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer file {path} is missing")
+    if meta.get("type") == "char":
+        return CharTokenizer(json.loads(path.read_text(encoding="utf-8"))["chars"])
+    if meta.get("type") == "bpe":
+        from tokenizers import Tokenizer
+
+        return BPETokenizer(Tokenizer.from_file(str(path)))
+    raise ValueError(f"unknown tokenizer type {meta.get('type')!r} in {meta_path}")

@@ -1,0 +1,37 @@
+"""pcircuits: tractable probabilistic circuits for CPU and GPU.
+
+Build circuits from vectorized node groups (:func:`inputs`, :func:`multiply`,
+:func:`summate`), compile them with :func:`compile` into a
+:class:`TensorCircuit` (a ``torch.nn.Module``), query them exactly and learn
+their parameters with EM or gradients.
+"""
+
+from .distributions import Bernoulli, Categorical, Distribution, Gaussian, Indicator
+from .engine import TensorCircuit, compile
+from .io import load, save
+from .learning import em
+from .nodes import InputGroup, NodeGroup, ProductGroup, SumGroup, inputs, multiply, summate
+from .queries import log_likelihood
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bernoulli",
+    "Categorical",
+    "Distribution",
+    "Gaussian",
+    "Indicator",
+    "InputGroup",
+    "NodeGroup",
+    "ProductGroup",
+    "SumGroup",
+    "TensorCircuit",
+    "compile",
+    "em",
+    "inputs",
+    "load",
+    "log_likelihood",
+    "multiply",
+    "save",
+    "summate",
+]

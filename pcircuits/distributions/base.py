@@ -1,0 +1,282 @@
+"""The contract every leaf distribution fulfils.
+
+A distribution object describes a *family* (``Categorical(5)``); an input
+group holds ``num_nodes`` members of it, each with its own raw parameter
+vector of length ``num_params``. The engine stacks the parameters of ``G``
+groups with equal signatures into one tensor ``[G, n, P]`` and calls the
+methods below on whole blocks, so every method is batched.
+
+Shapes used throughout:
+
+- ``B`` batch size, ``G`` groups in a block, ``n`` nodes per group,
+  ``P`` raw parameters per node, ``C`` categories, ``S`` selected nodes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+__all__ = ["Distribution", "DiscreteDistribution", "safe_logsumexp", "DISTRIBUTIONS"]
+
+#: Registry of distribution classes by name, used when loading saved circuits.
+DISTRIBUTIONS: dict[str, type["Distribution"]] = {}
+
+
+def safe_logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``logsumexp`` whose value is ``-inf`` and gradient 0 on all ``-inf`` slices."""
+    m = x.detach().amax(dim, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s = (x - m).exp().sum(dim, keepdim=True)
+    pos = s > 0
+    out = torch.where(pos, torch.log(torch.where(pos, s, torch.ones_like(s))) + m, torch.full_like(s, -math.inf))
+    return out.squeeze(dim)
+
+
+class Distribution:
+    """Base class of leaf distribution families.
+
+    Subclasses set ``discrete`` and implement the methods below. Register a
+    new family with ``@register`` so saved circuits can name it.
+    """
+
+    #: Whether the variable takes category values ``0..num_cats-1``.
+    discrete: bool = True
+    #: Whether the raw parameters are learned (indicators have none to learn).
+    trainable: bool = True
+
+    @property
+    def num_cats(self) -> int | None:
+        """Number of categories of a discrete variable, ``None`` for continuous ones."""
+        return None
+
+    @property
+    def num_params(self) -> int:
+        """Length ``P`` of one node's raw parameter vector."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments."""
+        return {}
+
+    def signature(self) -> tuple:
+        """Groups with equal signatures (and sizes) are computed as one block."""
+        return (type(self).__name__, tuple(sorted(self.config().items())))
+
+    def check_num_nodes(self, num_nodes: int) -> None:
+        """Raises ``ValueError`` if this family cannot fill a group of ``num_nodes`` nodes."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Distribution) and self.signature() == other.signature()
+
+    def __hash__(self) -> int:
+        return hash(self.signature())
+
+    # --- parameters -------------------------------------------------------
+    def init_params(self, num_nodes: int, generator: torch.Generator) -> torch.Tensor:
+        """Random raw parameters ``[num_nodes, P]`` (float64; the module casts them)."""
+        raise NotImplementedError
+
+    # --- inference ----------------------------------------------------------
+    def log_prob(
+        self,
+        params: torch.Tensor,
+        x: torch.Tensor,
+        missing: torch.Tensor | None,
+        soft_evidence: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Log-values of the leaves of a block.
+
+        Args:
+            params: ``[G, n, P]`` raw parameters.
+            x: ``[B, G]`` values (long for discrete families, float otherwise);
+                entries under ``missing`` hold an arbitrary valid placeholder.
+            missing: ``[B, G]`` bool or ``None``; True integrates the leaf out.
+            soft_evidence: ``[B, G, C]`` log-weights or ``None`` (discrete only);
+                the leaf value becomes ``log sum_c p(c) w(c)`` over the allowed
+                values (the observed one, or all of them when missing).
+
+        Returns:
+            ``[B, G, n]`` log-values.
+        """
+        raise NotImplementedError
+
+    def sample(
+        self,
+        params: torch.Tensor,
+        soft_evidence: torch.Tensor | None,
+        temperature: float,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """One draw per row from ``p(v)^(1/temperature) * w(v)`` (normalised).
+
+        Args:
+            params: ``[S, P]`` raw parameters of the selected nodes.
+            soft_evidence: ``[S, C]`` log-weights or ``None``.
+            temperature: leaf temperature (> 0); 1 samples the leaf itself.
+            generator: random generator or ``None``.
+
+        Returns:
+            ``[S]`` values (long for discrete families).
+        """
+        raise NotImplementedError
+
+    def mode(self, params: torch.Tensor, soft_evidence: torch.Tensor | None) -> torch.Tensor:
+        """``[S]`` maximisers of ``p(v) * w(v)`` for the selected nodes ``params [S, P]``."""
+        raise NotImplementedError
+
+    def max_log_prob(self, params: torch.Tensor, soft_evidence: torch.Tensor | None) -> torch.Tensor:
+        """``max_v log p(v) + log w(v)`` for a block: params ``[G, n, P]``, evidence ``[B, G, C]``.
+
+        Returns ``[B, G, n]`` (broadcastable over B when ``soft_evidence`` is None).
+        """
+        raise NotImplementedError
+
+    # --- learning -----------------------------------------------------------
+    @property
+    def num_stats(self) -> int:
+        """Length of one node's EM sufficient-statistics vector."""
+        raise NotImplementedError
+
+    def em_statistics(
+        self,
+        params: torch.Tensor,
+        x: torch.Tensor,
+        missing: torch.Tensor | None,
+        soft_evidence: torch.Tensor | None,
+        flows: torch.Tensor,
+    ) -> torch.Tensor:
+        """Expected sufficient statistics ``[G, n, num_stats]`` summed over the batch.
+
+        ``flows [B, G, n]`` is the posterior probability that each leaf is on
+        the circuit's active path for each example; missing values contribute
+        their expected statistics.
+        """
+        raise NotImplementedError
+
+    def em_update(self, params: torch.Tensor, stats: torch.Tensor, pseudocount: float, step_size: float) -> torch.Tensor:
+        """New raw parameters ``[Q, n, P]`` from statistics ``[Q, n, num_stats]``.
+
+        The result interpolates ``(1 - step_size) * old + step_size * new`` in
+        the family's mean-parameter space.
+        """
+        raise NotImplementedError
+
+    # --- saving -------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "config": self.config()}
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> "Distribution":
+        name = data.get("type")
+        if name not in DISTRIBUTIONS:
+            raise ValueError(f"unknown distribution type {name!r}; known: {sorted(DISTRIBUTIONS)}")
+        return DISTRIBUTIONS[name](**data.get("config", {}))
+
+
+def register(cls: type[Distribution]) -> type[Distribution]:
+    """Class decorator adding a distribution family to the registry."""
+    DISTRIBUTIONS[cls.__name__] = cls
+    return cls
+
+
+def _stable_einsum_lse(ev: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``log sum_c exp(ev[b,g,c] + table[g,n,c])`` as a matrix product.
+
+    ``ev [B, G, C]``, ``table [G, n, C]`` -> ``[B, G, n]``. Each side is
+    shifted by its row maximum and exponentiated, so the cost is one batched
+    matrix product; entries whose sum is too small to trust (terms lost to
+    underflow) are recomputed exactly with ``logsumexp``.
+    """
+    from ..kernels import soft_evidence_lse
+
+    return soft_evidence_lse(ev, table)
+
+
+class DiscreteDistribution(Distribution):
+    """A family over categories ``0..num_cats-1`` given by a log-probability table.
+
+    Subclasses implement :meth:`log_table` (and the parameter methods); the
+    likelihood, soft evidence, sampling, mode and EM statistics follow from it.
+    """
+
+    discrete = True
+
+    def log_table(self, params: torch.Tensor) -> torch.Tensor:
+        """``[..., n, C]`` log-probabilities from raw parameters ``[..., n, P]``."""
+        raise NotImplementedError
+
+    def log_prob(self, params, x, missing, soft_evidence):
+        table = self.log_table(params)  # [G, n, C]
+        G, n, C = table.shape
+        B = x.shape[0]
+        rows = (torch.arange(G, device=x.device) * C).unsqueeze(0) + x  # [B, G]
+        flat = table.transpose(1, 2).reshape(G * C, n)
+        out = flat.index_select(0, rows.reshape(-1)).view(B, G, n)
+        if soft_evidence is not None:
+            ev = soft_evidence
+            out = out + ev.gather(2, x.unsqueeze(-1))
+            if missing is not None and bool(missing.any()):
+                marg = _stable_einsum_lse(ev, table)
+                out = torch.where(missing.unsqueeze(-1), marg, out)
+        elif missing is not None:
+            marg = safe_logsumexp(table, -1).unsqueeze(0)  # [1, G, n]; 0 when normalised
+            out = torch.where(missing.unsqueeze(-1), marg, out)
+        return out
+
+    def max_log_prob(self, params, soft_evidence):
+        table = self.log_table(params)
+        if soft_evidence is None:
+            return table.amax(-1).unsqueeze(0)
+        return (table.unsqueeze(0) + soft_evidence.unsqueeze(2)).amax(-1)
+
+    def _weighted_table(self, params, soft_evidence, temperature: float) -> torch.Tensor:
+        table = self.log_table(params)
+        if temperature != 1.0:
+            table = table / temperature
+        if soft_evidence is not None:
+            table = table + soft_evidence
+        return table
+
+    def sample(self, params, soft_evidence, temperature, generator):
+        logits = self._weighted_table(params, soft_evidence, temperature)  # [S, C]
+        probs = torch.softmax(logits, -1)
+        if not torch.isfinite(logits).any(-1).all():
+            raise ValueError("sample: some selected leaves have probability 0 for every value under the evidence")
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    def mode(self, params, soft_evidence):
+        return self._weighted_table(params, soft_evidence, 1.0).argmax(-1)
+
+    @property
+    def num_stats(self) -> int:
+        return self.num_cats
+
+    def em_statistics(self, params, x, missing, soft_evidence, flows):
+        table = self.log_table(params)  # [G, n, C]
+        G, n, C = table.shape
+        counts = table.new_zeros(G * C, n)
+        obs_flows = flows if missing is None else flows * (~missing).unsqueeze(-1).to(flows.dtype)
+        rows = (torch.arange(G, device=x.device) * C).unsqueeze(0) + x  # [B, G]
+        counts.index_add_(0, rows.reshape(-1), obs_flows.reshape(-1, n))
+        counts = counts.view(G, C, n).transpose(1, 2)  # [G, n, C]
+        if missing is not None and bool(missing.any()):
+            miss_flows = flows * missing.unsqueeze(-1).to(flows.dtype)  # [B, G, n]
+            if soft_evidence is None:
+                counts = counts + miss_flows.sum(0).unsqueeze(-1) * table.exp()
+            else:
+                # posterior over c: p(c) w(c) / sum_c' p(c') w(c'), weighted by the flow
+                norm = _stable_einsum_lse(soft_evidence, table)  # [B, G, n]
+                m_ev = soft_evidence.amax(-1, keepdim=True)
+                m_ev = torch.where(torch.isfinite(m_ev), m_ev, torch.zeros_like(m_ev))
+                ev = torch.exp(soft_evidence - m_ev)  # [B, G, C]
+                live = (miss_flows > 0) & torch.isfinite(norm)
+                scale = torch.where(live, miss_flows * torch.exp(torch.where(live, m_ev - norm, torch.zeros_like(norm))), torch.zeros_like(norm))
+                counts = counts + torch.einsum("bgn,bgc->gnc", scale, ev) * table.exp()
+        return counts

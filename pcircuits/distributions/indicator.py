@@ -1,0 +1,70 @@
+"""Indicator leaves ``[X = value]`` for deterministic (logic) circuits."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from .base import DiscreteDistribution, register
+
+__all__ = ["Indicator"]
+
+
+@register
+class Indicator(DiscreteDistribution):
+    """Point mass on one value; has no learnable parameters.
+
+    Args:
+        value: the value every node of the group indicates, or one value per
+            node (a sequence of length ``num_nodes``).
+        num_cats: number of values of the variable (default ``max(value) + 1``,
+            at least 2).
+    """
+
+    trainable = False
+
+    def __init__(self, value: int | Sequence[int], num_cats: int | None = None):
+        values = [value] if isinstance(value, int) else list(value)
+        if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in values):
+            raise ValueError(f"value must be a non-negative int or a non-empty sequence of them, got {value!r}")
+        if num_cats is None:
+            num_cats = max(2, max(values) + 1)
+        if not isinstance(num_cats, int) or num_cats <= max(values) or num_cats < 2:
+            raise ValueError(f"num_cats must be an int >= 2 greater than every value, got {num_cats!r}")
+        self._value = value if isinstance(value, int) else tuple(values)
+        self._values = values
+        self._num_cats = num_cats
+
+    @property
+    def num_cats(self) -> int:
+        return self._num_cats
+
+    @property
+    def num_params(self) -> int:
+        return 0
+
+    def config(self):
+        value = self._value if isinstance(self._value, int) else list(self._value)
+        return {"value": value, "num_cats": self._num_cats}
+
+    def signature(self):
+        return ("Indicator", tuple(self._values), self._num_cats)
+
+    def check_num_nodes(self, num_nodes):
+        if not isinstance(self._value, int) and len(self._values) != num_nodes:
+            raise ValueError(f"Indicator: value has {len(self._values)} entries but the group has {num_nodes} nodes")
+
+    def init_params(self, num_nodes, generator):
+        return torch.zeros(num_nodes, 0, dtype=torch.float64)
+
+    def log_table(self, params):
+        n = params.shape[-2]
+        values = torch.tensor(self._values * (n if len(self._values) == 1 else 1), device=params.device)
+        table = torch.full((n, self._num_cats), -math.inf, dtype=params.dtype, device=params.device)
+        table[torch.arange(n, device=params.device), values] = 0.0
+        return table.expand(*params.shape[:-2], n, self._num_cats)
+
+    def em_update(self, params, stats, pseudocount, step_size):
+        return params

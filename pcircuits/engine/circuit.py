@@ -1,0 +1,417 @@
+"""The compiled circuit: a ``torch.nn.Module`` running upward passes layer by layer."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import kernels
+from ..nodes import NodeGroup
+from .layout import Gather, Layout, ProductLayer, SumLayer, build_layout
+
+__all__ = ["TensorCircuit", "Evidence", "compile"]
+
+_BACKENDS = ("auto", "torch", "triton")
+
+
+@dataclass
+class Evidence:
+    """Checked evidence in the circuit's dtype and device.
+
+    Attributes:
+        x_discrete: ``[B, V]`` long; placeholder 0 at missing or continuous entries.
+        x_continuous: ``[B, V]`` float or ``None`` when the circuit has no continuous variable.
+        missing: ``[B, V]`` bool or ``None``.
+        soft_evidence: ``[B, V, C]`` float or ``None``.
+    """
+
+    x_discrete: torch.Tensor
+    x_continuous: torch.Tensor | None
+    missing: torch.Tensor | None
+    soft_evidence: torch.Tensor | None
+
+    @property
+    def batch_size(self) -> int:
+        return self.x_discrete.shape[0]
+
+
+class TensorCircuit(nn.Module):
+    """A smooth, decomposable circuit compiled into layers of batched tensor operations.
+
+    Build one with :func:`pcircuits.compile`. Calling it returns the
+    log-likelihood of each example (see :meth:`forward`). Parameters are
+    unnormalised logits (sum weights, categorical leaves) or unconstrained raw
+    values (Gaussian mean and log std), so gradient training needs no
+    projection; EM writes normalised values back into them.
+
+    Attributes:
+        root: the symbolic root group.
+        num_vars: number of variables ``V``.
+        max_cats: largest number of categories ``C`` of a discrete variable (0 if none).
+        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+    """
+
+    def __init__(self, root: NodeGroup, seed: int = 0, backend: str = "auto"):
+        super().__init__()
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        self.backend = backend
+        self.root = root
+        self.layout: Layout = build_layout(root)
+        lay = self.layout
+        self.num_vars = lay.num_vars
+        cats = [c for c in lay.var_cats if c is not None]
+        self.max_cats = max(cats) if cats else 0
+        self.register_buffer("_var_cats", torch.tensor([c or 0 for c in lay.var_cats]), persistent=False)
+        self.register_buffer(
+            "_continuous", torch.tensor([c is None for c in lay.var_cats], dtype=torch.bool), persistent=False
+        )
+        self.has_continuous = bool(self._continuous.any())
+
+        gen = torch.Generator().manual_seed(seed)
+        self.params = nn.ParameterDict()
+        for name, spec in lay.banks.items():
+            if spec.kind == "leaf":
+                rows = [spec.dist.init_params(spec.shape[0], gen) for _ in range(spec.slots)]
+                p = nn.Parameter(torch.stack(rows).float(), requires_grad=spec.dist.trainable)
+            else:
+                u = torch.rand((spec.slots, *spec.shape), generator=gen, dtype=torch.float64)
+                p = nn.Parameter(torch.log(-torch.log(u.clamp_min(1e-12))).float())  # Dirichlet(1) weights
+            self.params[name] = p
+            if spec.kind == "sum" and spec.masks:
+                self.register_buffer(f"_mask_{name}", torch.stack(spec.masks), persistent=False)
+        # index tensors as non-persistent buffers so .to(device) moves them
+        self._index: dict[str, torch.Tensor] = {}
+        for i, b in enumerate(lay.leaf_blocks):
+            self._buf(f"leaf{i}_vars", b.vars)
+            self._buf(f"leaf{i}_slots", b.slots)
+        for li, layer in enumerate(lay.layers):
+            self._register_gather(li, layer.gather)
+            if isinstance(layer, SumLayer):
+                for bi, blk in enumerate(layer.blocks):
+                    self._buf(f"l{li}b{bi}_slots", blk.slots)
+
+    # ------------------------------------------------------------------ setup
+    def _buf(self, name: str, t: torch.Tensor) -> None:
+        self.register_buffer("_i_" + name, t, persistent=False)
+
+    def _get(self, name: str) -> torch.Tensor:
+        return getattr(self, "_i_" + name)
+
+    def _register_gather(self, li: int, g: Gather) -> None:
+        for si, idx in enumerate(g.indices):
+            self._buf(f"l{li}_src{si}", idx)
+        if g.perm is not None:
+            self._buf(f"l{li}_perm", g.perm)
+
+    # ------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.params.values())).dtype
+
+    @property
+    def num_nodes(self) -> int:
+        """Number of nodes (leaves included)."""
+        return sum(self.layout.layer_sizes)
+
+    @property
+    def num_edges(self) -> int:
+        """Number of sum edges plus product edges."""
+        total = 0
+        for layer in self.layout.layers:
+            if isinstance(layer, ProductLayer):
+                total += sum(g.num_nodes * len(g.children) for g in layer.groups)
+            else:
+                for blk in layer.blocks:
+                    for g in blk.groups:
+                        total += g.num_nodes * g.num_child_nodes if g.is_dense else g.edges.shape[1]
+        return total
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of free parameters (sum weights counted per edge, tied ones once)."""
+        total = 0
+        for name, spec in self.layout.banks.items():
+            if spec.kind == "leaf":
+                total += self.params[name].numel() if spec.dist.trainable else 0
+            elif spec.masks:
+                total += int(torch.stack(spec.masks).sum())
+            else:
+                total += self.params[name].numel()
+        return total
+
+    def resolve_backend(self) -> str:
+        """The kernel backend a pass on the current device uses."""
+        if self.backend == "auto":
+            return "triton" if self.device.type == "cuda" and "triton" in kernels.BACKENDS else "torch"
+        if self.backend == "triton" and "triton" not in kernels.BACKENDS:
+            raise ValueError("backend='triton' needs the triton package (pip install triton)")
+        return self.backend
+
+    # ------------------------------------------------------------ parameters
+    def sum_log_weights(self) -> dict[str, torch.Tensor]:
+        """Normalised log-weights of every sum bank, ``{bank: [slots, n, k]}`` (``-inf`` at pads)."""
+        out = {}
+        for name, spec in self.layout.banks.items():
+            if spec.kind != "sum":
+                continue
+            logits = self.params[name]
+            if spec.masks:
+                logits = logits.masked_fill(~getattr(self, f"_mask_{name}"), -math.inf)
+            out[name] = torch.log_softmax(logits, -1)
+        return out
+
+    def group_parameters(self, group: NodeGroup) -> torch.Tensor:
+        """The parameters of one group of the circuit.
+
+        Returns:
+            For a sum group, its weights as probabilities ``[n, num_child_nodes]``
+            (0 where there is no edge); for an input group, its raw parameters
+            ``[n, P]`` (see its distribution).
+        """
+        owner = getattr(group, "tied_to", None) or group
+        if id(owner) not in self.layout.param_slot:
+            raise ValueError(f"group: {group!r} has no parameters in this circuit (not an input or sum group of it)")
+        bank, slot = self.layout.param_slot[id(owner)]
+        if group.kind == "input":
+            return self.params[bank][slot]
+        w = self.sum_log_weights()[bank][slot].exp()  # [n, k]
+        spec = self.layout.banks[bank]
+        if not spec.masks:
+            return w
+        mask, child = spec.masks[slot].to(w.device), spec.child_index[slot].to(w.device)
+        dense = w.new_zeros(group.num_nodes, group.num_child_nodes)
+        rows = torch.arange(group.num_nodes, device=w.device).unsqueeze(1).expand_as(child)
+        return dense.index_put((rows[mask], child[mask]), w[mask])
+
+    # -------------------------------------------------------------- evidence
+    def prepare(
+        self,
+        x: torch.Tensor | np.ndarray,
+        missing: torch.Tensor | np.ndarray | None = None,
+        soft_evidence: torch.Tensor | np.ndarray | None = None,
+    ) -> Evidence:
+        """Checks evidence and converts it to the circuit's device and dtype.
+
+        Raises:
+            TypeError: an argument is not a tensor or array, or ``missing`` is not boolean.
+            ValueError: wrong shapes, NaN at an observed discrete entry, a
+                category outside its variable's range, non-integer discrete
+                values, NaN or ``+inf`` in ``soft_evidence``, or soft evidence
+                on a continuous variable.
+        """
+        dev, dt = self.device, self.dtype
+        x = _as_tensor(x, "x")
+        if x.dim() != 2 or x.shape[1] != self.num_vars:
+            raise ValueError(f"x must have shape [batch, {self.num_vars}] (one column per variable), got {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError("x must hold at least one example")
+        x = x.to(dev)
+        B = x.shape[0]
+        if missing is not None:
+            missing = _as_tensor(missing, "missing")
+            if missing.dtype != torch.bool:
+                raise TypeError(f"missing must be a bool tensor, got {missing.dtype}")
+            if tuple(missing.shape) != tuple(x.shape):
+                raise ValueError(f"missing must have the shape of x, {tuple(x.shape)}, got {tuple(missing.shape)}")
+            missing = missing.to(dev)
+            if not bool(missing.any()):
+                missing = None
+        observed = torch.ones_like(x, dtype=torch.bool) if missing is None else ~missing
+        disc = ~self._continuous
+        if x.dtype.is_floating_point:
+            nan = torch.isnan(x) & observed
+            if bool(nan.any()):
+                b, v = nan.nonzero()[0].tolist()
+                raise ValueError(f"x has NaN at an observed entry (row {b}, variable {v}); mark it in missing instead")
+            check = observed & disc.unsqueeze(0)
+            xd = torch.where(check, x, torch.zeros_like(x))
+            if bool((xd != torch.round(xd)).any()):
+                b, v = (xd != torch.round(xd)).nonzero()[0].tolist()
+                raise ValueError(f"x holds a non-integer value {x[b, v].item()} for discrete variable {v} (row {b})")
+            x_disc = xd.long()
+        elif x.dtype.is_complex:
+            raise TypeError(f"x must be a real or integer tensor, got {x.dtype}")
+        else:
+            check = observed & disc.unsqueeze(0)
+            x_disc = torch.where(check, x.long(), torch.zeros((), dtype=torch.long, device=dev))
+        bad = check & ((x_disc < 0) | (x_disc >= self._var_cats.unsqueeze(0)))
+        if bool(bad.any()):
+            b, v = bad.nonzero()[0].tolist()
+            raise ValueError(
+                f"x has category {int(x_disc[b, v])} for variable {v} (row {b}), outside 0..{int(self._var_cats[v]) - 1}"
+            )
+        x_cont = None
+        if self.has_continuous:
+            x_cont = torch.where(observed & self._continuous.unsqueeze(0), x.to(dt), torch.zeros((), dtype=dt, device=dev))
+        if soft_evidence is not None:
+            soft_evidence = _as_tensor(soft_evidence, "soft_evidence")
+            expected = (B, self.num_vars, self.max_cats)
+            if tuple(soft_evidence.shape) != expected:
+                raise ValueError(
+                    f"soft_evidence must have shape [batch, num_vars, max_cats] = {list(expected)}, "
+                    f"got {list(soft_evidence.shape)}"
+                )
+            if not soft_evidence.dtype.is_floating_point:
+                raise TypeError(f"soft_evidence must be a float tensor of log-weights, got {soft_evidence.dtype}")
+            soft_evidence = soft_evidence.to(device=dev, dtype=dt)
+            if bool(torch.isnan(soft_evidence).any()) or bool((soft_evidence == math.inf).any()):
+                raise ValueError("soft_evidence holds NaN or +inf; it must be log-weights in [-inf, inf)")
+            if self.has_continuous and bool((soft_evidence[:, self._continuous] != 0).any()):
+                v = int(self._continuous.nonzero()[0])
+                raise ValueError(f"soft_evidence: variable {v} is continuous (Gaussian); soft evidence needs a discrete variable")
+        return Evidence(x_disc, x_cont, missing, soft_evidence)
+
+    # -------------------------------------------------------------- passes
+    def leaf_values(
+        self,
+        ev: Evidence,
+        semiring: str = "sum",
+        leaf_params: dict[str, torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
+        """Log-values of each leaf block, ``[B, G, n]`` per block."""
+        outs = []
+        for i, blk in enumerate(self.layout.leaf_blocks):
+            params, xb, mb, sb = self.leaf_block_inputs(ev, i, leaf_params)
+            out = blk.dist.log_prob(params, xb, mb, sb)
+            if semiring == "max" and (mb is not None or sb is not None):
+                best = blk.dist.max_log_prob(params, sb)
+                if mb is not None:  # observed entries already hold log p(x) + log w(x)
+                    out = torch.where(mb.unsqueeze(-1), best.expand_as(out), out)
+            outs.append(out)
+        return outs
+
+    def leaf_block_inputs(
+        self, ev: Evidence, i: int, leaf_params: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Parameters ``[G, n, P]``, values ``[B, G]``, missing ``[B, G]`` and soft evidence ``[B, G, C]`` of leaf block ``i``."""
+        blk = self.layout.leaf_blocks[i]
+        vars_ = self._get(f"leaf{i}_vars")
+        bank = leaf_params[blk.bank] if leaf_params is not None else self.params[blk.bank]
+        params = bank.index_select(0, self._get(f"leaf{i}_slots"))
+        xs = ev.x_discrete if blk.dist.discrete else ev.x_continuous
+        xb = xs.index_select(1, vars_)
+        mb = None if ev.missing is None else ev.missing.index_select(1, vars_)
+        sb = None
+        if ev.soft_evidence is not None and blk.dist.discrete:
+            sb = ev.soft_evidence.index_select(1, vars_)[:, :, : blk.dist.num_cats]
+        return params, xb, mb, sb
+
+    def _gather(self, li: int, g: Gather, outs: list[torch.Tensor]) -> torch.Tensor:
+        if g.identity:
+            return outs[g.sources[0]]
+        if g.perm is None:
+            return outs[g.sources[0]].index_select(1, self._get(f"l{li}_src0"))
+        parts = [outs[s].index_select(1, self._get(f"l{li}_src{si}")) for si, s in enumerate(g.sources)]
+        if g.pad:
+            ref = outs[0]
+            parts.append(torch.zeros(ref.shape[0], 1, dtype=ref.dtype, device=ref.device))
+        return torch.cat(parts, 1).index_select(1, self._get(f"l{li}_perm"))
+
+    def upward(
+        self,
+        ev: Evidence,
+        semiring: str = "sum",
+        log_weights: dict[str, torch.Tensor] | None = None,
+        leaf_outputs: list[torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
+        """Runs the upward pass and returns every layer's output.
+
+        Args:
+            ev: evidence from :meth:`prepare`.
+            semiring: ``"sum"`` for probabilities, ``"max"`` for max-product (MPE).
+            log_weights: normalised sum log-weights to use instead of the
+                module's (as returned by :meth:`sum_log_weights`).
+            leaf_outputs: leaf block values to use instead of computing them
+                (as returned by :meth:`leaf_values`).
+
+        Returns:
+            ``[B, N_l]`` log-values for each layer ``l`` (the leaf layer
+            first, the root layer ``[B, 1]`` last).
+        """
+        if semiring not in ("sum", "max"):
+            raise ValueError(f"semiring must be 'sum' or 'max', got {semiring!r}")
+        with kernels.use_backend(self.resolve_backend()):
+            if leaf_outputs is None:
+                leaf_outputs = self.leaf_values(ev, semiring)
+            B = ev.batch_size
+            outs = [torch.cat([o.reshape(B, -1) for o in leaf_outputs], 1)]
+            lw = log_weights if log_weights is not None else self.sum_log_weights()
+            for li, layer in enumerate(self.layout.layers):
+                ch = self._gather(li, layer.gather, outs)
+                if isinstance(layer, ProductLayer):
+                    outs.append(ch.view(B, layer.num_nodes, layer.k).sum(-1))
+                    continue
+                parts = []
+                for bi, blk in enumerate(layer.blocks):
+                    w = lw[blk.bank].index_select(0, self._get(f"l{li}b{bi}_slots"))  # [G, n, k]
+                    if blk.dense:
+                        c = ch[:, blk.ref_offset : blk.ref_offset + blk.num_groups * blk.k]
+                        y = kernels.dense_sum(c.reshape(B, blk.num_groups, blk.k), w, semiring)
+                    else:
+                        size = blk.num_groups * blk.num_nodes * blk.k
+                        c = ch[:, blk.ref_offset : blk.ref_offset + size]
+                        y = kernels.sparse_sum(c.reshape(B, blk.num_groups, blk.num_nodes, blk.k), w, semiring)
+                    parts.append(y.reshape(B, -1))
+                outs.append(parts[0] if len(parts) == 1 else torch.cat(parts, 1))
+        return outs
+
+    def forward(
+        self,
+        x: torch.Tensor | np.ndarray,
+        missing: torch.Tensor | np.ndarray | None = None,
+        soft_evidence: torch.Tensor | np.ndarray | None = None,
+    ) -> torch.Tensor:
+        """Log-likelihoods of a batch.
+
+        Args:
+            x: ``[B, V]`` values (category indices for discrete variables,
+                reals for Gaussian ones).
+            missing: ``[B, V]`` bool; True marginalises that variable.
+            soft_evidence: ``[B, V, C]`` log-weights ``log w_i(c)`` on discrete
+                variables (``C`` = :attr:`max_cats`).
+
+        Returns:
+            ``[B]``: ``log sum_{x_missing} p(x) * prod_i w_i(x_i)`` (the factor
+            is included for observed variables too; without soft evidence this
+            is the (marginal) log-likelihood).
+        """
+        ev = self.prepare(x, missing, soft_evidence)
+        return self.upward(ev)[-1][:, 0]
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_vars={self.num_vars}, num_nodes={self.num_nodes}, num_edges={self.num_edges}, "
+            f"num_layers={len(self.layout.layers) + 1}, backend={self.backend!r}"
+        )
+
+
+def _as_tensor(value, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(value).__name__}")
+
+
+def compile(root: NodeGroup, seed: int = 0, backend: str = "auto") -> TensorCircuit:
+    """Compiles a symbolic circuit into a :class:`TensorCircuit`.
+
+    Args:
+        root: the root group (exactly one node) over variables ``0..V-1``.
+        seed: seed of the random parameter initialisation.
+        backend: ``"auto"`` (Triton on CUDA when available, torch elsewhere),
+            ``"torch"``, or ``"triton"`` (on CPU through ``TRITON_INTERPRET=1``).
+
+    Raises:
+        ValueError: the circuit is not valid (see :func:`~pcircuits.engine.layout.build_layout`).
+    """
+    return TensorCircuit(root, seed=seed, backend=backend)

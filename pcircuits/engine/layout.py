@@ -1,0 +1,282 @@
+"""Compile a symbolic node-group DAG into layers and index tensors.
+
+The layout is pure structure (no parameters, no torch modules): the leaf
+layer, then one layer per (depth, kind), each occupying a contiguous range
+of node ids. A layer reads its children through a :class:`Gather` that picks
+the needed columns of earlier layers' outputs, so a forward pass is a few
+batched tensor operations per layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..distributions.base import Distribution
+from ..nodes import InputGroup, NodeGroup, ProductGroup, SumGroup, topological_order
+
+__all__ = ["Gather", "LeafBlock", "ProductLayer", "SumBlock", "SumLayer", "Layout", "build_layout"]
+
+
+@dataclass
+class Gather:
+    """How a layer collects its ``R`` child references from earlier layers.
+
+    ``sources[i]`` is a layer index and ``indices[i]`` the columns read from
+    it; the selected columns (and a zero column when ``pad``) are
+    concatenated, then reordered by ``perm``. With one source, no pad and no
+    permutation the read is a single ``index_select`` (or none when
+    ``identity``).
+    """
+
+    sources: list[int]
+    indices: list[torch.Tensor]
+    perm: torch.Tensor | None
+    pad: bool
+    identity: bool = False
+
+
+@dataclass
+class LeafBlock:
+    """Input groups with equal distribution signature and size, computed together."""
+
+    dist: Distribution
+    num_nodes: int  # n, nodes per group
+    groups: list[InputGroup]
+    vars: torch.Tensor  # [G] variable of each group
+    bank: str  # name of the parameter bank
+    slots: torch.Tensor  # [G] row of each group in its bank
+    offset: int  # first column in the leaf layer
+
+
+@dataclass
+class ProductLayer:
+    """Product nodes with fan-in padded to ``k`` (pads read a zero column)."""
+
+    gather: Gather
+    num_nodes: int
+    k: int
+    groups: list[ProductGroup]
+
+
+@dataclass
+class SumBlock:
+    """Sum groups of one layer with equal shape.
+
+    Dense blocks read ``[G, k]`` children (the same for all ``n`` nodes of a
+    group); sparse blocks read ``[G, n, k]`` children padded per node.
+    """
+
+    dense: bool
+    num_groups: int
+    num_nodes: int
+    k: int
+    bank: str
+    slots: torch.Tensor  # [G]
+    ref_offset: int  # first child reference of the block in the layer's gather
+    groups: list[SumGroup]
+
+
+@dataclass
+class SumLayer:
+    gather: Gather
+    blocks: list[SumBlock]
+    num_nodes: int
+
+
+@dataclass
+class BankSpec:
+    """A parameter bank: ``slots`` parameter rows of shape ``shape`` each."""
+
+    kind: str  # "sum" or "leaf"
+    shape: tuple[int, ...]
+    slots: int = 0
+    dist: Distribution | None = None
+    groups: list[NodeGroup] = field(default_factory=list)  # the group owning each slot
+    masks: list[torch.Tensor] = field(default_factory=list)  # sparse sums: [n, k] bool per slot
+    child_index: list[torch.Tensor] = field(default_factory=list)  # sparse sums: [n, k] child per slot
+
+
+@dataclass
+class Layout:
+    root: NodeGroup
+    groups: list[NodeGroup]  # topological order
+    num_vars: int
+    var_cats: list[int | None]  # categories per variable (None: continuous)
+    leaf_blocks: list[LeafBlock]
+    layers: list[ProductLayer | SumLayer]  # inner layers; layer i+1 in the output list
+    layer_sizes: list[int]  # nodes per layer, leaf layer first
+    banks: dict[str, BankSpec]
+    location: dict[int, tuple[int, int]]  # id(group) -> (layer index, first column)
+    param_slot: dict[int, tuple[str, int]]  # id(group owning parameters) -> (bank, slot)
+
+
+def _check_scope(root: NodeGroup, groups: list[NodeGroup]) -> tuple[int, list[int | None]]:
+    scope = sorted(root.scope)
+    num_vars = len(scope)
+    if scope != list(range(num_vars)):
+        missing = sorted(set(range(scope[-1] + 1)) - set(scope))[:8]
+        raise ValueError(
+            f"root: the circuit's variables must be 0..num_vars-1; variables {missing} are absent from {root!r}"
+        )
+    cats: list[int | None] = [None] * num_vars
+    kinds: list[bool | None] = [None] * num_vars
+    for g in groups:
+        if isinstance(g, InputGroup):
+            if kinds[g.var] is not None and kinds[g.var] != g.dist.discrete:
+                raise ValueError(f"variable {g.var} has both discrete and continuous leaves ({g!r})")
+            kinds[g.var] = g.dist.discrete
+            if g.dist.discrete:
+                cats[g.var] = max(cats[g.var] or 0, g.dist.num_cats)
+    return num_vars, cats
+
+
+def _gather(lay: torch.Tensor, col: torch.Tensor, layer_sizes: list[int]) -> Gather:
+    """Reference ``r`` reads column ``col[r]`` of layer ``lay[r]``, or the zero pad where ``lay[r] == -1``."""
+    sources = sorted({int(s) for s in lay.unique().tolist()} - {-1})
+    pad = bool((lay == -1).any())
+    if len(sources) == 1 and not pad:
+        s = sources[0]
+        identity = col.numel() == layer_sizes[s] and torch.equal(col, torch.arange(layer_sizes[s]))
+        return Gather([s], [col], None, False, identity)
+    indices, order = [], []
+    for s in sources:
+        pos = (lay == s).nonzero(as_tuple=True)[0]
+        indices.append(col[pos])
+        order.append(pos)
+    pad_pos = (lay == -1).nonzero(as_tuple=True)[0]
+    staged = torch.cat(order) if order else torch.empty(0, dtype=torch.long)
+    perm = torch.empty(lay.numel(), dtype=torch.long)
+    perm[staged] = torch.arange(staged.numel())
+    perm[pad_pos] = staged.numel()  # the zero column appended after the sources
+    return Gather(sources, indices, perm, pad)
+
+
+def build_layout(root: NodeGroup) -> Layout:
+    """Checks ``root`` and lays its DAG out in layers.
+
+    Raises:
+        ValueError: the root has more than one node, or the variables are not
+            ``0..num_vars-1``, or a variable mixes discrete and continuous leaves.
+    """
+    if not isinstance(root, NodeGroup):
+        raise TypeError(f"root must be a node group, got {type(root).__name__}")
+    if root.num_nodes != 1:
+        raise ValueError(f"root: the root group must have exactly one node, {root!r} has {root.num_nodes}")
+    groups = topological_order(root)
+    num_vars, var_cats = _check_scope(root, groups)
+
+    depth: dict[int, int] = {}
+    for g in groups:
+        depth[id(g)] = 0 if not g.children else 1 + max(depth[id(c)] for c in g.children)
+
+    banks: dict[str, BankSpec] = {}
+    slot_of: dict[int, tuple[str, int]] = {}
+
+    def slot(g: NodeGroup, bank: str, spec: BankSpec) -> int:
+        owner = getattr(g, "tied_to", None) or g
+        if id(owner) in slot_of:
+            return slot_of[id(owner)][1]
+        b = banks.setdefault(bank, spec)
+        idx = b.slots
+        b.slots += 1
+        b.groups.append(owner)
+        slot_of[id(owner)] = (bank, idx)
+        if isinstance(owner, SumGroup) and owner.edges is not None:
+            mask, child = _sparse_rows(owner)
+            b.masks.append(mask)
+            b.child_index.append(child)
+        return idx
+
+    # --- leaf layer --------------------------------------------------------
+    location: dict[int, tuple[int, int]] = {}
+    block_of: dict[tuple, list[InputGroup]] = {}
+    for g in groups:
+        if isinstance(g, InputGroup):
+            block_of.setdefault((g.dist.signature(), g.num_nodes), []).append(g)
+    leaf_blocks: list[LeafBlock] = []
+    offset = 0
+    for i, ((_, n), members) in enumerate(block_of.items()):
+        dist = members[0].dist
+        bank = f"leaf{i}"
+        spec = BankSpec("leaf", (n, dist.num_params), dist=dist)
+        slots = [slot(g, bank, spec) for g in members]
+        # tied groups of other blocks cannot exist: ties need equal signature and size
+        for j, g in enumerate(members):
+            location[id(g)] = (0, offset + j * n)
+        leaf_blocks.append(
+            LeafBlock(dist, n, members, torch.tensor([g.var for g in members]), bank, torch.tensor(slots), offset)
+        )
+        offset += n * len(members)
+    layer_sizes = [offset]
+
+    # --- inner layers ------------------------------------------------------
+    by_depth: dict[tuple[int, str], list[NodeGroup]] = {}
+    for g in groups:
+        if g.children:
+            by_depth.setdefault((depth[id(g)], g.kind), []).append(g)
+    layers: list[ProductLayer | SumLayer] = []
+    for key in sorted(by_depth, key=lambda t: (t[0], t[1] != "product")):
+        members = by_depth[key]
+        li = len(layers) + 1
+        if key[1] == "product":
+            k = max(len(g.children) for g in members)
+            lays, cols = [], []
+            col = 0
+            for g in members:
+                location[id(g)] = (li, col)
+                col += g.num_nodes
+                lay = torch.full((g.num_nodes, k), -1, dtype=torch.long)
+                cc = torch.zeros((g.num_nodes, k), dtype=torch.long)
+                for j, c in enumerate(g.children):
+                    lay[:, j], off = location[id(c)]
+                    cc[:, j] = off + g.edges[:, j]
+                lays.append(lay.reshape(-1))
+                cols.append(cc.reshape(-1))
+            layers.append(ProductLayer(_gather(torch.cat(lays), torch.cat(cols), layer_sizes), col, k, members))
+            layer_sizes.append(col)
+        else:
+            shapes: dict[tuple, list[SumGroup]] = {}
+            for g in members:
+                k = g.num_child_nodes if g.is_dense else int(torch.bincount(g.edges[0]).max())
+                shapes.setdefault((g.is_dense, g.num_nodes, k, g.num_child_nodes), []).append(g)
+            lays, cols = [], []
+            num_refs = 0
+            blocks: list[SumBlock] = []
+            col = 0
+            for (dense, n, k, total), bgroups in shapes.items():
+                bank = f"sum_{'dense' if dense else 'sparse'}_{n}x{k}x{total}"
+                spec = BankSpec("sum", (n, k))
+                slots = [slot(g, bank, spec) for g in bgroups]
+                blocks.append(SumBlock(dense, len(bgroups), n, k, bank, torch.tensor(slots), num_refs, bgroups))
+                for g, s in zip(bgroups, slots):
+                    location[id(g)] = (li, col)
+                    col += n
+                    lay = torch.cat([torch.full((c.num_nodes,), location[id(c)][0]) for c in g.children])
+                    cc = torch.cat([location[id(c)][1] + torch.arange(c.num_nodes) for c in g.children])
+                    if not dense:
+                        b = banks[bank]
+                        mask, child = b.masks[s], b.child_index[s]
+                        lay = torch.where(mask, lay[child], torch.full_like(child, -1))
+                        cc = torch.where(mask, cc[child], torch.zeros_like(child))
+                    lays.append(lay.reshape(-1))
+                    cols.append(cc.reshape(-1))
+                    num_refs += lay.numel()
+            layers.append(SumLayer(_gather(torch.cat(lays), torch.cat(cols), layer_sizes), blocks, col))
+            layer_sizes.append(col)
+    return Layout(root, groups, num_vars, var_cats, leaf_blocks, layers, layer_sizes, banks, location, slot_of)
+
+
+def _sparse_rows(g: SumGroup) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-node child lists of a sparse sum group, padded: (mask ``[n, k]``, child ``[n, k]``)."""
+    parents, children = g.edges
+    fan_in = torch.bincount(parents, minlength=g.num_nodes)
+    k = int(fan_in.max())
+    start = torch.cumsum(fan_in, 0) - fan_in
+    pos = torch.arange(parents.numel()) - start[parents]  # edges are sorted by parent
+    mask = torch.zeros(g.num_nodes, k, dtype=torch.bool)
+    child = torch.zeros(g.num_nodes, k, dtype=torch.long)
+    mask[parents, pos] = True
+    child[parents, pos] = children
+    return mask, child
