@@ -1,6 +1,6 @@
 """Denoising backbones: token ids in, per-position logits out.
 
-Every backbone is a :class:`Backbone` (a ``torch.nn.Module``) with a known
+Every backbone is a `Backbone` (a ``torch.nn.Module``) with a known
 ``mask_token_id`` and ``vocab_size``; calling it on ``LongTensor[B, N]`` ids
 returns ``FloatTensor[B, N, V]`` logits where row ``i`` is the model's
 distribution over the clean token at position ``i``.
@@ -12,12 +12,12 @@ Supported sources, all loaded from local directories only (no network):
 * LLaDA checkpoints (remote code, mask id 126336);
 * Dream checkpoints (remote code, mask id 151666; Dream is adapted from an
   autoregressive model, so the logits for position ``i`` are read from output
-  position ``i - 1``; :class:`DreamBackbone` applies that shift);
+  position ``i - 1``; `DreamBackbone` applies that shift);
 * the project's own small bidirectional transformer, built from a
-  ``transformers`` config by :func:`build_backbone` and saved with its tokenizer
-  by :func:`save_backbone`.
+  ``transformers`` config by `build_backbone` and saved with its tokenizer
+  by `save_backbone`.
 
-:func:`load_backbone` detects which one a directory holds.
+`load_backbone` detects which one a directory holds.
 """
 
 from __future__ import annotations
@@ -82,12 +82,12 @@ def check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input
 class Backbone(nn.Module):
     """Base class of denoising backbones.
 
-    Subclasses implement :meth:`logits`; :meth:`forward` validates the ids.
+    Subclasses implement `logits`; `forward` validates the ids.
 
     Attributes:
         mask_token_id: id of the mask (absorbing) token.
         vocab_size: size ``V`` of the logit dimension.
-        tokenizer: the tokenizer saved with the model (a :class:`TextTokenizer`
+        tokenizer: the tokenizer saved with the model (a `TextTokenizer`
             or a Hugging Face tokenizer), or None when the directory had none.
     """
 
@@ -164,7 +164,7 @@ class LLaDABackbone(MaskedLMBackbone):
 
     Args:
         model: the LLaDA module (remote code).
-        mask_token_id: defaults to :data:`LLADA_MASK_TOKEN_ID`.
+        mask_token_id: defaults to `LLADA_MASK_TOKEN_ID`.
         vocab_size: defaults to ``model.config.vocab_size``.
         tokenizer: optional tokenizer.
     """
@@ -183,7 +183,7 @@ class DreamBackbone(MaskedLMBackbone):
 
     Args:
         model: the Dream module (remote code).
-        mask_token_id: defaults to :data:`DREAM_MASK_TOKEN_ID`.
+        mask_token_id: defaults to `DREAM_MASK_TOKEN_ID`.
         vocab_size: defaults to ``model.config.vocab_size``.
         tokenizer: optional tokenizer.
     """
@@ -223,7 +223,7 @@ def build_backbone(
             must equal ``tokenizer.vocab_size``).
 
     Returns:
-        A randomly initialised :class:`MaskedLMBackbone` with ``tokenizer`` attached.
+        A randomly initialised `MaskedLMBackbone` with ``tokenizer`` attached.
     """
     from transformers import AutoModelForMaskedLM, ModernBertConfig
 
@@ -260,7 +260,7 @@ def save_backbone(backbone: MaskedLMBackbone, directory: str | Path, extra: dict
     tokenizer files and ``codd_backbone.json``.
 
     Args:
-        backbone: a :class:`MaskedLMBackbone` with a :class:`TextTokenizer`.
+        backbone: a `MaskedLMBackbone` with a `TextTokenizer`.
         directory: target directory (created).
         extra: additional metadata (e.g. training statistics) stored in
             ``codd_backbone.json``.
@@ -333,7 +333,7 @@ def load_backbone(
 
     Detection: ``codd_backbone.json`` marks the project's own model;
     ``model_type``/``architectures`` in ``config.json`` naming LLaDA or Dream
-    select :class:`LLaDABackbone` / :class:`DreamBackbone` (loaded with
+    select `LLaDABackbone` / `DreamBackbone` (loaded with
     ``trust_remote_code``, code taken from the directory); anything else is
     loaded with ``AutoModelForMaskedLM``. Nothing is downloaded.
 
@@ -345,7 +345,7 @@ def load_backbone(
         dtype: optional parameter dtype (e.g. ``torch.bfloat16``).
 
     Returns:
-        The :class:`Backbone`, in eval mode.
+        The `Backbone`, in eval mode.
 
     Raises:
         FileNotFoundError: if the directory is missing or incomplete (no

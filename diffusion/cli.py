@@ -3,7 +3,7 @@
 Subcommands:
 
 * ``codd train-backbone``: train a small masked diffusion backbone
-  (see :class:`~diffusion.training.TrainConfig`).
+  (see `TrainConfig`).
 * ``codd generate``: generate answers for prompts with a saved backbone.
 * ``codd evaluate``: held-out bound, log-likelihood by mask ratio and few-step
   generation quality of a saved backbone on GSM8K-style data.
@@ -205,8 +205,8 @@ def _cmd_generate(a: argparse.Namespace) -> int:
 def _cmd_evaluate(a: argparse.Namespace) -> int:
     import torch
 
-    from .data import encode_qa, load_gsm8k, read_jsonl_qa
-    from .evaluation import elbo_bound, evaluate_generation, loglik_by_mask_ratio
+    from .data import load_gsm8k, read_jsonl_qa
+    from .evaluation import evaluate_backbone
 
     torch.set_num_threads(a.threads)
     backbone = _load(a.model)
@@ -241,62 +241,6 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_backbone(backbone, held, examples=200, questions=50, tokens_per_step=(1, 2, 4, 8), gen_length=128,
-                      block_length=32, remasking="low_confidence", temperature=0.0, batch_size=50, seed=0,
-                      max_answer_tokens=None, progress=True) -> dict:
-    """Run the full evaluation of a project backbone on held-out QA pairs.
-
-    Args:
-        backbone: a backbone with a project tokenizer.
-        held: held-out :class:`~diffusion.data.QAExample` list.
-        examples: examples for the likelihood measures.
-        questions: questions for generation.
-        tokens_per_step: tokens committed per step settings.
-        gen_length: generated tokens per question.
-        block_length: block length of the sampler.
-        remasking: remasking rule.
-        temperature: sampling temperature.
-        batch_size: generation batch size.
-        seed: seed.
-        max_answer_tokens: generation uses only questions whose reference
-            answer (with ``[EOS]``) has at most this many tokens (default ``gen_length``).
-        progress: print progress lines.
-
-    Returns:
-        A JSON-serialisable dict with ``elbo``, ``loglik_by_mask_ratio`` and ``generation``.
-    """
-    from .data import encode_qa
-    from .evaluation import elbo_bound, evaluate_generation, loglik_by_mask_ratio
-
-    tok = backbone.tokenizer
-    max_len = int(getattr(getattr(backbone, "model", None), "config", None).max_position_embeddings) if hasattr(backbone, "model") else 512
-    enc = [e for e in encode_qa(held, tok, 10**9) if len(e.prompt) + len(e.target) <= 256][:examples]
-    elbo = elbo_bound(backbone, enc, num_samples=4)
-    if progress:
-        print(f"heldout nll<={elbo['nll']:.4f} ppl_bound={elbo['ppl_bound']:.3f} ({elbo['tokens']} tokens)", flush=True)
-    bins = loglik_by_mask_ratio(backbone, enc)
-    limit = max_answer_tokens if max_answer_tokens is not None else gen_length
-    fit = [ex for ex in held if len(tok.encode(ex.answer)) + 1 <= limit][:questions]
-    gen = evaluate_generation(
-        backbone, fit, tokens_per_step, gen_length, block_length, remasking, temperature, batch_size, seed, progress=progress
-    )
-    del max_len
-    return {
-        "elbo": elbo,
-        "loglik_by_mask_ratio": bins,
-        "generation": gen,
-        "settings": {
-            "likelihood_examples": len(enc),
-            "questions": len(fit),
-            "gen_length": gen_length,
-            "block_length": block_length,
-            "remasking": remasking,
-            "temperature": temperature,
-            "max_answer_tokens": limit,
-        },
-    }
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``codd`` command.
 
@@ -308,6 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     a = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         if a.command == "train-backbone":
             return _cmd_train(a)

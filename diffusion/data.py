@@ -6,7 +6,7 @@ Question-answer data (GSM8K) is laid out as::
     <------------- prompt ------------> <--------- answer --------->
 
 Prompts are padded on the left so that every prompt in a batch ends at the
-same column (this is also how :func:`diffusion.generate` receives batched
+same column (this is also how `diffusion.generate` receives batched
 prompts); answers are padded on the right with ``[EOS]``, as in LLaDA's SFT, so
 a model learns to fill the unused tail of a fixed generation window with
 ``[EOS]``. Plain text files become fixed-length chunks with a one-token prompt
@@ -155,7 +155,7 @@ def load_gsm8k(split: str = "train", directory: str | Path | None = None, limit:
         split: ``"train"`` or ``"test"``.
         directory: directory with ``train.jsonl``/``test.jsonl`` (the bundled
             subset uses ``gsm8k_train.jsonl``/``gsm8k_test.jsonl``); defaults to
-            :func:`default_gsm8k_dir`.
+            `default_gsm8k_dir`.
         limit: keep only the first ``limit`` examples.
 
     Returns:
@@ -239,7 +239,7 @@ def encode_text_chunks(text: str, tokenizer: TextTokenizer, max_length: int = 25
 
 
 def collate(examples: Sequence[EncodedExample], tokenizer: TextTokenizer, pad_to: int | None = None) -> Batch:
-    """Pad encoded examples into a :class:`Batch`.
+    """Pad encoded examples into a `Batch`.
 
     Args:
         examples: the examples.
@@ -289,7 +289,7 @@ def iterate_batches(
             windows of 50 batches) to reduce padding.
 
     Yields:
-        :class:`Batch` objects.
+        `Batch` objects.
     """
     order = list(range(len(examples)))
     rng = random.Random(seed)
@@ -318,6 +318,8 @@ def encode_prompts(questions: Sequence[str], tokenizer: TextTokenizer) -> torch.
     Returns:
         ``LongTensor[B, P]``: ``[PAD]... [BOS] question [SEP]`` rows.
     """
+    if not questions:
+        raise ValueError("questions: no prompts given")
     enc = [[tokenizer.bos_id, *tokenizer.encode(q), tokenizer.sep_id] for q in questions]
     p = max(len(e) for e in enc)
     out = torch.full((len(enc), p), tokenizer.pad_id, dtype=torch.long)

@@ -1,14 +1,14 @@
 """Evaluation of masked diffusion backbones.
 
-* :func:`elbo_bound`: held-out negative ELBO per token and the perplexity
+* `elbo_bound`: held-out negative ELBO per token and the perplexity
   bound ``exp(nll)``.
-* :func:`loglik_by_mask_ratio`: conditional log-likelihood of held-out answer
+* `loglik_by_mask_ratio`: conditional log-likelihood of held-out answer
   tokens given the question and the unmasked rest of the answer, by mask-ratio
   bins ``[0, 0.2), ..., [0.8, 1.0]``.
-* :func:`extract_final_answer`, :func:`annotation_stats`: GSM8K quality
+* `extract_final_answer`, `annotation_stats`: GSM8K quality
   measures (final-answer exact match; validity of ``<<a op b=c>>`` calculator
   annotations).
-* :func:`evaluate_generation`: few-step generation on held-out questions at
+* `evaluate_generation`: few-step generation on held-out questions at
   several tokens-per-step settings, with exact match, annotation validity and
   tokens per second.
 """
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .backbones import Backbone
-from .data import EncodedExample, QAExample, collate, encode_prompts
+from .data import EncodedExample, QAExample, collate, encode_prompts, encode_qa
 
 __all__ = [
     "elbo_bound",
@@ -33,15 +33,12 @@ __all__ = [
     "extract_final_answer",
     "annotation_stats",
     "evaluate_generation",
+    "evaluate_backbone",
     "DEFAULT_BINS",
 ]
 
 DEFAULT_BINS: tuple[tuple[float, float], ...] = ((0.0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0))
-"""Mask-ratio bins used by :func:`loglik_by_mask_ratio`."""
-
-
-def _pad_token_tuple(tokenizer: Any) -> tuple[int, int]:
-    return int(tokenizer.pad_id), int(tokenizer.eos_id)
+"""Mask-ratio bins used by `loglik_by_mask_ratio`."""
 
 
 @torch.no_grad()
@@ -254,7 +251,7 @@ def evaluate_generation(
         tokens_per_step: tokens committed per step ``k`` (must divide ``block_length``).
         gen_length: generated tokens per question.
         block_length: semi-autoregressive block length.
-        remasking: remasking rule (see :func:`diffusion.generate`).
+        remasking: remasking rule (see `diffusion.generate`).
         temperature: sampling temperature (0: greedy).
         batch_size: questions per generation batch.
         seed: sampling seed.
@@ -329,3 +326,75 @@ def evaluate_generation(
             )
         results.append(rec)
     return results
+
+
+def evaluate_backbone(
+    backbone: Backbone,
+    heldout: Sequence[QAExample],
+    examples: int = 200,
+    questions: int = 50,
+    tokens_per_step: Sequence[int] = (1, 2, 4, 8),
+    gen_length: int = 128,
+    block_length: int = 32,
+    remasking: str = "low_confidence",
+    temperature: float = 0.0,
+    batch_size: int = 50,
+    seed: int = 0,
+    max_length: int = 256,
+    max_answer_tokens: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Full evaluation of a project backbone on held-out question-answer pairs.
+
+    Likelihood measures use the first ``examples`` held-out pairs whose total
+    length is at most ``max_length`` tokens (the training length); generation
+    uses the first ``questions`` pairs whose reference answer (with ``[EOS]``)
+    fits in ``max_answer_tokens`` (default ``gen_length``) tokens.
+
+    Args:
+        backbone: a backbone with a project tokenizer (``backbone.tokenizer``).
+        heldout: held-out pairs.
+        examples: pairs for `elbo_bound` and `loglik_by_mask_ratio`.
+        questions: questions for `evaluate_generation`.
+        tokens_per_step: tokens committed per step settings.
+        gen_length: generated tokens per question.
+        block_length: block length of the sampler.
+        remasking: remasking rule.
+        temperature: sampling temperature.
+        batch_size: generation batch size.
+        seed: seed.
+        max_length: length filter of the likelihood examples.
+        max_answer_tokens: answer length filter of the generation questions.
+        progress: print progress lines.
+
+    Returns:
+        A JSON-serialisable dict with ``elbo``, ``loglik_by_mask_ratio``,
+        ``generation`` and ``settings``.
+    """
+    tok = backbone.tokenizer
+    enc = [e for e in encode_qa(heldout, tok, 10**9) if len(e.prompt) + len(e.target) <= max_length][:examples]
+    elbo = elbo_bound(backbone, enc, num_samples=4)
+    if progress:
+        print(f"heldout nll<={elbo['nll']:.4f} ppl_bound={elbo['ppl_bound']:.3f} ({elbo['tokens']} tokens)", flush=True)
+    bins = loglik_by_mask_ratio(backbone, enc)
+    limit = max_answer_tokens if max_answer_tokens is not None else gen_length
+    fit = [ex for ex in heldout if len(tok.encode(ex.answer)) + 1 <= limit][:questions]
+    gen = evaluate_generation(
+        backbone, fit, tokens_per_step, gen_length, block_length, remasking, temperature, batch_size, seed,
+        progress=progress,
+    )
+    return {
+        "elbo": elbo,
+        "loglik_by_mask_ratio": bins,
+        "generation": gen,
+        "settings": {
+            "likelihood_examples": len(enc),
+            "questions": len(fit),
+            "gen_length": gen_length,
+            "block_length": block_length,
+            "remasking": remasking,
+            "temperature": temperature,
+            "max_length": max_length,
+            "max_answer_tokens": limit,
+        },
+    }

@@ -10,7 +10,7 @@ $$
 $$
 
 so the loss is the cross-entropy on masked tokens weighted by $1/t$.
-:func:`masked_diffusion_loss` returns a per-token estimate of this bound
+`masked_diffusion_loss` returns a per-token estimate of this bound
 (summed over the batch and divided by the number of maskable tokens).
 """
 
@@ -91,7 +91,7 @@ def mask_tokens(
 
 @dataclass
 class DiffusionLoss:
-    """Output of :func:`masked_diffusion_loss`.
+    """Output of `masked_diffusion_loss`.
 
     Attributes:
         loss: scalar bound estimate in nats per maskable token (differentiable).
@@ -122,16 +122,16 @@ def masked_diffusion_loss(
 
     Args:
         logits_fn: maps ``LongTensor[B, N]`` noisy ids to ``FloatTensor[B, N, V]``
-            logits (a :class:`~diffusion.backbones.Backbone`).
+            logits (a `Backbone`).
         input_ids: ``LongTensor[B, N]`` clean ids.
         mask_token_id: the mask id.
         maskable: ``BoolTensor[B, N]``, False on prompt tokens; default all True.
-        t: optional ``FloatTensor[B]`` times (drawn with :func:`sample_times` if None).
+        t: optional ``FloatTensor[B]`` times (drawn with `sample_times` if None).
         eps: lower bound of ``t`` when drawing.
         generator: optional random generator.
 
     Returns:
-        A :class:`DiffusionLoss`.
+        A `DiffusionLoss`.
     """
     if maskable is None:
         maskable = torch.ones_like(input_ids, dtype=torch.bool)

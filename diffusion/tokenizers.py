@@ -1,15 +1,15 @@
 """Text tokenizers for the project's own masked diffusion backbones.
 
-Two tokenizers share one small interface (:class:`TextTokenizer`):
+Two tokenizers share one small interface (`TextTokenizer`):
 
-* :class:`CharTokenizer`: one token per character, vocabulary taken from a corpus.
-* :class:`BPETokenizer`: a byte-level BPE trained locally with the `tokenizers`
+* `CharTokenizer`: one token per character, vocabulary taken from a corpus.
+* `BPETokenizer`: a byte-level BPE trained locally with the `tokenizers`
   library; digits are always split into single-digit tokens so that arithmetic
   stays visible to the model.
 
 Both reserve the same special tokens at ids 0..5 (``[PAD]``, ``[MASK]``,
 ``[BOS]``, ``[SEP]``, ``[EOS]``, ``[UNK]``) and save themselves into a model
-directory next to the weights (:func:`load_tokenizer` reads them back).
+directory next to the weights (`load_tokenizer` reads them back).
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -147,12 +151,12 @@ class BPETokenizer(TextTokenizer):
 
     Args:
         tokenizer: a trained `tokenizers.Tokenizer` whose first six ids are
-            :data:`SPECIAL_TOKENS`.
+            `SPECIAL_TOKENS`.
     """
 
     kind = "bpe"
 
-    def __init__(self, tokenizer):  # tokenizers.Tokenizer
+    def __init__(self, tokenizer: Tokenizer):
         for i, tok in enumerate(SPECIAL_TOKENS):
             if tokenizer.token_to_id(tok) != i:
                 raise ValueError(f"tokenizer: special token {tok} must have id {i}")
@@ -185,7 +189,7 @@ def build_char_tokenizer(texts: Iterable[str]) -> CharTokenizer:
         texts: training texts.
 
     Returns:
-        A :class:`CharTokenizer` over the sorted set of characters.
+        A `CharTokenizer` over the sorted set of characters.
     """
     chars: set[str] = set()
     for t in texts:
@@ -206,7 +210,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1024, min_freque
         min_frequency: minimal pair frequency for a merge.
 
     Returns:
-        The trained :class:`BPETokenizer`.
+        The trained `BPETokenizer`.
 
     Raises:
         ValueError: if ``vocab_size`` is too small.
@@ -232,13 +236,13 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1024, min_freque
 
 
 def load_tokenizer(directory: str | Path) -> TextTokenizer:
-    """Load a tokenizer saved by :meth:`TextTokenizer.save`.
+    """Load a tokenizer saved by `TextTokenizer.save`.
 
     Args:
         directory: the directory holding ``codd_tokenizer.json``.
 
     Returns:
-        The :class:`CharTokenizer` or :class:`BPETokenizer` found there.
+        The `CharTokenizer` or `BPETokenizer` found there.
 
     Raises:
         FileNotFoundError: if the directory or its tokenizer files are missing.

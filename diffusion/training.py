@@ -1,8 +1,8 @@
 """Training loop for the project's own masked diffusion backbones.
 
-:func:`train_backbone` builds a tokenizer (character-level or a small BPE
-trained locally), a small bidirectional transformer (:func:`~diffusion.backbones.build_backbone`),
-and optimises the MDLM / LLaDA objective (:func:`~diffusion.masking.masked_diffusion_loss`)
+`train_backbone` builds a tokenizer (character-level or a small BPE
+trained locally), a small bidirectional transformer (`build_backbone`),
+and optimises the MDLM / LLaDA objective (`masked_diffusion_loss`)
 with AdamW, a warm-up + cosine learning-rate schedule, a tqdm progress bar,
 held-out bound evaluation at every epoch end (and every ``eval_every`` steps),
 and checkpoints (model + tokenizer + ``training_log.json``) in ``output_dir``.
@@ -45,11 +45,11 @@ __all__ = ["TrainConfig", "TrainResult", "load_corpus", "train_backbone"]
 
 @dataclass
 class TrainConfig:
-    """Settings of :func:`train_backbone`.
+    """Settings of `train_backbone`.
 
     Attributes:
         data: ``"gsm8k"`` (default GSM8K directory, see
-            :func:`~diffusion.data.default_gsm8k_dir`), a directory with
+            `default_gsm8k_dir`), a directory with
             ``train.jsonl``/``test.jsonl``, a ``.jsonl`` file of
             ``{"question", "answer"}`` pairs, or a plain text file.
         output_dir: where the model, tokenizer and log are written.
@@ -82,14 +82,14 @@ class TrainConfig:
     output_dir: str = "runs/backbone"
     tokenizer: str = "bpe"
     vocab_size: int = 1024
-    hidden_size: int = 256
+    hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
-    intermediate_size: int = 512
+    intermediate_size: int = 384
     max_length: int = 256
     skip_long: bool = True
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
     epochs: int = 10
@@ -105,7 +105,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What :func:`train_backbone` returns.
+    """What `train_backbone` returns.
 
     Attributes:
         backbone: the trained backbone (tokenizer attached).
@@ -126,11 +126,11 @@ def load_corpus(data: str) -> tuple[str, list[QAExample] | str, list[QAExample] 
     """Resolve a data argument into train / held-out splits.
 
     Args:
-        data: see :attr:`TrainConfig.data`.
+        data: see `TrainConfig.data`.
 
     Returns:
         ``(kind, train, heldout)`` with ``kind`` ``"qa"`` (lists of
-        :class:`~diffusion.data.QAExample`) or ``"text"`` (strings; the last 5%
+        `QAExample`) or ``"text"`` (strings; the last 5%
         of the file is held out).
 
     Raises:
@@ -162,11 +162,11 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
     """Train a small masked diffusion backbone from scratch.
 
     Args:
-        config: the :class:`TrainConfig`.
+        config: the `TrainConfig`.
         log: callable receiving progress lines (``print`` by default).
 
     Returns:
-        A :class:`TrainResult`; the model, tokenizer, ``codd_backbone.json``
+        A `TrainResult`; the model, tokenizer, ``codd_backbone.json``
         (with the final held-out bound) and ``training_log.json`` are saved in
         ``config.output_dir``.
     """
@@ -284,7 +284,7 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
             if step % 10 == 0:
                 train_log.append({"step": step, "loss": val, "ema": ema, "lr": opt.param_groups[0]["lr"]})
             bar.update(1)
-            bar.set_postfix(loss=f"{ema:.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+            bar.set_postfix(loss=f"{ema:.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}", refresh=False)
             if config.eval_every and step % config.eval_every == 0:
                 evaluate(step / batches_per_epoch)
                 save()

@@ -11,7 +11,7 @@ from .engine import TensorCircuit, compile
 from .io import load, save
 from .learning import em
 from .nodes import InputGroup, NodeGroup, ProductGroup, SumGroup, inputs, multiply, summate
-from .queries import log_likelihood
+from .queries import log_likelihood, marginals, mpe, sample
 
 __version__ = "0.1.0"
 
@@ -31,7 +31,10 @@ __all__ = [
     "inputs",
     "load",
     "log_likelihood",
+    "marginals",
+    "mpe",
     "multiply",
+    "sample",
     "save",
     "summate",
 ]

@@ -90,17 +90,21 @@ class Distribution:
         x: torch.Tensor,
         missing: torch.Tensor | None,
         soft_evidence: torch.Tensor | None,
+        slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Log-values of the leaves of a block.
 
         Args:
-            params: ``[G, n, P]`` raw parameters.
+            params: ``[G, n, P]`` raw parameters, or ``[Q, n, P]`` distinct
+                parameter rows when ``slots`` is given.
             x: ``[B, G]`` values (long for discrete families, float otherwise);
                 entries under ``missing`` hold an arbitrary valid placeholder.
             missing: ``[B, G]`` bool or ``None``; True integrates the leaf out.
             soft_evidence: ``[B, G, C]`` log-weights or ``None`` (discrete only);
                 the leaf value becomes ``log sum_c p(c) w(c)`` over the allowed
                 values (the observed one, or all of them when missing).
+            slots: ``[G]`` row of ``params`` used by each group (tied groups
+                share rows, so per-row work such as normalisation is done once).
 
         Returns:
             ``[B, G, n]`` log-values.
@@ -212,13 +216,21 @@ class DiscreteDistribution(Distribution):
         """``[..., n, C]`` log-probabilities from raw parameters ``[..., n, P]``."""
         raise NotImplementedError
 
-    def log_prob(self, params, x, missing, soft_evidence):
-        table = self.log_table(params)  # [G, n, C]
-        G, n, C = table.shape
-        B = x.shape[0]
-        rows = (torch.arange(G, device=x.device) * C).unsqueeze(0) + x  # [B, G]
-        flat = table.transpose(1, 2).reshape(G * C, n)
+    def log_prob(self, params, x, missing, soft_evidence, slots=None):
+        table = self.log_table(params)  # [Q, n, C]
+        Q, n, C = table.shape
+        B, G = x.shape
+        if slots is None:
+            slots = torch.arange(G, device=x.device)
+        rows = (slots * C).unsqueeze(0) + x  # [B, G]
+        flat = table.transpose(1, 2).reshape(Q * C, n)
         out = flat.index_select(0, rows.reshape(-1)).view(B, G, n)
+        if soft_evidence is not None or missing is not None:
+            if Q == 1 or bool((slots == slots[0]).all()):
+                s0 = int(slots[0])
+                table = table[s0 : s0 + 1]  # [1, n, C], shared by all groups (no copy)
+            else:
+                table = table.index_select(0, slots)  # [G, n, C]
         if soft_evidence is not None:
             ev = soft_evidence
             out = out + ev.gather(2, x.unsqueeze(-1))

@@ -40,7 +40,9 @@ class Gaussian(Distribution):
         log_std = torch.zeros(num_nodes, dtype=torch.float64)
         return torch.stack([mean, log_std], -1)
 
-    def log_prob(self, params, x, missing, soft_evidence):
+    def log_prob(self, params, x, missing, soft_evidence, slots=None):
+        if slots is not None:
+            params = params.index_select(0, slots)
         mean, log_std = params[..., 0], params[..., 1]  # [G, n]
         z = (x.unsqueeze(-1) - mean) * torch.exp(-log_std)  # [B, G, n]
         out = -0.5 * z * z - log_std - _LOG_SQRT_2PI

@@ -90,7 +90,10 @@ class TensorCircuit(nn.Module):
             self._buf(f"leaf{i}_vars", b.vars)
             self._buf(f"leaf{i}_slots", b.slots)
         for li, layer in enumerate(lay.layers):
-            self._register_gather(li, layer.gather)
+            self._register_gather(f"l{li}", layer.gather)
+            if isinstance(layer, ProductLayer):
+                for j, term in enumerate(layer.terms):
+                    self._register_gather(f"l{li}t{j}", term)
             if isinstance(layer, SumLayer):
                 for bi, blk in enumerate(layer.blocks):
                     self._buf(f"l{li}b{bi}_slots", blk.slots)
@@ -102,11 +105,11 @@ class TensorCircuit(nn.Module):
     def _get(self, name: str) -> torch.Tensor:
         return getattr(self, "_i_" + name)
 
-    def _register_gather(self, li: int, g: Gather) -> None:
+    def _register_gather(self, prefix: str, g: Gather) -> None:
         for si, idx in enumerate(g.indices):
-            self._buf(f"l{li}_src{si}", idx)
+            self._buf(f"{prefix}_src{si}", idx)
         if g.perm is not None:
-            self._buf(f"l{li}_perm", g.perm)
+            self._buf(f"{prefix}_perm", g.perm)
 
     # ------------------------------------------------------------ properties
     @property
@@ -191,6 +194,41 @@ class TensorCircuit(nn.Module):
         dense = w.new_zeros(group.num_nodes, group.num_child_nodes)
         rows = torch.arange(group.num_nodes, device=w.device).unsqueeze(1).expand_as(child)
         return dense.index_put((rows[mask], child[mask]), w[mask])
+
+    @torch.no_grad()
+    def set_group_parameters(self, group: NodeGroup, value: torch.Tensor) -> None:
+        """Overwrites the parameters of one group (and of the groups tied to it).
+
+        Args:
+            group: an input or sum group of this circuit.
+            value: for a sum group, weights ``[n, num_child_nodes]`` (non-negative,
+                normalised per node by this call; entries off the edge pattern are
+                ignored); for an input group, raw parameters ``[n, P]``.
+        """
+        owner = getattr(group, "tied_to", None) or group
+        if id(owner) not in self.layout.param_slot:
+            raise ValueError(f"group: {group!r} has no parameters in this circuit (not an input or sum group of it)")
+        bank, slot = self.layout.param_slot[id(owner)]
+        value = torch.as_tensor(value, dtype=self.dtype, device=self.device)
+        if group.kind == "input":
+            expected = tuple(self.params[bank].shape[1:])
+            if tuple(value.shape) != expected:
+                raise ValueError(f"value must have shape {list(expected)} for {group!r}, got {list(value.shape)}")
+            self.params[bank][slot] = value
+            return
+        expected = (group.num_nodes, group.num_child_nodes)
+        if tuple(value.shape) != expected:
+            raise ValueError(f"value must have shape {list(expected)} for {group!r}, got {list(value.shape)}")
+        if bool((value < 0).any()):
+            raise ValueError("value: sum weights must be non-negative")
+        spec = self.layout.banks[bank]
+        if spec.masks:
+            mask, child = spec.masks[slot].to(self.device), spec.child_index[slot].to(self.device)
+            value = torch.where(mask, value.gather(1, child), torch.zeros((), dtype=self.dtype, device=self.device))
+        logits = torch.log(value / value.sum(-1, keepdim=True))
+        if spec.masks:
+            logits = logits.masked_fill(~mask, 0.0)
+        self.params[bank][slot] = logits
 
     # -------------------------------------------------------------- evidence
     def prepare(
@@ -280,23 +318,28 @@ class TensorCircuit(nn.Module):
         """Log-values of each leaf block, ``[B, G, n]`` per block."""
         outs = []
         for i, blk in enumerate(self.layout.leaf_blocks):
-            params, xb, mb, sb = self.leaf_block_inputs(ev, i, leaf_params)
-            out = blk.dist.log_prob(params, xb, mb, sb)
+            bank = leaf_params[blk.bank] if leaf_params is not None else self.params[blk.bank]
+            slots = self._get(f"leaf{i}_slots")
+            _, xb, mb, sb = self.leaf_block_inputs(ev, i, params=False)
+            out = blk.dist.log_prob(bank, xb, mb, sb, slots=slots)
             if semiring == "max" and (mb is not None or sb is not None):
-                best = blk.dist.max_log_prob(params, sb)
+                best = blk.dist.max_log_prob(bank.index_select(0, slots), sb)
                 if mb is not None:  # observed entries already hold log p(x) + log w(x)
                     out = torch.where(mb.unsqueeze(-1), best.expand_as(out), out)
             outs.append(out)
         return outs
 
     def leaf_block_inputs(
-        self, ev: Evidence, i: int, leaf_params: dict[str, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Parameters ``[G, n, P]``, values ``[B, G]``, missing ``[B, G]`` and soft evidence ``[B, G, C]`` of leaf block ``i``."""
+        self, ev: Evidence, i: int, params: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Parameters ``[G, n, P]`` (``None`` unless ``params``), values ``[B, G]``,
+        missing ``[B, G]`` and soft evidence ``[B, G, C]`` of leaf block ``i``."""
         blk = self.layout.leaf_blocks[i]
         vars_ = self._get(f"leaf{i}_vars")
-        bank = leaf_params[blk.bank] if leaf_params is not None else self.params[blk.bank]
-        params = bank.index_select(0, self._get(f"leaf{i}_slots"))
+        if params:
+            params = self.params[blk.bank].index_select(0, self._get(f"leaf{i}_slots"))
+        else:
+            params = None
         xs = ev.x_discrete if blk.dist.discrete else ev.x_continuous
         xb = xs.index_select(1, vars_)
         mb = None if ev.missing is None else ev.missing.index_select(1, vars_)
@@ -305,16 +348,24 @@ class TensorCircuit(nn.Module):
             sb = ev.soft_evidence.index_select(1, vars_)[:, :, : blk.dist.num_cats]
         return params, xb, mb, sb
 
-    def _gather(self, li: int, g: Gather, outs: list[torch.Tensor]) -> torch.Tensor:
+    def _gather(self, li: int | str, g: Gather, outs: list[torch.Tensor]) -> torch.Tensor:
+        """``[B, R]`` child values read by gather ``g`` (``li``: layer index or buffer prefix)."""
+        prefix = f"l{li}" if isinstance(li, int) else li
         if g.identity:
             return outs[g.sources[0]]
+        parts = []
+        for si, s in enumerate(g.sources):
+            start = g.starts[si]
+            if start is not None:
+                parts.append(outs[s][:, start : start + g.indices[si].numel()])
+            else:
+                parts.append(outs[s].index_select(1, self._get(f"{prefix}_src{si}")))
         if g.perm is None:
-            return outs[g.sources[0]].index_select(1, self._get(f"l{li}_src0"))
-        parts = [outs[s].index_select(1, self._get(f"l{li}_src{si}")) for si, s in enumerate(g.sources)]
+            return parts[0]
         if g.pad:
             ref = outs[0]
             parts.append(torch.zeros(ref.shape[0], 1, dtype=ref.dtype, device=ref.device))
-        return torch.cat(parts, 1).index_select(1, self._get(f"l{li}_perm"))
+        return torch.cat(parts, 1).index_select(1, self._get(f"{prefix}_perm"))
 
     def upward(
         self,
@@ -343,13 +394,17 @@ class TensorCircuit(nn.Module):
             if leaf_outputs is None:
                 leaf_outputs = self.leaf_values(ev, semiring)
             B = ev.batch_size
-            outs = [torch.cat([o.reshape(B, -1) for o in leaf_outputs], 1)]
+            flat = [o.reshape(B, -1) for o in leaf_outputs]
+            outs = [flat[0] if len(flat) == 1 else torch.cat(flat, 1)]
             lw = log_weights if log_weights is not None else self.sum_log_weights()
             for li, layer in enumerate(self.layout.layers):
-                ch = self._gather(li, layer.gather, outs)
                 if isinstance(layer, ProductLayer):
-                    outs.append(ch.view(B, layer.num_nodes, layer.k).sum(-1))
+                    out = self._gather(f"l{li}t0", layer.terms[0], outs)
+                    for j in range(1, layer.k):
+                        out = out + self._gather(f"l{li}t{j}", layer.terms[j], outs)
+                    outs.append(out)
                     continue
+                ch = self._gather(li, layer.gather, outs)
                 parts = []
                 for bi, blk in enumerate(layer.blocks):
                     w = lw[blk.bank].index_select(0, self._get(f"l{li}b{bi}_slots"))  # [G, n, k]

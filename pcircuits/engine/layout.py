@@ -35,6 +35,18 @@ class Gather:
     perm: torch.Tensor | None
     pad: bool
     identity: bool = False
+    #: per source, the first column when ``indices[i]`` is a contiguous range (read as a view)
+    starts: list[int | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.starts = [_range_start(ix) for ix in self.indices]
+
+
+def _range_start(ix: torch.Tensor) -> int | None:
+    if ix.numel() == 0:
+        return None
+    start = int(ix[0])
+    return start if torch.equal(ix, torch.arange(start, start + ix.numel())) else None
 
 
 @dataclass
@@ -52,12 +64,18 @@ class LeafBlock:
 
 @dataclass
 class ProductLayer:
-    """Product nodes with fan-in padded to ``k`` (pads read a zero column)."""
+    """Product nodes with fan-in padded to ``k`` (pads read a zero column).
+
+    ``gather`` reads all ``N * k`` child references node-major (used by
+    downward passes); ``terms[j]`` reads the ``N`` references of child slot
+    ``j``, so the upward pass is a sum of ``k`` gathers.
+    """
 
     gather: Gather
     num_nodes: int
     k: int
     groups: list[ProductGroup]
+    terms: list[Gather]
 
 
 @dataclass
@@ -234,7 +252,9 @@ def build_layout(root: NodeGroup) -> Layout:
                     cc[:, j] = off + g.edges[:, j]
                 lays.append(lay.reshape(-1))
                 cols.append(cc.reshape(-1))
-            layers.append(ProductLayer(_gather(torch.cat(lays), torch.cat(cols), layer_sizes), col, k, members))
+            lay_all, col_all = torch.cat(lays), torch.cat(cols)
+            terms = [_gather(lay_all.view(-1, k)[:, j], col_all.view(-1, k)[:, j], layer_sizes) for j in range(k)]
+            layers.append(ProductLayer(_gather(lay_all, col_all, layer_sizes), col, k, members, terms))
             layer_sizes.append(col)
         else:
             shapes: dict[tuple, list[SumGroup]] = {}

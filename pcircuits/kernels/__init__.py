@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib
+import importlib.util
 from types import ModuleType
 from typing import Iterator
 
@@ -24,6 +26,23 @@ _ACTIVE: contextvars.ContextVar[str] = contextvars.ContextVar("pcircuits_backend
 def register_backend(name: str, module: ModuleType) -> None:
     """Makes ``module`` selectable as backend ``name``."""
     BACKENDS[name] = module
+
+
+class _LazyBackend(ModuleType):
+    """A backend module imported on first use (so ``import pcircuits`` does not import triton)."""
+
+    def __init__(self, name: str, target: str):
+        super().__init__(name)
+        self._target = target
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return getattr(importlib.import_module(self._target), attr)
+
+
+if importlib.util.find_spec("triton") is not None:
+    register_backend("triton", _LazyBackend(f"{__name__}.triton_ops", f"{__name__}.triton_ops"))
 
 
 def active_backend() -> ModuleType:

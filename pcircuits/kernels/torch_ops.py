@@ -14,11 +14,14 @@ __all__ = ["dense_sum", "sparse_sum", "soft_evidence_lse"]
 
 
 def _finite_max(x: torch.Tensor, dim: int) -> torch.Tensor:
-    m = x.detach().amax(dim, keepdim=True)
-    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    """Maximum along ``dim`` (kept), with 0 where it is infinite; a constant for autograd."""
+    return torch.nan_to_num(x.detach().amax(dim, keepdim=True), nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _safe_log(s: torch.Tensor) -> torch.Tensor:
+    """``log s`` for ``s >= 0``, whose gradient is 0 (not NaN) where ``s == 0``."""
+    if not (s.requires_grad and torch.is_grad_enabled()):
+        return torch.log(s)
     pos = s > 0
     return torch.where(pos, torch.log(torch.where(pos, s, torch.ones_like(s))), torch.full_like(s, -math.inf))
 
@@ -74,7 +77,7 @@ def soft_evidence_lse(evidence: torch.Tensor, table: torch.Tensor, chunk: int = 
 
     Args:
         evidence: ``[B, G, C]`` log-weights.
-        table: ``[G, n, C]`` log-probabilities.
+        table: ``[G, n, C]`` log-probabilities, or ``[1, n, C]`` shared by all groups.
         chunk: entries recomputed exactly per step.
 
     Returns:
@@ -85,7 +88,10 @@ def soft_evidence_lse(evidence: torch.Tensor, table: torch.Tensor, chunk: int = 
     m2 = _finite_max(table, -1)  # [G, n, 1]
     e1 = torch.exp(evidence - m1)
     e2 = torch.exp(table - m2)
-    s = torch.matmul(e1.transpose(0, 1), e2.transpose(1, 2)).transpose(0, 1)  # [B, G, n]
+    if table.shape[0] == 1:  # one table for all groups: a single [B*G, C] x [C, n] product
+        s = (e1.reshape(B * G, C) @ e2[0].transpose(0, 1)).view(B, G, -1)
+    else:
+        s = torch.matmul(e1.transpose(0, 1), e2.transpose(1, 2)).transpose(0, 1)  # [B, G, n]
     info = torch.finfo(s.dtype)
     threshold = C * info.tiny / info.eps
     bad = s < threshold
@@ -95,7 +101,8 @@ def soft_evidence_lse(evidence: torch.Tensor, table: torch.Tensor, chunk: int = 
         exact = []
         for i in range(0, b.numel(), chunk):
             sl = slice(i, i + chunk)
-            terms = evidence[b[sl], g[sl]] + table[g[sl], n[sl]]  # [m, C]
+            tg = g[sl] if table.shape[0] > 1 else torch.zeros_like(g[sl])
+            terms = evidence[b[sl], g[sl]] + table[tg, n[sl]]  # [m, C]
             mm = _finite_max(terms, -1)
             exact.append((_safe_log(torch.exp(terms - mm).sum(-1, keepdim=True)) + mm).squeeze(-1))
         out = out.index_put((b, g, n), torch.cat(exact))

@@ -1,0 +1,210 @@
+"""Density-estimation benchmark on the binary DEBD data sets.
+
+One command trains and evaluates every data set::
+
+    python benchmarks/density.py --data-dir ../shared/data/debd
+
+For each data set it trains HCLTs (:func:`pcircuits.learning.learn_hclt`)
+for every configuration of the grid (latents x pseudocount), picks the
+configuration with the best *validation* log-likelihood, evaluates it on
+train/valid/test, saves it with :func:`pcircuits.save`, and writes a JSON
+file and a markdown table beside the reference numbers. The run is
+resumable: data sets already in the JSON file are skipped (``--redo``
+retrains them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import pcircuits as pc
+from pcircuits.datasets import DEBD_DATASETS, load_debd
+from pcircuits.learning.chow_liu import learn_hclt
+
+#: Test log-likelihoods of HCLT (Liu & Van den Broeck, NeurIPS 2021), nats per example.
+REFERENCE = {
+    "nltcs": -6.00,
+    "plants": -14.37,
+    "baudio": -39.77,
+    "jester": -52.46,
+    "bnetflix": -56.28,
+    "accidents": -26.75,
+    "pumsb_star": -23.56,
+    "dna": -79.14,
+    "bbc": -250.41,
+}
+
+HERE = Path(__file__).resolve().parent
+BEGIN, END = "<!-- density-table:begin -->", "<!-- density-table:end -->"
+
+
+def mean_ll(circuit: pc.TensorCircuit, x: np.ndarray, chunk: int = 4096) -> float:
+    """Mean log-likelihood (nats per example) of ``x`` ``[N, V]``."""
+    t = torch.from_numpy(x)
+    with torch.no_grad():
+        return float(torch.cat([circuit(t[i : i + chunk]) for i in range(0, len(t), chunk)]).double().mean())
+
+
+def run_dataset(name: str, args: argparse.Namespace) -> dict:
+    """Grid search on validation for one data set; returns its JSON record."""
+    splits = load_debd(name, data_dir=args.data_dir)
+    t0 = time.perf_counter()
+    trials, best = [], None
+    num_configs = len(args.latents) * len(args.pseudocounts)
+    budget = args.time_budget if args.dataset_budget is None else min(args.time_budget, args.dataset_budget / num_configs)
+    for latents in args.latents:
+        for pcount in args.pseudocounts:
+            res = learn_hclt(
+                splits["train"],
+                latents,
+                valid=splits["valid"],
+                minibatch_epochs=args.minibatch_epochs,
+                batch_size=args.batch_size,
+                step_size=args.step_size,
+                fullbatch_epochs=args.fullbatch_epochs,
+                pseudocount=pcount,
+                time_budget=budget,
+                seed=args.seed,
+                progress=args.progress,
+            )
+            valid = max(res.valid_ll)
+            trial = {"latents": latents, "pseudocount": pcount, "valid_ll": valid, "epochs": res.info["epochs"], "seconds": res.seconds}
+            trials.append(trial)
+            print(f"  {name} latents={latents} pseudocount={pcount}: valid {valid:.4f} ({res.info['epochs']} epochs, {res.seconds:.0f}s)", flush=True)
+            if best is None or valid > best[0]["valid_ll"]:
+                best = (trial, res.circuit)
+    trial, circuit = best
+    record = {
+        "dataset": name,
+        "num_vars": int(splits["train"].shape[1]),
+        "model": f"HCLT(latents={trial['latents']}, pseudocount={trial['pseudocount']})",
+        "latents": trial["latents"],
+        "pseudocount": trial["pseudocount"],
+        "train_ll": mean_ll(circuit, splits["train"]),
+        "valid_ll": mean_ll(circuit, splits["valid"]),
+        "test_ll": mean_ll(circuit, splits["test"]),
+        "reference_test_ll": REFERENCE.get(name),
+        "wall_seconds": time.perf_counter() - t0,
+        "num_nodes": circuit.num_nodes,
+        "num_edges": circuit.num_edges,
+        "num_parameters": circuit.num_parameters,
+        "trials": trials,
+        "grid": {"latents": list(args.latents), "pseudocounts": list(args.pseudocounts)},
+        "schedule": {
+            "minibatch_epochs": args.minibatch_epochs,
+            "fullbatch_epochs": args.fullbatch_epochs,
+            "batch_size": args.batch_size,
+            "step_size": args.step_size,
+            "time_budget_per_config": budget,
+        },
+    }
+    if record["reference_test_ll"] is not None:
+        record["test_minus_reference"] = record["test_ll"] - record["reference_test_ll"]
+    models = Path(args.out_dir) / "density_models"
+    models.mkdir(parents=True, exist_ok=True)
+    pc.save(circuit, models / f"{name}.npz")
+    record["model_file"] = os.path.relpath(models / f"{name}.npz", Path.cwd())
+    return record
+
+
+def markdown_table(results: dict) -> str:
+    """The results as a markdown table (data sets in benchmark order)."""
+    lines = [
+        "| data set | vars | model (chosen on valid) | train LL | valid LL | test LL | reference test LL | test - ref | wall time (s) | nodes | edges | params |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = [n for n in DEBD_DATASETS if n in results] + sorted(set(results) - set(DEBD_DATASETS))
+    for n in order:
+        r = results[n]
+        ref = r.get("reference_test_ll")
+        diff = r.get("test_minus_reference")
+        lines.append(
+            f"| {n} | {r['num_vars']} | {r['model']} | {r['train_ll']:.2f} | {r['valid_ll']:.2f} | {r['test_ll']:.2f} | "
+            f"{'' if ref is None else f'{ref:.2f}'} | {'' if diff is None else f'{diff:+.2f}'} | {r['wall_seconds']:.0f} | "
+            f"{r['num_nodes']} | {r['num_edges']} | {r['num_parameters']} |"
+        )
+    missing = [n for n in DEBD_DATASETS if n not in results]
+    if missing:
+        lines.append("")
+        lines.append(f"Not yet run: {', '.join(missing)} (reference test LL: " + ", ".join(f"{n} {REFERENCE[n]:.2f}" for n in missing) + ").")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(results: dict, meta: dict, args: argparse.Namespace) -> None:
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "density.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    table = markdown_table(results)
+    (out / "density.md").write_text("# Density estimation (test log-likelihood, nats per example)\n\n" + table)
+    if args.docs_page:
+        page = Path(args.docs_page)
+        if page.exists() and BEGIN in page.read_text():
+            text = page.read_text()
+            head, rest = text.split(BEGIN, 1)
+            tail = rest.split(END, 1)[1] if END in rest else ""
+            page.write_text(f"{head}{BEGIN}\n{table}{END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data" / "debd"), help="folder with NAME/NAME.{train,valid,test}.data")
+    p.add_argument("--datasets", nargs="+", default=list(DEBD_DATASETS), help="data sets to run, in order")
+    p.add_argument("--out-dir", default=str(HERE / "results"), help="where density.json, density.md and density_models/ go")
+    p.add_argument("--docs-page", default=str(HERE.parent / "docs" / "benchmarks" / "density.md"), help="page whose table to update ('' for none)")
+    p.add_argument("--latents", type=int, nargs="+", default=[16, 32], help="grid of latent states per variable")
+    p.add_argument("--pseudocounts", type=float, nargs="+", default=[0.1, 1.0], help="grid of EM pseudocounts")
+    p.add_argument("--minibatch-epochs", type=int, default=5)
+    p.add_argument("--fullbatch-epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--step-size", type=float, default=0.2)
+    p.add_argument("--time-budget", type=float, default=600.0, help="seconds per grid point (at most)")
+    p.add_argument("--dataset-budget", type=float, default=1150.0, help="seconds per data set, split evenly over the grid (9 data sets fit in 3 hours)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--redo", action="store_true", help="retrain data sets already in the JSON file")
+    p.add_argument("--progress", action="store_true", help="show tqdm bars")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if not Path(args.data_dir).is_dir():
+        p.error(f"--data-dir: no such folder {args.data_dir!r}")
+    json_path = Path(args.out_dir) / "density.json"
+    results = {}
+    if json_path.exists() and not args.redo:
+        results = json.loads(json_path.read_text()).get("results", {})
+    meta = {
+        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, {args.threads} torch thread(s)".strip(),
+        "grid": {"latents": args.latents, "pseudocounts": args.pseudocounts},
+        "schedule": {
+            "minibatch_epochs": args.minibatch_epochs,
+            "fullbatch_epochs": args.fullbatch_epochs,
+            "batch_size": args.batch_size,
+            "step_size": args.step_size,
+            "time_budget_per_config": args.time_budget,
+        },
+    }
+    for name in args.datasets:
+        if name in results:
+            print(f"{name}: already done (test {results[name]['test_ll']:.3f}), skipping", flush=True)
+            continue
+        print(f"{name}: training", flush=True)
+        results[name] = run_dataset(name, args)
+        r = results[name]
+        print(f"{name}: test {r['test_ll']:.3f} (reference {r['reference_test_ll']}) in {r['wall_seconds']:.0f}s", flush=True)
+        write_outputs(results, meta, args)
+    write_outputs(results, meta, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

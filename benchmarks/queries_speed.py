@@ -1,0 +1,192 @@
+"""Speed of the exact queries relative to one forward pass, on a hidden Chow-Liu tree (HCLT).
+
+The HCLT is the one of the query issue: a random tree over ``V`` binary
+variables, a latent with ``H`` states per variable; per variable a group of
+``H`` Bernoulli leaves, per tree node a sum group of ``H`` nodes over the
+element-wise product of its own leaf group and its children's sum groups, and
+a one-node root sum. It is built here with the node API (Bernoulli leaves, as
+specified; ``pcircuits.structures.hclt_from_tree`` builds the same shape with
+categorical leaves).
+
+Measured (median of ``--repeats`` runs after a warm-up, float32):
+
+- ``forward``: ``circuit(x)`` over ``B`` complete examples, no autograd;
+- ``forward_missing``: ``circuit(x, missing)`` with half the entries missing;
+- ``marginals``: ``pc.marginals(circuit, x, missing)`` on the same evidence;
+- ``mpe``: ``pc.mpe(circuit, x, missing)`` on the same evidence;
+- ``sample``: ``pc.sample(circuit, B)`` (``B`` joint samples);
+- ``sample_conditional``: one conditional sample per example of the same evidence.
+
+Before timing, the outputs are checked: marginals of missing variables sum to
+1, MPE keeps observed entries, and the sampled frequencies of every variable
+match its marginal ``p(X_v = 1)``.
+
+Usage::
+
+    python benchmarks/queries_speed.py [--vars 100] [--latents 32] [--batch 10000] [--repeats 5] [--out benchmarks/results]
+
+Writes ``queries_speed.json``, ``queries_speed.png`` and ``queries_speed.md``
+(the table shown in ``docs/benchmarks/queries.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import pcircuits as pc
+
+
+def hclt(num_vars: int, num_latents: int, seed: int = 0) -> pc.SumGroup:
+    """An HCLT over a random recursive tree (variable ``v`` hangs under a random ``u < v``)."""
+    rng = np.random.default_rng(seed)
+    parent = [-1] + [int(rng.integers(0, v)) for v in range(1, num_vars)]
+    children: dict[int, list[int]] = {v: [] for v in range(num_vars)}
+    for v in range(1, num_vars):
+        children[parent[v]].append(v)
+    sums: dict[int, pc.SumGroup] = {}
+    root = None
+    for v in reversed(range(num_vars)):  # children have larger ids than their parent
+        leaf = pc.inputs(v, num_latents, pc.Bernoulli())
+        prod = pc.multiply(leaf, *[sums[c] for c in children[v]])
+        if v == 0:
+            root = pc.summate(prod, num_nodes=1)
+        else:
+            sums[v] = pc.summate(prod, num_nodes=num_latents)
+    return root
+
+
+def timeit(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vars", type=int, default=100)
+    ap.add_argument("--latents", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=10_000)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(args.device)
+
+    circuit = pc.compile(hclt(args.vars, args.latents), seed=0).to(dev)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 2, (args.batch, args.vars), generator=g).to(dev)
+    missing = (torch.rand(args.batch, args.vars, generator=g) < 0.5).to(dev)
+
+    # ---- output checks ------------------------------------------------------
+    with torch.no_grad():
+        m = pc.marginals(circuit, x, missing)
+        sums = m.sum(-1)[missing]
+        assert torch.allclose(sums, torch.ones_like(sums), atol=1e-4), "marginals do not sum to 1"
+        assert torch.equal(m[~missing].argmax(-1), x[~missing]), "observed marginals are not one-hot"
+        best = pc.mpe(circuit, x, missing)
+        assert torch.equal(best[~missing], x[~missing]), "MPE changed observed entries"
+        s = pc.sample(circuit, args.batch, seed=0)
+        assert s.shape == (args.batch, args.vars) and s.min() >= 0 and s.max() <= 1
+        prior = pc.marginals(circuit, x[:1], torch.ones_like(x[:1], dtype=torch.bool))[0, :, 1]
+        err = (s.float().mean(0) - prior).abs().max().item()
+        assert err < 5 * 0.5 / args.batch**0.5 + 1e-3, f"sampled frequencies off by {err}"
+
+    # ---- timings ------------------------------------------------------------
+    def forward():
+        with torch.no_grad():
+            circuit(x)
+
+    def forward_missing():
+        with torch.no_grad():
+            circuit(x, missing)
+
+    timings = {
+        "forward": timeit(forward, args.repeats),
+        "forward_missing": timeit(forward_missing, args.repeats),
+        "marginals": timeit(lambda: pc.marginals(circuit, x, missing), args.repeats),
+        "mpe": timeit(lambda: pc.mpe(circuit, x, missing), args.repeats),
+        "sample": timeit(lambda: pc.sample(circuit, args.batch, seed=1), args.repeats),
+        "sample_conditional": timeit(lambda: pc.sample(circuit, 1, x=x, missing=missing, seed=1), args.repeats),
+    }
+    ratios = {
+        "marginals / forward_missing": timings["marginals"] / timings["forward_missing"],
+        "marginals / forward": timings["marginals"] / timings["forward"],
+        "mpe / forward_missing": timings["mpe"] / timings["forward_missing"],
+        "sample / forward": timings["sample"] / timings["forward"],
+        "sample_conditional / forward_missing": timings["sample_conditional"] / timings["forward_missing"],
+    }
+    result = {
+        "circuit": {
+            "structure": "HCLT (random recursive tree, Bernoulli leaves)",
+            "num_vars": args.vars,
+            "num_latents": args.latents,
+            "num_nodes": circuit.num_nodes,
+            "num_edges": circuit.num_edges,
+        },
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "device": str(dev),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "seconds": timings,
+        "ratios": ratios,
+        "targets": {"marginals / forward": 3.0, "sample / forward": 5.0},
+    }
+    (out / "queries_speed.json").write_text(json.dumps(result, indent=2) + "\n")
+
+    lines = [
+        f"HCLT over {args.vars} binary variables with {args.latents} latent states "
+        f"({circuit.num_nodes} nodes, {circuit.num_edges} edges), batch {args.batch}, float32, "
+        f"{dev} ({torch.get_num_threads()} threads), median of {args.repeats} runs.",
+        "",
+        "| query | seconds | ratio to its forward pass |",
+        "|---|---:|---:|",
+        f"| forward, complete evidence | {timings['forward']:.4f} | 1.00 |",
+        f"| forward, 50% missing | {timings['forward_missing']:.4f} | 1.00 |",
+        f"| marginals (50% missing) | {timings['marginals']:.4f} | {ratios['marginals / forward_missing']:.2f} (target ≤ 3) |",
+        f"| MPE (50% missing) | {timings['mpe']:.4f} | {ratios['mpe / forward_missing']:.2f} |",
+        f"| {args.batch} joint samples | {timings['sample']:.4f} | {ratios['sample / forward']:.2f} (target ≤ 5) |",
+        f"| one conditional sample per example | {timings['sample_conditional']:.4f} | "
+        f"{ratios['sample_conditional / forward_missing']:.2f} |",
+        "",
+    ]
+    (out / "queries_speed.md").write_text("\n".join(lines))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(timings)
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.barh(names, [timings[n] * 1000 for n in names], color=["#888", "#888", "#1f77b4", "#2ca02c", "#d62728", "#9467bd"])
+    ax.invert_yaxis()
+    ax.set_xlabel("milliseconds (median)")
+    ax.set_title(f"Queries on an HCLT ({args.vars} vars, {args.latents} latents), batch {args.batch}, {dev}")
+    fig.tight_layout()
+    fig.savefig(out / "queries_speed.png", dpi=120)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The `codd` command line and the demo."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from diffusion.cli import main
+from diffusion.data import BUNDLED_DATA_DIR
+from diffusion.demo import run_demo
+
+
+@pytest.mark.parametrize("cmd", [[], ["train-backbone"], ["generate"], ["evaluate"]])
+def test_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*cmd, "--help"])
+    assert e.value.code == 0
+    assert "usage: codd" in capsys.readouterr().out
+
+
+def test_missing_inputs_give_clear_errors(tmp_path, capsys):
+    assert main(["generate", str(tmp_path / "nope"), "--prompt", "hi"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train-backbone", "--data", str(tmp_path / "missing.txt"), "--output", str(tmp_path / "o")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "model"
+    rc = main([
+        "train-backbone", "--data", str(BUNDLED_DATA_DIR), "--output", str(out), "--vocab-size", "300",
+        "--hidden-size", "32", "--layers", "1", "--heads", "2", "--intermediate-size", "32", "--batch-size", "4",
+        "--max-steps", "2", "--eval-examples", "4", "--train-limit", "20", "--no-progress",
+    ])
+    assert rc == 0
+    return out
+
+
+def test_generate_and_evaluate(tiny_model, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["generate", str(tiny_model), "--prompt", "What is 2+3?", "--gen-length", "16", "--block-length", "8",
+                 "--tokens-per-step", "4"]) == 0
+    assert "### What is 2+3?" in capsys.readouterr().out
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one?\ntwo?\n")
+    assert main(["generate", str(tiny_model), "--prompts-file", str(prompts), "--gen-length", "8", "--mode", "full",
+                 "--steps", "2", "--temperature", "1.0"]) == 0
+    assert main(["generate", str(tiny_model), "--prompts-file", str(tmp_path / "none.txt")]) == 2
+    assert main(["generate", str(tiny_model), "--prompt", "x", "--gen-length", "10", "--block-length", "4"]) == 2
+    assert "gen_length" in capsys.readouterr().err
+    out = tmp_path / "res.json"
+    assert main(["evaluate", str(tiny_model), "--data", str(BUNDLED_DATA_DIR), "--examples", "3", "--questions", "2",
+                 "--gen-length", "16", "--block-length", "8", "--tokens-per-step", "1", "8", "--max-answer-tokens", "200",
+                 "--output", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["elbo"]["ppl_bound"] > 1
+    assert [g["tokens_per_step"] for g in res["generation"]] == [1, 8]
+    assert len(res["loglik_by_mask_ratio"]) == 5
+
+
+def test_demo_runs(tiny_model, capsys):
+    res = run_demo(model_dir=tiny_model, questions=1, gen_length=16, block_length=8)
+    assert set(res["results"]) == {1, 8}
+    assert "8 token(s)/step" in capsys.readouterr().out

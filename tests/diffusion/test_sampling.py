@@ -1,0 +1,213 @@
+"""Step schedules, remasking rules, validation and the joint-draw hook of `generate`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffusion.sampling import (
+    REMASKING_RULES,
+    FactorizedDraw,
+    JointDraw,
+    dream_transfer_count,
+    generate,
+    num_transfer_tokens,
+)
+
+from .conftest import table_backbone
+
+MASK = 19
+
+
+def _prompts(b: int = 3, p: int = 5) -> torch.Tensor:
+    return torch.randint(0, MASK, (b, p), generator=torch.Generator().manual_seed(7))
+
+
+def test_num_transfer_tokens_sums_and_spreads():
+    out = num_transfer_tokens(torch.tensor([10, 8, 3]), 4)
+    assert out.tolist() == [[3, 3, 2, 2], [2, 2, 2, 2], [1, 1, 1, 0]]
+    assert out.sum(1).tolist() == [10, 8, 3]
+
+
+def test_dream_budget_commits_everything():
+    n = torch.tensor([32])
+    total = 0
+    for i in range(8):
+        k = dream_transfer_count(n - total, i, 8)
+        assert k.item() >= 0
+        total += k.item()
+    assert total == 32
+
+
+@pytest.mark.parametrize("rule", REMASKING_RULES)
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+def test_each_token_committed_once_and_prompt_kept(random_backbone, rule, k):
+    prompt = _prompts()
+    gen_length, block = 16, 8
+    steps = gen_length // k
+    out, trace = generate(
+        random_backbone, prompt, gen_length=gen_length, steps=steps, block_length=block, remasking=rule,
+        generator=torch.Generator().manual_seed(0), return_trace=True,
+    )
+    assert out.shape == (3, 5 + gen_length)
+    assert torch.equal(out[:, :5], prompt)
+    assert not (out == MASK).any()
+    cs = trace.commit_step
+    assert (cs >= 0).all() and (cs < steps).all()  # every position committed exactly once, during the run
+    for s in range(steps):
+        assert ((cs == s).sum(1) == k).all()  # k tokens per step, each row
+    # semi-autoregressive: every token of block 0 is committed before any token of block 1
+    assert (cs[:, :block].max(1).values < cs[:, block:].min(1).values).all()
+    assert trace.forward_passes == steps
+
+
+def test_full_sequence_dream_schedule(random_backbone):
+    out, trace = generate(
+        random_backbone, _prompts(), gen_length=12, steps=5, block_length=None, schedule="dream", return_trace=True
+    )
+    assert not (out == MASK).any()
+    cs = trace.commit_step
+    assert (cs >= 0).all() and (cs < 5).all()
+    assert ((cs[:, :, None] == torch.arange(5)).sum(1).sum(1) == 12).all()
+
+
+def _rule_table() -> torch.Tensor:
+    """Three generated positions whose first choice differs per rule (V = 20, mask 19).
+
+    A: p = [0.40, 0.06 x 10] -> largest margin (0.34), highest entropy
+    B: p = [0.46, 0.18 x 3]  -> highest top probability
+    C: p = [0.44, 0.44, 0.12] -> lowest entropy, zero margin
+    """
+    v = 20
+    probs = torch.full((4, v), 1e-12)
+    probs[0, 0] = 1.0  # prompt position (never generated)
+    probs[1, 0], probs[1, 1:11] = 0.40, 0.06
+    probs[2, 0], probs[2, 1:4] = 0.46, 0.18
+    probs[3, 0], probs[3, 1], probs[3, 2] = 0.44, 0.44, 0.12
+    return probs.log()
+
+
+@pytest.mark.parametrize(
+    "rule,order",
+    [("low_confidence", [2, 0, 1]), ("margin", [0, 1, 2]), ("entropy", [2, 1, 0])],
+)
+def test_remasking_rule_order(rule, order):
+    backbone = table_backbone(_rule_table(), MASK)
+    prompt = torch.zeros(2, 1, dtype=torch.long)
+    _, trace = generate(backbone, prompt, gen_length=3, steps=3, block_length=3, remasking=rule, return_trace=True)
+    # order[j] = step at which position j (A, B, C) is committed
+    assert trace.commit_step[0].tolist() == order
+    assert trace.commit_step[1].tolist() == order
+
+
+def test_random_remasking_varies_with_seed():
+    backbone = table_backbone(_rule_table(), MASK)
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    orders = set()
+    for seed in range(12):
+        _, trace = generate(
+            backbone, prompt, gen_length=3, steps=3, block_length=3, remasking="random",
+            generator=torch.Generator().manual_seed(seed), return_trace=True,
+        )
+        assert sorted(trace.commit_step[0].tolist()) == [0, 1, 2]
+        orders.add(tuple(trace.commit_step[0].tolist()))
+    assert len(orders) > 1
+
+
+def test_greedy_is_argmax_and_mask_never_generated():
+    table = torch.zeros(6, 20)
+    table[:, MASK] = 100.0  # the mask token is the model's favourite; it must be excluded
+    for i in range(6):
+        table[i, i] = 10.0
+    backbone = table_backbone(table, MASK)
+    out = generate(backbone, torch.zeros(2, 2, dtype=torch.long), gen_length=4, steps=2, block_length=2)
+    assert out[:, 2:].tolist() == [[2, 3, 4, 5]] * 2
+
+
+def test_temperature_and_top_p():
+    table = torch.zeros(9, 20)
+    table[:, 3] = 2.0
+    backbone = table_backbone(table, MASK)
+    prompt = torch.zeros(4, 1, dtype=torch.long)
+    a = generate(backbone, prompt, 8, 8, 8, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    b = generate(backbone, prompt, 8, 8, 8, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+    assert len(set(a[:, 1:].flatten().tolist())) > 1  # sampling draws more than the argmax
+    c = generate(backbone, prompt, 8, 8, 8, temperature=1.0, top_p=0.1, generator=torch.Generator().manual_seed(0))
+    assert (c[:, 1:] == 3).all()  # nucleus of mass 0.1 holds only the top token
+
+
+def test_factorized_draw_is_default(random_backbone):
+    prompt = _prompts()
+    a = generate(random_backbone, prompt, 16, 8, 8)
+    b = generate(random_backbone, prompt, 16, 8, 8, joint_draw=FactorizedDraw())
+    assert torch.equal(a, b)
+    assert isinstance(FactorizedDraw(), JointDraw)
+
+
+def test_joint_draw_hook_receives_window_and_commit(random_backbone):
+    calls = []
+
+    class Constant:
+        def __call__(self, ids, logits, window, commit):
+            calls.append((ids.clone(), logits.shape, window.clone(), commit.clone()))
+            return torch.full_like(ids, 7), torch.zeros(ids.shape)
+
+    prompt = _prompts(2, 4)
+    out = generate(random_backbone, prompt, 8, 4, 4, joint_draw=Constant())
+    assert (out[:, 4:] == 7).all()
+    assert len(calls) == 4
+    for step, (ids, shape, window, commit) in enumerate(calls):
+        assert shape == (2, 12, 20)
+        assert not (commit & ~window).any()
+        assert (window == (ids == MASK) & window).all()
+        blk = step // 2
+        cols = torch.zeros(12, dtype=torch.bool)
+        cols[4 + 4 * blk : 8 + 4 * blk] = True
+        assert not window[:, ~cols].any()  # only the active block
+        assert (commit.sum(1) == 2).all()
+
+
+def test_joint_draw_returning_mask_is_rejected(random_backbone):
+    bad = lambda ids, logits, window, commit: (torch.full_like(ids, MASK), torch.zeros(ids.shape))  # noqa: E731
+    with pytest.raises(ValueError, match="joint_draw"):
+        generate(random_backbone, _prompts(), 8, 4, 4, joint_draw=bad)
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(gen_length=10, steps=10, block_length=4), "gen_length"),
+        (dict(gen_length=16, steps=6, block_length=4), "steps"),
+        (dict(gen_length=16, steps=0, block_length=4), "steps"),
+        (dict(gen_length=16, steps=16, block_length=4, remasking="topk"), "remasking"),
+        (dict(gen_length=16, steps=16, block_length=4, schedule="cosine"), "schedule"),
+        (dict(gen_length=16, steps=16, block_length=4, temperature=-1.0), "temperature"),
+        (dict(gen_length=16, steps=16, block_length=4, top_p=0.0), "top_p"),
+    ],
+)
+def test_bad_arguments_raise(random_backbone, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        generate(random_backbone, _prompts(), **kwargs)
+
+
+def test_prompt_with_mask_or_out_of_vocab(random_backbone):
+    p = _prompts()
+    p[0, 1] = MASK
+    with pytest.raises(ValueError, match="prompt_ids.*mask"):
+        generate(random_backbone, p, 8, 8, 8)
+    p = _prompts()
+    p[1, 0] = 20
+    with pytest.raises(ValueError, match="prompt_ids"):
+        generate(random_backbone, p, 8, 8, 8)
+    p[1, 0] = -1
+    with pytest.raises(ValueError, match="prompt_ids"):
+        generate(random_backbone, p, 8, 8, 8)
+
+
+def test_schedule_counts_at_8_tokens_per_step_math():
+    # 128 tokens, blocks of 32, 8 tokens per step -> 16 steps, 4 per block
+    assert num_transfer_tokens(torch.tensor([32]), 4).tolist() == [[8, 8, 8, 8]]
+    assert math.isclose(128 / 16, 8)

@@ -1,0 +1,90 @@
+"""HCLT learning: clustering initialisation, EM schedule, budgets and model selection."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from pcircuits.learning.chow_liu import chow_liu_tree, infer_num_cats, kmeans, learn_hclt
+
+
+def mixture_data(n, V=8, seed=0):
+    """Three clusters of correlated binary variables."""
+    rng = np.random.default_rng(seed)
+    z = rng.integers(0, 3, n)
+    probs = np.random.default_rng(99).choice([0.1, 0.9], (3, V))
+    return (rng.random((n, V)) < probs[z]).astype(np.int64)
+
+
+def factorised_ll(train, test):
+    p = (train.sum(0) + 1) / (len(train) + 2)
+    return float((test * np.log(p) + (1 - test) * np.log(1 - p)).sum(1).mean())
+
+
+def test_learn_hclt_beats_independent_model_and_normalises():
+    train, valid, test = mixture_data(1500), mixture_data(300, seed=1), mixture_data(500, seed=2)
+    res = learn_hclt(train, 4, valid=valid, minibatch_epochs=2, fullbatch_epochs=8, progress=False)
+    c = res.circuit.to(torch.float64)
+    ll = float(c(torch.from_numpy(test)).mean())
+    assert ll > factorised_ll(train, test) + 0.2
+    x = torch.tensor(list(itertools.product([0, 1], repeat=8)))
+    assert abs(float(torch.logsumexp(c(x), 0))) < 1e-6
+    # the kept parameters are those of the best validation epoch
+    assert float(c(torch.from_numpy(valid)).mean()) == pytest.approx(max(res.valid_ll), abs=1e-4)
+    assert len(res.train_ll) == 10 and len(res.valid_ll) == 10
+    # full-batch EM never lowers the train log-likelihood
+    fb = res.train_ll[2:]
+    assert all(b >= a - 1e-4 for a, b in zip(fb, fb[1:]))
+
+
+def test_kmeans_initialisation_starts_better_than_random():
+    train = mixture_data(1500)
+    km = learn_hclt(train, 4, init="kmeans", minibatch_epochs=0, fullbatch_epochs=1, progress=False)
+    rnd = learn_hclt(train, 4, init="random", minibatch_epochs=0, fullbatch_epochs=1, progress=False)
+    # the first full-batch epoch reports the log-likelihood of the initial parameters
+    assert km.train_ll[0] > rnd.train_ll[0] + 0.5
+
+
+def test_time_budget_stops_after_first_epoch():
+    res = learn_hclt(mixture_data(200), 2, minibatch_epochs=3, fullbatch_epochs=3, time_budget=1e-9, progress=False)
+    assert res.info["epochs"] == 1
+
+
+def test_kmeans_separates_clusters():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 0.1, (50, 2)), rng.normal(5, 0.1, (50, 2))])
+    labels, centres = kmeans(x, 2)
+    assert len(set(labels[:50])) == 1 and len(set(labels[50:])) == 1 and labels[0] != labels[50]
+    assert sorted(np.round(centres[:, 0]).tolist()) == [0.0, 5.0]
+
+
+def test_categorical_data():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, (400, 4))
+    x[:, 1] = (x[:, 0] + (rng.random(400) < 0.1)) % 3
+    assert infer_num_cats(x) == [3, 3, 3, 3]
+    tree = chow_liu_tree(x)
+    assert tree.has_edge(0, 1)
+    res = learn_hclt(x, 3, minibatch_epochs=1, fullbatch_epochs=2, progress=False)
+    c = res.circuit.to(torch.float64)
+    allx = torch.tensor(list(itertools.product(range(3), repeat=4)))
+    assert abs(float(torch.logsumexp(c(allx), 0))) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "kwargs, arg",
+    [
+        ({"num_latents": 0}, "num_latents"),
+        ({"init": "zeros"}, "init"),
+        ({"time_budget": -1.0}, "time_budget"),
+        ({"step_size": 0.0}, "step_size"),
+        ({"valid": np.zeros((3, 2), dtype=np.int64)}, "valid"),
+        ({"num_cats": 1}, "num_cats"),
+    ],
+)
+def test_bad_arguments(kwargs, arg):
+    with pytest.raises(ValueError, match=arg):
+        learn_hclt(mixture_data(50, V=3), **{"num_latents": 2, **kwargs})
+    with pytest.raises(ValueError, match="data"):
+        learn_hclt(np.array([[0, -1]]), 2)
