@@ -18,7 +18,7 @@ demo: $(VENV)/.installed
 	$(PY) -m pcircuits.demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -q
 
 docs: $(VENV)/.installed
 	$(VENV)/bin/mkdocs build --strict

@@ -5,8 +5,9 @@ One command trains and evaluates every data set::
     python benchmarks/density.py --data-dir ../shared/data/debd
 
 For each data set it trains HCLTs (:func:`pcircuits.learning.learn_hclt`)
-for every configuration of the grid (latents x pseudocount), picks the
-configuration with the best *validation* log-likelihood, evaluates it on
+for every configuration of the grid (latents x pseudocount) and a LearnSPN
+(:func:`pcircuits.learning.learn_spn`), picks the model with the best
+*validation* log-likelihood, evaluates it on
 train/valid/test, saves it with :func:`pcircuits.save`, and writes a JSON
 file and a markdown table beside the reference numbers. The run is
 resumable: data sets already in the JSON file are skipped (``--redo``
@@ -29,6 +30,7 @@ import torch
 import pcircuits as pc
 from pcircuits.datasets import DEBD_DATASETS, load_debd
 from pcircuits.learning.chow_liu import learn_hclt
+from pcircuits.learning.learnspn import learn_spn
 
 #: Test log-likelihoods of HCLT (Liu & Van den Broeck, NeurIPS 2021), nats per example.
 REFERENCE = {
@@ -61,7 +63,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     trials, best = [], None
     num_configs = len(args.latents) * len(args.pseudocounts)
     budget = args.time_budget if args.dataset_budget is None else min(args.time_budget, args.dataset_budget / num_configs)
-    for latents in args.latents:
+    for latents in args.latents if "hclt" in args.learners else []:
         for pcount in args.pseudocounts:
             res = learn_hclt(
                 splits["train"],
@@ -77,18 +79,37 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
                 progress=args.progress,
             )
             valid = max(res.valid_ll)
-            trial = {"latents": latents, "pseudocount": pcount, "valid_ll": valid, "epochs": res.info["epochs"], "seconds": res.seconds}
+            trial = {
+                "learner": "hclt",
+                "model": f"HCLT(latents={latents}, pseudocount={pcount})",
+                "latents": latents,
+                "pseudocount": pcount,
+                "valid_ll": valid,
+                "epochs": res.info["epochs"],
+                "seconds": res.seconds,
+            }
             trials.append(trial)
             print(f"  {name} latents={latents} pseudocount={pcount}: valid {valid:.4f} ({res.info['epochs']} epochs, {res.seconds:.0f}s)", flush=True)
             if best is None or valid > best[0]["valid_ll"]:
                 best = (trial, res.circuit)
+    if "learnspn" in args.learners:
+        res = learn_spn(splits["train"], time_budget=args.spn_time_budget, seed=args.seed, progress=args.progress)
+        valid = mean_ll(res.circuit, splits["valid"])
+        trial = {"learner": "learnspn", "model": "LearnSPN", "valid_ll": valid, "seconds": res.seconds, **{k: res.info[k] for k in ("sum", "product", "leaf", "budget_hit")}}
+        trials.append(trial)
+        print(f"  {name} LearnSPN: valid {valid:.4f} ({res.seconds:.0f}s)", flush=True)
+        if best is None or valid > best[0]["valid_ll"]:
+            best = (trial, res.circuit)
+    if best is None:
+        raise ValueError("learners: nothing to train")
     trial, circuit = best
     record = {
         "dataset": name,
         "num_vars": int(splits["train"].shape[1]),
-        "model": f"HCLT(latents={trial['latents']}, pseudocount={trial['pseudocount']})",
-        "latents": trial["latents"],
-        "pseudocount": trial["pseudocount"],
+        "model": trial["model"],
+        "learner": trial["learner"],
+        "latents": trial.get("latents"),
+        "pseudocount": trial.get("pseudocount"),
         "train_ll": mean_ll(circuit, splits["train"]),
         "valid_ll": mean_ll(circuit, splits["valid"]),
         "test_ll": mean_ll(circuit, splits["test"]),
@@ -98,7 +119,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         "num_edges": circuit.num_edges,
         "num_parameters": circuit.num_parameters,
         "trials": trials,
-        "grid": {"latents": list(args.latents), "pseudocounts": list(args.pseudocounts)},
+        "grid": {"learners": list(args.learners), "latents": list(args.latents), "pseudocounts": list(args.pseudocounts)},
         "schedule": {
             "minibatch_epochs": args.minibatch_epochs,
             "fullbatch_epochs": args.fullbatch_epochs,
@@ -160,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", nargs="+", default=list(DEBD_DATASETS), help="data sets to run, in order")
     p.add_argument("--out-dir", default=str(HERE / "results"), help="where density.json, density.md and density_models/ go")
     p.add_argument("--docs-page", default=str(HERE.parent / "docs" / "benchmarks" / "density.md"), help="page whose table to update ('' for none)")
+    p.add_argument("--learners", nargs="+", choices=["hclt", "learnspn"], default=["hclt", "learnspn"], help="learners competing on validation")
+    p.add_argument("--spn-time-budget", type=float, default=90.0, help="seconds of LearnSPN structure learning")
     p.add_argument("--latents", type=int, nargs="+", default=[16, 32], help="grid of latent states per variable")
     p.add_argument("--pseudocounts", type=float, nargs="+", default=[0.1, 1.0], help="grid of EM pseudocounts")
     p.add_argument("--minibatch-epochs", type=int, default=5)
@@ -167,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--step-size", type=float, default=0.2)
     p.add_argument("--time-budget", type=float, default=600.0, help="seconds per grid point (at most)")
-    p.add_argument("--dataset-budget", type=float, default=1150.0, help="seconds per data set, split evenly over the grid (9 data sets fit in 3 hours)")
+    p.add_argument("--dataset-budget", type=float, default=900.0, help="seconds of HCLT training per data set, split evenly over the grid (with LearnSPN and evaluation, 9 data sets take about 3 hours on 2 cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--redo", action="store_true", help="retrain data sets already in the JSON file")
@@ -177,22 +200,31 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.data_dir).is_dir():
         p.error(f"--data-dir: no such folder {args.data_dir!r}")
     json_path = Path(args.out_dir) / "density.json"
-    results = {}
+    results, earlier = {}, []
     if json_path.exists() and not args.redo:
-        results = json.loads(json_path.read_text()).get("results", {})
+        old = json.loads(json_path.read_text())
+        results = old.get("results", {})
+        if "meta" in old:  # keep how the data sets already done were run
+            prev = dict(old["meta"])
+            earlier = prev.pop("earlier_runs", [])
+            prev["datasets_done"] = sorted(results)
+            earlier.append(prev)
     meta = {
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, {args.threads} torch thread(s)".strip(),
-        "grid": {"latents": args.latents, "pseudocounts": args.pseudocounts},
+        "grid": {"learners": args.learners, "latents": args.latents, "pseudocounts": args.pseudocounts, "spn_time_budget": args.spn_time_budget},
         "schedule": {
             "minibatch_epochs": args.minibatch_epochs,
             "fullbatch_epochs": args.fullbatch_epochs,
             "batch_size": args.batch_size,
             "step_size": args.step_size,
             "time_budget_per_config": args.time_budget,
+            "dataset_budget": args.dataset_budget,
         },
     }
+    if earlier:
+        meta["earlier_runs"] = earlier
     for name in args.datasets:
         if name in results:
             print(f"{name}: already done (test {results[name]['test_ll']:.3f}), skipping", flush=True)

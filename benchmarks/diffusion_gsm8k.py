@@ -47,6 +47,33 @@ def _dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def _lineage(model: Path) -> list[dict]:
+    """Training stages of a backbone, oldest first (following ``init_from``)."""
+    stages = []
+    seen = set()
+    cur: Path | None = model
+    while cur is not None and (cur / "codd_backbone.json").is_file() and cur.resolve() not in seen:
+        seen.add(cur.resolve())
+        meta = json.loads((cur / "codd_backbone.json").read_text())
+        log = json.loads((cur / "training_log.json").read_text()) if (cur / "training_log.json").is_file() else {}
+        cfg = meta.get("train_config", {})
+        stages.append({"dir": str(cur), "steps": meta.get("steps"), "max_minutes": cfg.get("max_minutes"),
+                       "lr": cfg.get("lr"), "min_target_length": cfg.get("min_target_length"),
+                       "heldout": meta.get("heldout"), "log": log})
+        cur = Path(cfg["init_from"]) if cfg.get("init_from") else None
+    return stages[::-1]
+
+
+def _combined_log(stages: list[dict]) -> dict | None:
+    train, held, offset = [], [], 0
+    for st in stages:
+        log = st["log"] or {}
+        train += [dict(r, step=r["step"] + offset) for r in log.get("train", [])]
+        held += [dict(h, step=h["step"] + offset) for h in log.get("heldout", [])]
+        offset += st["steps"] or 0
+    return {"train": train, "heldout": held} if train else None
+
+
 def _plot(res: dict, train_log: dict | None, path: Path) -> None:
     import matplotlib
 
@@ -55,28 +82,41 @@ def _plot(res: dict, train_log: dict | None, path: Path) -> None:
 
     gen = res["generation"]
     ks = [g["tokens_per_step"] for g in gen]
-    ncols = 3 if train_log else 2
-    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 4))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    axes = axes.ravel()
     ax = axes[0]
     ax.plot(ks, [g["annotation_validity"] for g in gen], "o-", label="annotation valid")
+    ax.plot(ks, [g["wellformed_rate"] for g in gen], "v-", label="annotation well-formed")
     ax.plot(ks, [g["arith_ok_rate"] for g in gen], "s--", label="arithmetic holds")
     ax.plot(ks, [g["copy_ok_rate"] for g in gen], "^--", label="number after >> equals c")
     ax.plot(ks, [g["exact_match"] for g in gen], "d-", label="final answer exact match")
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("tokens committed per step")
-    ax.set_ylabel("rate")
+    ax.set_ylabel("rate (per annotation / per question)")
     ax.set_ylim(0, 1)
     ax.set_title("Factorization barrier (greedy, low-confidence)")
     ax.legend(fontsize=8)
     ax = axes[1]
+    ax.plot(ks, [g["annotations_per_answer"] for g in gen], "o-", label="<<...>> spans")
+    ax.plot(ks, [g["wellformed_per_answer"] for g in gen], "v-", label="well-formed")
+    ax.plot(ks, [g["valid_per_answer"] for g in gen], "s-", label="valid")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("tokens committed per step")
+    ax.set_ylabel("annotations per answer")
+    ax.set_title("Calculator annotations per answer")
+    ax.legend(fontsize=8)
+    ax = axes[2]
     bins = res["loglik_by_mask_ratio"]
     ax.bar([f"{b['lo']:.1f}-{b['hi']:.1f}" for b in bins], [-b["loglik"] for b in bins], color="tab:gray")
     ax.set_xlabel("mask ratio of the answer")
     ax.set_ylabel("NLL per masked token (nats)")
     ax.set_title("Conditional NLL by mask ratio")
-    if train_log:
-        ax = axes[2]
+    ax = axes[3]
+    if not train_log:
+        ax.axis("off")
+    else:
         tr = train_log.get("train", [])
         ax.plot([r["step"] for r in tr], [r["ema"] for r in tr], label="train loss (EMA)")
         held = train_log.get("heldout", [])
@@ -94,6 +134,7 @@ def _page(res: dict, meta: dict, cmd: str) -> str:
     s = res["settings"]
     e = res["elbo"]
     tc = meta.get("train_config", {})
+    arch = res["architecture"]
     lines = [
         "# GSM8K benchmark (generated)",
         "",
@@ -109,12 +150,26 @@ def _page(res: dict, meta: dict, cmd: str) -> str:
         "",
         "| | |",
         "|---|---|",
-        f"| architecture | ModernBERT-style encoder, d={tc.get('hidden_size')}, {tc.get('num_layers')} layers, "
-        f"{tc.get('num_heads')} heads, MLP {tc.get('intermediate_size')} |",
+        f"| architecture | {arch['model_type']} encoder, d={arch['hidden_size']}, {arch['num_hidden_layers']} layers, "
+        f"{arch['num_attention_heads']} heads, MLP {arch['intermediate_size']} |",
         f"| parameters | {meta.get('parameters', 0) / 1e6:.2f} M |",
         f"| tokenizer | {tc.get('tokenizer')} (vocabulary {meta.get('vocab_size')}) |",
-        f"| training | {meta.get('steps')} steps of {tc.get('batch_size')} sequences, "
-        f"{tc.get('max_minutes')} min budget, lr {tc.get('lr')} |",
+        f"| batch | {tc.get('batch_size')} sequences, answers padded to >= {tc.get('min_target_length')} tokens |",
+        "",
+        "Training stages (each a `codd train-backbone` run, the later ones with `--init-from` the previous):",
+        "",
+        "| stage | steps | budget (min) | peak lr | min target length | held-out NLL bound | perplexity bound |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, st in enumerate(res.get("training_stages", []), 1):
+        h = st.get("heldout") or {}
+        lines.append(
+            f"| {i} | {st['steps']} | {st['max_minutes']} | {st['lr']} | {st.get('min_target_length') or 'none'} "
+            f"| {h.get('nll', float('nan')):.3f} | {h.get('ppl_bound', float('nan')):.2f} |"
+        )
+    lines += [
+        "",
+        "(The training-time bound uses 2 mask draws on 200 held-out pairs; the table below uses 4.)",
         "",
         "## Likelihood",
         "",
@@ -140,15 +195,16 @@ def _page(res: dict, meta: dict, cmd: str) -> str:
         f"gen length {s['gen_length']}, block length {s['block_length']}, remasking `{s['remasking']}`, "
         f"temperature {s['temperature']}.",
         "",
-        "| tokens/step | steps | exact match | annotation validity | arithmetic holds | copy consistent "
-        "| annotations/answer | answers all valid | tokens/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| tokens/step | steps | exact match | annotation validity (valid/total) | well-formed | arithmetic holds "
+        "| copy consistent | annotations/answer | well-formed/answer | tokens/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for g in res["generation"]:
         lines.append(
-            f"| {g['tokens_per_step']} | {g['steps']} | {g['exact_match']:.3f} | {g['annotation_validity']:.3f} "
-            f"| {g['arith_ok_rate']:.3f} | {g['copy_ok_rate']:.3f} | {g['annotations_per_answer']:.2f} "
-            f"| {g['answers_all_valid']:.3f} | {g['tokens_per_second']:.1f} |"
+            f"| {g['tokens_per_step']} | {g['steps']} | {g['exact_match']:.3f} "
+            f"| {g['annotation_validity']:.3f} ({g['annotations_valid']}/{g['annotations_total']}) "
+            f"| {g['wellformed_rate']:.3f} | {g['arith_ok_rate']:.3f} | {g['copy_ok_rate']:.3f} "
+            f"| {g['annotations_per_answer']:.2f} | {g['wellformed_per_answer']:.2f} | {g['tokens_per_second']:.1f} |"
         )
     lines += [
         "",
@@ -173,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-length", type=int, default=32)
     p.add_argument("--tokens-per-step", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--max-answer-tokens", type=int, default=None, help="question filter (default: gen length)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-ship", action="store_true", help="do not copy the backbone to benchmarks/results")
     a = p.parse_args(argv)
@@ -188,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     backbone = load_backbone(model)
     meta = json.loads((model / "codd_backbone.json").read_text())
-    train_log = json.loads((model / "training_log.json").read_text()) if (model / "training_log.json").is_file() else None
+    stages = _lineage(model)
+    train_log = _combined_log(stages)
     t0 = time.perf_counter()
     res = evaluate_backbone(
         backbone,
@@ -199,10 +257,15 @@ def main(argv: list[str] | None = None) -> int:
         gen_length=a.gen_length,
         block_length=a.block_length,
         batch_size=a.batch_size,
+        max_answer_tokens=a.max_answer_tokens,
     )
     res["eval_seconds"] = time.perf_counter() - t0
     res["machine"] = {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()}
     res["backbone"] = {k: meta.get(k) for k in ("steps", "parameters", "vocab_size", "heldout", "train_config")}
+    cfg = backbone.model.config
+    res["architecture"] = {k: getattr(cfg, k, None) for k in
+                           ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")}
+    res["training_stages"] = [{k: v for k, v in st.items() if k != "log"} for st in stages]
     RESULTS.mkdir(parents=True, exist_ok=True)
     DOCS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "diffusion_gsm8k.json").write_text(json.dumps(res, indent=1))

@@ -9,7 +9,7 @@
 
 Usage::
 
-    python benchmarks/engine_hmm.py [--repeats 20] [--out benchmarks/results]
+    python benchmarks/engine_hmm.py [--repeats 20] [--threads 1] [--out benchmarks/results]
 
 Writes ``engine_hmm.json``, ``engine_hmm.png`` and ``engine_hmm.md`` (the table
 shown in ``docs/benchmarks/engine.md``).
@@ -164,8 +164,10 @@ def bench_cirkit(repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 gives the steadiest ratios)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
         "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
@@ -211,6 +213,9 @@ def main() -> None:
         ax.legend()
     fig.tight_layout()
     fig.savefig(args.out / "engine_hmm.png", dpi=120)
+    assets = Path(__file__).parent.parent / "docs" / "assets"
+    assets.mkdir(exist_ok=True)
+    fig.savefig(assets / "engine_hmm.png", dpi=120)
 
 
 if __name__ == "__main__":

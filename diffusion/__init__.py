@@ -22,6 +22,7 @@ from .masking import mask_tokens, masked_diffusion_loss, sample_times
 from .sampling import REMASKING_RULES, FactorizedDraw, JointDraw, generate
 from .tokenizers import BPETokenizer, CharTokenizer, TextTokenizer, load_tokenizer, train_bpe_tokenizer
 from .training import TrainConfig, train_backbone
+from .codd import CoDDDraw, CoDDPrior, fit_prior
 
 __all__ = [
     "Backbone",
@@ -55,4 +56,7 @@ __all__ = [
     "load_tokenizer",
     "TrainConfig",
     "train_backbone",
+    "CoDDPrior",
+    "CoDDDraw",
+    "fit_prior",
 ]

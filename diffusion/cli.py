@@ -5,6 +5,7 @@ Subcommands:
 * ``codd train-backbone``: train a small masked diffusion backbone
   (see `TrainConfig`).
 * ``codd generate``: generate answers for prompts with a saved backbone.
+* ``codd train-prior``: train a CoDD circuit prior on a frozen backbone.
 * ``codd evaluate``: held-out bound, log-likelihood by mask ratio and few-step
   generation quality of a saved backbone on GSM8K-style data.
 
@@ -41,6 +42,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heads", type=int, default=d.num_heads)
     p.add_argument("--intermediate-size", type=int, default=d.intermediate_size)
     p.add_argument("--max-length", type=int, default=d.max_length)
+    p.add_argument("--min-target-length", type=int, default=d.min_target_length,
+                   help="pad answers with [EOS] to at least this length (default: %(default)s)")
+    p.add_argument("--init-from", default=None, help="continue training from this backbone directory")
     p.add_argument("--truncate-long", action="store_true", help="truncate long QA pairs instead of skipping them")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -112,7 +116,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_generate(sub)
     _add_evaluate(sub)
+    _add_train_prior(sub)
     return parser
+
+
+def _add_train_prior(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-prior",
+        help="train a CoDD circuit prior on a frozen backbone",
+        description="Mask windows of QA answers (t ~ U(0,1)), cache the backbone's (top-k) logits and fit an HMM "
+        "prior to the conditional likelihood with Adam; the best held-out circuit is saved with pcircuits.save.",
+    )
+    p.add_argument("model", help="backbone directory")
+    p.add_argument("--data", default="gsm8k", help="'gsm8k', a directory with train.jsonl, or a .jsonl QA file")
+    p.add_argument("--output", default="prior.npz", help="circuit file (default: %(default)s)")
+    p.add_argument("--window", type=int, default=16)
+    p.add_argument("--states", type=int, default=64)
+    p.add_argument("--windows", type=int, default=2000, help="training windows")
+    p.add_argument("--top-k", type=int, default=64, help="candidates per position (0: full vocabulary)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--em-epochs", type=int, default=0, help="EM epochs on the windows' tokens first")
+    p.add_argument("--examples", type=int, default=None, help="use the first N QA pairs")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _cmd_train_prior(a: argparse.Namespace) -> int:
+    import torch
+
+    from .codd.training import train_prior_cli
+
+    torch.set_num_threads(a.threads)
+    res = train_prior_cli(
+        a.model, a.data, a.output, window=a.window, states=a.states, num_windows=a.windows,
+        top_k=a.top_k or None, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, em_epochs=a.em_epochs,
+        examples=a.examples, seed=a.seed, progress=False if a.no_progress else None,
+    )
+    print(json.dumps(res))
+    return 0
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
@@ -129,6 +173,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
         intermediate_size=a.intermediate_size,
         max_length=a.max_length,
         skip_long=not a.truncate_long,
+        min_target_length=a.min_target_length,
+        init_from=a.init_from,
         batch_size=a.batch_size,
         lr=a.lr,
         weight_decay=a.weight_decay,
@@ -260,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_train(a)
         if a.command == "generate":
             return _cmd_generate(a)
+        if a.command == "train-prior":
+            return _cmd_train_prior(a)
         return _cmd_evaluate(a)
     except (FileNotFoundError, ValueError) as e:
         print(f"codd {a.command}: error: {e}", file=sys.stderr)

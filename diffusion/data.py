@@ -276,6 +276,7 @@ def iterate_batches(
     shuffle: bool = True,
     seed: int = 0,
     length_grouped: bool = True,
+    pad_to: int | None = None,
 ) -> Iterator[Batch]:
     """Yield padded batches over ``examples`` (one epoch).
 
@@ -287,6 +288,7 @@ def iterate_batches(
         seed: shuffling seed.
         length_grouped: group examples of similar total length (sorted inside
             windows of 50 batches) to reduce padding.
+        pad_to: minimal target length of every batch (see `collate`).
 
     Yields:
         `Batch` objects.
@@ -305,7 +307,7 @@ def iterate_batches(
     if shuffle:
         rng.shuffle(batches)
     for idx in batches:
-        yield collate([examples[j] for j in idx], tokenizer)
+        yield collate([examples[j] for j in idx], tokenizer, pad_to=pad_to)
 
 
 def encode_prompts(questions: Sequence[str], tokenizer: TextTokenizer) -> torch.Tensor:

@@ -55,7 +55,7 @@ def _tiny_backbone(seconds: float, log: Callable[[str], Any]) -> Backbone:
 def run_demo(
     model_dir: str | Path | None = None,
     train_seconds: float = 20.0,
-    questions: int = 3,
+    questions: int = 2,
     gen_length: int = 64,
     block_length: int = 32,
     threads: int | None = 1,

@@ -202,11 +202,12 @@ def annotation_stats(text: str) -> dict[str, int]:
         text: the answer text.
 
     Returns:
-        ``{"total", "valid", "arith_ok", "copy_ok"}`` counts: all annotations,
-        valid ones, ones whose arithmetic holds, ones whose following number
-        equals ``c``.
+        ``{"total", "wellformed", "valid", "arith_ok", "copy_ok"}`` counts: all
+        ``<<...>>`` spans, well-formed ones (``<<expr=c>>`` with arithmetic
+        ``expr``, a number ``c`` and a number right after ``>>``), valid ones,
+        ones whose arithmetic holds, ones whose following number equals ``c``.
     """
-    total = valid = arith_ok = copy_ok = 0
+    total = wellformed = valid = arith_ok = copy_ok = 0
     for m in _ANNOTATION.finditer(text):
         total += 1
         body = m.group(1)
@@ -219,11 +220,13 @@ def annotation_stats(text: str) -> dict[str, int]:
         v = _safe_eval(expr)
         a_ok = v is not None and _close(v, c)
         follow = re.match(r"\s*(" + _NUMBER + ")", text[m.end() :])
-        f_ok = follow is not None and (n := _to_number(follow.group(1))) is not None and _close(n, c)
+        n = _to_number(follow.group(1)) if follow is not None else None
+        f_ok = n is not None and _close(n, c)
+        wellformed += v is not None and n is not None
         arith_ok += a_ok
         copy_ok += f_ok
         valid += a_ok and f_ok
-    return {"total": total, "valid": valid, "arith_ok": arith_ok, "copy_ok": copy_ok}
+    return {"total": total, "wellformed": wellformed, "valid": valid, "arith_ok": arith_ok, "copy_ok": copy_ok}
 
 
 def evaluate_generation(
@@ -261,12 +264,16 @@ def evaluate_generation(
     Returns:
         One dict per ``k``: ``tokens_per_step``, ``steps``, ``exact_match``,
         ``annotation_validity`` (valid / total annotations), ``arith_ok_rate``,
-        ``copy_ok_rate``, ``annotations_per_answer``, ``answers_all_valid``
+        ``copy_ok_rate``, ``annotations_per_answer``, ``wellformed_per_answer``,
+        ``wellformed_rate``, ``valid_per_answer``, ``annotations_total``,
+        ``annotations_valid``, ``answers_all_valid``
         (fraction of answers with at least one annotation, all valid),
         ``tokens_per_second``, ``seconds``, ``samples``.
     """
     from .sampling import generate
 
+    if not examples:
+        raise ValueError("examples: no questions to generate for")
     tok = backbone.tokenizer
     results = []
     for k in tokens_per_step:
@@ -293,13 +300,14 @@ def evaluate_generation(
                     row = row[: row.index(tok.eos_id)]
                 texts.append(tok.decode(row))
         seconds = time.perf_counter() - t0
-        em = ann_total = ann_valid = ann_arith = ann_copy = all_valid = 0
+        em = ann_total = ann_wf = ann_valid = ann_arith = ann_copy = all_valid = 0
         for text, ex in zip(texts, examples):
             ref = extract_final_answer(ex.answer)
             pred = extract_final_answer(text)
             em += ref is not None and pred is not None and _close(ref, pred)
             st = annotation_stats(text)
             ann_total += st["total"]
+            ann_wf += st["wellformed"]
             ann_valid += st["valid"]
             ann_arith += st["arith_ok"]
             ann_copy += st["copy_ok"]
@@ -313,6 +321,11 @@ def evaluate_generation(
             "arith_ok_rate": ann_arith / max(ann_total, 1),
             "copy_ok_rate": ann_copy / max(ann_total, 1),
             "annotations_per_answer": ann_total / n,
+            "wellformed_per_answer": ann_wf / n,
+            "wellformed_rate": ann_wf / max(ann_total, 1),
+            "valid_per_answer": ann_valid / n,
+            "annotations_total": ann_total,
+            "annotations_valid": ann_valid,
             "answers_all_valid": all_valid / n,
             "tokens_per_second": n * gen_length / seconds,
             "seconds": seconds,

@@ -295,6 +295,10 @@ def generate(
     joint_draw: JointDraw | None = None,
     generator: torch.Generator | None = None,
     return_trace: bool = False,
+    prior: object | None = None,
+    pc_frac: float = 1.0,
+    pc_temperature: float = 1.0,
+    sampler: str = "latent",
 ) -> torch.Tensor | tuple[torch.Tensor, GenerationTrace]:
     """Generate ``gen_length`` tokens after each prompt by masked diffusion.
 
@@ -317,6 +321,14 @@ def generate(
             the committed positions (the CoDD hook).
         generator: optional random generator (sampling, random remasking).
         return_trace: also return a `GenerationTrace`.
+        prior: optional `diffusion.CoDDPrior` coupling the tokens committed
+            together (CoDD, see `diffusion.codd.draw`): joint proposals and
+            remasking confidences from ``p_hat`` in the active block.
+        pc_frac: gamma in ``[0, 1]``: the prior is used in a window only when
+            its mask ratio is at most gamma (1: always).
+        pc_temperature: tau > 0 of ``p_hat ∝ p_omega * prod p_theta^(1/tau)``.
+        sampler: the prior's sampler, ``"latent"``, ``"exact"`` or ``"any_order"``
+            (greedy decoding, ``temperature=0``, takes the MPE of ``p_hat`` instead).
 
     Returns:
         ``LongTensor[B, P + L]``: prompts followed by generated tokens, with no
@@ -326,11 +338,22 @@ def generate(
         ValueError: for incompatible ``gen_length`` / ``steps`` /
             ``block_length``, a prompt containing the mask id or ids outside the
             vocabulary, an unknown ``remasking`` rule or ``schedule``, or a bad
-            ``temperature`` / ``top_p``.
+            ``temperature`` / ``top_p``, ``pc_frac`` outside ``[0, 1]``,
+            ``pc_temperature <= 0``, an unknown ``sampler``, a prior whose
+            vocabulary differs from the backbone's, or both ``prior`` and ``joint_draw``.
     """
     block_length, num_blocks, steps_per_block = _validate(
         backbone, prompt_ids, gen_length, steps, block_length, remasking, temperature, top_p, schedule
     )
+    from .codd.draw import CoDDDraw, check_codd_options
+
+    check_codd_options(pc_frac, pc_temperature, sampler)
+    codd = None
+    if prior is not None:
+        if joint_draw is not None:
+            raise ValueError("prior: pass either prior= or joint_draw=, not both")
+        codd = CoDDDraw(prior, backbone.vocab_size, pc_frac, pc_temperature, sampler, temperature, remasking, generator)
+        joint_draw = codd
     mask_id = backbone.mask_token_id
     device = backbone.device
     prompt_ids = prompt_ids.to(device)
@@ -362,6 +385,8 @@ def generate(
             logp = F.log_softmax(blk_logits, dim=-1)
             proposal = sample_tokens(blk_logits, temperature, top_p, generator)  # [B, Lb]
             score = confidence_scores(logp, proposal, remasking, generator)
+            if codd is not None:  # joint proposals and coupled confidences from the prior
+                proposal, score = codd.rescore(x, logits, lo, hi, in_block, proposal, score, mask_id)
             score = score.masked_fill(~in_block, float("-inf"))
             order = score.argsort(dim=1, descending=True, stable=True)
             rank = torch.empty_like(order)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .backbones import MaskedLMBackbone, build_backbone, save_backbone
+from .backbones import MaskedLMBackbone, build_backbone, load_backbone, save_backbone
 from .data import (
     EncodedExample,
     QAExample,
@@ -63,6 +63,12 @@ class TrainConfig:
             or skipped when ``skip_long`` is set).
         skip_long: drop question-answer pairs longer than ``max_length``
             instead of truncating their answers.
+        min_target_length: pad every batch's answer region with ``[EOS]`` to
+            at least this many tokens (question-answer data), so the model
+            learns to fill a fixed generation window (``gen_length``) whose tail
+            is ``[EOS]``.
+        init_from: optional backbone directory to continue training from
+            (its tokenizer and architecture are reused; the optimiser restarts).
         batch_size: sequences per step.
         lr: peak learning rate.
         weight_decay: AdamW weight decay.
@@ -88,6 +94,8 @@ class TrainConfig:
     intermediate_size: int = 384
     max_length: int = 256
     skip_long: bool = True
+    min_target_length: int = 128
+    init_from: str | None = None
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 0.01
@@ -185,7 +193,13 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
     else:
         texts = [train_raw]  # type: ignore[list-item]
     tokenizer: TextTokenizer
-    if config.tokenizer == "char":
+    init: MaskedLMBackbone | None = None
+    if config.init_from is not None:
+        loaded = load_backbone(config.init_from)
+        if not isinstance(loaded, MaskedLMBackbone) or not isinstance(loaded.tokenizer, TextTokenizer):
+            raise ValueError(f"init_from: {config.init_from} is not a backbone saved by train_backbone")
+        init, tokenizer = loaded, loaded.tokenizer
+    elif config.tokenizer == "char":
         tokenizer = build_char_tokenizer(texts)
     else:
         tokenizer = train_bpe_tokenizer(texts, vocab_size=config.vocab_size)
@@ -206,14 +220,18 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
         raise ValueError("data: no training examples after tokenization (check max_length)")
     log(f"tokenizer={tokenizer.kind} vocab={tokenizer.vocab_size} train={len(train_set)} heldout={len(held_set)}")
 
-    backbone = build_backbone(
-        tokenizer,
-        hidden_size=config.hidden_size,
-        num_layers=config.num_layers,
-        num_heads=config.num_heads,
-        intermediate_size=config.intermediate_size,
-        max_length=max(config.max_length, 512),
-    )
+    if init is not None:
+        backbone = init.train()
+        log(f"continuing from {config.init_from}")
+    else:
+        backbone = build_backbone(
+            tokenizer,
+            hidden_size=config.hidden_size,
+            num_layers=config.num_layers,
+            num_heads=config.num_heads,
+            intermediate_size=config.intermediate_size,
+            max_length=max(config.max_length, 512),
+        )
     n_params = sum(p.numel() for p in backbone.parameters())
     log(f"parameters={n_params / 1e6:.2f}M")
     decay = [p for n, p in backbone.named_parameters() if p.dim() >= 2]
@@ -263,7 +281,10 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
     bar = tqdm(total=total_steps, disable=not config.progress, desc="train", mininterval=5.0)
     backbone.train()
     for epoch in range(config.epochs):
-        for batch in iterate_batches(train_set, tokenizer, config.batch_size, shuffle=True, seed=config.seed + epoch):
+        pad_to = config.min_target_length if kind == "qa" else None
+        for batch in iterate_batches(
+            train_set, tokenizer, config.batch_size, shuffle=True, seed=config.seed + epoch, pad_to=pad_to
+        ):
             elapsed = time.time() - start
             progress = step / max(total_steps, 1)
             if budget_s:

@@ -43,28 +43,27 @@ class Indicator(DiscreteDistribution):
 
     @property
     def num_params(self) -> int:
-        return 0
+        return 1  # the indicated value, stored as a (frozen) parameter so any subset of nodes keeps it
 
     def config(self):
         value = self._value if isinstance(self._value, int) else list(self._value)
         return {"value": value, "num_cats": self._num_cats}
 
     def signature(self):
-        return ("Indicator", tuple(self._values), self._num_cats)
+        return ("Indicator", self._num_cats)  # values live in the parameters: all indicators fold together
 
     def check_num_nodes(self, num_nodes):
         if not isinstance(self._value, int) and len(self._values) != num_nodes:
             raise ValueError(f"Indicator: value has {len(self._values)} entries but the group has {num_nodes} nodes")
 
     def init_params(self, num_nodes, generator):
-        return torch.zeros(num_nodes, 0, dtype=torch.float64)
+        values = self._values * num_nodes if len(self._values) == 1 and num_nodes > 1 else self._values
+        return torch.tensor(values, dtype=torch.float64).unsqueeze(-1)
 
     def log_table(self, params):
-        n = params.shape[-2]
-        values = torch.tensor(self._values * (n if len(self._values) == 1 else 1), device=params.device)
-        table = torch.full((n, self._num_cats), -math.inf, dtype=params.dtype, device=params.device)
-        table[torch.arange(n, device=params.device), values] = 0.0
-        return table.expand(*params.shape[:-2], n, self._num_cats)
+        cats = torch.arange(self._num_cats, device=params.device, dtype=params.dtype)
+        hit = params.round() == cats  # [..., n, C]
+        return torch.where(hit, torch.zeros((), dtype=params.dtype, device=params.device), torch.full((), -math.inf, dtype=params.dtype, device=params.device))
 
     def em_update(self, params, stats, pseudocount, step_size):
         return params

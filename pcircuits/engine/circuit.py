@@ -103,7 +103,15 @@ class TensorCircuit(nn.Module):
         self.register_buffer("_i_" + name, t, persistent=False)
 
     def _get(self, name: str) -> torch.Tensor:
-        return getattr(self, "_i_" + name)
+        cache = self.__dict__.setdefault("_buffer_cache", {})
+        t = cache.get(name)
+        if t is None:
+            t = cache[name] = getattr(self, "_i_" + name)
+        return t
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .double() replace the buffers
+        self.__dict__.pop("_buffer_cache", None)
+        return super()._apply(fn, *args, **kwargs)
 
     def _register_gather(self, prefix: str, g: Gather) -> None:
         for si, idx in enumerate(g.indices):
@@ -354,10 +362,16 @@ class TensorCircuit(nn.Module):
         if g.identity:
             return outs[g.sources[0]]
         parts = []
+        chunks = getattr(outs, "chunks", None)
         for si, s in enumerate(g.sources):
             start = g.starts[si]
             if start is not None:
-                parts.append(outs[s][:, start : start + g.indices[si].numel()])
+                length = g.indices[si].numel()
+                plan = self.layout.splits.get(s)
+                if plan is not None and chunks is not None and (start, length) in plan[1]:
+                    parts.append(chunks[s][plan[1][(start, length)]])
+                else:
+                    parts.append(outs[s][:, start : start + length])
             else:
                 parts.append(outs[s].index_select(1, self._get(f"{prefix}_src{si}")))
         if g.perm is None:
@@ -390,12 +404,15 @@ class TensorCircuit(nn.Module):
         """
         if semiring not in ("sum", "max"):
             raise ValueError(f"semiring must be 'sum' or 'max', got {semiring!r}")
-        with kernels.use_backend(self.resolve_backend()):
+        backend = self.resolve_backend()
+        prob_cache: dict[str, torch.Tensor] = {}
+        with kernels.use_backend(backend):
             if leaf_outputs is None:
                 leaf_outputs = self.leaf_values(ev, semiring)
             B = ev.batch_size
             flat = [o.reshape(B, -1) for o in leaf_outputs]
-            outs = [flat[0] if len(flat) == 1 else torch.cat(flat, 1)]
+            outs = _ChunkedOutputs(self)
+            outs.append(flat[0] if len(flat) == 1 else torch.cat(flat, 1))
             lw = log_weights if log_weights is not None else self.sum_log_weights()
             for li, layer in enumerate(self.layout.layers):
                 if isinstance(layer, ProductLayer):
@@ -407,17 +424,29 @@ class TensorCircuit(nn.Module):
                 ch = self._gather(li, layer.gather, outs)
                 parts = []
                 for bi, blk in enumerate(layer.blocks):
-                    w = lw[blk.bank].index_select(0, self._get(f"l{li}b{bi}_slots"))  # [G, n, k]
+                    if blk.slot_start is not None:  # contiguous slots: a view
+                        w = lw[blk.bank][blk.slot_start : blk.slot_start + blk.num_groups]  # [G, n, k]
+                    else:
+                        w = lw[blk.bank].index_select(0, self._get(f"l{li}b{bi}_slots"))
                     if blk.dense:
                         c = ch[:, blk.ref_offset : blk.ref_offset + blk.num_groups * blk.k]
-                        y = kernels.dense_sum(c.reshape(B, blk.num_groups, blk.k), w, semiring)
+                        probs = None
+                        if semiring == "sum" and backend == "torch":
+                            if blk.bank not in prob_cache:  # exponentiated once per bank and pass
+                                prob_cache[blk.bank] = lw[blk.bank].exp()
+                            pb = prob_cache[blk.bank]
+                            if blk.slot_start is not None:
+                                probs = pb[blk.slot_start : blk.slot_start + blk.num_groups]
+                            else:
+                                probs = pb.index_select(0, self._get(f"l{li}b{bi}_slots"))
+                        y = kernels.dense_sum(c.reshape(B, blk.num_groups, blk.k), w, semiring, weights=probs)
                     else:
                         size = blk.num_groups * blk.num_nodes * blk.k
                         c = ch[:, blk.ref_offset : blk.ref_offset + size]
                         y = kernels.sparse_sum(c.reshape(B, blk.num_groups, blk.num_nodes, blk.k), w, semiring)
                     parts.append(y.reshape(B, -1))
                 outs.append(parts[0] if len(parts) == 1 else torch.cat(parts, 1))
-        return outs
+        return list(outs)
 
     def forward(
         self,
@@ -447,6 +476,21 @@ class TensorCircuit(nn.Module):
             f"num_vars={self.num_vars}, num_nodes={self.num_nodes}, num_edges={self.num_edges}, "
             f"num_layers={len(self.layout.layers) + 1}, backend={self.backend!r}"
         )
+
+
+class _ChunkedOutputs(list):
+    """Layer outputs of one pass; outputs with a split plan are also kept as chunks."""
+
+    def __init__(self, circuit: TensorCircuit):
+        super().__init__()
+        self._splits = circuit.layout.splits
+        self.chunks: dict[int, tuple[torch.Tensor, ...]] = {}
+
+    def append(self, out: torch.Tensor) -> None:
+        plan = self._splits.get(len(self))
+        if plan is not None:
+            self.chunks[len(self)] = out.split(plan[0], dim=1)
+        super().append(out)
 
 
 def _as_tensor(value, name: str) -> torch.Tensor:

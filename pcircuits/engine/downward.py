@@ -16,6 +16,7 @@ is over layers and sum blocks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 import torch
 
@@ -307,7 +308,15 @@ def leaf_flows(
         if F is None:
             continue
         if isinstance(layer, ProductLayer):
-            ref_flow = F.unsqueeze(-1).expand(B, layer.num_nodes, layer.k).reshape(B, -1)
+            # every child reference of product node i receives its flow: read F at i = ref // k
+            ref_layer, ref_col = gather_sources(circuit, li)
+            for s in layer.gather.sources:
+                pos = (ref_layer == s).nonzero(as_tuple=True)[0]
+                node = torch.div(pos, layer.k, rounding_mode="floor")
+                if flows[s] is None:
+                    flows[s] = torch.zeros(B, lay.layer_sizes[s], dtype=F.dtype, device=F.device)
+                flows[s].index_add_(1, ref_col[pos], F.index_select(1, node))
+            continue
         else:
             P = outs[li + 1]
             ch = circuit._gather(li, layer.gather, outs)
@@ -318,19 +327,19 @@ def leaf_flows(
                 Fb = F[:, start : start + G * n].view(B, G, n)
                 Pb = P[:, start : start + G * n].view(B, G, n)
                 start += G * n
-                live = (Fb > 0) & torch.isfinite(Pb)
-                Pb = torch.where(live, Pb, torch.zeros_like(Pb))
+                live = Fb > 0  # a node with positive flow has a finite value
                 w = lw[blk.bank].index_select(0, circuit._get(f"l{li}b{bi}_slots")).to(F.dtype)  # [G, n, k]
                 if blk.dense:
                     c = ch[:, blk.ref_offset : blk.ref_offset + G * k].view(B, G, k)
                     m = _finite_max(c, -1)  # [B, G, 1]
-                    a = torch.where(live, Fb * torch.exp(m - Pb), torch.zeros_like(Fb))  # [B, G, n]
+                    a = torch.where(live, Fb * torch.exp(m - Pb), torch.zeros((), dtype=F.dtype, device=F.device))
                     s = torch.matmul(a.transpose(0, 1), w.exp()).transpose(0, 1)  # [B, G, k]
                     f = torch.exp(c - m) * s
                 else:
                     c = ch[:, blk.ref_offset : blk.ref_offset + G * n * k].view(B, G, n, k)
-                    e = torch.exp(c + w.unsqueeze(0) - Pb.unsqueeze(-1))
-                    f = torch.where(live.unsqueeze(-1), Fb.unsqueeze(-1) * e, torch.zeros_like(e))
+                    # dead nodes (flow 0) divide by +inf: their children get exactly 0, never 0 * inf
+                    Pb = torch.where(live, Pb, torch.full((), math.inf, dtype=F.dtype, device=F.device))
+                    f = Fb.unsqueeze(-1) * torch.exp(c + w.unsqueeze(0) - Pb.unsqueeze(-1))
                 parts.append(f.reshape(B, -1))
             ref_flow = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
         g = layer.gather

@@ -94,6 +94,11 @@ class SumBlock:
     slots: torch.Tensor  # [G]
     ref_offset: int  # first child reference of the block in the layer's gather
     groups: list[SumGroup]
+    #: first slot when ``slots`` is a contiguous range (the weights are then a view)
+    slot_start: int | None = None
+
+    def __post_init__(self) -> None:
+        self.slot_start = _range_start(self.slots)
 
 
 @dataclass
@@ -128,6 +133,8 @@ class Layout:
     banks: dict[str, BankSpec]
     location: dict[int, tuple[int, int]]  # id(group) -> (layer index, first column)
     param_slot: dict[int, tuple[str, int]]  # id(group owning parameters) -> (bank, slot)
+    #: layer -> (chunk sizes, {(start, length): chunk}) for outputs read as several column ranges
+    splits: dict[int, tuple[list[int], dict[tuple[int, int], int]]] = field(default_factory=dict)
 
 
 def _check_scope(root: NodeGroup, groups: list[NodeGroup]) -> tuple[int, list[int | None]]:
@@ -285,7 +292,36 @@ def build_layout(root: NodeGroup) -> Layout:
                     num_refs += lay.numel()
             layers.append(SumLayer(_gather(torch.cat(lays), torch.cat(cols), layer_sizes), blocks, col))
             layer_sizes.append(col)
-    return Layout(root, groups, num_vars, var_cats, leaf_blocks, layers, layer_sizes, banks, location, slot_of)
+    layout = Layout(root, groups, num_vars, var_cats, leaf_blocks, layers, layer_sizes, banks, location, slot_of)
+    layout.splits = _split_plan(layers, layer_sizes)
+    return layout
+
+
+def _split_plan(layers: list, layer_sizes: list[int]) -> dict[int, tuple[list[int], dict[tuple[int, int], int]]]:
+    """Chunks for layer outputs that several gathers read as column ranges.
+
+    Reading ranges of one tensor as views makes autograd build a full-size
+    zero gradient per view; splitting the output once into chunks lets the
+    backward pass concatenate the chunk gradients in one operation instead.
+    """
+    ranges: dict[int, set[tuple[int, int]]] = {}
+    for layer in layers:
+        gathers = layer.terms if isinstance(layer, ProductLayer) else [layer.gather]
+        for g in gathers:
+            if g.identity:
+                continue
+            for src, start, ix in zip(g.sources, g.starts, g.indices):
+                if start is not None:
+                    ranges.setdefault(src, set()).add((start, ix.numel()))
+    plan = {}
+    for src, rs in ranges.items():
+        if len(rs) < 2:
+            continue
+        cuts = sorted({0, layer_sizes[src]} | {a for a, _ in rs} | {a + n for a, n in rs})
+        sizes = [b - a for a, b in zip(cuts, cuts[1:])]
+        index = {(a, b - a): i for i, (a, b) in enumerate(zip(cuts, cuts[1:]))}
+        plan[src] = (sizes, {r: index[r] for r in rs if r in index})
+    return plan
 
 
 def _sparse_rows(g: SumGroup) -> tuple[torch.Tensor, torch.Tensor]:

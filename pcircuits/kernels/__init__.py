@@ -62,9 +62,9 @@ def use_backend(name: str) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
-def dense_sum(children, log_weights, semiring="sum"):
+def dense_sum(children, log_weights, semiring="sum", weights=None):
     """See :func:`pcircuits.kernels.torch_ops.dense_sum`."""
-    return active_backend().dense_sum(children, log_weights, semiring)
+    return active_backend().dense_sum(children, log_weights, semiring, weights=weights)
 
 
 def sparse_sum(children, log_weights, semiring="sum"):

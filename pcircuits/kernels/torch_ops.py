@@ -26,13 +26,16 @@ def _safe_log(s: torch.Tensor) -> torch.Tensor:
     return torch.where(pos, torch.log(torch.where(pos, s, torch.ones_like(s))), torch.full_like(s, -math.inf))
 
 
-def dense_sum(children: torch.Tensor, log_weights: torch.Tensor, semiring: str = "sum") -> torch.Tensor:
+def dense_sum(
+    children: torch.Tensor, log_weights: torch.Tensor, semiring: str = "sum", weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Sum layer where every node of a group connects to the group's ``k`` children.
 
     Args:
         children: ``[B, G, k]`` child log-values.
         log_weights: ``[G, n, k]`` normalised log-weights.
         semiring: ``"sum"`` (log-sum-exp) or ``"max"`` (max-product).
+        weights: ``exp(log_weights)`` when the caller already has it.
 
     Returns:
         ``[B, G, n]`` log-values.
@@ -41,7 +44,7 @@ def dense_sum(children: torch.Tensor, log_weights: torch.Tensor, semiring: str =
         return (children.unsqueeze(2) + log_weights.unsqueeze(0)).max(-1).values
     m = _finite_max(children, -1)  # [B, G, 1]
     e = torch.exp(children - m)
-    w = torch.exp(log_weights)
+    w = torch.exp(log_weights) if weights is None else weights
     if children.shape[1] == 1:
         s = (e[:, 0] @ w[0].transpose(0, 1)).unsqueeze(1)
     else:

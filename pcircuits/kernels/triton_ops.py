@@ -522,7 +522,9 @@ def max_plus_matmul(children: torch.Tensor, log_weights: torch.Tensor) -> tuple[
 
 
 # ----------------------------------------------------------------------------- backend API
-def dense_sum(children: torch.Tensor, log_weights: torch.Tensor, semiring: str = "sum") -> torch.Tensor:
+def dense_sum(
+    children: torch.Tensor, log_weights: torch.Tensor, semiring: str = "sum", weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Sum layer where every node of a group connects to the group's ``k`` children.
 
     Args:
@@ -530,6 +532,8 @@ def dense_sum(children: torch.Tensor, log_weights: torch.Tensor, semiring: str =
         log_weights: ``[G, n, k]`` normalised log-weights.
         semiring: ``"sum"`` (log-sum-exp, a tiled log-matmul-exp kernel) or
             ``"max"`` (max-product, a tiled max-plus kernel).
+        weights: ignored (the kernels read the log-weights); accepted for the
+            dispatch signature.
 
     Returns:
         ``[B, G, n]`` log-values.

@@ -210,7 +210,7 @@ def kmeans(
 
 @torch.no_grad()
 def init_hclt_kmeans(
-    circuit: TensorCircuit, groups, data: np.ndarray, seed: int = 0, diagonal: float = 0.5
+    circuit: TensorCircuit, groups: "HCLTGroups", data: np.ndarray, seed: int = 0, diagonal: float = 0.5
 ) -> np.ndarray:
     """Initialises an HCLT's parameters from a k-means clustering of ``data``.
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import torch
 
+from ..distributions.base import DiscreteDistribution, safe_logsumexp
 from ..engine.circuit import Evidence, TensorCircuit
 from ..engine.downward import leaf_flows
 
@@ -62,28 +63,51 @@ def marginals(
     dev, dt = circuit.device, circuit.dtype
     if C == 0:
         return torch.zeros(B, V, 0, dtype=dt, device=dev)
-    se = ev.soft_evidence if ev.soft_evidence is not None else torch.zeros(B, V, C, dtype=dt, device=dev)
-    se = se.detach().requires_grad_()
-    ev_g = Evidence(ev.x_discrete, ev.x_continuous, ev.missing, se)
     with torch.no_grad():
         lw = circuit.sum_log_weights()
-    leaf_params = {k: v.detach() for k, v in circuit.params.items()}
-    with torch.enable_grad():
-        leaves = circuit.leaf_values(ev_g, leaf_params=leaf_params)  # [B, G, n] per block
-    with torch.no_grad():
-        outs = circuit.upward(ev_g, log_weights=lw, leaf_outputs=[o.detach() for o in leaves])
-        finite = torch.isfinite(outs[-1][:, 0])
-        flows = leaf_flows(circuit, outs, lw)  # [B, N_0]: the downward pass
-    # d log Z / d soft_evidence = sum over leaves of flow * d log v_leaf / d soft_evidence
-    outputs, grads = [], []
-    for blk, o in zip(circuit.layout.leaf_blocks, leaves):
-        if o.requires_grad:
-            outputs.append(o)
-            grads.append(flows[:, blk.offset : blk.offset + o.shape[1] * o.shape[2]].view_as(o))
-    post = torch.zeros_like(se)
-    if outputs:
-        (post,) = torch.autograd.grad(outputs, se, grads, allow_unused=True)
-        post = torch.zeros_like(se) if post is None else post
+    blocks = circuit.layout.leaf_blocks
+    direct = ev.soft_evidence is None and all(
+        isinstance(b.dist, DiscreteDistribution) or not b.dist.discrete for b in blocks
+    )
+    if direct:
+        # without soft evidence a missing leaf's posterior over its values is its own table
+        with torch.no_grad():
+            outs = circuit.upward(ev, log_weights=lw)
+            finite = torch.isfinite(outs[-1][:, 0])
+            flows = leaf_flows(circuit, outs, lw)  # [B, N_0]: the downward pass
+            post = torch.zeros(B, V, C, dtype=dt, device=dev)
+            if ev.missing is not None:
+                for i, blk in enumerate(blocks):
+                    if not blk.dist.discrete:
+                        continue
+                    params, _, mb, _ = circuit.leaf_block_inputs(ev, i)
+                    table = blk.dist.log_table(params)  # [G, n, c]
+                    table = (table - safe_logsumexp(table, -1).unsqueeze(-1)).exp()
+                    G, n = table.shape[:2]
+                    f = flows[:, blk.offset : blk.offset + G * n].view(B, G, n) * mb.unsqueeze(-1).to(dt)
+                    contrib = torch.matmul(f.transpose(0, 1), table).transpose(0, 1)  # [B, G, c]
+                    post[:, :, : table.shape[-1]].index_add_(1, circuit._get(f"leaf{i}_vars"), contrib)
+    else:
+        se = ev.soft_evidence if ev.soft_evidence is not None else torch.zeros(B, V, C, dtype=dt, device=dev)
+        se = se.detach().requires_grad_()
+        ev_g = Evidence(ev.x_discrete, ev.x_continuous, ev.missing, se)
+        leaf_params = {k: v.detach() for k, v in circuit.params.items()}
+        with torch.enable_grad():
+            leaves = circuit.leaf_values(ev_g, leaf_params=leaf_params)  # [B, G, n] per block
+        with torch.no_grad():
+            outs = circuit.upward(ev_g, log_weights=lw, leaf_outputs=[o.detach() for o in leaves])
+            finite = torch.isfinite(outs[-1][:, 0])
+            flows = leaf_flows(circuit, outs, lw)  # [B, N_0]: the downward pass
+        # d log Z / d soft_evidence = sum over leaves of flow * d log v_leaf / d soft_evidence
+        outputs, grads = [], []
+        for blk, o in zip(blocks, leaves):
+            if o.requires_grad:
+                outputs.append(o)
+                grads.append(flows[:, blk.offset : blk.offset + o.shape[1] * o.shape[2]].view_as(o))
+        post = torch.zeros_like(se)
+        if outputs:
+            (post,) = torch.autograd.grad(outputs, se, grads, allow_unused=True)
+            post = torch.zeros_like(se) if post is None else post
     post = post.detach()
     # observed discrete variables: their one-hot row; continuous variables: zeros
     disc = ~circuit._continuous  # [V]

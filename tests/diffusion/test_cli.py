@@ -66,3 +66,13 @@ def test_demo_runs(tiny_model, capsys):
     res = run_demo(model_dir=tiny_model, questions=1, gen_length=16, block_length=8)
     assert set(res["results"]) == {1, 8}
     assert "8 token(s)/step" in capsys.readouterr().out
+
+
+def test_generate_with_hf_masked_lm_directory(tmp_path, capsys):
+    from .test_backbones import _tiny_bert
+
+    path, _ = _tiny_bert(tmp_path)
+    assert main(["generate", str(path), "--prompt", "the cat", "--prompt", "a dog sat", "--gen-length", "4",
+                 "--block-length", "2", "--tokens-per-step", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "### the cat" in out and "### a dog sat" in out

@@ -19,7 +19,8 @@ from .conftest import SHARED_DATA
 def test_annotation_stats():
     text = "She sold 48/2 = <<48/2=24>>24 clips. Then <<48+24=72>>72 total, <<3*4=13>>13 and <<5-1=4>>5. #### 72"
     st = annotation_stats(text)
-    assert st == {"total": 4, "valid": 2, "arith_ok": 3, "copy_ok": 3}
+    assert st == {"total": 4, "wellformed": 4, "valid": 2, "arith_ok": 3, "copy_ok": 3}
+    assert annotation_stats("<<2*=6>>6 <<1+1=2>>x")["wellformed"] == 0
     assert annotation_stats("<<2*3=6>>$6 and <<1,000+1=1001>>1,001")["valid"] == 2
     assert annotation_stats("<<garbage>> <<2*3=6")["total"] == 1
     assert annotation_stats("<<2*3=6>>")["valid"] == 0  # no number after the annotation

@@ -121,3 +121,22 @@ def test_text_corpus_training(tmp_path):
     assert res.steps == 2
     with pytest.raises(FileNotFoundError):
         train_backbone(TrainConfig(data=str(tmp_path / "missing.txt"), output_dir=str(tmp_path / "x")), log=lambda s: None)
+
+
+def test_pad_to_fills_answers_with_eos():
+    tok = CharTokenizer(list("abcd?"))
+    batch = collate(encode_qa([QAExample("a?", "bc")], tok), tok, pad_to=6)
+    assert batch.input_ids.shape[1] == batch.prompt_length + 6
+    assert batch.input_ids[0, batch.prompt_length + 3 :].tolist() == [tok.eos_id] * 3
+    assert batch.target_mask.sum().item() == 3
+
+
+def test_continue_training_from_checkpoint(tmp_path):
+    base = dict(data=str(BUNDLED_DATA_DIR), tokenizer="bpe", vocab_size=300, hidden_size=32, num_layers=1, num_heads=2,
+                intermediate_size=32, batch_size=4, max_steps=2, eval_examples=4, train_limit=20, progress=False)
+    first = train_backbone(TrainConfig(output_dir=str(tmp_path / "a"), **base), log=lambda s: None)
+    second = train_backbone(TrainConfig(output_dir=str(tmp_path / "b"), init_from=str(tmp_path / "a"), **base), log=lambda s: None)
+    assert second.backbone.tokenizer.encode("48+24=72") == first.backbone.tokenizer.encode("48+24=72")
+    assert json.loads((tmp_path / "b" / "codd_backbone.json").read_text())["train_config"]["init_from"] == str(tmp_path / "a")
+    with pytest.raises(FileNotFoundError):
+        train_backbone(TrainConfig(output_dir=str(tmp_path / "c"), init_from=str(tmp_path / "none"), **base), log=lambda s: None)

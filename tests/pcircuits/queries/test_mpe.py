@@ -61,7 +61,7 @@ def test_mpe_is_the_enumerated_argmax_on_deterministic_circuits(seed):
             assert np.array_equal(got[b].numpy(), a[int(np.argmax(scores))].astype(np.int64))
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 2**31 - 1))
 def test_mpe_is_max_product_on_any_circuit(seed):
     """On non-deterministic circuits (Gaussians included) MPE maximises the joint with the latent choices."""

@@ -1,0 +1,266 @@
+"""CoDD inside the denoising loop: `CoDDDraw`, the `JointDraw` built by ``generate(prior=...)``.
+
+At every step of `diffusion.generate` with a prior:
+
+1. **Scoring** (`CoDDDraw.rescore`): the active block is covered by prior
+   windows (one window when the block is at most ``W`` long, placed to end at
+   the block's end so that earlier tokens are observed context; ``ceil(L / W)``
+   tiles otherwise). In every window whose mask ratio (masked positions of
+   the block in the window over block positions in the window) is at most
+   ``pc_frac`` (gamma, the adaptive activation), the masked positions get a
+   *joint* proposal from ``p_hat`` (``sampler``; the MPE of ``p_hat`` with
+   greedy decoding, ``temperature=0``) and the remasking confidence is
+   computed from the prior's exact marginals of ``p_hat`` instead of the
+   backbone's factorized ones. Other windows keep the factorized proposal
+   and confidence.
+2. **Drawing** (`CoDDDraw.__call__`): the committed positions take the
+   joint proposal (a subset of a joint sample is a sample of the subset's
+   marginal). With a block longer than the window (full-sequence diffusion),
+   the committed positions are re-drawn jointly in *dynamic* windows: the
+   first committed position not yet covered opens a window of ``W``
+   positions (shifted left to stay inside the block), repeated until every
+   committed position is covered; the block's other masked positions in a
+   window are marginalised under their logits, decoded ones are evidence.
+
+Positions of a window outside the sequence or after the block are
+marginalised (uniform soft evidence), which is exact for a circuit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..sampling import confidence_scores, sample_tokens
+from .prior import SAMPLE_METHODS, CoDDPrior
+
+__all__ = ["CoDDDraw", "check_codd_options"]
+
+
+def check_codd_options(pc_frac: float, pc_temperature: float, sampler: str) -> None:
+    """Validates ``generate``'s CoDD options.
+
+    Raises:
+        ValueError: ``pc_frac`` outside ``[0, 1]``, ``pc_temperature <= 0`` or
+            not finite, or an unknown ``sampler``.
+    """
+    if isinstance(pc_frac, bool) or not isinstance(pc_frac, (int, float)) or not 0.0 <= pc_frac <= 1.0:
+        raise ValueError(f"pc_frac: expected gamma in [0, 1], got {pc_frac!r}")
+    if (
+        isinstance(pc_temperature, bool)
+        or not isinstance(pc_temperature, (int, float))
+        or not math.isfinite(pc_temperature)
+        or pc_temperature <= 0
+    ):
+        raise ValueError(f"pc_temperature: expected tau > 0, got {pc_temperature!r}")
+    if sampler not in SAMPLE_METHODS:
+        raise ValueError(f"sampler: unknown sampler {sampler!r}; expected one of {', '.join(SAMPLE_METHODS)}")
+
+
+class CoDDDraw:
+    """The CoDD `diffusion.sampling.JointDraw` (see the module docstring).
+
+    Args:
+        prior: the prior (its vocabulary must equal the backbone's).
+        vocab_size: the backbone's vocabulary.
+        pc_frac: gamma in ``[0, 1]``: the prior is used in a window whose mask ratio is ``<= gamma``.
+        pc_temperature: tau > 0 of ``p_hat``.
+        sampler: ``"latent"``, ``"exact"`` or ``"any_order"``.
+        temperature: the generation temperature; 0 means greedy (the MPE of
+            ``p_hat``), any other value samples ``p_hat`` (tau is ``pc_temperature``).
+        remasking: the remasking rule (its confidence is computed from ``p_hat``'s marginals).
+        generator: random generator.
+
+    Attributes:
+        prior_calls: windows the prior was evaluated on.
+        active_steps: steps in which at least one window used the prior.
+
+    Raises:
+        ValueError: see `check_codd_options`, or a vocabulary mismatch.
+    """
+
+    def __init__(
+        self,
+        prior: CoDDPrior,
+        vocab_size: int,
+        pc_frac: float = 1.0,
+        pc_temperature: float = 1.0,
+        sampler: str = "latent",
+        temperature: float = 1.0,
+        remasking: str = "low_confidence",
+        generator: torch.Generator | None = None,
+    ):
+        check_codd_options(pc_frac, pc_temperature, sampler)
+        if not isinstance(prior, CoDDPrior):
+            raise ValueError(f"prior: expected a CoDDPrior, got {type(prior).__name__}")
+        if prior.vocab_size != vocab_size:
+            raise ValueError(f"prior: vocabulary {prior.vocab_size} does not match the backbone's {vocab_size}")
+        self.prior = prior
+        self.gamma = float(pc_frac)
+        self.tau = float(pc_temperature)
+        self.sampler = sampler
+        self.temperature = temperature
+        self.remasking = remasking
+        self.generator = generator
+        self.prior_calls = 0
+        self.active_steps = 0
+        self._proposal: torch.Tensor | None = None
+        self._block: tuple[int, int] = (0, 0)
+        self._mask_id = -1
+
+    # ----------------------------------------------------------- windows
+    def _window_inputs(
+        self, x: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor, starts: torch.Tensor, lo: int, hi: int, mask_id: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prior inputs of windows ``(rows [M], starts [M])``.
+
+        Returns:
+            ``(xw [M, W], lw [M, W, V], mw [M, W], pos [M, W], in_blk [M, W])``.
+        """
+        W = self.prior.window
+        N = x.shape[1]
+        pos = starts[:, None] + torch.arange(W, device=x.device)  # [M, W]
+        inside = pos < N
+        pc = pos.clamp(max=N - 1)
+        xw = x[rows[:, None], pc]
+        lw = logits[rows[:, None], pc].to(self.prior.dtype)
+        in_blk = inside & (pos >= lo) & (pos < hi)
+        pad = ~inside | (pos >= hi)
+        masked = (xw == mask_id) & in_blk
+        mw = masked | pad
+        lw = torch.where(pad.unsqueeze(-1), torch.zeros_like(lw), lw)
+        xw = torch.where(mw, torch.zeros_like(xw), xw)
+        return xw, lw, mw, pos, in_blk & masked
+
+    def _active(self, mw_blk: torch.Tensor, in_blk_count: torch.Tensor) -> torch.Tensor:
+        ratio = mw_blk.sum(1).double() / in_blk_count.clamp_min(1).double()
+        return mw_blk.any(1) & (ratio <= self.gamma)
+
+    def _draw(self, xw: torch.Tensor, lw: torch.Tensor, mw: torch.Tensor) -> torch.Tensor:
+        self.prior_calls += xw.shape[0]
+        if self.temperature == 0.0:
+            return self.prior.mpe(xw, lw, mw, self.tau)
+        order = self.remasking if self.remasking != "random" else "random"
+        return self.prior.sample(xw, lw, mw, self.tau, self.sampler, self.generator, order=order)
+
+    # ------------------------------------------------------------ scoring
+    def rescore(
+        self,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        lo: int,
+        hi: int,
+        in_block: torch.Tensor,
+        proposal: torch.Tensor,
+        score: torch.Tensor,
+        mask_id: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Joint proposals and coupled confidences for the active block.
+
+        Args:
+            x: ``LongTensor[B, N]`` current ids.
+            logits: ``FloatTensor[B, N, V]`` logits (mask id at ``-inf``).
+            lo: the block's first column.
+            hi: one past the block's last column.
+            in_block: ``BoolTensor[B, L]`` masked positions of the block.
+            proposal: ``LongTensor[B, L]`` factorized proposals.
+            score: ``FloatTensor[B, L]`` factorized confidences.
+            mask_id: the mask id.
+
+        Returns:
+            ``(proposal, score)`` for the block, ``[B, L]`` each, replaced in
+            the windows where the prior is active.
+        """
+        W = self.prior.window
+        B, L = in_block.shape
+        proposal, score = proposal.clone(), score.clone()
+        if L <= W:
+            starts_1 = [max(0, hi - W)]
+        else:
+            starts_1 = list(range(lo, hi, W))
+            starts_1[-1] = hi - W  # the last tile ends at the block's end
+        rows = torch.arange(B, device=x.device).repeat_interleave(len(starts_1))
+        starts = torch.tensor(starts_1, device=x.device).repeat(B)
+        xw, lw, mw, pos, mblk = self._window_inputs(x, logits, rows, starts, lo, hi, mask_id)
+        in_count = ((pos >= lo) & (pos < hi)).sum(1)
+        act = self._active(mblk, in_count)
+        if bool(act.any()):
+            self.active_steps += 1
+            r, xw, lw, mw, pos, mblk = rows[act], xw[act], lw[act], mw[act], pos[act], mblk[act]
+            tokens = self._draw(xw, lw, mw)  # [M, W]
+            post = self.prior.marginals(xw, lw, mw, self.tau)  # [M, W, V]
+            logp = torch.log(post.clamp_min(0.0)).to(score.dtype)
+            conf = confidence_scores(logp, tokens, self.remasking, self.generator)
+            rr = r[:, None].expand_as(pos)[mblk]
+            cc = pos[mblk] - lo
+            proposal[rr, cc] = tokens[mblk]
+            score[rr, cc] = conf[mblk].to(score.dtype)
+        self._proposal = proposal
+        self._block = (lo, hi)
+        self._mask_id = mask_id
+        return proposal, score
+
+    # ------------------------------------------------------------- drawing
+    def __call__(
+        self, ids: torch.Tensor, logits: torch.Tensor, window: torch.Tensor, commit: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens for the committed positions (see the module docstring).
+
+        Args:
+            ids: ``LongTensor[B, N]`` current ids.
+            logits: ``FloatTensor[B, N, V]`` logits.
+            window: ``BoolTensor[B, N]`` masked positions of the active block.
+            commit: ``BoolTensor[B, N]`` positions committed at this step.
+
+        Returns:
+            ``(tokens [B, N], confidence [B, N])``: the tokens and their
+            log-probability under the backbone's factorized logits.
+        """
+        lo, hi = self._block
+        W = self.prior.window
+        tokens = ids.clone()
+        if self._proposal is None:  # called without rescore: factorized
+            prop = sample_tokens(logits, self.temperature, 1.0, self.generator)
+            tokens = torch.where(commit, prop, ids)
+        else:
+            tokens[:, lo:hi] = torch.where(commit[:, lo:hi], self._proposal, ids[:, lo:hi])
+            if hi - lo > W:
+                self._dynamic(ids, logits, commit, tokens, lo, hi)
+        conf = F.log_softmax(logits.float(), -1).gather(-1, tokens[..., None])[..., 0]
+        return tokens, conf
+
+    def _dynamic(
+        self, ids: torch.Tensor, logits: torch.Tensor, commit: torch.Tensor, tokens: torch.Tensor, lo: int, hi: int
+    ) -> None:
+        """Re-draws the committed positions jointly in windows covering them (in place)."""
+        W = self.prior.window
+        rows_l, starts_l, own_l = [], [], []
+        for b in range(ids.shape[0]):
+            cols = commit[b, lo:hi].nonzero(as_tuple=True)[0].tolist()
+            covered = -1
+            for c in cols:
+                p = lo + c
+                if p <= covered:
+                    continue
+                s = min(p, hi - W)
+                rows_l.append(b)
+                starts_l.append(s)
+                own_l.append(covered + 1)  # positions owned by this window (earlier ones belong to the previous)
+                covered = s + W - 1
+        if not rows_l:
+            return
+        dev = ids.device
+        rows = torch.tensor(rows_l, device=dev)
+        starts = torch.tensor(starts_l, device=dev)
+        own = torch.tensor(own_l, device=dev)
+        xw, lw, mw, pos, mblk = self._window_inputs(ids, logits, rows, starts, lo, hi, self._mask_id)
+        in_count = ((pos >= lo) & (pos < hi)).sum(1)
+        act = self._active(mblk, in_count)
+        if not bool(act.any()):
+            return
+        rows, xw, lw, mw, pos, mblk, own = rows[act], xw[act], lw[act], mw[act], pos[act], mblk[act], own[act]
+        drawn = self._draw(xw, lw, mw)
+        take = mblk & commit[rows[:, None].expand_as(pos), pos] & (pos >= own[:, None])
+        tokens[rows[:, None].expand_as(pos)[take], pos[take]] = drawn[take]

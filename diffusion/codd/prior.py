@@ -1,0 +1,621 @@
+"""The CoDD prior: a probabilistic circuit that couples the tokens of a window.
+
+A masked diffusion backbone gives, for every masked position ``i`` of a
+window ``x_t``, a distribution ``p_theta(x0^i | x_t)``; drawing several
+positions independently from it ignores their dependencies. CoDD
+multiplies these factors with a tractable prior ``p_omega`` over the window:
+
+``p_hat(x0 | x_t) ∝ p_omega(x0) * prod_{i masked} p_theta(x0^i | x_t)^(1/tau)``
+
+with the observed positions of ``x_t`` as evidence (their logits are
+ignored). Because ``p_omega`` is a circuit, the normaliser, every marginal of
+``p_hat`` and joint samples cost one or two passes through it: the backbone's
+tempered log-probabilities enter as soft evidence on the circuit's leaves.
+
+`CoDDPrior` computes the leaf values itself (from the circuit's categorical
+tables and the soft evidence) and hands them to
+:meth:`pcircuits.TensorCircuit.upward`, which allows a top-``k`` candidate
+restriction: with ``top_k=k`` each masked position keeps only its ``k``
+highest logits, and the leaves cost ``O(window * k * states)`` instead of
+``O(window * V * states)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import pcircuits as pc
+from pcircuits.distributions.base import DiscreteDistribution
+from pcircuits.engine.circuit import TensorCircuit
+from pcircuits.engine.downward import _gumbel_argmax, downward
+from pcircuits.nodes import NodeGroup
+
+__all__ = ["CoDDPrior", "SAMPLE_METHODS", "ORDER_RULES"]
+
+SAMPLE_METHODS: tuple[str, ...] = ("latent", "exact", "any_order")
+"""Accepted values of ``method`` in `CoDDPrior.sample`."""
+ORDER_RULES: tuple[str, ...] = ("low_confidence", "margin", "entropy", "random")
+"""Accepted commit orders of the ``any_order`` sampler."""
+
+_DENSE_LIMIT = 1 << 24  # elements of a [B, G, n, K] leaf tensor above which the dense path uses a matmul
+
+
+def _check_temperature(temperature: float) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature):
+        raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
+    if temperature <= 0:
+        raise ValueError(f"temperature: expected tau > 0, got {temperature!r}")
+    return float(temperature)
+
+
+class CoDDPrior:
+    """A circuit prior over ``window`` categorical variables with ``vocab_size`` categories.
+
+    Args:
+        root_or_circuit: a compiled `pcircuits.TensorCircuit` or a root group
+            (compiled with ``seed``); its variables ``0..window-1`` must all be
+            categorical with ``vocab_size`` categories.
+        window: the window length ``W``.
+        vocab_size: the vocabulary size ``V`` (that of the backbone's logits).
+        top_k: restrict the soft evidence of each masked position to its
+            ``top_k`` highest logits (``None``: all ``V``).
+        seed: seed of the parameter initialisation when a root is given.
+
+    Attributes:
+        circuit: the compiled circuit ``p_omega``.
+        window: ``W``.
+        vocab_size: ``V``.
+        top_k: the candidate restriction, or ``None``.
+
+    Raises:
+        ValueError: the circuit's variables or categories do not match
+            ``window`` / ``vocab_size``, a leaf is not discrete, or a bad ``top_k``.
+    """
+
+    def __init__(
+        self,
+        root_or_circuit: NodeGroup | TensorCircuit,
+        window: int,
+        vocab_size: int,
+        top_k: int | None = None,
+        seed: int = 0,
+    ):
+        circuit = root_or_circuit if isinstance(root_or_circuit, TensorCircuit) else pc.compile(root_or_circuit, seed=seed)
+        if not isinstance(window, int) or window < 1:
+            raise ValueError(f"window: expected a positive int, got {window!r}")
+        if not isinstance(vocab_size, int) or vocab_size < 2:
+            raise ValueError(f"vocab_size: expected an int >= 2, got {vocab_size!r}")
+        if circuit.num_vars != window:
+            raise ValueError(f"window: the circuit has {circuit.num_vars} variables, not window={window}")
+        cats = circuit.layout.var_cats
+        if any(c != vocab_size for c in cats):
+            raise ValueError(f"vocab_size: the circuit's variables have {sorted(set(cats), key=str)} categories, not {vocab_size}")
+        for blk in circuit.layout.leaf_blocks:
+            if not isinstance(blk.dist, DiscreteDistribution):
+                raise ValueError(f"root_or_circuit: leaf family {type(blk.dist).__name__} is not supported (categorical leaves only)")
+        if top_k is not None and (not isinstance(top_k, int) or not 1 <= top_k):
+            raise ValueError(f"top_k: expected a positive int or None, got {top_k!r}")
+        self.circuit = circuit
+        self.window = window
+        self.vocab_size = vocab_size
+        self.top_k = None if top_k is None or top_k >= vocab_size else top_k
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def hmm(
+        cls,
+        window: int,
+        num_latents: int,
+        vocab_size: int,
+        homogeneous: bool = True,
+        seed: int = 0,
+        top_k: int | None = None,
+    ) -> CoDDPrior:
+        """A prior backed by a hidden Markov model (`pcircuits.structures.hmm`).
+
+        Args:
+            window: window length ``W`` (HMM steps).
+            num_latents: hidden states ``H``.
+            vocab_size: vocabulary ``V``.
+            homogeneous: one tied transition matrix and one tied emission table.
+            seed: seed of the random initialisation.
+            top_k: candidate restriction (see `CoDDPrior`).
+
+        Returns:
+            The prior.
+        """
+        from pcircuits.structures import hmm
+
+        return cls(pc.compile(hmm(window, num_latents, vocab_size, homogeneous=homogeneous), seed=seed), window, vocab_size, top_k)
+
+    @classmethod
+    def load(cls, path: str | Path, top_k: int | None = None) -> CoDDPrior:
+        """Loads a prior saved by `save` (a `pcircuits.save` archive).
+
+        Args:
+            path: the ``.npz`` file.
+            top_k: candidate restriction.
+
+        Returns:
+            The prior (window and vocabulary read from the circuit).
+        """
+        circuit = pc.load(path)
+        return cls(circuit, circuit.num_vars, int(circuit.max_cats), top_k)
+
+    def save(self, path: str | Path) -> None:
+        """Writes the circuit with `pcircuits.save`."""
+        pc.save(self.circuit, path)
+
+    def to(self, *args, **kwargs) -> CoDDPrior:
+        """Moves / casts the circuit (``prior.to(torch.float64)``); returns ``self``."""
+        self.circuit.to(*args, **kwargs)
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.circuit.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.circuit.device
+
+    # -------------------------------------------------------------- checking
+    def _check(
+        self, x: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, name: str = "x"
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.window:
+            raise ValueError(f"{name}: expected LongTensor[B, {self.window}] (the prior's window), got {getattr(x, 'shape', type(x))}")
+        B = x.shape[0]
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (B, self.window, self.vocab_size):
+            raise ValueError(
+                f"logits: expected [B, W, V] = [{B}, {self.window}, {self.vocab_size}] (the prior's window and vocabulary), "
+                f"got {getattr(logits, 'shape', type(logits))}"
+            )
+        if not isinstance(masked, torch.Tensor) or masked.dtype != torch.bool or tuple(masked.shape) != (B, self.window):
+            raise ValueError(f"masked: expected BoolTensor[{B}, {self.window}], got {getattr(masked, 'shape', type(masked))}")
+        dev = self.device
+        x, logits, masked = x.to(dev).long(), logits.to(dev), masked.to(dev)
+        bad = ~masked & ((x < 0) | (x >= self.vocab_size))
+        if bool(bad.any()):
+            raise ValueError(f"{name}: observed ids must lie in [0, {self.vocab_size})")
+        return x, logits, masked
+
+    def _soft(
+        self, logits: torch.Tensor, masked: torch.Tensor, temperature: float, top_k: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tempered log-probabilities (top-``k`` restricted) of the masked positions.
+
+        Returns:
+            ``(w [B, W, K], cand [B, W, K] or None)``; ``w`` is
+            ``log_softmax(logits / tau)`` over the kept candidates, 0 at
+            observed positions.
+        """
+        z = logits.to(self.dtype) / temperature
+        cand = None
+        if top_k is not None:
+            z, cand = z.topk(top_k, dim=-1)
+        w = F.log_softmax(z, dim=-1)
+        w = torch.where(masked.unsqueeze(-1), w, torch.zeros((), dtype=w.dtype, device=w.device))
+        return w, cand
+
+    # --------------------------------------------------------------- leaves
+    def _tables(self, detach: bool) -> list[torch.Tensor]:
+        """Log emission tables per leaf block and bank slot, ``[S, n, V]``."""
+        params = [self.circuit.params[blk.bank] for blk in self.circuit.layout.leaf_blocks]
+        key = tuple((id(p), p._version, p.dtype, p.device) for p in params)
+        cache = getattr(self, "_table_cache", None)
+        if detach and cache is not None and cache[0] == key:
+            return cache[1]  # the O(H V) normalisation is reused while the parameters are unchanged
+        out = []
+        for blk, p in zip(self.circuit.layout.leaf_blocks, params):
+            out.append(blk.dist.log_table(p.detach() if detach else p))
+        if detach:
+            self._table_cache = (key, out)
+        return out
+
+    def _leaf_outputs(
+        self,
+        x: torch.Tensor,
+        masked: torch.Tensor,
+        w: torch.Tensor,
+        cand: torch.Tensor | None,
+        tables: list[torch.Tensor],
+        semiring: str = "sum",
+    ) -> list[torch.Tensor]:
+        """Leaf values ``[B, G, n]`` per leaf block under the soft evidence.
+
+        Observed: ``log E[j, x_i]``; masked: ``logsumexp_c log E[j, c] + w_i(c)``
+        over the candidates ``c`` (``max`` for the max semiring).
+        """
+        circuit = self.circuit
+        B = x.shape[0]
+        xo = torch.where(masked, torch.zeros_like(x), x)
+        outs = []
+        for i, (blk, table) in enumerate(zip(circuit.layout.leaf_blocks, tables)):
+            vars_ = circuit._get(f"leaf{i}_vars")
+            slots = circuit._get(f"leaf{i}_slots")
+            G, n = len(blk.groups), blk.num_nodes
+            parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+            for s in torch.unique(slots).tolist():
+                gs = (slots == s).nonzero(as_tuple=True)[0]
+                vs = vars_[gs]
+                tab = table[s]  # [n, V]
+                xb = xo[:, vs]  # [B, Gs]
+                obs = tab.t()[xb]  # [B, Gs, n]
+                ws = w[:, vs]  # [B, Gs, K]
+                if cand is None:
+                    big = B * len(gs) * n * ws.shape[-1] > _DENSE_LIMIT
+                    if semiring == "sum" and big:
+                        me = tab.amax(-1, keepdim=True)  # [n, 1]
+                        me = torch.where(torch.isfinite(me), me, torch.zeros_like(me))
+                        mw = ws.amax(-1, keepdim=True)  # [B, Gs, 1]
+                        mw = torch.where(torch.isfinite(mw), mw, torch.zeros_like(mw))
+                        prod = torch.matmul(torch.exp(ws - mw), torch.exp(tab - me).t())  # [B, Gs, n]
+                        mval = torch.log(prod) + mw + me.t()
+                    else:
+                        full = tab.unsqueeze(0).unsqueeze(0) + ws.unsqueeze(2)  # [B, Gs, n, V]
+                        mval = torch.logsumexp(full, -1) if semiring == "sum" else full.amax(-1)
+                else:
+                    cs = cand[:, vs]  # [B, Gs, K]
+                    full = tab[:, cs].permute(1, 2, 0, 3) + ws.unsqueeze(2)  # [B, Gs, n, K]
+                    mval = torch.logsumexp(full, -1) if semiring == "sum" else full.amax(-1)
+                val = torch.where(masked[:, vs].unsqueeze(-1), mval, obs)
+                parts.append((gs, val))
+            if len(parts) == 1 and torch.equal(parts[0][0], torch.arange(G, device=parts[0][0].device)):
+                outs.append(parts[0][1])
+                continue
+            out = torch.zeros(B, G, n, dtype=table.dtype, device=table.device)
+            for gs, val in parts:
+                out = out.index_copy(1, gs, val)
+            outs.append(out)
+        return outs
+
+    def _upward(
+        self,
+        x: torch.Tensor,
+        masked: torch.Tensor,
+        w: torch.Tensor,
+        cand: torch.Tensor | None,
+        detach: bool = True,
+        semiring: str = "sum",
+    ) -> list[torch.Tensor]:
+        circuit = self.circuit
+        ev = circuit.prepare(torch.where(masked, torch.zeros_like(x), x), masked)
+        tables = self._tables(detach)
+        lw = circuit.sum_log_weights()
+        if detach:
+            lw = {k: v.detach() for k, v in lw.items()}
+        leaves = self._leaf_outputs(x, masked, w, cand, tables, semiring)
+        return circuit.upward(ev, semiring, log_weights=lw, leaf_outputs=leaves)
+
+    # --------------------------------------------------------------- queries
+    def log_prob(
+        self,
+        x0: torch.Tensor,
+        logits: torch.Tensor,
+        masked: torch.Tensor,
+        temperature: float = 1.0,
+        requires_grad: bool = False,
+    ) -> torch.Tensor:
+        """``log p_hat(x0 on the masked positions | observed positions, logits)``.
+
+        ``p_hat(x | x_t) = p_omega(x) prod_{i masked} q_i(x_i) / Z`` with
+        ``q_i = softmax(logits_i / tau)`` (restricted to the top-``k``
+        candidates when ``top_k`` is set) and the sum ``Z`` over the masked
+        positions' values with the observed ones fixed to ``x0``.
+
+        Args:
+            x0: ``LongTensor[B, W]`` clean tokens (all positions).
+            logits: ``FloatTensor[B, W, V]`` backbone logits (rows of
+                observed positions are ignored).
+            masked: ``BoolTensor[B, W]`` positions whose tokens are scored.
+            temperature: ``tau > 0``.
+            requires_grad: keep the graph to the circuit's parameters (training).
+
+        Returns:
+            ``FloatTensor[B]`` log-probabilities (0 where nothing is masked,
+            ``-inf`` where ``x0`` is outside the top-``k`` candidates or has
+            probability 0).
+
+        Raises:
+            ValueError: shapes that do not match the prior's window or
+                vocabulary, ``tau <= 0``.
+        """
+        tau = _check_temperature(temperature)
+        x0, logits, masked = self._check(x0, logits, masked, "x0")
+        if not bool((x0[masked] >= 0).all() and (x0[masked] < self.vocab_size).all()):
+            raise ValueError(f"x0: ids must lie in [0, {self.vocab_size})")
+        with torch.set_grad_enabled(requires_grad):
+            w, cand = self._soft(logits, masked, tau, self.top_k)
+            return self._conditional_ll(x0, masked, w, cand, detach=not requires_grad)
+
+    def _conditional_ll(
+        self, x0: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None, detach: bool
+    ) -> torch.Tensor:
+        """``log p_hat(x0_masked | x0_observed)`` ``[B]`` from soft evidence ``w`` (and candidates)."""
+        if cand is None:
+            wx = w.gather(-1, x0.unsqueeze(-1))[..., 0]
+        else:
+            hit = cand == x0.unsqueeze(-1)
+            wx = torch.where(hit, w, torch.full_like(w, -math.inf)).amax(-1)
+        wx = torch.where(masked, wx, torch.zeros_like(wx)).sum(-1)
+        nothing = torch.zeros_like(masked)
+        num = self._upward(x0, nothing, torch.zeros_like(w), cand, detach=detach)[-1][:, 0]
+        den = self._upward(x0, masked, w, cand, detach=detach)[-1][:, 0]
+        joint = num + wx
+        return torch.where(torch.isfinite(joint), joint - den, torch.full_like(joint, -math.inf))
+
+    def marginals(
+        self, x: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """Exact per-position marginals of ``p_hat``.
+
+        One upward pass and its backward pass: ``d log Z / d w_i(c)`` is the
+        posterior probability of token ``c`` at position ``i``.
+
+        Args:
+            x: ``LongTensor[B, W]`` current tokens (masked entries are ignored).
+            logits: ``FloatTensor[B, W, V]`` backbone logits.
+            masked: ``BoolTensor[B, W]``.
+            temperature: ``tau > 0``.
+
+        Returns:
+            ``FloatTensor[B, W, V]`` probabilities: one-hot rows at observed
+            positions, ``p_hat(x_i = c | ...)`` at masked ones (0 outside the
+            top-``k`` candidates).
+
+        Raises:
+            ValueError: mismatched shapes or ``tau <= 0``.
+        """
+        tau = _check_temperature(temperature)
+        x, logits, masked = self._check(x, logits, masked)
+        return self._marginals(x, logits, masked, tau)[0]
+
+    def _marginals(
+        self, x: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, tau: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Marginals ``[B, W, V]`` and ``log Z`` ``[B]`` (checked inputs)."""
+        B, W, V = logits.shape
+        with torch.enable_grad():
+            w, cand = self._soft(logits.detach(), masked, tau, self.top_k)
+            w = w.detach().requires_grad_()
+            root = self._upward(x, masked, w, cand, detach=True)[-1][:, 0]
+            finite = torch.isfinite(root)
+            total = torch.where(finite, root, torch.zeros_like(root)).sum()
+            (g,) = torch.autograd.grad(total, w, allow_unused=True)
+        g = torch.zeros_like(w) if g is None else g.detach()
+        if cand is None:
+            post = g
+        else:
+            post = torch.zeros(B, W, V, dtype=g.dtype, device=g.device).scatter_add_(-1, cand, g)
+        onehot = F.one_hot(torch.where(masked, torch.zeros_like(x), x), V).to(post.dtype)
+        post = torch.where(masked.unsqueeze(-1), post, onehot)
+        post = post.masked_fill((~finite).view(B, 1, 1) & masked.unsqueeze(-1), math.nan)
+        return post, root.detach()
+
+    def sample(
+        self,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        masked: torch.Tensor,
+        temperature: float = 1.0,
+        method: str = "latent",
+        generator: torch.Generator | None = None,
+        order: str = "low_confidence",
+    ) -> torch.Tensor:
+        """Joint draw of the masked positions.
+
+        Methods (``q_i^tau = softmax(logits_i / tau)``, ``E`` the circuit's leaves):
+
+        * ``"exact"``: a sample of ``p_hat(x) ∝ p_omega(x) prod_i q_i^tau(x_i)``
+          (one upward pass with the tempered soft evidence, a top-down
+          pass, then each token from its selected leaf times ``q_i^tau``).
+        * ``"latent"`` (the paper's default): the latent path ``z`` (the
+          sum-node choices; for an HMM the hidden states) is drawn from its
+          posterior under the *untempered* evidence,
+          ``P(z | x_obs, q^1) ∝ p_omega(z, x_obs) prod_{i masked} sum_c E_{z_i}(c) q_i^1(c)``,
+          then every masked token independently from
+          ``x_i | z ~ E_{z_i}(x_i) q_i^tau(x_i) / sum_c E_{z_i}(c) q_i^tau(c)``.
+          So ``p_latent(x) = sum_z P(z | x_obs, q^1) prod_i E_{z_i}(x_i) q_i^tau(x_i) / N_i(z_i)``;
+          at ``tau = 1`` it equals ``"exact"``.
+        * ``"any_order"``: tokens committed one at a time, each from its exact
+          conditional given the tokens committed before it, in the order
+          ``order`` computed from the current marginals (``low_confidence``:
+          largest max-probability first; ``margin``: largest top-1 minus
+          top-2; ``entropy``: lowest entropy; ``random``). The order depends
+          only on the marginals, never on the value about to be drawn, so by
+          the chain rule the joint is exactly ``p_hat`` (one upward and
+          backward pass per masked position).
+
+        Args:
+            x: ``LongTensor[B, W]`` current tokens.
+            logits: ``FloatTensor[B, W, V]`` backbone logits.
+            masked: ``BoolTensor[B, W]`` positions to draw.
+            temperature: ``tau > 0``.
+            method: ``"latent"``, ``"exact"`` or ``"any_order"``.
+            generator: random generator.
+            order: commit order of ``"any_order"`` (one of `ORDER_RULES`).
+
+        Returns:
+            ``LongTensor[B, W]``: ``x`` with the masked positions filled.
+
+        Raises:
+            ValueError: mismatched shapes, ``tau <= 0``, an unknown method or
+                order, or evidence of probability 0.
+        """
+        tau = _check_temperature(temperature)
+        if method not in SAMPLE_METHODS:
+            raise ValueError(f"method: unknown sampler {method!r}; expected one of {', '.join(SAMPLE_METHODS)}")
+        if order not in ORDER_RULES:
+            raise ValueError(f"order: unknown rule {order!r}; expected one of {', '.join(ORDER_RULES)}")
+        x, logits, masked = self._check(x, logits, masked)
+        with torch.no_grad():
+            if method == "any_order":
+                return self._sample_any_order(x, logits, masked, tau, generator, order)
+            if method == "exact":
+                return self._topdown(x, logits, masked, tau, tau, generator, "sample")
+            return self._topdown(x, logits, masked, 1.0, tau, generator, "sample")
+
+    def mpe(self, x: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """Most probable completion ``argmax_x p_hat(x)`` of the masked positions.
+
+        Max-product upward pass, backtracking, then each token as the argmax
+        of its selected leaf times its soft evidence (exact for circuits
+        without shared latent choices across variables, such as HMMs, where it
+        is Viterbi decoding of ``p_hat``).
+
+        Args:
+            x: ``LongTensor[B, W]``.
+            logits: ``FloatTensor[B, W, V]``.
+            masked: ``BoolTensor[B, W]``.
+            temperature: ``tau > 0``.
+
+        Returns:
+            ``LongTensor[B, W]``.
+        """
+        tau = _check_temperature(temperature)
+        x, logits, masked = self._check(x, logits, masked)
+        with torch.no_grad():
+            return self._topdown(x, logits, masked, tau, tau, None, "argmax")
+
+    def _topdown(
+        self,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        masked: torch.Tensor,
+        tau_path: float,
+        tau_leaf: float,
+        generator: torch.Generator | None,
+        mode: str,
+    ) -> torch.Tensor:
+        circuit = self.circuit
+        B = x.shape[0]
+        out = torch.where(masked, torch.zeros_like(x), x).clone()
+        if not bool(masked.any()):
+            return out
+        w_path, cand = self._soft(logits, masked, tau_path, self.top_k)
+        w_leaf = w_path if tau_leaf == tau_path else self._soft(logits, masked, tau_leaf, self.top_k)[0]
+        semiring = "sum" if mode == "sample" else "max"
+        outs = self._upward(x, masked, w_path, cand, detach=True, semiring=semiring)
+        root = outs[-1][:, 0]
+        if not bool(torch.isfinite(root).all()):
+            b = int((~torch.isfinite(root)).nonzero()[0])
+            raise ValueError(f"the evidence of row {b} has probability 0 under the prior; nothing to sample")
+        lw = {k: v.detach() for k, v in circuit.sum_log_weights().items()}
+        row_source = torch.arange(B, device=x.device)
+        sel = downward(circuit, outs, row_source, mode, generator, lw)
+        tables = self._tables(detach=True)
+        rows, cols = sel.leaf_rows, sel.leaf_cols
+        for i, (blk, table) in enumerate(zip(circuit.layout.leaf_blocks, tables)):
+            size = len(blk.groups) * blk.num_nodes
+            keep = (cols >= blk.offset) & (cols < blk.offset + size)
+            r, loc = rows[keep], cols[keep] - blk.offset
+            g = torch.div(loc, blk.num_nodes, rounding_mode="floor")
+            j = loc - g * blk.num_nodes
+            var = circuit._get(f"leaf{i}_vars")[g]
+            m = masked[r, var]
+            r, g, j, var = r[m], g[m], j[m], var[m]
+            if r.numel() == 0:
+                continue
+            slot = circuit._get(f"leaf{i}_slots")[g]
+            if cand is None:
+                lg = table[slot, j] + w_leaf[r, var]  # [M, V]
+                tok = lg.argmax(-1) if mode == "argmax" else _gumbel_argmax(lg, generator)
+            else:
+                c = cand[r, var]  # [M, K]
+                lg = table[slot.unsqueeze(1), j.unsqueeze(1), c] + w_leaf[r, var]
+                pick = lg.argmax(-1) if mode == "argmax" else _gumbel_argmax(lg, generator)
+                tok = c.gather(1, pick.unsqueeze(1))[:, 0]
+            out[r, var] = tok
+        return out
+
+    def _sample_any_order(
+        self,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        masked: torch.Tensor,
+        tau: float,
+        generator: torch.Generator | None,
+        order: str,
+    ) -> torch.Tensor:
+        out = torch.where(masked, torch.zeros_like(x), x).clone()
+        left = masked.clone()
+        B = x.shape[0]
+        rows = torch.arange(B, device=x.device)
+        while bool(left.any()):
+            post, root = self._marginals(out, logits, left, tau)
+            if not bool(torch.isfinite(root[left.any(1)]).all()):
+                raise ValueError("the evidence has probability 0 under the prior; nothing to sample")
+            post = post.clamp_min(0.0)
+            score = order_scores(post, order, generator)
+            score = score.masked_fill(~left, -math.inf)
+            pos = score.argmax(1)  # [B]
+            active = left.any(1)
+            p = post[rows, pos]  # [B, V]
+            p = torch.where(active.unsqueeze(1), p, torch.ones_like(p))
+            tok = torch.multinomial(p.double(), 1, generator=generator)[:, 0]
+            out[rows[active], pos[active]] = tok[active]
+            left[rows[active], pos[active]] = False
+        return out
+
+    # --------------------------------------------------------------- training
+    def fit(
+        self,
+        x0: torch.Tensor,
+        masked: torch.Tensor,
+        logits: torch.Tensor,
+        epochs: int = 5,
+        batch_size: int = 64,
+        lr: float = 0.05,
+        temperature: float = 1.0,
+        valid_frac: float = 0.1,
+        em_epochs: int = 0,
+        candidates: torch.Tensor | None = None,
+        checkpoint: str | Path | None = None,
+        seed: int = 0,
+        progress: bool | None = None,
+        callback: Callable[[int, float], None] | None = None,
+    ) -> list[float]:
+        """Trains the circuit to maximise the conditional log-likelihood.
+
+        See `diffusion.codd.training.fit_prior` (this is a shortcut to it).
+
+        Returns:
+            The held-out conditional NLL per masked token after each epoch
+            (the train NLL when ``valid_frac=0``).
+        """
+        from .training import fit_prior
+
+        return fit_prior(
+            self, x0, masked, logits, epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature,
+            valid_frac=valid_frac, em_epochs=em_epochs, candidates=candidates, checkpoint=checkpoint, seed=seed,
+            progress=progress, callback=callback,
+        )
+
+
+def order_scores(post: torch.Tensor, rule: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Commit-order scores from marginals (higher first), independent of any draw.
+
+    Args:
+        post: ``FloatTensor[B, W, V]`` marginals.
+        rule: one of `ORDER_RULES`.
+        generator: random generator for ``"random"``.
+
+    Returns:
+        ``FloatTensor[B, W]``.
+    """
+    if rule == "low_confidence":
+        return post.amax(-1)
+    if rule == "margin":
+        top2 = post.topk(2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+    if rule == "entropy":
+        return (post * torch.log(post.clamp_min(1e-300))).sum(-1)
+    if rule == "random":
+        return torch.rand(post.shape[:2], generator=generator, dtype=post.dtype, device=post.device)
+    raise ValueError(f"order: unknown rule {rule!r}; expected one of {', '.join(ORDER_RULES)}")

@@ -1,0 +1,384 @@
+"""Training a CoDD prior on a frozen backbone.
+
+The data are masked windows ``(x0, masked)`` with the backbone's logits for
+the masked input (cached once, optionally as their top-``k``). The prior
+maximises the conditional log-likelihood
+
+``log p_hat(x0_masked | x0_observed, logits) = log Z(x0, all observed) + sum_i log q_i(x0_i) - log Z(x0_observed, q)``
+
+with Adam on the circuit's unconstrained logits. EM is not used for this
+objective: its monotone guarantee holds for the (marginal) joint likelihood
+``log p_omega(x)``, not for a ratio of two partition functions. A few epochs of
+`pcircuits.em` on the windows' clean tokens can initialise the prior.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import pcircuits as pc
+
+from ..backbones import Backbone
+from .prior import CoDDPrior
+
+__all__ = ["fit_prior", "make_windows", "backbone_window_logits", "topk_with_target", "conditional_nll"]
+
+
+def make_windows(
+    tokens: torch.Tensor,
+    window: int,
+    maskable: torch.Tensor | None = None,
+    num_windows: int | None = None,
+    generator: torch.Generator | None = None,
+    min_ratio: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Masked training windows: a window start per example and a mask ratio ``t ~ U(min_ratio, 1)``.
+
+    Args:
+        tokens: ``LongTensor[N, L]`` clean sequences (``L >= window``).
+        window: window length ``W``.
+        maskable: ``BoolTensor[N, L]`` positions that may be masked (e.g. the
+            answer tokens of QA data); windows start where the whole window is
+            maskable when possible. ``None``: everything.
+        num_windows: windows to draw (default ``N``), examples drawn with replacement.
+        generator: random generator.
+        min_ratio: smallest mask ratio.
+
+    Returns:
+        ``(rows [M], starts [M], masked [M, W])``: the example and first
+        position of each window and its mask (at least one masked position).
+    """
+    N, L = tokens.shape
+    if L < window:
+        raise ValueError(f"tokens: sequences of length {L} are shorter than the window {window}")
+    M = N if num_windows is None else num_windows
+    if maskable is None:
+        maskable = torch.ones_like(tokens, dtype=torch.bool)
+    rows = torch.randint(N, (M,), generator=generator)
+    starts = torch.empty(M, dtype=torch.long)
+    for m in range(M):
+        ok = maskable[rows[m]]
+        idx = ok.nonzero(as_tuple=True)[0]
+        if idx.numel() == 0:
+            starts[m] = int(torch.randint(L - window + 1, (1,), generator=generator))
+            continue
+        lo = min(int(idx[0]), L - window)  # clamp first: an answer starting after L - window has no full window
+        hi = max(lo, min(int(idx[-1]) - window + 1, L - window))
+        starts[m] = lo + int(torch.randint(hi - lo + 1, (1,), generator=generator))
+    pos = starts[:, None] + torch.arange(window)
+    can = maskable[rows[:, None], pos]
+    t = min_ratio + (1 - min_ratio) * torch.rand(M, 1, generator=generator)
+    masked = (torch.rand(M, window, generator=generator) < t) & can
+    # at least one masked position per window where possible
+    none = ~masked.any(1) & can.any(1)
+    if bool(none.any()):
+        first = can.float().argmax(1)
+        masked[none, first[none]] = True
+    return rows, starts, masked
+
+
+@torch.no_grad()
+def backbone_window_logits(
+    backbone: Backbone,
+    tokens: torch.Tensor,
+    rows: torch.Tensor,
+    starts: torch.Tensor,
+    masked: torch.Tensor,
+    batch_size: int = 32,
+    top_k: int | None = None,
+    progress: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Runs the frozen backbone on the masked sequences and caches the window logits.
+
+    The whole sequence is the backbone's input (with the window's masked
+    positions replaced by the mask id); only the window's rows are kept.
+
+    Args:
+        backbone: the frozen denoiser.
+        tokens: ``LongTensor[N, L]`` clean sequences.
+        rows: ``LongTensor[M]`` sequence of each window, from `make_windows`.
+        starts: ``LongTensor[M]`` first position of each window, from `make_windows`.
+        masked: ``BoolTensor[M, W]`` masked positions of each window, from `make_windows`.
+        batch_size: sequences per backbone call.
+        top_k: keep only the ``top_k`` logits per position plus the target's (see `topk_with_target`).
+        progress: progress bar.
+
+    Returns:
+        ``(x0 [M, W], logits, candidates)``: logits ``[M, W, V]`` (float32,
+        mask id at ``-inf``) and ``candidates=None``, or with ``top_k`` logits
+        ``[M, W, top_k + 1]`` and ``candidates [M, W, top_k + 1]``.
+    """
+    M, W = masked.shape
+    pos = starts[:, None] + torch.arange(W)
+    x0 = tokens[rows[:, None], pos]
+    outs, cands = [], []
+    for s in tqdm(range(0, M, batch_size), desc="backbone logits", disable=progress is False, leave=False):
+        r, p, m = rows[s : s + batch_size], pos[s : s + batch_size], masked[s : s + batch_size]
+        inp = tokens[r].clone()
+        ar = torch.arange(len(r))[:, None].expand_as(p)
+        inp[ar[m], p[m]] = backbone.mask_token_id
+        lg = backbone(inp.to(backbone.device)).float().cpu()[ar, p]  # [b, W, V]
+        lg[..., backbone.mask_token_id] = -math.inf
+        if top_k is not None:
+            lg, c = topk_with_target(lg, x0[s : s + batch_size], top_k)
+            cands.append(c)
+        outs.append(lg)
+    return x0, torch.cat(outs), (torch.cat(cands) if cands else None)
+
+
+def topk_with_target(logits: torch.Tensor, x0: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` logits plus the target token's logit as a ``k+1``-th candidate.
+
+    Where the target is already among the top ``k`` the extra candidate gets
+    ``-inf`` (no double counting), so the target always has a candidate and
+    the conditional likelihood stays finite.
+
+    Args:
+        logits: ``FloatTensor[..., V]``.
+        x0: ``LongTensor[...]`` targets.
+        k: candidates.
+
+    Returns:
+        ``(values [..., k+1], candidates [..., k+1])``.
+    """
+    v, c = logits.topk(k, dim=-1)
+    tv = logits.gather(-1, x0.unsqueeze(-1))
+    inside = (c == x0.unsqueeze(-1)).any(-1, keepdim=True)
+    tv = torch.where(inside, torch.full_like(tv, -math.inf), tv)
+    return torch.cat([v, tv], -1), torch.cat([c, x0.unsqueeze(-1)], -1)
+
+
+def conditional_nll(
+    prior: CoDDPrior | None,
+    x0: torch.Tensor,
+    masked: torch.Tensor,
+    logits: torch.Tensor,
+    candidates: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Per-window conditional NLL ``-log p_hat(x0_masked | ...)`` (``prior=None``: factorized backbone).
+
+    Args:
+        prior: the prior, or ``None`` for ``-sum_i log softmax(logits_i)(x0_i)``.
+        x0: ``LongTensor[M, W]``.
+        masked: ``BoolTensor[M, W]``.
+        logits: ``FloatTensor[M, W, V]`` or ``[M, W, K]`` with ``candidates``.
+        candidates: ``LongTensor[M, W, K]`` or ``None``.
+        temperature: ``tau`` (the factorized NLL uses ``tau = 1``).
+        batch_size: windows per pass.
+
+    Returns:
+        ``FloatTensor[M]`` NLL in nats (sum over the window's masked tokens).
+    """
+    out = []
+    for s in range(0, len(x0), batch_size):
+        xb, mb, lb = x0[s : s + batch_size], masked[s : s + batch_size], logits[s : s + batch_size]
+        cb = None if candidates is None else candidates[s : s + batch_size]
+        if prior is None:
+            lp = torch.log_softmax(lb.double(), -1)
+            if cb is None:
+                t = lp.gather(-1, xb.unsqueeze(-1))[..., 0]
+            else:
+                t = torch.where(cb == xb.unsqueeze(-1), lp, torch.full_like(lp, -math.inf)).amax(-1)
+            out.append(-torch.where(mb, t, torch.zeros_like(t)).sum(-1))
+            continue
+        with torch.no_grad():
+            out.append(-_batch_ll(prior, xb, mb, lb, cb, temperature, grad=False).double())
+    return torch.cat(out)
+
+
+def _batch_ll(
+    prior: CoDDPrior,
+    x0: torch.Tensor,
+    masked: torch.Tensor,
+    logits: torch.Tensor,
+    candidates: torch.Tensor | None,
+    temperature: float,
+    grad: bool,
+) -> torch.Tensor:
+    dev = prior.device
+    x0, masked, logits = x0.to(dev), masked.to(dev), logits.to(dev)
+    if candidates is None and prior.top_k is None:
+        return prior.log_prob(x0, logits, masked, temperature, requires_grad=grad)
+    if candidates is None:
+        lg, cand = topk_with_target(logits, x0, prior.top_k)
+    else:
+        lg, cand = logits, candidates.to(dev)
+    w = torch.log_softmax(lg.to(prior.dtype) / temperature, -1)
+    w = torch.where(masked.unsqueeze(-1), w, torch.zeros_like(w))
+    return prior._conditional_ll(x0, masked, w, cand, detach=not grad)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    perm = torch.randperm(n, generator=generator)
+    for s in range(0, n, batch_size):
+        yield perm[s : s + batch_size]
+
+
+def fit_prior(
+    prior: CoDDPrior,
+    x0: torch.Tensor,
+    masked: torch.Tensor,
+    logits: torch.Tensor,
+    epochs: int = 5,
+    batch_size: int = 64,
+    lr: float = 0.05,
+    temperature: float = 1.0,
+    valid_frac: float = 0.1,
+    em_epochs: int = 0,
+    candidates: torch.Tensor | None = None,
+    checkpoint: str | Path | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+    callback: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Fits ``prior`` to maximise ``log p_hat(x0_masked | observed, logits)`` with Adam.
+
+    Args:
+        prior: the prior (trained in place).
+        x0: ``LongTensor[M, W]`` clean windows.
+        masked: ``BoolTensor[M, W]`` masked positions of each window.
+        logits: ``FloatTensor[M, W, V]`` cached backbone logits, or
+            ``[M, W, K]`` values of ``candidates``.
+        epochs: passes over the training windows.
+        batch_size: windows per Adam step.
+        lr: Adam learning rate (on the circuit's logits).
+        temperature: ``tau`` used in training.
+        valid_frac: share of windows held out for the per-epoch NLL (0: report the train NLL).
+        em_epochs: epochs of full-batch `pcircuits.em` on the training windows' clean tokens first.
+        candidates: ``LongTensor[M, W, K]`` token ids of ``logits`` (top-``k`` caches).
+        checkpoint: ``.npz`` path; the circuit with the best held-out NLL is saved there (`pcircuits.save`).
+        seed: seed of the split and the shuffling.
+        progress: tqdm progress bar (``None``: on a terminal only).
+        callback: called as ``callback(epoch, nll)`` after every epoch.
+
+    Returns:
+        Held-out (or train) conditional NLL per masked token, one value per epoch.
+
+    Raises:
+        ValueError: mismatched shapes, ``valid_frac`` outside ``[0, 1)``, or nothing masked.
+    """
+    M = x0.shape[0]
+    if tuple(masked.shape) != tuple(x0.shape) or logits.shape[:2] != x0.shape:
+        raise ValueError("x0, masked and logits must agree on [M, W]")
+    if x0.shape[1] != prior.window:
+        raise ValueError(f"x0: windows of length {x0.shape[1]}, the prior's window is {prior.window}")
+    if candidates is None and logits.shape[-1] != prior.vocab_size:
+        raise ValueError(f"logits: vocabulary {logits.shape[-1]}, the prior's is {prior.vocab_size}")
+    if not 0.0 <= valid_frac < 1.0:
+        raise ValueError(f"valid_frac: expected a value in [0, 1), got {valid_frac}")
+    if not bool(masked.any()):
+        raise ValueError("masked: no masked position to learn from")
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(M, generator=gen)
+    n_val = int(round(valid_frac * M)) if valid_frac > 0 else 0
+    val, tr = perm[:n_val], perm[n_val:]
+    if em_epochs > 0:
+        pc.em(prior.circuit, x0[tr].to(prior.device), epochs=em_epochs, progress=False)
+
+    def take(idx: torch.Tensor) -> tuple:
+        return x0[idx], masked[idx], logits[idx], (None if candidates is None else candidates[idx])
+
+    def evaluate(idx: torch.Tensor) -> float:
+        xb, mb, lb, cb = take(idx)
+        nll = conditional_nll(prior, xb, mb, lb, cb, temperature, batch_size=max(batch_size, 256))
+        return float(nll.sum() / mb.sum())
+
+    opt = torch.optim.Adam(prior.circuit.parameters(), lr=lr)
+    history: list[float] = []
+    best = math.inf
+    bar = tqdm(range(epochs), desc="prior epochs", disable=progress is False)
+    for ep in bar:
+        for idx in _batches(len(tr), batch_size, gen):
+            xb, mb, lb, cb = take(tr[idx])
+            ll = _batch_ll(prior, xb, mb, lb, cb, temperature, grad=True)
+            ll = torch.where(torch.isfinite(ll), ll, torch.zeros_like(ll))
+            loss = -ll.sum() / mb.sum().clamp_min(1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        nll = evaluate(val if n_val else tr)
+        history.append(nll)
+        bar.set_postfix(nll=f"{nll:.4f}")
+        if checkpoint is not None and nll < best:
+            pc.save(prior.circuit, checkpoint)
+        best = min(best, nll)
+        if callback is not None:
+            callback(ep, nll)
+    return history
+
+
+def qa_token_matrix(examples: list, tokenizer: object, max_length: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``[N, L]`` token matrix of ``prompt + answer`` and the answer mask (maskable positions).
+
+    Args:
+        examples: `diffusion.QAExample` pairs.
+        tokenizer: the backbone's project tokenizer.
+        max_length: maximal length.
+
+    Returns:
+        ``(tokens [N, L], answer [N, L])``; padding uses the tokenizer's EOS
+        id and counts as answer (the backbone is trained to fill it).
+    """
+    from ..data import encode_qa
+
+    enc = encode_qa(examples, tokenizer, max_length)
+    L = max(len(e.prompt) + len(e.target) for e in enc)
+    tokens = torch.full((len(enc), L), tokenizer.eos_id, dtype=torch.long)
+    answer = torch.zeros(len(enc), L, dtype=torch.bool)
+    for i, e in enumerate(enc):
+        p = len(e.prompt)
+        tokens[i, :p] = torch.tensor(e.prompt)
+        tokens[i, p : p + len(e.target)] = torch.tensor(e.target)
+        answer[i, p:] = True
+    return tokens, answer
+
+
+def train_prior_cli(
+    model: str,
+    data: str,
+    output: str,
+    window: int = 16,
+    states: int = 64,
+    num_windows: int = 2000,
+    top_k: int | None = 64,
+    epochs: int = 5,
+    batch_size: int = 64,
+    lr: float = 0.05,
+    em_epochs: int = 0,
+    examples: int | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> dict:
+    """``codd train-prior``: windows of QA answers, cached backbone logits, `fit_prior`, `pcircuits.save`.
+
+    Returns:
+        ``{"output": ..., "heldout_nll": [...]}``.
+    """
+    from ..backbones import load_backbone
+    from ..data import load_gsm8k, read_jsonl_qa
+
+    backbone = load_backbone(model)
+    tok = backbone.tokenizer
+    if tok is None or not hasattr(tok, "eos_id"):
+        raise ValueError(f"model: {model} has no project tokenizer (train it with 'codd train-backbone')")
+    if data == "gsm8k":
+        qa = load_gsm8k("train", limit=examples)
+    elif Path(data).is_dir():
+        qa = load_gsm8k("train", data, limit=examples)
+    else:
+        qa = read_jsonl_qa(data)[:examples]
+    tokens, answer = qa_token_matrix(qa, tok)
+    g = torch.Generator().manual_seed(seed)
+    rows, starts, masked = make_windows(tokens, window, answer, num_windows, g)
+    x0, logits, cand = backbone_window_logits(backbone, tokens, rows, starts, masked, top_k=top_k, progress=progress)
+    prior = CoDDPrior.hmm(window, states, backbone.vocab_size, seed=seed, top_k=top_k)
+    hist = fit_prior(prior, x0, masked, logits, epochs=epochs, batch_size=batch_size, lr=lr, em_epochs=em_epochs,
+                     candidates=cand, checkpoint=output, seed=seed, progress=progress)
+    return {"output": str(output), "heldout_nll": hist}

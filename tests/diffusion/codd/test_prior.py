@@ -1,0 +1,242 @@
+"""CoDD prior against brute-force enumeration on tiny windows."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+
+import pytest
+import torch
+
+import diffusion.codd.prior as prior_mod
+from diffusion import CoDDPrior
+
+torch.set_num_threads(1)
+W, V, H = 3, 4, 3
+
+
+def _prior(window: int = W, vocab: int = V, states: int = H, seed: int = 1, top_k: int | None = None) -> CoDDPrior:
+    return CoDDPrior.hmm(window, states, vocab, seed=seed, top_k=top_k).to(torch.float64)
+
+
+def _case(seed: int, window: int = W, vocab: int = V, batch: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, window, vocab, generator=g, dtype=torch.float64) * 2
+    x = torch.randint(vocab, (batch, window), generator=g)
+    masked = torch.rand(batch, window, generator=g) < 0.6
+    masked[:, 0] = True
+    return x, logits, masked
+
+
+def _brute(prior: CoDDPrior, x, logits, masked, tau: float = 1.0) -> dict[tuple[int, ...], float]:
+    """p_hat over the completions of one row, by enumeration with the circuit's joint."""
+    w = torch.log_softmax(logits / tau, -1)
+    pos = [i for i in range(len(x)) if masked[i]]
+    keys, vals = [], []
+    for vs in itertools.product(range(prior.vocab_size), repeat=len(pos)):
+        xx = x.clone()
+        for i, v in zip(pos, vs):
+            xx[i] = v
+        keys.append(tuple(xx.tolist()))
+        vals.append(prior.circuit(xx[None])[0] + sum(w[i, xx[i]] for i in pos))
+    t = torch.stack(vals)
+    p = (t - torch.logsumexp(t, 0)).exp()
+    return dict(zip(keys, p.tolist()))
+
+
+def _tv(samples: torch.Tensor, dist: dict) -> float:
+    n = len(samples)
+    cnt = Counter(tuple(r) for r in samples.tolist())
+    keys = set(cnt) | set(dist)
+    return 0.5 * sum(abs(cnt.get(k, 0) / n - dist.get(k, 0.0)) for k in keys)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.7])
+def test_log_prob_normalises_and_matches(tau):
+    prior = _prior()
+    x, logits, masked = _case(0)
+    for b in range(len(x)):
+        dist = _brute(prior, x[b], logits[b], masked[b], tau)
+        xs = torch.tensor(list(dist))
+        n = len(xs)
+        lp = prior.log_prob(xs, logits[b : b + 1].expand(n, -1, -1), masked[b : b + 1].expand(n, -1), tau)
+        assert abs(torch.logsumexp(lp, 0).item()) < 1e-9
+        assert torch.allclose(lp.exp(), torch.tensor(list(dist.values()), dtype=torch.float64), atol=1e-9)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5])
+def test_marginals_match_enumeration(tau):
+    prior = _prior(window=4, vocab=5)
+    x, logits, masked = _case(1, window=4, vocab=5)
+    post = prior.marginals(x, logits, masked, tau)
+    for b in range(len(x)):
+        ref = torch.zeros(4, 5, dtype=torch.float64)
+        for k, p in _brute(prior, x[b], logits[b], masked[b], tau).items():
+            for i in range(4):
+                ref[i, k[i]] += p
+        assert (post[b] - ref).abs().max() < 1e-6
+        assert torch.equal(post[b][~masked[b]].argmax(-1), x[b][~masked[b]])
+
+
+@pytest.mark.parametrize("method", ["exact", "any_order"])
+def test_exact_samplers_tv(method):
+    prior = _prior()
+    x, logits, masked = _case(2, batch=1)
+    masked[0] = torch.tensor([True, False, True])
+    tau = 0.8
+    dist = _brute(prior, x[0], logits[0], masked[0], tau)
+    n = 20000 if method == "exact" else 8000
+    s = prior.sample(
+        x.expand(n, -1), logits.expand(n, -1, -1), masked.expand(n, -1), tau, method, torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(s[:, 1], x[:, 1].expand(n))
+    assert _tv(s, dist) < 0.02 if method == "exact" else _tv(s, dist) < 0.03
+
+
+def _hmm_params(prior: CoDDPrior):
+    c = prior.circuit
+    by = {g.name: g for g in c.layout.groups if getattr(g, "name", None)}
+    root = c.group_parameters(by["hmm_root"])[0]  # [H] over z_{T-1}
+    trans = c.group_parameters(by["trans1"])  # [H, H]: row z_t, column z_{t-1}
+    emit = torch.log_softmax(c.group_parameters(by["emit0"]), -1).exp()  # [H, V]
+    return root, trans, emit
+
+
+def _latent_reference(prior: CoDDPrior, x, logits, masked, tau: float) -> dict:
+    """The documented latent-sampler distribution, by enumerating hidden paths."""
+    with torch.no_grad():
+        root, trans, emit = _hmm_params(prior)
+    q1 = torch.softmax(logits, -1)
+    qt = torch.softmax(logits / tau, -1)
+    T = len(x)
+    out: dict[tuple, float] = {}
+    weights, leaf = [], []
+    for z in itertools.product(range(H), repeat=T):
+        p = root[z[-1]]
+        for t in range(1, T):
+            p = p * trans[z[t], z[t - 1]]
+        for t in range(T):
+            p = p * (emit[z[t], x[t]] if not masked[t] else (emit[z[t]] * q1[t]).sum())
+        weights.append(p)
+        leaf.append(z)
+    total = sum(weights)
+    weights = [float(w) for w in weights]
+    total = float(total)
+    for z, wz in zip(leaf, weights):
+        cond = [(emit[z[t]] * qt[t]) / (emit[z[t]] * qt[t]).sum() for t in range(T)]
+        pos = [t for t in range(T) if masked[t]]
+        for vs in itertools.product(range(prior.vocab_size), repeat=len(pos)):
+            xx = x.clone()
+            pr = wz / total
+            for t, v in zip(pos, vs):
+                xx[t] = v
+                pr = pr * cond[t][v]
+            k = tuple(xx.tolist())
+            out[k] = out.get(k, 0.0) + float(pr)
+    return out
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_latent_sampler_matches_documented_distribution(tau):
+    prior = _prior()
+    with torch.no_grad():  # a sharper HMM, so that the latent and exact samplers differ at tau != 1
+        for p in prior.circuit.parameters():
+            p.mul_(3.0)
+    x, logits, masked = _case(3, batch=1)
+    masked[0] = torch.tensor([True, True, False])
+    ref = _latent_reference(prior, x[0], logits[0], masked[0], tau)
+    assert abs(sum(ref.values()) - 1) < 1e-9
+    if tau == 1.0:  # equals p_hat
+        exact = _brute(prior, x[0], logits[0], masked[0], 1.0)
+        assert max(abs(ref[k] - exact[k]) for k in exact) < 1e-9
+    else:  # and differs from p_hat at tau != 1 (the test would notice a tempered path)
+        exact = _brute(prior, x[0], logits[0], masked[0], tau)
+        assert 0.5 * sum(abs(ref[k] - exact[k]) for k in exact) > 0.1
+    n = 20000
+    s = prior.sample(x.expand(n, -1), logits.expand(n, -1, -1), masked.expand(n, -1), tau, "latent", torch.Generator().manual_seed(1))
+    assert _tv(s, ref) < 0.02
+
+
+def test_topk_matches_full_with_masked_logits():
+    k = 3
+    full = _prior(window=4, vocab=5)
+    topk = CoDDPrior(full.circuit, 4, 5, top_k=k)
+    x, logits, masked = _case(4, window=4, vocab=5)
+    thr = logits.topk(k, -1).values[..., -1:]
+    cut = logits.masked_fill(logits < thr, -math.inf)
+    assert torch.allclose(topk.marginals(x, logits, masked), full.marginals(x, cut, masked), atol=1e-9)
+    x0 = torch.where(masked, cut.argmax(-1), x)
+    assert torch.allclose(topk.log_prob(x0, logits, masked), full.log_prob(x0, cut, masked), atol=1e-9)
+    s = topk.sample(x, logits, masked, method="exact", generator=torch.Generator().manual_seed(0))
+    assert bool(torch.isfinite(cut.gather(-1, s.unsqueeze(-1))[..., 0][masked]).all())
+    # outside the candidates: probability 0
+    outside = torch.where(masked, logits.argmin(-1), x)
+    assert bool((topk.log_prob(outside, logits, masked) == -math.inf).all())
+
+
+def test_topk_sampler_tv():
+    full = _prior()
+    topk = CoDDPrior(full.circuit, W, V, top_k=2)
+    x, logits, masked = _case(5, batch=1)
+    thr = logits.topk(2, -1).values[..., -1:]
+    cut = logits.masked_fill(logits < thr, -math.inf)
+    dist = _brute(full, x[0], cut[0], masked[0])
+    dist = {k: v for k, v in dist.items() if v > 0}
+    n = 20000
+    s = topk.sample(x.expand(n, -1), logits.expand(n, -1, -1), masked.expand(n, -1), method="exact", generator=torch.Generator().manual_seed(2))
+    assert _tv(s, dist) < 0.02
+
+
+def test_matmul_leaf_path_matches(monkeypatch):
+    prior = _prior(window=4, vocab=5)
+    x, logits, masked = _case(6, window=4, vocab=5)
+    ref_m, ref_l = prior.marginals(x, logits, masked), prior.log_prob(x, logits, masked)
+    monkeypatch.setattr(prior_mod, "_DENSE_LIMIT", 0)
+    assert torch.allclose(prior.marginals(x, logits, masked), ref_m, atol=1e-9)
+    assert torch.allclose(prior.log_prob(x, logits, masked), ref_l, atol=1e-9)
+
+
+def test_stable_with_huge_and_infinite_logits():
+    prior = CoDDPrior.hmm(4, 3, 5, seed=0)  # float32
+    x, logits, masked = _case(7, window=4, vocab=5)
+    logits = (logits * 5e3).float()
+    logits[:, :, 0] = -math.inf
+    post = prior.marginals(x, logits, masked)
+    assert bool(torch.isfinite(post).all())
+    assert torch.allclose(post.sum(-1), torch.ones(3, 4), atol=1e-4)
+    assert bool((post[..., 0][masked] == 0).all())
+    x0 = torch.where(masked, logits.argmax(-1), x)
+    lp = prior.log_prob(x0, logits, masked, temperature=0.3)
+    assert bool(torch.isfinite(lp).all()) and bool((lp <= 1e-4).all())
+    for method in ("latent", "exact", "any_order"):
+        s = prior.sample(x, logits, masked, 0.5, method, torch.Generator().manual_seed(0))
+        assert bool((s[masked] != 0).all())
+    assert torch.equal(prior.mpe(x, logits, masked)[masked], x0[masked])  # 1e4 logits dominate
+
+
+def test_mpe_matches_enumeration():
+    prior = _prior()
+    x, logits, masked = _case(8)
+    best = prior.mpe(x, logits, masked, 0.9)
+    for b in range(len(x)):
+        dist = _brute(prior, x[b], logits[b], masked[b], 0.9)
+        assert tuple(best[b].tolist()) == max(dist, key=dist.get)
+
+
+def test_value_errors():
+    prior = _prior()
+    x, logits, masked = _case(9)
+    with pytest.raises(ValueError, match="window"):
+        prior.marginals(x[:, :2], logits[:, :2], masked[:, :2])
+    with pytest.raises(ValueError, match="vocabulary"):
+        prior.marginals(x, logits[..., :3], masked)
+    for tau in (0.0, -1.0, math.inf):
+        with pytest.raises(ValueError, match="temperature"):
+            prior.sample(x, logits, masked, tau)
+    with pytest.raises(ValueError, match="method"):
+        prior.sample(x, logits, masked, method="gibbs")
+    with pytest.raises(ValueError, match="window"):
+        CoDDPrior(prior.circuit, W + 1, V)
+    with pytest.raises(ValueError, match="vocab"):
+        CoDDPrior(prior.circuit, W, V + 1)
