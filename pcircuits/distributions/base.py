@@ -222,9 +222,7 @@ class DiscreteDistribution(Distribution):
         B, G = x.shape
         if slots is None:
             slots = torch.arange(G, device=x.device)
-        rows = (slots * C).unsqueeze(0) + x  # [B, G]
-        flat = table.transpose(1, 2).reshape(Q * C, n)
-        out = flat.index_select(0, rows.reshape(-1)).view(B, G, n)
+        out = table[slots.unsqueeze(0), :, x]  # [B, G, n]
         if soft_evidence is not None or missing is not None:
             if Q == 1 or bool((slots == slots[0]).all()):
                 s0 = int(slots[0])

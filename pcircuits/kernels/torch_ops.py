@@ -18,12 +18,25 @@ def _finite_max(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.nan_to_num(x.detach().amax(dim, keepdim=True), nan=0.0, posinf=0.0, neginf=0.0)
 
 
+class _SafeLog(torch.autograd.Function):
+    """``log s`` for ``s >= 0`` whose gradient is 0, not NaN, where ``s == 0``."""
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(s)
+        return torch.log(s)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (s,) = ctx.saved_tensors
+        return torch.where(s > 0, grad / s, torch.zeros((), dtype=grad.dtype, device=grad.device))
+
+
 def _safe_log(s: torch.Tensor) -> torch.Tensor:
     """``log s`` for ``s >= 0``, whose gradient is 0 (not NaN) where ``s == 0``."""
     if not (s.requires_grad and torch.is_grad_enabled()):
         return torch.log(s)
-    pos = s > 0
-    return torch.where(pos, torch.log(torch.where(pos, s, torch.ones_like(s))), torch.full_like(s, -math.inf))
+    return _SafeLog.apply(s)
 
 
 def dense_sum(
