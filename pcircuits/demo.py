@@ -26,6 +26,8 @@ def load_bundled(split: str) -> torch.Tensor:
 
 
 def main() -> None:
+    # the demo's tensors are small: one thread avoids OpenMP overhead (and stalls on a busy machine)
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     train, valid, test = (load_bundled(s) for s in ("train", "valid", "test"))
     print(f"NLTCS: {train.shape[0]} train / {valid.shape[0]} valid / {test.shape[0]} test examples, {train.shape[1]} variables")
@@ -61,10 +63,13 @@ def main() -> None:
         same = torch.equal(loaded(test), circuit(test))
         print(f"saved {path.stat().st_size / 1024:.0f} KiB; reloaded outputs bit-identical: {same}")
 
-    print()
+    print("\n== Masked diffusion LM: few-step generation on GSM8K questions ==")
+    from diffusion.codd.demo import run_codd_demo
     from diffusion.demo import run_demo
 
     run_demo()
+    print("\n== CoDD: factorized vs circuit-coupled sampling on a synthetic task ==")
+    run_codd_demo()
 
 
 if __name__ == "__main__":
