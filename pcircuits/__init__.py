@@ -12,6 +12,7 @@ from .io import load, save
 from .learning import em
 from .nodes import InputGroup, NodeGroup, ProductGroup, SumGroup, inputs, multiply, summate
 from .queries import log_likelihood, marginals, mpe, sample
+from . import region_graphs, structures  # noqa: E402  (templates build on everything above)
 
 __version__ = "0.1.0"
 
@@ -34,7 +35,9 @@ __all__ = [
     "marginals",
     "mpe",
     "multiply",
+    "region_graphs",
     "sample",
     "save",
+    "structures",
     "summate",
 ]
