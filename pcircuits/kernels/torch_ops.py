@@ -6,7 +6,6 @@ where all terms are ``-inf``, and is differentiable by autograd.
 
 from __future__ import annotations
 
-import math
 
 import torch
 

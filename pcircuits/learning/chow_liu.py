@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
@@ -24,6 +25,9 @@ from tqdm.auto import tqdm
 
 from ..engine.circuit import TensorCircuit, compile
 from .em import em
+
+if TYPE_CHECKING:
+    from ..structures.hclt import HCLTGroups
 
 __all__ = [
     "FitResult",

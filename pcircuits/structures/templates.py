@@ -10,7 +10,7 @@ import torch
 from ..distributions import Categorical
 from ..distributions.base import Distribution
 from ..engine.circuit import TensorCircuit, compile
-from ..nodes import InputGroup, NodeGroup, SumGroup, inputs, multiply, summate
+from ..nodes import NodeGroup, SumGroup, inputs, multiply, summate
 from ..region_graphs import RegionGraph, poon_domingos, quad_tree, random_binary_tree
 
 __all__ = ["LAYER_FORMS", "from_region_graph", "hmm", "rat_spn", "pd", "qt", "mixture", "mixture_circuit", "copy_parameters"]

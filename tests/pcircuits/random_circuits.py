@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 import pcircuits as pc
-from pcircuits.nodes import InputGroup, NodeGroup, ProductGroup, SumGroup, topological_order
+from pcircuits.nodes import InputGroup, NodeGroup, ProductGroup, topological_order
 
 #: variable kinds: (name, number of categories or None for Gaussian)
 KINDS = [("categorical", 3), ("bernoulli", 2), ("indicator", 3), ("gaussian", None)]

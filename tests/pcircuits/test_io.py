@@ -1,6 +1,5 @@
 """Saving and loading circuits: bit-identical, pickle-free, versioned."""
 
-import io
 import json
 import zipfile
 

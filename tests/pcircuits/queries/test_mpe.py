@@ -15,7 +15,6 @@ from tests.pcircuits.queries.helpers import (
     evidence,
     random_circuit,
     random_deterministic_circuit,
-    soft_weights,
 )
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

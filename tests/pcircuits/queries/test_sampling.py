@@ -109,7 +109,6 @@ def test_latent_path_follows_the_posterior_choice():
         assert ((p >= -1) & (p < g.num_child_nodes)).all()
         assert ((p >= 0).sum(-1) <= g.num_nodes).all()
     # conditionally: p(child k | x) = w_k v_k(x) / v(x)
-    cards = cards_of(kinds)
     x = torch.tensor([[1, 0, 0]])
     miss = torch.tensor([[False, True, True]])
     ref = Reference(circuit)
