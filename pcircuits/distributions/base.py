@@ -222,7 +222,11 @@ class DiscreteDistribution(Distribution):
         B, G = x.shape
         if slots is None:
             slots = torch.arange(G, device=x.device)
-        out = table[slots.unsqueeze(0), :, x]  # [B, G, n]
+        if Q * C <= B * G:  # small table: one transposed copy, then contiguous row gathers
+            rows = (slots * C).unsqueeze(0) + x  # [B, G]
+            out = table.transpose(1, 2).reshape(Q * C, n).index_select(0, rows.reshape(-1)).view(B, G, n)
+        else:  # large table (e.g. untied emissions): gather in place, no copy of the table
+            out = table[slots.unsqueeze(0), :, x]  # [B, G, n]
         if soft_evidence is not None or missing is not None:
             if Q == 1 or bool((slots == slots[0]).all()):
                 s0 = int(slots[0])

@@ -377,7 +377,7 @@ class TensorCircuit(nn.Module):
         if g.perm is None:
             return parts[0]
         if g.pad:
-            ref = outs[0]
+            ref = parts[0] if parts else next(o for o in outs if o is not None)
             parts.append(torch.zeros(ref.shape[0], 1, dtype=ref.dtype, device=ref.device))
         return torch.cat(parts, 1).index_select(1, self._get(f"{prefix}_perm"))
 
@@ -387,6 +387,7 @@ class TensorCircuit(nn.Module):
         semiring: str = "sum",
         log_weights: dict[str, torch.Tensor] | None = None,
         leaf_outputs: list[torch.Tensor] | None = None,
+        keep_outputs: bool = True,
     ) -> list[torch.Tensor]:
         """Runs the upward pass and returns every layer's output.
 
@@ -397,6 +398,9 @@ class TensorCircuit(nn.Module):
                 module's (as returned by :meth:`sum_log_weights`).
             leaf_outputs: leaf block values to use instead of computing them
                 (as returned by :meth:`leaf_values`).
+            keep_outputs: keep every layer's output; with False, an output is
+                released after its last reader (lower peak memory) and only the
+                root layer is returned filled in (the others are ``None``).
 
         Returns:
             ``[B, N_l]`` log-values for each layer ``l`` (the leaf layer
@@ -420,6 +424,8 @@ class TensorCircuit(nn.Module):
                     for j in range(1, layer.k):
                         out = out + self._gather(f"l{li}t{j}", layer.terms[j], outs)
                     outs.append(out)
+                    if not keep_outputs:
+                        outs.release_after(li + 1)
                     continue
                 ch = self._gather(li, layer.gather, outs)
                 parts = []
@@ -446,6 +452,8 @@ class TensorCircuit(nn.Module):
                         y = kernels.sparse_sum(c.reshape(B, blk.num_groups, blk.num_nodes, blk.k), w, semiring)
                     parts.append(y.reshape(B, -1))
                 outs.append(parts[0] if len(parts) == 1 else torch.cat(parts, 1))
+                if not keep_outputs:
+                    outs.release_after(li + 1)
         return list(outs)
 
     def forward(
@@ -469,7 +477,7 @@ class TensorCircuit(nn.Module):
             is the (marginal) log-likelihood).
         """
         ev = self.prepare(x, missing, soft_evidence)
-        return self.upward(ev)[-1][:, 0]
+        return self.upward(ev, keep_outputs=False)[-1][:, 0]
 
     def extra_repr(self) -> str:
         return (
@@ -484,7 +492,16 @@ class _ChunkedOutputs(list):
     def __init__(self, circuit: TensorCircuit):
         super().__init__()
         self._splits = circuit.layout.splits
+        self._readers_done: dict[int, list[int]] = {}
+        for src, last in circuit.layout.last_use.items():
+            self._readers_done.setdefault(last, []).append(src)
         self.chunks: dict[int, tuple[torch.Tensor, ...]] = {}
+
+    def release_after(self, layer: int) -> None:
+        """Drops the outputs whose last reader is ``layer``."""
+        for src in self._readers_done.get(layer, ()):
+            self[src] = None
+            self.chunks.pop(src, None)
 
     def append(self, out: torch.Tensor) -> None:
         plan = self._splits.get(len(self))

@@ -135,6 +135,8 @@ class Layout:
     param_slot: dict[int, tuple[str, int]]  # id(group owning parameters) -> (bank, slot)
     #: layer -> (chunk sizes, {(start, length): chunk}) for outputs read as several column ranges
     splits: dict[int, tuple[list[int], dict[tuple[int, int], int]]] = field(default_factory=dict)
+    #: layer -> index of the last layer reading its output (lets a forward pass free it early)
+    last_use: dict[int, int] = field(default_factory=dict)
 
 
 def _check_scope(root: NodeGroup, groups: list[NodeGroup]) -> tuple[int, list[int | None]]:
@@ -294,7 +296,19 @@ def build_layout(root: NodeGroup) -> Layout:
             layer_sizes.append(col)
     layout = Layout(root, groups, num_vars, var_cats, leaf_blocks, layers, layer_sizes, banks, location, slot_of)
     layout.splits = _split_plan(layers, layer_sizes)
+    layout.last_use = _last_use(layers)
     return layout
+
+
+def _last_use(layers: list) -> dict[int, int]:
+    """For every layer output, the index (in the output list) of the last layer that reads it."""
+    last: dict[int, int] = {}
+    for li, layer in enumerate(layers):
+        gathers = [layer.gather] + (layer.terms if isinstance(layer, ProductLayer) else [])
+        for g in gathers:
+            for src in g.sources:
+                last[src] = li + 1
+    return last
 
 
 def _split_plan(layers: list, layer_sizes: list[int]) -> dict[int, tuple[list[int], dict[tuple[int, int], int]]]:

@@ -14,7 +14,7 @@ __all__ = ["dense_sum", "sparse_sum", "soft_evidence_lse"]
 
 def _finite_max(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Maximum along ``dim`` (kept), with 0 where it is infinite; a constant for autograd."""
-    return torch.nan_to_num(x.detach().amax(dim, keepdim=True), nan=0.0, posinf=0.0, neginf=0.0)
+    return x.detach().amax(dim, keepdim=True).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
 
 class _SafeLog(torch.autograd.Function):
@@ -54,13 +54,20 @@ def dense_sum(
     """
     if semiring == "max":
         return (children.unsqueeze(2) + log_weights.unsqueeze(0)).max(-1).values
-    m = _finite_max(children, -1)  # [B, G, 1]
-    e = torch.exp(children - m)
+    B, G, k = children.shape
     w = torch.exp(log_weights) if weights is None else weights
-    if children.shape[1] == 1:
-        s = (e[:, 0] @ w[0].transpose(0, 1)).unsqueeze(1)
-    else:
-        s = torch.matmul(e.transpose(0, 1), w.transpose(1, 2)).transpose(0, 1)  # [B, G, n]
+    if G == 1:  # the common single-group layer: plain 2-D operations
+        children = children.view(B, k)
+        m = _finite_max(children, -1)  # [B, 1]
+        s = (children - m).exp_() @ w[0].t()  # [B, n]
+        if not (s.requires_grad and torch.is_grad_enabled()):
+            return torch.log(s).add_(m).unsqueeze(1)
+        return (_safe_log(s) + m).unsqueeze(1)
+    m = _finite_max(children, -1)  # [B, G, 1]
+    e = (children - m).exp_()
+    s = torch.matmul(e.transpose(0, 1), w.transpose(1, 2)).transpose(0, 1)  # [B, G, n]
+    if not (s.requires_grad and torch.is_grad_enabled()):
+        return torch.log(s).add_(m)
     return _safe_log(s) + m
 
 
