@@ -224,7 +224,7 @@ class DiscreteDistribution(Distribution):
             slots = torch.arange(G, device=x.device)
         if Q * C <= B * G:  # small table: one transposed copy, then contiguous row gathers
             rows = (slots * C).unsqueeze(0) + x  # [B, G]
-            out = table.transpose(1, 2).reshape(Q * C, n).index_select(0, rows.reshape(-1)).view(B, G, n)
+            out = table.transpose(1, 2).contiguous().view(Q * C, n).index_select(0, rows.reshape(-1)).view(B, G, n)
         else:  # large table (e.g. untied emissions): gather in place, no copy of the table
             out = table[slots.unsqueeze(0), :, x]  # [B, G, n]
         if soft_evidence is not None or missing is not None:

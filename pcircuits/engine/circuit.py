@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .. import kernels
+from ..kernels import torch_ops
 from ..nodes import NodeGroup
 from .layout import Gather, Layout, ProductLayer, SumLayer, build_layout
 
@@ -366,12 +367,13 @@ class TensorCircuit(nn.Module):
         for si, s in enumerate(g.sources):
             start = g.starts[si]
             if start is not None:
-                length = g.indices[si].numel()
+                length = g.lengths[si]
                 plan = self.layout.splits.get(s)
                 if plan is not None and chunks is not None and (start, length) in plan[1]:
                     parts.append(chunks[s][plan[1][(start, length)]])
                 else:
-                    parts.append(outs[s][:, start : start + length])
+                    src = outs[s]
+                    parts.append(src if start == 0 and length == src.shape[1] else src[:, start : start + length])
             else:
                 parts.append(outs[s].index_select(1, self._get(f"{prefix}_src{si}")))
         if g.perm is None:
@@ -410,6 +412,7 @@ class TensorCircuit(nn.Module):
             raise ValueError(f"semiring must be 'sum' or 'max', got {semiring!r}")
         backend = self.resolve_backend()
         prob_cache: dict[str, torch.Tensor] = {}
+        wt_cache: dict[tuple[str, int], torch.Tensor] = {}
         with kernels.use_backend(backend):
             if leaf_outputs is None:
                 leaf_outputs = self.leaf_values(ev, semiring)
@@ -430,6 +433,18 @@ class TensorCircuit(nn.Module):
                 ch = self._gather(li, layer.gather, outs)
                 parts = []
                 for bi, blk in enumerate(layer.blocks):
+                    if blk.dense and blk.num_groups == 1 and semiring == "sum" and backend == "torch":
+                        # the common single-group layer: 2-D operations on cached transposed weights
+                        slot = blk.slot_start if blk.slot_start is not None else int(blk.slots[0])
+                        key = (blk.bank, slot)
+                        wt = wt_cache.get(key)
+                        if wt is None:
+                            if blk.bank not in prob_cache:
+                                prob_cache[blk.bank] = lw[blk.bank].exp()
+                            wt = wt_cache[key] = prob_cache[blk.bank][slot].t()  # [k, n]
+                        c = ch if blk.k == ch.shape[1] else ch[:, blk.ref_offset : blk.ref_offset + blk.k]
+                        parts.append(torch_ops.single_group_dense_sum(c, wt))
+                        continue
                     if blk.slot_start is not None:  # contiguous slots: a view
                         w = lw[blk.bank][blk.slot_start : blk.slot_start + blk.num_groups]  # [G, n, k]
                     else:

@@ -37,9 +37,12 @@ class Gather:
     identity: bool = False
     #: per source, the first column when ``indices[i]`` is a contiguous range (read as a view)
     starts: list[int | None] = field(default_factory=list)
+    #: per source, the number of columns read
+    lengths: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.starts = [_range_start(ix) for ix in self.indices]
+        self.lengths = [ix.numel() for ix in self.indices]
 
 
 def _range_start(ix: torch.Tensor) -> int | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["dense_sum", "sparse_sum", "soft_evidence_lse"]
+__all__ = ["dense_sum", "single_group_dense_sum", "sparse_sum", "soft_evidence_lse"]
 
 
 def _finite_max(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -56,19 +56,32 @@ def dense_sum(
         return (children.unsqueeze(2) + log_weights.unsqueeze(0)).max(-1).values
     B, G, k = children.shape
     w = torch.exp(log_weights) if weights is None else weights
-    if G == 1:  # the common single-group layer: plain 2-D operations
-        children = children.view(B, k)
-        m = _finite_max(children, -1)  # [B, 1]
-        s = (children - m).exp_() @ w[0].t()  # [B, n]
-        if not (s.requires_grad and torch.is_grad_enabled()):
-            return torch.log(s).add_(m).unsqueeze(1)
-        return (_safe_log(s) + m).unsqueeze(1)
+    if G == 1:
+        return single_group_dense_sum(children.view(B, k), w[0].t()).unsqueeze(1)
     m = _finite_max(children, -1)  # [B, G, 1]
     e = (children - m).exp_()
     s = torch.matmul(e.transpose(0, 1), w.transpose(1, 2)).transpose(0, 1)  # [B, G, n]
     if not (s.requires_grad and torch.is_grad_enabled()):
         return torch.log(s).add_(m)
     return _safe_log(s) + m
+
+
+def single_group_dense_sum(children: torch.Tensor, weights_t: torch.Tensor) -> torch.Tensor:
+    """Dense sum of one group in the sum semiring, as plain 2-D operations.
+
+    Args:
+        children: ``[B, k]`` child log-values.
+        weights_t: ``[k, n]`` transposed weights (probabilities, not logs).
+
+    Returns:
+        ``[B, n]`` log-values.
+    """
+    if torch.is_grad_enabled() and (children.requires_grad or weights_t.requires_grad):
+        m = _finite_max(children, -1)  # [B, 1]
+        return _safe_log((children - m).exp() @ weights_t) + m
+    m = children.amax(-1, keepdim=True).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    s = torch.sub(children, m).exp_()
+    return torch.mm(s, weights_t).log_().add_(m)
 
 
 def sparse_sum(children: torch.Tensor, log_weights: torch.Tensor, semiring: str = "sum") -> torch.Tensor:
