@@ -284,6 +284,22 @@ def _mean_ll(circuit: TensorCircuit, x: torch.Tensor, chunk: int = 4096) -> floa
         return float(torch.cat([circuit(x[i : i + chunk]) for i in range(0, len(x), chunk)]).mean())
 
 
+def softened_evidence(x: torch.Tensor, cats: Sequence[int], softening: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Missing mask and soft evidence that soften the data ``x`` ``[N, V]``.
+
+    Returns:
+        ``missing`` ``[N, V]`` (all True) and ``soft_evidence`` ``[N, V, C]``
+        with ``log(1 - softening)`` at the observed value and
+        ``log(softening / (C_v - 1))`` at the other categories of variable ``v``.
+    """
+    n, v = x.shape
+    c_max = max(cats)
+    other = torch.tensor([math.log(softening / (c - 1)) for c in cats], dtype=torch.float32)  # [V]
+    soft = other.view(1, v, 1).expand(n, v, c_max).clone()
+    soft.scatter_(2, x.long().unsqueeze(-1), math.log1p(-softening))
+    return torch.ones(n, v, dtype=torch.bool), soft
+
+
 def learn_hclt(
     data: np.ndarray | torch.Tensor,
     num_latents: int = 16,
@@ -295,6 +311,7 @@ def learn_hclt(
     step_size: float = 0.2,
     fullbatch_epochs: int = 40,
     pseudocount: float = 0.1,
+    softening: float = 0.0,
     time_budget: float | None = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
@@ -318,6 +335,12 @@ def learn_hclt(
         step_size: initial mini-batch EM step size in ``(0, 1]``.
         fullbatch_epochs: epochs of full-batch EM.
         pseudocount: Laplace smoothing of the EM updates.
+        softening: data softening (Liu & Van den Broeck, "Tractable
+            regularization of probabilistic circuits", NeurIPS 2021): EM sees
+            each observed value kept with probability ``1 - softening`` and
+            replaced by each other category with ``softening / (C - 1)``,
+            as soft evidence on every variable; 0 trains on the data as is.
+            Validation log-likelihoods are always of the data as is.
         time_budget: seconds; training stops after the epoch that exceeds it.
         seed: seed of the initialisation and of the mini-batch order.
         dtype: parameter dtype.
@@ -341,6 +364,8 @@ def learn_hclt(
         raise ValueError(f"time_budget must be positive seconds, got {time_budget}")
     if not (0 < step_size <= 1):
         raise ValueError(f"step_size must be in (0, 1], got {step_size}")
+    if not (0 <= softening < 0.5):
+        raise ValueError(f"softening must be in [0, 0.5), got {softening}")
     cats = _cats_list(num_cats, arr)
     va = None
     if valid is not None:
@@ -354,6 +379,7 @@ def learn_hclt(
         init_hclt_kmeans(circuit, groups, arr, seed=seed)
     x = torch.from_numpy(arr)
     xv = None if va is None else torch.from_numpy(va)
+    missing, soft = (None, None) if softening == 0 else softened_evidence(x, cats, softening)
     result = FitResult(circuit, info={"tree": tree, "num_latents": num_latents, "root_var": groups.root_var})
     best, best_state = -math.inf, None
     total = minibatch_epochs + fullbatch_epochs
@@ -362,9 +388,12 @@ def learn_hclt(
         if ep < minibatch_epochs:
             frac = ep / max(1, minibatch_epochs - 1)
             lr = step_size * (1 - 0.75 * frac)
-            hist = em(circuit, x, 1, batch_size=batch_size, step_size=lr, pseudocount=pseudocount, seed=seed + ep, progress=False)
+            hist = em(
+                circuit, x, 1, batch_size=batch_size, step_size=lr, pseudocount=pseudocount,
+                missing=missing, soft_evidence=soft, seed=seed + ep, progress=False,
+            )
         else:
-            hist = em(circuit, x, 1, batch_size=None, pseudocount=pseudocount, progress=False)
+            hist = em(circuit, x, 1, batch_size=None, pseudocount=pseudocount, missing=missing, soft_evidence=soft, progress=False)
         result.train_ll.append(hist[0])
         post = {"train": f"{hist[0]:.3f}"}
         if xv is not None:

@@ -97,6 +97,7 @@ def em(
     step_size: float = 1.0,
     pseudocount: float = 0.1,
     missing: torch.Tensor | np.ndarray | None = None,
+    soft_evidence: torch.Tensor | np.ndarray | None = None,
     shuffle: bool = True,
     seed: int = 0,
     chunk_size: int = 4096,
@@ -119,6 +120,10 @@ def em(
         step_size: in ``(0, 1]``.
         pseudocount: Laplace smoothing added per sum node and per leaf.
         missing: ``[N, V]`` bool, missing entries of ``data``.
+        soft_evidence: ``[N, V, C]`` log-weights on discrete variables (see
+            :meth:`~pcircuits.TensorCircuit.forward`); EM then maximises
+            ``log sum_{x_missing} p(x) prod_i w_i(x_i)``, for example softened
+            data (all entries missing, weights spread around the observed value).
         shuffle: reshuffle mini-batches every epoch.
         seed: seed of the shuffling.
         chunk_size: examples per pass when accumulating full-batch statistics.
@@ -143,6 +148,11 @@ def em(
         raise TypeError(f"data must be a torch.Tensor or numpy array, got {type(data).__name__}")
     if isinstance(missing, np.ndarray):
         missing = torch.from_numpy(missing)
+    if isinstance(soft_evidence, np.ndarray):
+        soft_evidence = torch.from_numpy(soft_evidence)
+    for name, t in (("missing", missing), ("soft_evidence", soft_evidence)):
+        if t is not None and (t.dim() < 2 or t.shape[0] != data.shape[0]):
+            raise ValueError(f"{name} must have one row per example of data ({data.shape[0]}), got shape {tuple(t.shape)}")
     n = data.shape[0]
     full = batch_size is None or batch_size >= n
     if not full and batch_size < 1:
@@ -157,7 +167,11 @@ def em(
         total_ll, count = 0.0, 0
         for i in range(0, n, size):
             idx = order[i : i + size]
-            ev = circuit.prepare(data[idx], None if missing is None else missing[idx])
+            ev = circuit.prepare(
+                data[idx],
+                None if missing is None else missing[idx],
+                None if soft_evidence is None else soft_evidence[idx],
+            )
             ll, stats = expected_statistics(circuit, ev)
             total_ll += float(ll.sum())
             count += ll.numel()

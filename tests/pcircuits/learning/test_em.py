@@ -40,6 +40,20 @@ def test_full_batch_em_never_decreases(seed):
     assert all(b >= a - 1e-9 for a, b in zip(finite, finite[1:])), hist
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1))
+def test_full_batch_em_with_soft_evidence_never_decreases_its_objective(seed):
+    root, kinds = random_circuit(seed)
+    circuit = pc.compile(root, seed=seed).to(torch.float64)
+    x, missing, soft = random_evidence(seed, kinds, batch=30, missing_rate=0.5, soft=True)
+    x, missing, soft = torch.from_numpy(x), torch.from_numpy(missing), torch.from_numpy(soft)
+    soft = soft[..., : circuit.max_cats]
+    hist = pc.em(circuit, x, epochs=5, missing=missing, soft_evidence=soft, pseudocount=0.0, progress=False)
+    hist.append(float(circuit(x, missing, soft).mean()))
+    finite = [h for h in hist if np.isfinite(h)]
+    assert all(b >= a - 1e-9 for a, b in zip(finite, finite[1:])), hist
+
+
 def test_full_batch_em_on_nltcs_is_monotone_and_chunking_is_exact():
     data = _nltcs(3000)
     c1 = pc.compile(_mixture(16), seed=1).to(torch.float64)
