@@ -17,11 +17,14 @@ retrains them).
 from __future__ import annotations
 
 import argparse
+import itertools
+import multiprocessing
 import json
 import os
 import platform
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -56,47 +59,79 @@ def mean_ll(circuit: pc.TensorCircuit, x: np.ndarray, chunk: int = 4096) -> floa
         return float(torch.cat([circuit(t[i : i + chunk]) for i in range(0, len(t), chunk)]).double().mean())
 
 
+def factorized_ll(splits: dict[str, np.ndarray], pseudocount: float = 1.0) -> dict[str, float]:
+    """Train/valid/test log-likelihoods of the fully factorized model (Laplace-smoothed marginals)."""
+    train = splits["train"]
+    cats = int(max(int(x.max()) for x in splits.values())) + 1
+    counts = np.stack([(train == c).sum(0) for c in range(cats)], 1) + pseudocount  # [V, cats]
+    log_p = np.log(counts / counts.sum(1, keepdims=True))
+    cols = np.arange(train.shape[1])
+    return {f"{k}_ll": float(log_p[cols, x].sum(1).mean()) for k, x in splits.items()}
+
+
 def run_dataset(name: str, args: argparse.Namespace) -> dict:
     """Grid search on validation for one data set; returns its JSON record."""
+    print(f"{name}: training", flush=True)
     splits = load_debd(name, data_dir=args.data_dir)
     t0 = time.perf_counter()
     trials, best = [], None
-    num_configs = len(args.latents) * len(args.pseudocounts)
-    budget = args.time_budget if args.dataset_budget is None else min(args.time_budget, args.dataset_budget / num_configs)
-    for latents in args.latents if "hclt" in args.learners else []:
-        for pcount in args.pseudocounts:
-            res = learn_hclt(
-                splits["train"],
-                latents,
-                valid=splits["valid"],
-                minibatch_epochs=args.minibatch_epochs,
-                batch_size=args.batch_size,
-                step_size=args.step_size,
-                fullbatch_epochs=args.fullbatch_epochs,
-                pseudocount=pcount,
-                time_budget=budget,
-                seed=args.seed,
-                progress=args.progress,
-            )
-            valid = max(res.valid_ll)
-            trial = {
-                "learner": "hclt",
-                "model": f"HCLT(latents={latents}, pseudocount={pcount})",
-                "latents": latents,
-                "pseudocount": pcount,
-                "valid_ll": valid,
-                "epochs": res.info["epochs"],
-                "seconds": res.seconds,
-            }
-            trials.append(trial)
-            print(f"  {name} latents={latents} pseudocount={pcount}: valid {valid:.4f} ({res.info['epochs']} epochs, {res.seconds:.0f}s)", flush=True)
-            if best is None or valid > best[0]["valid_ll"]:
-                best = (trial, res.circuit)
+    # cheapest grid points first; time a point leaves unused goes to the later ones
+    grid = itertools.product(args.latents, args.components, args.pseudocounts, args.softenings) if "hclt" in args.learners else []
+    grid = sorted(grid, key=lambda g: (g[0] ** 2 * g[1], g))  # cost per epoch ~ components * latents^2
+    spent = 0.0
+    for i, (latents, comps, pcount, soft) in enumerate(grid):
+        budget = args.time_budget
+        if args.dataset_budget is not None:
+            share = max(1.0, (args.dataset_budget - spent) / (len(grid) - i))
+            budget = share if budget is None else min(budget, share)
+        res = learn_hclt(
+            splits["train"],
+            latents,
+            valid=splits["valid"],
+            num_components=comps,
+            minibatch_epochs=args.minibatch_epochs,
+            batch_size=args.batch_size,
+            step_size=args.step_size,
+            fullbatch_epochs=args.fullbatch_epochs,
+            pseudocount=pcount,
+            softening=soft,
+            time_budget=budget,
+            patience=args.patience,
+            seed=args.seed,
+            progress=args.progress,
+        )
+        spent += res.seconds
+        valid = max(res.valid_ll)
+        label = f"latents={latents}, pseudocount={pcount}" + (f", softening={soft}" if soft else "")
+        label = f"{comps} x HCLT({label})" if comps > 1 else f"HCLT({label})"
+        trial = {
+            "learner": "hclt",
+            "model": label,
+            "latents": latents,
+            "components": comps,
+            "pseudocount": pcount,
+            "softening": soft,
+            "valid_ll": valid,
+            "epochs": res.info["epochs"],
+            "seconds": res.seconds,
+        }
+        trials.append(trial)
+        print(f"  {name} {label}: valid {valid:.4f} ({res.info['epochs']} epochs, {res.seconds:.0f}s)", flush=True)
+        if best is None or valid > best[0]["valid_ll"]:
+            best = (trial, res.circuit)
+    learnspn = None
     if "learnspn" in args.learners:
         res = learn_spn(splits["train"], time_budget=args.spn_time_budget, seed=args.seed, progress=args.progress)
         valid = mean_ll(res.circuit, splits["valid"])
         trial = {"learner": "learnspn", "model": "LearnSPN", "valid_ll": valid, "seconds": res.seconds, **{k: res.info[k] for k in ("sum", "product", "leaf", "budget_hit")}}
         trials.append(trial)
+        learnspn = {
+            "train_ll": mean_ll(res.circuit, splits["train"]),
+            "valid_ll": valid,
+            "test_ll": mean_ll(res.circuit, splits["test"]),
+            "seconds": res.seconds,
+            "num_nodes": res.circuit.num_nodes,
+        }
         print(f"  {name} LearnSPN: valid {valid:.4f} ({res.seconds:.0f}s)", flush=True)
         if best is None or valid > best[0]["valid_ll"]:
             best = (trial, res.circuit)
@@ -109,7 +144,9 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         "model": trial["model"],
         "learner": trial["learner"],
         "latents": trial.get("latents"),
+        "components": trial.get("components"),
         "pseudocount": trial.get("pseudocount"),
+        "softening": trial.get("softening"),
         "train_ll": mean_ll(circuit, splits["train"]),
         "valid_ll": mean_ll(circuit, splits["valid"]),
         "test_ll": mean_ll(circuit, splits["test"]),
@@ -119,13 +156,17 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         "num_edges": circuit.num_edges,
         "num_parameters": circuit.num_parameters,
         "trials": trials,
-        "grid": {"learners": list(args.learners), "latents": list(args.latents), "pseudocounts": list(args.pseudocounts)},
+        "learnspn": learnspn,
+        "factorized": factorized_ll(splits),
+        "grid": {"learners": list(args.learners), "latents": list(args.latents), "components": list(args.components), "pseudocounts": list(args.pseudocounts), "softenings": list(args.softenings)},
         "schedule": {
             "minibatch_epochs": args.minibatch_epochs,
             "fullbatch_epochs": args.fullbatch_epochs,
             "batch_size": args.batch_size,
             "step_size": args.step_size,
-            "time_budget_per_config": budget,
+            "time_budget_per_config": args.time_budget,
+            "dataset_budget": args.dataset_budget,
+            "patience": args.patience,
         },
     }
     if record["reference_test_ll"] is not None:
@@ -140,17 +181,20 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
 def markdown_table(results: dict) -> str:
     """The results as a markdown table (data sets in benchmark order)."""
     lines = [
-        "| data set | vars | model (chosen on valid) | train LL | valid LL | test LL | reference test LL | test - ref | wall time (s) | nodes | edges | params |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| data set | vars | model (chosen on valid) | train LL | valid LL | test LL | reference test LL | test - ref | LearnSPN test LL | factorized test LL | wall time (s) | nodes | edges | params |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = [n for n in DEBD_DATASETS if n in results] + sorted(set(results) - set(DEBD_DATASETS))
     for n in order:
         r = results[n]
         ref = r.get("reference_test_ll")
         diff = r.get("test_minus_reference")
+        spn = "" if r.get("learnspn") is None else f"{r['learnspn']['test_ll']:.2f}"
+        fact = "" if r.get("factorized") is None else f"{r['factorized']['test_ll']:.2f}"
         lines.append(
             f"| {n} | {r['num_vars']} | {r['model']} | {r['train_ll']:.2f} | {r['valid_ll']:.2f} | {r['test_ll']:.2f} | "
-            f"{'' if ref is None else f'{ref:.2f}'} | {'' if diff is None else f'{diff:+.2f}'} | {r['wall_seconds']:.0f} | "
+            f"{'' if ref is None else f'{ref:.2f}'} | {'' if diff is None else f'{diff:+.2f}'} | "
+            f"{spn} | {fact} | {r['wall_seconds']:.0f} | "
             f"{r['num_nodes']} | {r['num_edges']} | {r['num_parameters']} |"
         )
     missing = [n for n in DEBD_DATASETS if n not in results]
@@ -184,15 +228,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--learners", nargs="+", choices=["hclt", "learnspn"], default=["hclt", "learnspn"], help="learners competing on validation")
     p.add_argument("--spn-time-budget", type=float, default=90.0, help="seconds of LearnSPN structure learning")
     p.add_argument("--latents", type=int, nargs="+", default=[16, 32], help="grid of latent states per variable")
+    p.add_argument("--components", type=int, nargs="+", default=[1], help="grid of mixture sizes (HCLTs per model)")
     p.add_argument("--pseudocounts", type=float, nargs="+", default=[0.1, 1.0], help="grid of EM pseudocounts")
+    p.add_argument("--softenings", type=float, nargs="+", default=[0.0], help="grid of data-softening rates (0: the data as is)")
     p.add_argument("--minibatch-epochs", type=int, default=5)
     p.add_argument("--fullbatch-epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--step-size", type=float, default=0.2)
-    p.add_argument("--time-budget", type=float, default=600.0, help="seconds per grid point (at most)")
-    p.add_argument("--dataset-budget", type=float, default=900.0, help="seconds of HCLT training per data set, split evenly over the grid (with LearnSPN and evaluation, 9 data sets take about 3 hours on 2 cores)")
+    p.add_argument("--time-budget", type=float, default=None, help="seconds per grid point (at most; default: no cap beyond the data set's budget)")
+    p.add_argument("--dataset-budget", type=float, default=1000.0, help="seconds of HCLT training per data set, split evenly over the grid points still to run (cheapest first, so time a point leaves unused goes to the later ones)")
+    p.add_argument("--patience", type=int, default=5, help="stop a grid point after this many epochs without a better validation log-likelihood")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per job")
+    p.add_argument("--jobs", type=int, default=2, help="data sets trained at once, one process each")
     p.add_argument("--redo", action="store_true", help="retrain data sets already in the JSON file")
     p.add_argument("--progress", action="store_true", help="show tqdm bars")
     args = p.parse_args(argv)
@@ -213,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, {args.threads} torch thread(s)".strip(),
-        "grid": {"learners": args.learners, "latents": args.latents, "pseudocounts": args.pseudocounts, "spn_time_budget": args.spn_time_budget},
+        "grid": {"learners": args.learners, "latents": args.latents, "components": args.components, "pseudocounts": args.pseudocounts, "softenings": args.softenings, "spn_time_budget": args.spn_time_budget},
         "schedule": {
             "minibatch_epochs": args.minibatch_epochs,
             "fullbatch_epochs": args.fullbatch_epochs,
@@ -221,20 +269,33 @@ def main(argv: list[str] | None = None) -> int:
             "step_size": args.step_size,
             "time_budget_per_config": args.time_budget,
             "dataset_budget": args.dataset_budget,
+            "patience": args.patience,
         },
     }
     if earlier:
         meta["earlier_runs"] = earlier
+    todo = []
     for name in args.datasets:
         if name in results:
             print(f"{name}: already done (test {results[name]['test_ll']:.3f}), skipping", flush=True)
-            continue
-        print(f"{name}: training", flush=True)
-        results[name] = run_dataset(name, args)
-        r = results[name]
-        print(f"{name}: test {r['test_ll']:.3f} (reference {r['reference_test_ll']}) in {r['wall_seconds']:.0f}s", flush=True)
-        write_outputs(results, meta, args)
+        else:
+            todo.append(name)
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
+    # the largest training files first, so the longest data sets do not start last
+    todo.sort(key=lambda n: -sum(f.stat().st_size for f in (Path(args.data_dir) / n).glob("*.train.data")))
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads, initargs=(args.threads,)) as pool:
+        running = {pool.submit(run_dataset, name, args): name for name in todo}
+        for future in as_completed(running):
+            name = running[future]
+            results[name] = r = future.result()
+            print(f"{name}: test {r['test_ll']:.3f} (reference {r['reference_test_ll']}) in {r['wall_seconds']:.0f}s", flush=True)
+            meta["run_wall_seconds"] = time.perf_counter() - t0
+            write_outputs(results, meta, args)
+    meta["run_wall_seconds"] = time.perf_counter() - t0
     write_outputs(results, meta, args)
+    print(f"{len(todo)} data sets in {meta['run_wall_seconds'] / 60:.1f} min ({args.jobs} jobs)", flush=True)
     return 0
 
 

@@ -24,6 +24,7 @@ from scipy.sparse.csgraph import minimum_spanning_tree
 from tqdm.auto import tqdm
 
 from ..engine.circuit import TensorCircuit, compile
+from ..nodes import summate
 from .em import em
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ __all__ = [
     "kmeans",
     "learn_hclt",
     "mutual_information",
+    "softened_evidence",
 ]
 
 
@@ -96,6 +98,9 @@ def mutual_information(
     Args:
         data: ``[N, V]`` category indices.
         num_cats: categories per variable (``None``: inferred from ``data``).
+        num_components: with more than 1, a mixture of that many HCLTs over
+            the same tree, each initialised from its own clustering (seeds
+            ``seed + k``), trained jointly by EM with the mixture weights.
         pseudocount: total pseudocount spread evenly over the cells of every
             pairwise table (and consistently over the marginals).
         weights: ``[N]`` non-negative example weights (``None``: all 1).
@@ -305,6 +310,7 @@ def learn_hclt(
     num_latents: int = 16,
     valid: np.ndarray | torch.Tensor | None = None,
     num_cats: int | Sequence[int] | None = None,
+    num_components: int = 1,
     init: str = "kmeans",
     minibatch_epochs: int = 10,
     batch_size: int = 512,
@@ -313,6 +319,7 @@ def learn_hclt(
     pseudocount: float = 0.1,
     softening: float = 0.0,
     time_budget: float | None = None,
+    patience: int | None = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     progress: bool | None = None,
@@ -342,6 +349,8 @@ def learn_hclt(
             as soft evidence on every variable; 0 trains on the data as is.
             Validation log-likelihoods are always of the data as is.
         time_budget: seconds; training stops after the epoch that exceeds it.
+        patience: with ``valid``, stop once this many epochs in a row have
+            not improved the best validation log-likelihood (``None``: never).
         seed: seed of the initialisation and of the mini-batch order.
         dtype: parameter dtype.
         progress: show a tqdm bar (``None``: only on a terminal).
@@ -356,12 +365,16 @@ def learn_hclt(
 
     t0 = time.perf_counter()
     arr = _as_array(data)
+    if not isinstance(num_components, int) or isinstance(num_components, bool) or num_components < 1:
+        raise ValueError(f"num_components must be a positive int, got {num_components!r}")
     if init not in ("kmeans", "random"):
         raise ValueError(f"init must be 'kmeans' or 'random', got {init!r}")
     if minibatch_epochs < 0 or fullbatch_epochs < 0 or minibatch_epochs + fullbatch_epochs == 0:
         raise ValueError("minibatch_epochs and fullbatch_epochs must be non-negative and not both 0")
     if time_budget is not None and time_budget <= 0:
         raise ValueError(f"time_budget must be positive seconds, got {time_budget}")
+    if patience is not None and (not isinstance(patience, int) or patience < 1):
+        raise ValueError(f"patience must be a positive int or None, got {patience!r}")
     if not (0 < step_size <= 1):
         raise ValueError(f"step_size must be in (0, 1], got {step_size}")
     if not (0 <= softening < 0.5):
@@ -373,15 +386,22 @@ def learn_hclt(
         if va.shape[1] != arr.shape[1]:
             raise ValueError(f"valid must have {arr.shape[1]} columns like data, got {va.shape[1]}")
     tree = chow_liu_tree(arr, cats)
-    groups = hclt_from_tree(tree, num_latents, cats)
-    circuit = compile(groups.root, seed=seed).to(dtype)
+    components = [hclt_from_tree(tree, num_latents, cats) for _ in range(num_components)]
+    root = components[0].root if num_components == 1 else summate(*(g.root for g in components), num_nodes=1)
+    circuit = compile(root, seed=seed).to(dtype)
     if init == "kmeans":
-        init_hclt_kmeans(circuit, groups, arr, seed=seed)
+        for k, groups in enumerate(components):
+            init_hclt_kmeans(circuit, groups, arr, seed=seed + k)
+    if num_components > 1:
+        circuit.set_group_parameters(root, torch.ones(1, num_components))
     x = torch.from_numpy(arr)
     xv = None if va is None else torch.from_numpy(va)
     missing, soft = (None, None) if softening == 0 else softened_evidence(x, cats, softening)
-    result = FitResult(circuit, info={"tree": tree, "num_latents": num_latents, "root_var": groups.root_var})
-    best, best_state = -math.inf, None
+    result = FitResult(
+        circuit,
+        info={"tree": tree, "num_latents": num_latents, "num_components": num_components, "root_var": components[0].root_var},
+    )
+    best, best_state, best_epoch = -math.inf, None, 0
     total = minibatch_epochs + fullbatch_epochs
     bar = tqdm(range(total), desc=f"HCLT({num_latents})", disable=(not progress) if progress is not None else None)
     for ep in bar:
@@ -401,9 +421,11 @@ def learn_hclt(
             result.valid_ll.append(v)
             post["valid"] = f"{v:.3f}"
             if v > best:
-                best, best_state = v, copy.deepcopy(circuit.state_dict())
+                best, best_state, best_epoch = v, copy.deepcopy(circuit.state_dict()), ep
         bar.set_postfix(post)
         if time_budget is not None and time.perf_counter() - t0 > time_budget:
+            break
+        if patience is not None and xv is not None and ep - best_epoch >= patience:
             break
     bar.close()
     if best_state is not None:

@@ -51,6 +51,27 @@ def test_time_budget_stops_after_first_epoch():
     assert res.info["epochs"] == 1
 
 
+def test_mixture_of_hclts_normalises_and_fits_like_one():
+    train, valid = mixture_data(1000), mixture_data(300, seed=1)
+    kw = dict(minibatch_epochs=1, fullbatch_epochs=6, progress=False)
+    mix = learn_hclt(train, 3, valid=valid, num_components=3, **kw)
+    one = learn_hclt(train, 3, valid=valid, **kw)
+    c = mix.circuit.to(torch.float64)
+    x = torch.tensor(list(itertools.product([0, 1], repeat=8)))
+    assert abs(float(torch.logsumexp(c(x), 0))) < 1e-6
+    assert mix.info["num_components"] == 3
+    assert c.num_parameters > 2.9 * one.circuit.num_parameters
+    assert max(mix.valid_ll) > max(one.valid_ll) - 0.05
+
+
+def test_patience_stops_once_validation_stalls():
+    train, valid = mixture_data(600), mixture_data(200, seed=1)
+    res = learn_hclt(train, 4, valid=valid, minibatch_epochs=1, fullbatch_epochs=60, pseudocount=0.0, patience=3, progress=False)
+    best = int(np.argmax(res.valid_ll))
+    assert res.info["epochs"] == best + 4 < 61
+    assert all(v <= res.valid_ll[best] for v in res.valid_ll[best + 1 :])
+
+
 def test_kmeans_separates_clusters():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, 0.1, (50, 2)), rng.normal(5, 0.1, (50, 2))])
@@ -106,6 +127,8 @@ def test_softening_trains_on_softened_data_and_validates_on_the_data():
         ({"valid": np.zeros((3, 2), dtype=np.int64)}, "valid"),
         ({"num_cats": 1}, "num_cats"),
         ({"softening": 0.5}, "softening"),
+        ({"patience": 0}, "patience"),
+        ({"num_components": 0}, "num_components"),
         ({"softening": -0.1}, "softening"),
     ],
 )
