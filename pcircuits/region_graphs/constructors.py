@@ -8,9 +8,11 @@ import networkx as nx
 import numpy as np
 import torch
 
+from .chow_liu_tree import chow_liu_tree
 from .graph import RegionGraph
 
 __all__ = [
+    "tree_center",
     "random_binary_tree",
     "quad_tree",
     "poon_domingos",
@@ -218,8 +220,6 @@ def tree_region_graph(tree: nx.Graph | Sequence[tuple[int, int]], root_var: int 
     Returns:
         A validated region graph.
     """
-    from ..structures.hclt import tree_center
-
     g = nx.Graph(tree) if isinstance(tree, nx.Graph) else nx.Graph(list(tree))
     n = g.number_of_nodes()
     if n == 0 or sorted(g.nodes) != list(range(n)) or not nx.is_tree(g):
@@ -260,8 +260,6 @@ def chow_liu(
     Returns:
         A validated region graph (see :func:`tree_region_graph`).
     """
-    from ..learning.chow_liu import chow_liu_tree
-
     return tree_region_graph(chow_liu_tree(data, num_cats, pseudocount), root_var)
 
 
@@ -278,3 +276,14 @@ def fully_factorized(num_vars: int) -> RegionGraph:
         rg.add_partition(root, [rg.add_region([v]) for v in range(V)])
     rg.validate()
     return rg
+
+
+def tree_center(tree: nx.Graph) -> int:
+    """A node of minimum eccentricity (the middle of a longest path), found with two BFS passes."""
+    start = next(iter(tree.nodes))
+    d1 = nx.single_source_shortest_path_length(tree, start)
+    a = max(d1, key=d1.get)
+    paths = nx.single_source_shortest_path(tree, a)
+    b = max(paths, key=lambda n: len(paths[n]))
+    path = paths[b]
+    return int(path[len(path) // 2])
