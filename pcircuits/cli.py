@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--learner", choices=["hclt", "learnspn"], default="hclt", help="structure learner")
     f.add_argument("--latents", type=int, default=16, help="HCLT: latent states per variable")
     f.add_argument("--components", type=int, default=1, help="HCLT: number of HCLTs in a mixture trained jointly")
+    f.add_argument("--mixture", choices=["separate", "joint"], default="separate", help="HCLT: train mixture components alone or jointly")
     f.add_argument("--softening", type=float, default=0.0, help="HCLT: data-softening rate (0: the data as is)")
     f.add_argument("--patience", type=int, default=None, help="HCLT: stop after this many epochs without a better valid LL")
     f.add_argument("--minibatch-epochs", type=int, default=5, help="HCLT: mini-batch EM epochs")
@@ -110,7 +111,7 @@ def _fit(args: argparse.Namespace) -> int:
         raise ValueError(f"--out: folder {str(Path(args.out).parent)!r} does not exist")
     progress = False if args.quiet else None
     if args.learner == "hclt":
-        res = learn_hclt(train, args.latents, valid=valid, num_components=args.components, minibatch_epochs=args.minibatch_epochs,
+        res = learn_hclt(train, args.latents, valid=valid, num_components=args.components, mixture=args.mixture, minibatch_epochs=args.minibatch_epochs,
                          batch_size=args.batch_size, fullbatch_epochs=args.fullbatch_epochs, pseudocount=args.pseudocount,
                          softening=args.softening, time_budget=args.time_budget, patience=args.patience if valid is not None else None,
                          seed=args.seed, progress=progress)

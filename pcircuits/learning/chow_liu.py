@@ -189,6 +189,7 @@ def learn_hclt(
     valid: np.ndarray | torch.Tensor | None = None,
     num_cats: int | Sequence[int] | None = None,
     num_components: int = 1,
+    mixture: str = "separate",
     init: str = "kmeans",
     minibatch_epochs: int = 10,
     batch_size: int = 512,
@@ -214,6 +215,14 @@ def learn_hclt(
         num_latents: latent states per variable.
         valid: ``[N', V]`` validation data for model selection, or ``None``.
         num_cats: categories per variable (``None``: inferred from ``data``).
+        num_components: with more than 1, a mixture of that many HCLTs over
+            the same tree with equal weights, each initialised from its own
+            clustering (seeds ``seed + k``).
+        mixture: how a mixture is trained: ``"separate"`` (each component by
+            EM on all the data on its own, with ``time_budget`` shared out;
+            ``train_ll``/``valid_ll`` then hold one entry, the mixture's) or
+            ``"joint"`` (EM on the whole mixture, weights included). On small
+            data sets ``"separate"`` overfits less.
         init: ``"kmeans"`` (clustering-based latents) or ``"random"``.
         minibatch_epochs: epochs of mini-batch EM.
         batch_size: mini-batch size.
@@ -243,6 +252,8 @@ def learn_hclt(
     arr = _as_array(data)
     if not isinstance(num_components, int) or isinstance(num_components, bool) or num_components < 1:
         raise ValueError(f"num_components must be a positive int, got {num_components!r}")
+    if mixture not in ("separate", "joint"):
+        raise ValueError(f"mixture must be 'separate' or 'joint', got {mixture!r}")
     if init not in ("kmeans", "random"):
         raise ValueError(f"init must be 'kmeans' or 'random', got {init!r}")
     if minibatch_epochs < 0 or fullbatch_epochs < 0 or minibatch_epochs + fullbatch_epochs == 0:
@@ -264,22 +275,81 @@ def learn_hclt(
     tree = chow_liu_tree(arr, cats)
     components = [hclt_from_tree(tree, num_latents, cats) for _ in range(num_components)]
     root = components[0].root if num_components == 1 else summate(*(g.root for g in components), num_nodes=1)
-    circuit = compile(root, seed=seed).to(dtype)
-    if init == "kmeans":
-        for k, groups in enumerate(components):
-            init_hclt_kmeans(circuit, groups, arr, seed=seed + k)
-    if num_components > 1:
-        circuit.set_group_parameters(root, torch.ones(1, num_components))
     x = torch.from_numpy(arr)
     xv = None if va is None else torch.from_numpy(va)
     missing, soft = (None, None) if softening == 0 else softened_evidence(x, cats, softening)
-    result = FitResult(
-        circuit,
-        info={"tree": tree, "num_latents": num_latents, "num_components": num_components, "root_var": components[0].root_var},
+    schedule = dict(
+        minibatch_epochs=minibatch_epochs, fullbatch_epochs=fullbatch_epochs, batch_size=batch_size,
+        step_size=step_size, pseudocount=pseudocount, missing=missing, soft=soft, patience=patience, progress=progress,
     )
+    info = {"tree": tree, "num_latents": num_latents, "num_components": num_components, "root_var": components[0].root_var}
+    if num_components == 1 or mixture == "joint":
+        circuit = compile(root, seed=seed).to(dtype)
+        if init == "kmeans":
+            for k, groups in enumerate(components):
+                init_hclt_kmeans(circuit, groups, arr, seed=seed + k)
+        if num_components > 1:
+            circuit.set_group_parameters(root, torch.ones(1, num_components))
+        deadline = None if time_budget is None else t0 + time_budget
+        result = FitResult(circuit, info=info)
+        result.train_ll, result.valid_ll, epochs = _fit_em(
+            circuit, x, xv, seed=seed, deadline=deadline, desc=f"HCLT({num_latents})", **schedule
+        )
+    else:  # each component trained on all the data on its own, then mixed with equal weights
+        parts, epochs = [], 0
+        info["component_valid_ll"] = []
+        for k, groups in enumerate(components):
+            part = compile(groups.root, seed=seed + k).to(dtype)
+            if init == "kmeans":
+                init_hclt_kmeans(part, groups, arr, seed=seed + k)
+            now = time.perf_counter()
+            deadline = None if time_budget is None else now + (t0 + time_budget - now) / (num_components - k)
+            _, valid_k, epochs_k = _fit_em(
+                part, x, xv, seed=seed + k, deadline=deadline, desc=f"HCLT({num_latents}) {k + 1}/{num_components}", **schedule
+            )
+            info["component_valid_ll"].append(max(valid_k) if valid_k else None)
+            parts.append(part)
+            epochs += epochs_k
+        circuit = compile(root, seed=seed).to(dtype)
+        for part, groups in zip(parts, components):
+            for g in [groups.root, *groups.leaves.values(), *groups.sums.values()]:
+                circuit.set_group_parameters(g, part.group_parameters(g))
+        circuit.set_group_parameters(root, torch.ones(1, num_components))
+        result = FitResult(circuit, info=info)
+        result.train_ll = [_mean_ll(circuit, x)]
+        result.valid_ll = [] if xv is None else [_mean_ll(circuit, xv)]
+    result.info["epochs"] = epochs
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _fit_em(
+    circuit: TensorCircuit,
+    x: torch.Tensor,
+    xv: torch.Tensor | None,
+    *,
+    minibatch_epochs: int,
+    fullbatch_epochs: int,
+    batch_size: int,
+    step_size: float,
+    pseudocount: float,
+    missing: torch.Tensor | None,
+    soft: torch.Tensor | None,
+    patience: int | None,
+    seed: int,
+    deadline: float | None,
+    desc: str,
+    progress: bool | None,
+) -> tuple[list[float], list[float], int]:
+    """Mini-batch then full-batch EM on ``circuit`` in place, keeping the best validation epoch.
+
+    Returns:
+        The train and validation log-likelihoods of each epoch, and the number of epochs run.
+    """
+    train_ll: list[float] = []
+    valid_ll: list[float] = []
     best, best_state, best_epoch = -math.inf, None, 0
-    total = minibatch_epochs + fullbatch_epochs
-    bar = tqdm(range(total), desc=f"HCLT({num_latents})", disable=(not progress) if progress is not None else None)
+    bar = tqdm(range(minibatch_epochs + fullbatch_epochs), desc=desc, disable=(not progress) if progress is not None else None)
     for ep in bar:
         if ep < minibatch_epochs:
             frac = ep / max(1, minibatch_epochs - 1)
@@ -290,22 +360,20 @@ def learn_hclt(
             )
         else:
             hist = em(circuit, x, 1, batch_size=None, pseudocount=pseudocount, missing=missing, soft_evidence=soft, progress=False)
-        result.train_ll.append(hist[0])
+        train_ll.append(hist[0])
         post = {"train": f"{hist[0]:.3f}"}
         if xv is not None:
             v = _mean_ll(circuit, xv)
-            result.valid_ll.append(v)
+            valid_ll.append(v)
             post["valid"] = f"{v:.3f}"
             if v > best:
                 best, best_state, best_epoch = v, copy.deepcopy(circuit.state_dict()), ep
         bar.set_postfix(post)
-        if time_budget is not None and time.perf_counter() - t0 > time_budget:
+        if deadline is not None and time.perf_counter() > deadline:
             break
         if patience is not None and xv is not None and ep - best_epoch >= patience:
             break
     bar.close()
     if best_state is not None:
         circuit.load_state_dict(best_state)
-    result.info["epochs"] = len(result.train_ll)
-    result.seconds = time.perf_counter() - t0
-    return result
+    return train_ll, valid_ll, len(train_ll)

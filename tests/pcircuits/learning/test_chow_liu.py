@@ -51,10 +51,11 @@ def test_time_budget_stops_after_first_epoch():
     assert res.info["epochs"] == 1
 
 
-def test_mixture_of_hclts_normalises_and_fits_like_one():
+@pytest.mark.parametrize("mixture", ["separate", "joint"])
+def test_mixture_of_hclts_normalises_and_fits_like_one(mixture):
     train, valid = mixture_data(1000), mixture_data(300, seed=1)
     kw = dict(minibatch_epochs=1, fullbatch_epochs=6, progress=False)
-    mix = learn_hclt(train, 3, valid=valid, num_components=3, **kw)
+    mix = learn_hclt(train, 3, valid=valid, num_components=3, mixture=mixture, **kw)
     one = learn_hclt(train, 3, valid=valid, **kw)
     c = mix.circuit.to(torch.float64)
     x = torch.tensor(list(itertools.product([0, 1], repeat=8)))
@@ -62,6 +63,16 @@ def test_mixture_of_hclts_normalises_and_fits_like_one():
     assert mix.info["num_components"] == 3
     assert c.num_parameters > 2.9 * one.circuit.num_parameters
     assert max(mix.valid_ll) > max(one.valid_ll) - 0.05
+
+
+def test_separate_mixture_is_the_equal_mixture_of_hclts_learned_alone():
+    train, valid = mixture_data(600), mixture_data(200, seed=1)
+    kw = dict(valid=valid, minibatch_epochs=1, fullbatch_epochs=4, progress=False)
+    mix = learn_hclt(train, 3, num_components=2, seed=5, **kw).circuit.to(torch.float64)
+    alone = [learn_hclt(train, 3, seed=s, **kw).circuit.to(torch.float64) for s in (5, 6)]
+    xv = torch.from_numpy(valid)
+    expected = torch.logsumexp(torch.stack([c(xv) for c in alone]), 0) - np.log(2)
+    assert torch.allclose(mix(xv), expected, atol=1e-5)
 
 
 def test_patience_stops_once_validation_stalls():
@@ -129,6 +140,7 @@ def test_softening_trains_on_softened_data_and_validates_on_the_data():
         ({"softening": 0.5}, "softening"),
         ({"patience": 0}, "patience"),
         ({"num_components": 0}, "num_components"),
+        ({"mixture": "bagged"}, "mixture"),
         ({"softening": -0.1}, "softening"),
     ],
 )
