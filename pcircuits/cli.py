@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--valid", help="validation data for early stopping (same formats)")
     f.add_argument("--learner", choices=["hclt", "learnspn"], default="hclt", help="structure learner")
     f.add_argument("--latents", type=int, default=16, help="HCLT: latent states per variable")
-    f.add_argument("--components", type=int, default=1, help="HCLT: number of HCLTs in a mixture trained jointly")
+    f.add_argument("--components", type=int, default=1, help="HCLT: number of HCLTs in an equal-weight mixture")
     f.add_argument("--mixture", choices=["separate", "joint"], default="separate", help="HCLT: train mixture components alone or jointly")
     f.add_argument("--softening", type=float, default=0.0, help="HCLT: data-softening rate (0: the data as is)")
     f.add_argument("--patience", type=int, default=None, help="HCLT: stop after this many epochs without a better valid LL")
