@@ -5,13 +5,14 @@ One command trains and evaluates every data set::
     python benchmarks/density.py --data-dir ../shared/data/debd
 
 For each data set it trains HCLTs (:func:`pcircuits.learning.learn_hclt`)
-for every configuration of the grid (latents x pseudocount) and a LearnSPN
-(:func:`pcircuits.learning.learn_spn`), picks the model with the best
-*validation* log-likelihood, evaluates it on
-train/valid/test, saves it with :func:`pcircuits.save`, and writes a JSON
-file and a markdown table beside the reference numbers. The run is
-resumable: data sets already in the JSON file are skipped (``--redo``
-retrains them).
+for every point of the grid (latents x mixture components x pseudocount x
+softening) and a LearnSPN (:func:`pcircuits.learning.learn_spn`), picks the
+model with the best *validation* log-likelihood, evaluates it on
+train/valid/test beside LearnSPN and a fully factorized model, saves it with
+:func:`pcircuits.save`, and writes a JSON file and a markdown table beside
+the reference numbers. ``--jobs`` data sets are trained at once, one process
+each. The run is resumable: data sets already in the JSON file are skipped
+(``--redo`` retrains them).
 """
 
 from __future__ import annotations
@@ -227,9 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--docs-page", default=str(HERE.parent / "docs" / "benchmarks" / "density.md"), help="page whose table to update ('' for none)")
     p.add_argument("--learners", nargs="+", choices=["hclt", "learnspn"], default=["hclt", "learnspn"], help="learners competing on validation")
     p.add_argument("--spn-time-budget", type=float, default=90.0, help="seconds of LearnSPN structure learning")
-    p.add_argument("--latents", type=int, nargs="+", default=[16, 32], help="grid of latent states per variable")
+    p.add_argument("--latents", type=int, nargs="+", default=[16, 32, 64], help="grid of latent states per variable")
     p.add_argument("--components", type=int, nargs="+", default=[1], help="grid of mixture sizes (HCLTs per model)")
-    p.add_argument("--pseudocounts", type=float, nargs="+", default=[0.1, 1.0], help="grid of EM pseudocounts")
+    p.add_argument("--pseudocounts", type=float, nargs="+", default=[0.1], help="grid of EM pseudocounts")
     p.add_argument("--softenings", type=float, nargs="+", default=[0.0], help="grid of data-softening rates (0: the data as is)")
     p.add_argument("--minibatch-epochs", type=int, default=5)
     p.add_argument("--fullbatch-epochs", type=int, default=40)
