@@ -73,9 +73,6 @@ def mutual_information(
     Args:
         data: ``[N, V]`` category indices.
         num_cats: categories per variable (``None``: inferred from ``data``).
-        num_components: with more than 1, a mixture of that many HCLTs over
-            the same tree, each initialised from its own clustering (seeds
-            ``seed + k``), trained jointly by EM with the mixture weights.
         pseudocount: total pseudocount spread evenly over the cells of every
             pairwise table (and consistently over the marginals).
         weights: ``[N]`` non-negative example weights (``None``: all 1).
