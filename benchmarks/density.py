@@ -70,6 +70,29 @@ def factorized_ll(splits: dict[str, np.ndarray], pseudocount: float = 1.0) -> di
     return {f"{k}_ll": float(log_p[cols, x].sum(1).mean()) for k, x in splits.items()}
 
 
+def run_settings(args: argparse.Namespace) -> dict:
+    """The grid and training schedule of a run, as recorded in the JSON file."""
+    return {
+        "grid": {
+            "learners": list(args.learners),
+            "latents": list(args.latents),
+            "components": list(args.components),
+            "pseudocounts": list(args.pseudocounts),
+            "softenings": list(args.softenings),
+            "spn_time_budget": args.spn_time_budget,
+        },
+        "schedule": {
+            "minibatch_epochs": args.minibatch_epochs,
+            "fullbatch_epochs": args.fullbatch_epochs,
+            "batch_size": args.batch_size,
+            "step_size": args.step_size,
+            "time_budget_per_config": args.time_budget,
+            "dataset_budget": args.dataset_budget,
+            "patience": args.patience,
+        },
+    }
+
+
 def run_dataset(name: str, args: argparse.Namespace) -> dict:
     """Grid search on validation for one data set; returns its JSON record."""
     print(f"{name}: training", flush=True)
@@ -159,16 +182,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         "trials": trials,
         "learnspn": learnspn,
         "factorized": factorized_ll(splits),
-        "grid": {"learners": list(args.learners), "latents": list(args.latents), "components": list(args.components), "pseudocounts": list(args.pseudocounts), "softenings": list(args.softenings)},
-        "schedule": {
-            "minibatch_epochs": args.minibatch_epochs,
-            "fullbatch_epochs": args.fullbatch_epochs,
-            "batch_size": args.batch_size,
-            "step_size": args.step_size,
-            "time_budget_per_config": args.time_budget,
-            "dataset_budget": args.dataset_budget,
-            "patience": args.patience,
-        },
+        **run_settings(args),
     }
     if record["reference_test_ll"] is not None:
         record["test_minus_reference"] = record["test_ll"] - record["reference_test_ll"]
@@ -262,16 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, {args.threads} torch thread(s)".strip(),
-        "grid": {"learners": args.learners, "latents": args.latents, "components": args.components, "pseudocounts": args.pseudocounts, "softenings": args.softenings, "spn_time_budget": args.spn_time_budget},
-        "schedule": {
-            "minibatch_epochs": args.minibatch_epochs,
-            "fullbatch_epochs": args.fullbatch_epochs,
-            "batch_size": args.batch_size,
-            "step_size": args.step_size,
-            "time_budget_per_config": args.time_budget,
-            "dataset_budget": args.dataset_budget,
-            "patience": args.patience,
-        },
+        **run_settings(args),
     }
     if earlier:
         meta["earlier_runs"] = earlier

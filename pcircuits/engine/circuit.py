@@ -413,6 +413,13 @@ class TensorCircuit(nn.Module):
         backend = self.resolve_backend()
         prob_cache: dict[str, torch.Tensor] = {}
         wt_cache: dict[tuple[str, int], torch.Tensor] = {}
+
+        def probs_of(bank: str) -> torch.Tensor:
+            """The bank's weights as probabilities, exponentiated once per pass."""
+            if bank not in prob_cache:
+                prob_cache[bank] = lw[bank].exp()
+            return prob_cache[bank]
+
         with kernels.use_backend(backend):
             if leaf_outputs is None:
                 leaf_outputs = self.leaf_values(ev, semiring)
@@ -439,9 +446,7 @@ class TensorCircuit(nn.Module):
                         key = (blk.bank, slot)
                         wt = wt_cache.get(key)
                         if wt is None:
-                            if blk.bank not in prob_cache:
-                                prob_cache[blk.bank] = lw[blk.bank].exp()
-                            wt = wt_cache[key] = prob_cache[blk.bank][slot].t()  # [k, n]
+                            wt = wt_cache[key] = probs_of(blk.bank)[slot].t()  # [k, n]
                         c = ch if blk.k == ch.shape[1] else ch[:, blk.ref_offset : blk.ref_offset + blk.k]
                         parts.append(torch_ops.single_group_dense_sum(c, wt))
                         continue
@@ -453,9 +458,7 @@ class TensorCircuit(nn.Module):
                         c = ch[:, blk.ref_offset : blk.ref_offset + blk.num_groups * blk.k]
                         probs = None
                         if semiring == "sum" and backend == "torch":
-                            if blk.bank not in prob_cache:  # exponentiated once per bank and pass
-                                prob_cache[blk.bank] = lw[blk.bank].exp()
-                            pb = prob_cache[blk.bank]
+                            pb = probs_of(blk.bank)
                             if blk.slot_start is not None:
                                 probs = pb[blk.slot_start : blk.slot_start + blk.num_groups]
                             else:
