@@ -57,7 +57,6 @@ from diffusion.evaluation import DEFAULT_BINS, _close, annotation_stats, extract
 from diffusion.sampling import generate  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-DATA = Path("/work/shared/data/gsm8k")
 
 
 def _log(msg: str) -> None:
@@ -67,7 +66,7 @@ def _log(msg: str) -> None:
 # --------------------------------------------------------------------------- (a) prior
 def train_prior(backbone, a) -> tuple[CoDDPrior, dict]:
     tok = backbone.tokenizer
-    qa = load_gsm8k("train", DATA if DATA.is_dir() else None, limit=a.train_examples)
+    qa = load_gsm8k("train", limit=a.train_examples)
     tokens, answer = qa_token_matrix(qa, tok)
     g = torch.Generator().manual_seed(a.seed)
     rows, starts, masked = make_windows(tokens, a.window, answer, a.num_windows, g)
@@ -75,26 +74,31 @@ def train_prior(backbone, a) -> tuple[CoDDPrior, dict]:
     x0, logits, cand = backbone_window_logits(backbone, tokens, rows, starts, masked, batch_size=32, progress=False)
     t_logits = time.perf_counter() - t0
     _log(f"cached backbone logits of {len(x0)} windows in {t_logits:.0f}s")
-    prior = CoDDPrior.hmm(a.window, a.states, backbone.vocab_size, seed=a.seed)
+    prior = CoDDPrior.hmm(a.window, a.states, backbone.vocab_size, seed=a.seed).to(a.device)
+    prior.circuit.backend = a.prior_backend
     ckpt = RESULTS / f"{a.out}_prior.npz"
     RESULTS.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     hist = fit_prior(prior, x0, masked, logits, epochs=a.epochs, batch_size=a.prior_batch, lr=a.lr,
                      em_epochs=a.em_epochs, valid_frac=0.1, seed=a.seed, progress=False, checkpoint=ckpt,
+                     weighting=a.weighting,
                      callback=lambda ep, nll: _log(f"prior epoch {ep}: held-out window NLL/token {nll:.4f}"))
     t_fit = time.perf_counter() - t0
-    prior = CoDDPrior.load(ckpt)  # the epoch with the best held-out (train-split) NLL
+    prior = CoDDPrior.load(ckpt).to(a.device)  # the epoch with the best held-out (train-split) NLL
+    prior.circuit.backend = a.prior_backend
     # factorized NLL of the same held-out training windows (the split of fit_prior)
     perm = torch.randperm(len(x0), generator=torch.Generator().manual_seed(a.seed))
     val = perm[: int(round(0.1 * len(x0)))]
     lp = torch.log_softmax(logits[val].double(), -1).gather(-1, x0[val].unsqueeze(-1))[..., 0]
-    fact = float(-(lp * masked[val]).sum() / masked[val].sum())
+    per_window, n = -(lp * masked[val]).sum(1), masked[val].sum(1)  # the weighting of fit_prior's held-out NLL
+    fact = float((per_window[n > 0] / n[n > 0]).mean()) if a.weighting == "window" else float(per_window.sum() / n.sum())
     info = {
         "train_examples": len(qa), "windows": len(x0), "window": a.window, "states": a.states,
         "vocab": backbone.vocab_size, "epochs": a.epochs, "em_epochs": a.em_epochs, "lr": a.lr,
-        "batch_size": a.prior_batch, "heldout_window_nll_per_epoch": hist,
+        "batch_size": a.prior_batch, "weighting": a.weighting, "heldout_window_nll_per_epoch": hist,
         "heldout_window_nll_factorized": fact, "best_epoch": int(min(range(len(hist)), key=hist.__getitem__)), "logit_cache_seconds": t_logits, "fit_seconds": t_fit,
     }
+    ckpt.with_suffix(".json").write_text(json.dumps(info, indent=1))
     return prior, info
 
 
@@ -114,9 +118,10 @@ def _cond_ll(prior: CoDDPrior, x0, score, marg, logits, tau=1.0) -> torch.Tensor
 @torch.no_grad()
 def nll_by_bins(backbone, prior: CoDDPrior, a) -> list[dict]:
     tok = backbone.tokenizer
-    heldout = load_gsm8k("test", DATA if DATA.is_dir() else None)
+    heldout = load_gsm8k("test")
     enc = [e for e in encode_qa(heldout, tok, 10**9) if len(e.prompt) + len(e.target) <= 256][: a.nll_examples]
     W = prior.window
+    dev = backbone.device
     gen = torch.Generator().manual_seed(a.seed)
     out = []
     for lo, hi in DEFAULT_BINS:
@@ -131,6 +136,7 @@ def nll_by_bins(backbone, prior: CoDDPrior, a) -> list[dict]:
             order = scores.argsort(dim=1).argsort(dim=1)
             k = (r * target.sum(1)).round().clamp(min=1).long()
             masked = (order < k[:, None]) & target
+            ids, masked = ids.to(dev), masked.to(dev)
             noisy = torch.where(masked, torch.full_like(ids, backbone.mask_token_id), ids)
             logits = backbone(noisy).float()
             logits[..., backbone.mask_token_id] = -math.inf
@@ -149,8 +155,8 @@ def nll_by_bins(backbone, prior: CoDDPrior, a) -> list[dict]:
                     starts_l.append(s0)
                     own_l.append(st)  # positions before `st` belong to the previous tile
                     st = s0 + W
-            rows_t, starts_t, own_t = torch.tensor(rows_l), torch.tensor(starts_l), torch.tensor(own_l)
-            pos = starts_t[:, None] + torch.arange(W)
+            rows_t, starts_t, own_t = (torch.tensor(v, device=dev) for v in (rows_l, starts_l, own_l))
+            pos = starts_t[:, None] + torch.arange(W, device=dev)
             xw = ids[rows_t[:, None], pos]
             lw = logits[rows_t[:, None], pos]
             mw = masked[rows_t[:, None], pos]
@@ -337,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-windows", type=int, default=4000)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--em-epochs", type=int, default=0)
+    p.add_argument("--weighting", choices=["token", "window"], default="token",
+                   help="window weighting of the prior's objective (see diffusion.codd.training.fit_prior)")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--prior-batch", type=int, default=64)
     p.add_argument("--nll-examples", type=int, default=100)
@@ -351,28 +359,68 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="where the backbone and the prior run, e.g. cpu or cuda")
+    p.add_argument("--prior-backend", choices=["auto", "torch", "triton"], default="auto",
+                   help="kernel backend of the prior's circuit (auto: Triton on CUDA)")
+    p.add_argument("--prior", default=None, help="a trained prior (.npz) to use instead of training one in step a "
+                   "(its training record is read from the .json beside it when present)")
     p.add_argument("--out", default="codd_gsm8k", help="file stem under benchmarks/results")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
+    if a.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
     T0 = time.perf_counter()
-    backbone = load_backbone(a.model)
+    backbone = load_backbone(a.model, device=a.device, dtype=torch.float32)  # float32 even from a bf16 copy
     meta = json.loads((Path(a.model) / "codd_backbone.json").read_text())
     tok = backbone.tokenizer
 
-    prior, prior_info = train_prior(backbone, a)
+    res: dict = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(["python benchmarks/codd_gsm8k.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "device": a.device, **({"gpu": torch.cuda.get_device_name()} if a.device.startswith("cuda") else {})},
+        "backbone": {"path": str(a.model), **{k: meta.get(k) for k in ("steps", "parameters", "vocab_size", "heldout")}},
+        "complete": False,
+    }
+    out_json = RESULTS / f"{a.out}.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+
+    def dump() -> None:
+        """Writes what is measured so far (a run cut short keeps its finished stages)."""
+        res["seconds"] = time.perf_counter() - T0
+        out_json.write_text(json.dumps(res, indent=1))
+
+    if a.prior:
+        prior = CoDDPrior.load(a.prior).to(a.device)
+        prior.circuit.backend = a.prior_backend
+        info_path = Path(a.prior).with_suffix(".json")
+        prior_info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        prior_info["loaded_from"] = str(a.prior)
+    else:
+        prior, prior_info = train_prior(backbone, a)
+    res["machine"]["prior_backend"] = prior.circuit.resolve_backend()
+    res["prior"] = prior_info
+    dump()
     bins = nll_by_bins(backbone, prior, a)
+    res["nll_by_mask_ratio"] = bins
+    dump()
     prior.top_k = a.gen_top_k  # candidate restriction for decoding (the NLL above uses the full vocabulary)
 
-    test = load_gsm8k("test", DATA if DATA.is_dir() else None)
+    test = load_gsm8k("test")
     fit = [ex for ex in test if len(tok.encode(ex.answer)) + 1 <= a.gen_length]
     questions = fit[: a.questions]
     val = fit[a.questions : a.questions + a.val_questions]
     timer = _Timed(prior)
+    res["settings"] = {"questions": len(questions), "val_questions": len(val), "nll_examples": a.nll_examples,
+                       "gen_length": a.gen_length, "block_length": a.block_length, "remasking": "low_confidence",
+                       "temperature": 0.0, "sampler": "latent (greedy: MPE of p_hat)", "gen_top_k": a.gen_top_k,
+                       "batch_size": a.batch_size, "seed": a.seed}
 
     # (e) validation sweep at the largest tokens-per-step
     kmax = max(a.tokens_per_step)
     sweep = {"factorized": run_generation(backbone, val, kmax, a), "grid": []}
+    res["sweep"] = sweep
     for gamma in a.gammas:
         for tau in a.taus:
             r = run_generation(backbone, val, kmax, a, prior, timer, gamma, tau)
@@ -382,10 +430,14 @@ def main(argv: list[str] | None = None) -> int:
                  f"{r['annotations']}) EM {r['exact_match']:.3f}")
     best = max(sweep["grid"], key=_key)
     sweep["chosen"] = {"gamma": best["gamma"], "tau": best["tau"]}
-    _log(f"chosen gamma={best['gamma']} tau={best['tau']}")
+    _log(f"chosen gamma={best['gamma']} tau={best['tau']} (factorized on validation: validity "
+         f"{sweep['factorized']['annotation_validity']:.3f} ({sweep['factorized']['valid_annotations']}/"
+         f"{sweep['factorized']['annotations']}))")
+    dump()
 
     # (c, d) test generation
-    gen = {"factorized": [], "codd": []}
+    gen: dict = {"factorized": [], "codd": []}
+    res["generation"] = gen
     for k in a.tokens_per_step:
         f = run_generation(backbone, questions, k, a)
         c = run_generation(backbone, questions, k, a, prior, timer, best["gamma"], best["tau"])
@@ -395,22 +447,8 @@ def main(argv: list[str] | None = None) -> int:
              f"({f['valid_annotations']}/{f['annotations']}) {f['seconds_per_step']:.3f}s/step | CoDD EM "
              f"{c['exact_match']:.3f} validity {c['annotation_validity']:.3f} ({c['valid_annotations']}/"
              f"{c['annotations']}) {c['seconds_per_step']:.3f}s/step, prior {c['prior_seconds_per_step']:.3f}s/step")
+        dump()
 
-    res = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join(["python benchmarks/codd_gsm8k.py", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "device": "cpu"},
-        "backbone": {"path": str(a.model), **{k: meta.get(k) for k in ("steps", "parameters", "vocab_size", "heldout")}},
-        "settings": {"questions": len(questions), "val_questions": len(val), "nll_examples": a.nll_examples,
-                     "gen_length": a.gen_length, "block_length": a.block_length, "remasking": "low_confidence",
-                     "temperature": 0.0, "sampler": "latent (greedy: MPE of p_hat)", "gen_top_k": a.gen_top_k, "batch_size": a.batch_size,
-                     "seed": a.seed},
-        "prior": prior_info,
-        "nll_by_mask_ratio": bins,
-        "sweep": sweep,
-        "generation": gen,
-    }
     lt08 = [b for b in bins if b["hi"] <= 0.8 + 1e-9]
     k8 = [i for i, r in enumerate(gen["factorized"]) if r["tokens_per_step"] == 8]
     res["targets"] = {
@@ -419,8 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             None if not k8 else gen["codd"][k8[0]]["annotation_validity"] > gen["factorized"][k8[0]]["annotation_validity"]
         ),
     }
-    res["seconds"] = time.perf_counter() - T0
-    (RESULTS / f"{a.out}.json").write_text(json.dumps(res, indent=1))
+    res["complete"] = True
+    dump()
     _plot(res, RESULTS / f"{a.out}.png")
     (RESULTS / f"{a.out}.md").write_text(_table(res))
     _log(f"done in {res['seconds']:.0f}s; targets {res['targets']}")

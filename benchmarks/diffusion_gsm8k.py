@@ -130,7 +130,21 @@ def _plot(res: dict, train_log: dict | None, path: Path) -> None:
     plt.close(fig)
 
 
-def _page(res: dict, meta: dict, cmd: str) -> str:
+def _machine() -> dict:
+    """Where the evaluation ran (platform, torch, threads, and the GPU's name on CUDA)."""
+    info = {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _machine_line(m: dict, device: str) -> str:
+    if str(device).startswith("cuda"):
+        return f"{m.get('gpu', 'a CUDA GPU')} ({m['platform']}, torch {m['torch']})"
+    return f"{m['platform']}, torch {m['torch']}, {m['threads']} thread(s), CPU shared with other jobs"
+
+
+def _page(res: dict, meta: dict, cmd: str, json_name: str) -> str:
     s = res["settings"]
     e = res["elbo"]
     tc = meta.get("train_config", {})
@@ -139,12 +153,11 @@ def _page(res: dict, meta: dict, cmd: str) -> str:
         "# GSM8K benchmark (generated)",
         "",
         "This page is written by `benchmarks/diffusion_gsm8k.py` from",
-        "`benchmarks/results/diffusion_gsm8k.json`; do not edit it by hand.",
+        f"`benchmarks/results/{json_name}`; do not edit it by hand.",
         "",
         f"Command: `{cmd}`",
         "",
-        f"Machine: {res['machine']['platform']}, torch {res['machine']['torch']}, "
-        f"{res['machine']['threads']} thread(s), CPU shared with other jobs.",
+        f"Machine: {_machine_line(res['machine'], res.get('device', 'cpu'))}.",
         "",
         "## Backbone",
         "",
@@ -208,7 +221,7 @@ def _page(res: dict, meta: dict, cmd: str) -> str:
         )
     lines += [
         "",
-        "![factorization barrier](gsm8k_factorization.png)",
+        f"![factorization barrier]({res.get('plot', 'gsm8k_factorization.png')})",
         "",
         "## Samples",
         "",
@@ -232,8 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-answer-tokens", type=int, default=None, help="question filter (default: gen length)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-ship", action="store_true", help="do not copy the backbone to benchmarks/results")
+    p.add_argument("--device", default="cpu", help="where the backbone runs, e.g. cpu or cuda (default: %(default)s)")
+    p.add_argument("--tag", default="", help="suffix of the output names (JSON, plot, docs page), e.g. _gpu")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -241,9 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (model / "codd_backbone.json").is_file():
         print(f"no backbone in {model}; training one for {a.train_minutes} min", flush=True)
         train_backbone(
-            TrainConfig(output_dir=str(model), max_minutes=a.train_minutes, eval_every=200, num_threads=a.threads)
+            TrainConfig(output_dir=str(model), max_minutes=a.train_minutes, eval_every=200, num_threads=a.threads,
+                        device=a.device)
         )
-    backbone = load_backbone(model)
+    backbone = load_backbone(model, device=a.device, dtype=torch.float32)  # float32 even from a bf16 copy
     meta = json.loads((model / "codd_backbone.json").read_text())
     stages = _lineage(model)
     train_log = _combined_log(stages)
@@ -260,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         max_answer_tokens=a.max_answer_tokens,
     )
     res["eval_seconds"] = time.perf_counter() - t0
-    res["machine"] = {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    res["machine"] = _machine()
+    res["device"] = a.device
+    json_name, plot_name = f"diffusion_gsm8k{a.tag}.json", f"gsm8k_factorization{a.tag}.png"
+    res["plot"] = plot_name
     res["backbone"] = {k: meta.get(k) for k in ("steps", "parameters", "vocab_size", "heldout", "train_config")}
     cfg = backbone.model.config
     res["architecture"] = {k: getattr(cfg, k, None) for k in
@@ -268,10 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     res["training_stages"] = [{k: v for k, v in st.items() if k != "log"} for st in stages]
     RESULTS.mkdir(parents=True, exist_ok=True)
     DOCS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "diffusion_gsm8k.json").write_text(json.dumps(res, indent=1))
-    _plot(res, train_log, DOCS / "gsm8k_factorization.png")
+    (RESULTS / json_name).write_text(json.dumps(res, indent=1))
+    _plot(res, train_log, DOCS / plot_name)
     cmd = " ".join(["python benchmarks/diffusion_gsm8k.py", *(argv if argv is not None else sys.argv[1:])])
-    (DOCS / "gsm8k-benchmark.md").write_text(_page(res, meta, cmd))
+    (DOCS / f"gsm8k-benchmark{a.tag}.md").write_text(_page(res, meta, cmd, json_name))
     if not a.no_ship and model.resolve() != (RESULTS / "diffusion_backbone").resolve():
         size = _dir_size(model)
         if size < SHIP_LIMIT_BYTES:

@@ -204,11 +204,12 @@ def build_backbone(
     intermediate_size: int = 512,
     max_length: int = 512,
     config: Any = None,
+    dropout: float = 0.0,
 ) -> MaskedLMBackbone:
     """Build the project's own small bidirectional transformer.
 
     By default a ModernBERT-style encoder (pre-norm, rotary positions, GLU MLP,
-    global attention in every layer, no dropout) from a
+    global attention in every layer, no dropout by default) from a
     ``transformers.ModernBertConfig``; pass ``config`` to use any other masked-LM
     config (e.g. ``BertConfig``) instead.
 
@@ -219,6 +220,8 @@ def build_backbone(
         num_heads: attention heads.
         intermediate_size: MLP width.
         max_length: maximal sequence length.
+        dropout: dropout rate of the embeddings, attention and MLP (active in
+            training mode only).
         config: optional ready-made ``transformers`` config (its ``vocab_size``
             must equal ``tokenizer.vocab_size``).
 
@@ -242,9 +245,9 @@ def build_backbone(
             cls_token_id=tokenizer.bos_id,
             sep_token_id=tokenizer.sep_id,
             mask_token_id=tokenizer.mask_id,
-            embedding_dropout=0.0,
-            attention_dropout=0.0,
-            mlp_dropout=0.0,
+            embedding_dropout=dropout,
+            attention_dropout=dropout,
+            mlp_dropout=dropout,
             tie_word_embeddings=True,
         )
     elif config.vocab_size != tokenizer.vocab_size:

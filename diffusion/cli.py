@@ -57,6 +57,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-examples", type=int, default=d.eval_examples)
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--threads", type=int, default=d.num_threads)
+    p.add_argument("--device", default=d.device, help="training device, e.g. cpu or cuda (default: %(default)s)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=d.precision,
+                   help="bf16: autocast the forward pass (CUDA only; default: %(default)s)")
+    p.add_argument("--dropout", type=float, default=d.dropout, help="dropout rate of a new model (default: %(default)s)")
+    p.add_argument("--keep-best", action="store_true", help="keep the checkpoint with the best held-out bound, not the last")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--no-progress", action="store_true")
 
@@ -186,12 +191,16 @@ def _cmd_train(a: argparse.Namespace) -> int:
         eval_examples=a.eval_examples,
         train_limit=a.train_limit,
         num_threads=a.threads,
+        device=a.device,
+        precision=a.precision,
+        dropout=a.dropout,
+        keep_best=a.keep_best,
         seed=a.seed,
         progress=not a.no_progress,
     )
     res = train_backbone(cfg, log=lambda s: print(s, flush=True))
     if res.heldout:
-        h = res.heldout[-1]
+        h = min(res.heldout, key=lambda r: r["nll"]) if a.keep_best else res.heldout[-1]
         print(json.dumps({"output": str(res.output_dir), "steps": res.steps, "heldout_nll": h["nll"], "ppl_bound": h["ppl_bound"]}))
     return 0
 

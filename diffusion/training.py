@@ -80,6 +80,12 @@ class TrainConfig:
         eval_examples: number of held-out examples used for the per-epoch bound.
         train_limit: optional cap on training examples.
         num_threads: ``torch.set_num_threads`` value (1 leaves cores to others).
+        device: where the model trains (``"cpu"``, ``"cuda"``, ...).
+        precision: ``"fp32"``, or ``"bf16"`` (autocast of the forward pass on
+            CUDA; the weights and optimiser state stay float32).
+        dropout: dropout rate of the embeddings, attention and MLP (new models).
+        keep_best: save a checkpoint only when the held-out bound improves, so
+            ``output_dir`` ends with the best evaluated model rather than the last.
         seed: random seed.
         progress: show a tqdm progress bar.
     """
@@ -107,6 +113,10 @@ class TrainConfig:
     eval_examples: int = 200
     train_limit: int | None = None
     num_threads: int | None = 1
+    device: str = "cpu"
+    precision: str = "fp32"
+    dropout: float = 0.0
+    keep_best: bool = False
     seed: int = 0
     progress: bool = True
 
@@ -180,6 +190,15 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
     """
     if config.tokenizer not in ("bpe", "char"):
         raise ValueError(f"tokenizer: expected 'bpe' or 'char', got {config.tokenizer!r}")
+    if config.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision: expected 'fp32' or 'bf16', got {config.precision!r}")
+    if not 0.0 <= config.dropout < 1.0:
+        raise ValueError(f"dropout: expected a rate in [0, 1), got {config.dropout}")
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {config.device!r} requested but CUDA is not available")
+    if config.precision == "bf16" and device.type != "cuda":
+        raise ValueError("precision: 'bf16' autocast is only supported on CUDA devices")
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
@@ -231,7 +250,9 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
             num_heads=config.num_heads,
             intermediate_size=config.intermediate_size,
             max_length=max(config.max_length, 512),
+            dropout=config.dropout,
         )
+    backbone = backbone.to(device)
     n_params = sum(p.numel() for p in backbone.parameters())
     log(f"parameters={n_params / 1e6:.2f}M")
     decay = [p for n, p in backbone.named_parameters() if p.dim() >= 2]
@@ -254,16 +275,27 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
     step = 0
     done = False
     ema = None
+    best_nll = math.inf
 
-    def evaluate(epoch: float) -> None:
+    def evaluate(epoch: float) -> bool:
+        """Held-out bound; returns whether it is the best so far."""
+        nonlocal best_nll
         backbone.eval()
         res = elbo_bound(backbone, held_set, batch_size=32, num_samples=2, seed=1234)
         backbone.train()
         rec = {"step": step, "epoch": epoch, "nll": res["nll"], "ppl_bound": res["ppl_bound"], "minutes": (time.time() - start) / 60}
         heldout.append(rec)
         log(f"[heldout] step={step} epoch={epoch:.2f} nll<={res['nll']:.4f} ppl<={res['ppl_bound']:.3f}")
+        improved = res["nll"] < best_nll
+        best_nll = min(best_nll, res["nll"])
+        return improved
 
-    def save() -> None:
+    def save(improved: bool = True) -> None:
+        if config.keep_best and not improved:
+            (out_dir / "training_log.json").write_text(
+                json.dumps({"config": asdict(config), "heldout": heldout, "train": train_log}, indent=1)
+            )
+            return
         save_backbone(
             backbone,
             out_dir,
@@ -294,7 +326,9 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
                 break
             for g in opt.param_groups:
                 g["lr"] = config.lr * _lr_factor(step, progress, config.warmup_steps)
-            out = masked_diffusion_loss(backbone, batch.input_ids, tokenizer.mask_id, ~batch.prompt_mask, generator=gen)
+            ids, maskable = batch.input_ids.to(device), (~batch.prompt_mask).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+                out = masked_diffusion_loss(backbone, ids, tokenizer.mask_id, maskable, generator=gen)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(backbone.parameters(), 1.0)
@@ -307,16 +341,17 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
             bar.update(1)
             bar.set_postfix(loss=f"{ema:.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}", refresh=False)
             if config.eval_every and step % config.eval_every == 0:
-                evaluate(step / batches_per_epoch)
-                save()
+                save(evaluate(step / batches_per_epoch))
         if done:
             break
-        evaluate(float(epoch + 1))
-        save()
+        save(evaluate(float(epoch + 1)))
     bar.close()
     if not heldout or heldout[-1]["step"] != step:
-        evaluate(step / batches_per_epoch)
-    save()
+        save(evaluate(step / batches_per_epoch))
+    else:
+        save(not config.keep_best)
+    if config.keep_best:
+        backbone = load_backbone(out_dir, device=device)
     backbone.eval()
     log(f"saved to {out_dir} after {step} steps ({(time.time() - start) / 60:.1f} min)")
     return TrainResult(backbone, out_dir, step, heldout, train_log)

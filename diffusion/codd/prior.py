@@ -580,6 +580,7 @@ class CoDDPrior:
         seed: int = 0,
         progress: bool | None = None,
         callback: Callable[[int, float], None] | None = None,
+        weighting: str = "token",
     ) -> list[float]:
         """Trains the circuit to maximise the conditional log-likelihood.
 
@@ -594,7 +595,7 @@ class CoDDPrior:
         return fit_prior(
             self, x0, masked, logits, epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature,
             valid_frac=valid_frac, em_epochs=em_epochs, candidates=candidates, checkpoint=checkpoint, seed=seed,
-            progress=progress, callback=callback,
+            progress=progress, callback=callback, weighting=weighting,
         )
 
 

@@ -140,3 +140,37 @@ def test_continue_training_from_checkpoint(tmp_path):
     assert json.loads((tmp_path / "b" / "codd_backbone.json").read_text())["train_config"]["init_from"] == str(tmp_path / "a")
     with pytest.raises(FileNotFoundError):
         train_backbone(TrainConfig(output_dir=str(tmp_path / "c"), init_from=str(tmp_path / "none"), **base), log=lambda s: None)
+
+
+def test_keep_best_saves_the_best_heldout_checkpoint(tmp_path):
+    cfg = TrainConfig(
+        data=str(BUNDLED_DATA_DIR), output_dir=str(tmp_path / "m"), tokenizer="bpe", vocab_size=300,
+        hidden_size=32, num_layers=1, num_heads=2, intermediate_size=32, batch_size=4, lr=0.05, warmup_steps=1,
+        max_steps=6, eval_every=1, eval_examples=4, train_limit=40, keep_best=True, dropout=0.1, progress=False,
+    )
+    res = train_backbone(cfg, log=lambda s: None)
+    best = min(res.heldout, key=lambda r: r["nll"])
+    meta = json.loads((tmp_path / "m" / "codd_backbone.json").read_text())
+    assert meta["steps"] == best["step"] and meta["heldout"]["nll"] == best["nll"]
+    assert len(json.loads((tmp_path / "m" / "training_log.json").read_text())["heldout"]) == len(res.heldout)
+    loaded = load_backbone(tmp_path / "m")
+    ids = torch.randint(0, loaded.vocab_size, (2, 12))
+    with torch.no_grad():  # the returned model is the saved (best) one, in eval mode (dropout off)
+        assert not res.backbone.training
+        assert torch.allclose(loaded(ids), res.backbone(ids), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [("precision", "fp16", "precision"), ("precision", "bf16", "precision"), ("dropout", 1.0, "dropout"),
+     ("tokenizer", "word", "tokenizer")],
+)
+def test_bad_training_settings_raise(tmp_path, field, value, match):
+    with pytest.raises(ValueError, match=match):
+        train_backbone(TrainConfig(output_dir=str(tmp_path / "x"), **{field: value}), log=lambda s: None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_cuda_device_without_cuda_raises(tmp_path):
+    with pytest.raises(ValueError, match="device"):
+        train_backbone(TrainConfig(output_dir=str(tmp_path / "x"), device="cuda"), log=lambda s: None)
