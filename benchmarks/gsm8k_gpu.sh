@@ -4,7 +4,6 @@
 #   bash benchmarks/gsm8k_gpu.sh
 #
 # 1. smoke: the whole pipeline below with tiny sizes (fails fast on a broken set-up);
-#    if the prior fails with the Triton backend, the run goes on with the torch one;
 # 2. trains a larger backbone than the CPU one (`codd train-backbone`, bf16 autocast,
 #    TRAIN_MIN minutes, the checkpoint with the best held-out bound kept);
 # 3. evaluates it: `benchmarks/diffusion_gsm8k.py --tag _gpu` (likelihood bound, NLL by
@@ -81,7 +80,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
 
 # ------------------------------------------------------------------ 1. smoke
-PRIOR_BACKEND=auto
+PRIOR_BACKEND=${PRIOR_BACKEND:-auto}
 smoke() {
   rm -rf runs/smoke
   $PY -m diffusion.cli train-backbone --output runs/smoke --device "$DEVICE" --precision "$PRECISION" --hidden-size 32 \
@@ -95,15 +94,7 @@ smoke() {
 }
 if has smoke; then
 log "smoke test"
-if ! smoke auto; then
-  if [ -f runs/smoke_codd_auto.log ] && grep -q "Traceback" runs/smoke_codd_auto.log; then
-    log "prior failed with the auto (Triton) backend; retrying with torch"; tail -n 30 runs/smoke_codd_auto.log
-    PRIOR_BACKEND=torch
-    smoke torch || { log "smoke failed"; tail -n 40 runs/smoke_*.log; exit 1; }
-  else
-    log "smoke failed"; tail -n 40 runs/smoke_*.log; exit 1
-  fi
-fi
+smoke "$PRIOR_BACKEND" || { log "smoke failed"; tail -n 40 runs/smoke_*.log; exit 1; }
 rm -f "$RESULTS"/codd_smoke* "$RESULTS"/diffusion_gsm8k_smoke.json docs/diffusion/*_smoke*
 log "smoke passed (prior backend: $PRIOR_BACKEND)"
 fi

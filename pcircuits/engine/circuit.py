@@ -161,9 +161,15 @@ class TensorCircuit(nn.Module):
         return total
 
     def resolve_backend(self) -> str:
-        """The kernel backend a pass on the current device uses."""
+        """The kernel backend a pass on the current device uses.
+
+        ``"auto"`` resolves to torch on every device: on an H200 the Triton
+        kernels were slower for forward passes (1.05-1.5x) and for the
+        soft-evidence leaf (4-18x), on par for forward+backward passes, and at
+        most 1.24x faster for EM steps (``docs/kernels.md``), so they stay opt-in.
+        """
         if self.backend == "auto":
-            return "triton" if self.device.type == "cuda" and "triton" in kernels.BACKENDS else "torch"
+            return "torch"
         if self.backend == "triton" and "triton" not in kernels.BACKENDS:
             raise ValueError("backend='triton' needs the triton package (pip install triton)")
         return self.backend
@@ -542,7 +548,7 @@ def compile(root: NodeGroup, seed: int = 0, backend: str = "auto") -> TensorCirc
     Args:
         root: the root group (exactly one node) over variables ``0..V-1``.
         seed: seed of the random parameter initialisation.
-        backend: ``"auto"`` (Triton on CUDA when available, torch elsewhere),
+        backend: ``"auto"`` (torch on every device; see `TensorCircuit.resolve_backend`),
             ``"torch"``, or ``"triton"`` (on CPU through ``TRITON_INTERPRET=1``).
 
     Raises:
