@@ -285,11 +285,17 @@ def _plot(res: dict, path: Path) -> None:
 
 def _table(res: dict) -> str:
     s, p = res["settings"], res["prior"]
+    if "windows" in p:
+        line = (
+            f"Prior: homogeneous HMM, window {p['window']}, {p['states']} states, vocabulary {p['vocab']}, "
+            f"{p['windows']} train windows from {p['train_examples']} GSM8K train answers, {p['epochs']} epochs "
+            f"(best epoch {p['best_epoch'] + 1}: held-out train-window NLL/token {min(p['heldout_window_nll_per_epoch']):.4f} vs factorized "
+            f"{p['heldout_window_nll_factorized']:.4f}); fit {p['fit_seconds']:.0f} s."
+        )
+    else:
+        line = f"Prior: loaded from `{p.get('loaded_from')}` (no training record beside it)."
     L = [
-        f"Prior: homogeneous HMM, window {p['window']}, {p['states']} states, vocabulary {p['vocab']}, "
-        f"{p['windows']} train windows from {p['train_examples']} GSM8K train answers, {p['epochs']} epochs "
-        f"(best epoch {p['best_epoch'] + 1}: held-out train-window NLL/token {min(p['heldout_window_nll_per_epoch']):.4f} vs factorized "
-        f"{p['heldout_window_nll_factorized']:.4f}); fit {p['fit_seconds']:.0f} s.",
+        line + (f" Loaded from `{p['loaded_from']}`." if "windows" in p and "loaded_from" in p else ""),
         "",
         f"**Held-out conditional NLL** (nats per masked answer token, {s['nll_examples']} GSM8K test pairs, one mask draw per pair and bin, tau = 1):",
         "",

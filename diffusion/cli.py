@@ -143,6 +143,8 @@ def _add_train_prior(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--em-epochs", type=int, default=0, help="EM epochs on the windows' tokens first")
+    p.add_argument("--weighting", choices=["token", "window"], default="token",
+                   help="each masked token counts once (token) or each window does (window)")
     p.add_argument("--examples", type=int, default=None, help="use the first N QA pairs")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -158,7 +160,7 @@ def _cmd_train_prior(a: argparse.Namespace) -> int:
     res = train_prior_cli(
         a.model, a.data, a.output, window=a.window, states=a.states, num_windows=a.windows,
         top_k=a.top_k or None, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, em_epochs=a.em_epochs,
-        examples=a.examples, seed=a.seed, progress=False if a.no_progress else None,
+        examples=a.examples, seed=a.seed, progress=False if a.no_progress else None, weighting=a.weighting,
     )
     print(json.dumps(res))
     return 0

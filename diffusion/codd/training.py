@@ -381,6 +381,7 @@ def train_prior_cli(
     examples: int | None = None,
     seed: int = 0,
     progress: bool | None = None,
+    weighting: str = "token",
 ) -> dict:
     """``codd train-prior``: windows of QA answers, cached backbone logits, `fit_prior`, `pcircuits.save`.
 
@@ -406,5 +407,5 @@ def train_prior_cli(
     x0, logits, cand = backbone_window_logits(backbone, tokens, rows, starts, masked, top_k=top_k, progress=progress)
     prior = CoDDPrior.hmm(window, states, backbone.vocab_size, seed=seed, top_k=top_k)
     hist = fit_prior(prior, x0, masked, logits, epochs=epochs, batch_size=batch_size, lr=lr, em_epochs=em_epochs,
-                     candidates=cand, checkpoint=output, seed=seed, progress=progress)
+                     candidates=cand, checkpoint=output, seed=seed, progress=progress, weighting=weighting)
     return {"output": str(output), "heldout_nll": hist}

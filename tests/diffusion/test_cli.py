@@ -76,3 +76,18 @@ def test_generate_with_hf_masked_lm_directory(tmp_path, capsys):
                  "--block-length", "2", "--tokens-per-step", "2"]) == 0
     out = capsys.readouterr().out
     assert "### the cat" in out and "### a dog sat" in out
+
+
+@pytest.mark.parametrize("weighting", ["token", "window"])
+def test_train_prior(tiny_model, tmp_path, capsys, weighting):
+    from diffusion import CoDDPrior
+
+    out = tmp_path / "prior.npz"
+    capsys.readouterr()
+    assert main(["train-prior", str(tiny_model), "--data", str(BUNDLED_DATA_DIR), "--output", str(out), "--window", "8",
+                 "--states", "3", "--windows", "32", "--top-k", "8", "--epochs", "1", "--examples", "20",
+                 "--weighting", weighting, "--no-progress"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(res["heldout_nll"]) == 1 and res["heldout_nll"][0] > 0
+    prior = CoDDPrior.load(out)
+    assert prior.window == 8 and prior.vocab_size == 300
