@@ -291,10 +291,11 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
         return improved
 
     def save(improved: bool = True) -> None:
+        """Writes the log; the model too unless ``keep_best`` is set and it did not improve."""
+        (out_dir / "training_log.json").write_text(
+            json.dumps({"config": asdict(config), "heldout": heldout, "train": train_log}, indent=1)
+        )
         if config.keep_best and not improved:
-            (out_dir / "training_log.json").write_text(
-                json.dumps({"config": asdict(config), "heldout": heldout, "train": train_log}, indent=1)
-            )
             return
         save_backbone(
             backbone,
@@ -305,9 +306,6 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
                 "heldout": heldout[-1] if heldout else None,
                 "parameters": n_params,
             },
-        )
-        (out_dir / "training_log.json").write_text(
-            json.dumps({"config": asdict(config), "heldout": heldout, "train": train_log}, indent=1)
         )
 
     bar = tqdm(total=total_steps, disable=not config.progress, desc="train", mininterval=5.0)
@@ -353,5 +351,6 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
     if config.keep_best:
         backbone = load_backbone(out_dir, device=device)
     backbone.eval()
-    log(f"saved to {out_dir} after {step} steps ({(time.time() - start) / 60:.1f} min)")
+    kept = f" (kept the best checkpoint, step {min(heldout, key=lambda r: r['nll'])['step']})" if config.keep_best else ""
+    log(f"saved to {out_dir} after {step} steps ({(time.time() - start) / 60:.1f} min){kept}")
     return TrainResult(backbone, out_dir, step, heldout, train_log)
