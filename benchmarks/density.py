@@ -12,7 +12,8 @@ train/valid/test beside LearnSPN and a fully factorized model, saves it with
 :func:`pcircuits.save`, and writes a JSON file and a markdown table beside
 the reference numbers. ``--jobs`` data sets are trained at once, one process
 each. The run is resumable: data sets already in the JSON file are skipped
-(``--redo`` retrains them).
+(``--redo`` retrains the ``--datasets`` among them and keeps the other rows,
+with a summary of each replaced row in ``meta["replaced_results"]``).
 """
 
 from __future__ import annotations
@@ -256,22 +257,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per job")
     p.add_argument("--jobs", type=int, default=2, help="data sets trained at once, one process each")
-    p.add_argument("--redo", action="store_true", help="retrain data sets already in the JSON file")
+    p.add_argument("--redo", action="store_true", help="retrain the --datasets already in the JSON file (the other rows are kept)")
     p.add_argument("--progress", action="store_true", help="show tqdm bars")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not Path(args.data_dir).is_dir():
         p.error(f"--data-dir: no such folder {args.data_dir!r}")
     json_path = Path(args.out_dir) / "density.json"
-    results, earlier = {}, []
-    if json_path.exists() and not args.redo:
+    results, earlier, replaced = {}, [], {}
+    if json_path.exists():
         old = json.loads(json_path.read_text())
         results = old.get("results", {})
         if "meta" in old:  # keep how the data sets already done were run
             prev = dict(old["meta"])
             earlier = prev.pop("earlier_runs", [])
+            replaced = prev.pop("replaced_results", {})
             prev["datasets_done"] = sorted(results)
             earlier.append(prev)
+        if args.redo:  # retrain only the data sets asked for; keep a summary of the rows they replace
+            for name in args.datasets:
+                if name in results:
+                    r = results.pop(name)
+                    keep = ("model", "train_ll", "valid_ll", "test_ll", "wall_seconds", "trials", "grid", "schedule")
+                    replaced.setdefault(name, []).append({k: r[k] for k in keep if k in r})
     meta = {
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         "torch": torch.__version__,
@@ -280,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if earlier:
         meta["earlier_runs"] = earlier
+    if replaced:
+        meta["replaced_results"] = replaced
     todo = []
     for name in args.datasets:
         if name in results:

@@ -69,3 +69,24 @@ def test_script_runs_a_tiny_grid_and_saves_loadable_circuits(tmp_path):
         test = load_debd("nltcs", "test", data_dir=DEBD)
         assert density.mean_ll(circuit, test) == pytest.approx(rec["test_ll"], abs=1e-5)
     assert "| nltcs |" in (tmp_path / "density.md").read_text()
+
+
+@needs_debd
+def test_redo_retrains_only_the_named_data_sets(tmp_path):
+    argv = [
+        "--data-dir", str(DEBD), "--datasets", "nltcs", "--out-dir", str(tmp_path), "--docs-page", "",
+        "--latents", "2", "--pseudocounts", "0.1", "--minibatch-epochs", "1", "--fullbatch-epochs", "1",
+        "--learners", "hclt", "--jobs", "1",
+    ]
+    assert density.main(argv) == 0
+    path = tmp_path / "density.json"
+    saved = json.loads(path.read_text())
+    saved["results"]["other"] = dict(saved["results"]["nltcs"], dataset="other")
+    path.write_text(json.dumps(saved))
+    assert density.main(argv + ["--latents", "3", "--redo"]) == 0
+    saved = json.loads(path.read_text())
+    assert sorted(saved["results"]) == ["nltcs", "other"]
+    assert saved["results"]["nltcs"]["latents"] == 3 and saved["results"]["other"]["latents"] == 2
+    replaced = saved["meta"]["replaced_results"]["nltcs"]
+    assert len(replaced) == 1 and replaced[0]["model"] == "HCLT(latents=2, pseudocount=0.1)"
+    assert saved["meta"]["earlier_runs"][-1]["grid"]["latents"] == [2]
