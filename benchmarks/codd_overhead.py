@@ -51,7 +51,7 @@ def measure(window: int, states: int, vocab: int, top_k: int | None, repeats: in
         samp = _time(lambda: prior.sample(x, logits, masked, method="latent", generator=g), repeats)
     res = {"window": window, "states": states, "vocab": vocab, "top_k": top_k, "build_s": build,
            "marginals_s": marg, "sample_s": samp, "per_step_s": marg + samp}
-    del prior
+    prior = None  # drop the reference (the closures above share its cell)
     gc.collect()
     return res
 

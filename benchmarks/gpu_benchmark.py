@@ -322,7 +322,7 @@ def run_structure(name: str, root: NodeGroup, batch: int, cats: int, device, bac
         rec["pyjuice"] = _guard(mirror)
     elif pyjuice_ok:
         rec["pyjuice"] = {"error": "PyJuice needs a CUDA device"}
-    del circuit
+    circuit = None  # drop the reference (the closures above share its cell) before emptying the cache
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -336,7 +336,7 @@ def run_hmm(length: int, states: int, vocab: int, batches: list[int], topk: int,
     table = torch.log_softmax(torch.randn(1, states, vocab, generator=gen), -1).to(device)
     rec["emission_read"] = measure(lambda: table.sum(), device, args.warmup, args.repeats)
     rec["emission_gib"] = table.numel() * table.element_size() / 2**30
-    print(f"[hmm] compiling", flush=True)
+    print("[hmm] compiling", flush=True)
     root = hmm_pcircuits(length, states, vocab)
     circuit = pc.compile(root, seed=0, backend="torch").to(device)
     rec["num_edges"] = circuit.num_edges
@@ -369,8 +369,8 @@ def run_hmm(length: int, states: int, vocab: int, batches: list[int], topk: int,
                 run["engine"][b] = _guard(lambda: measure(fwd, device, args.warmup, args.repeats))
             print(f"[hmm] B={B} {kind}: {json.dumps({k: v.get('seconds') for k, v in run['leaf'].items()})}", flush=True)
             rec["runs"].append(run)
-            del soft
-    del circuit
+            soft = None
+    circuit = None  # drop the reference (the closures above share its cell) before emptying the cache
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
