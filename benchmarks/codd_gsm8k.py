@@ -51,7 +51,14 @@ import torch.nn.functional as F  # noqa: E402
 
 from diffusion.backbones import load_backbone  # noqa: E402
 from diffusion.codd.prior import CoDDPrior  # noqa: E402
-from diffusion.codd.training import backbone_window_logits, fit_prior, make_windows, qa_token_matrix  # noqa: E402
+from diffusion.codd.training import (  # noqa: E402
+    backbone_window_logits,
+    conditional_nll,
+    fit_prior,
+    make_windows,
+    mean_nll,
+    qa_token_matrix,
+)
 from diffusion.data import collate, encode_prompts, encode_qa, load_gsm8k  # noqa: E402
 from diffusion.evaluation import DEFAULT_BINS, _close, annotation_stats, extract_final_answer  # noqa: E402
 from diffusion.sampling import generate  # noqa: E402
@@ -64,6 +71,12 @@ def _log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- (a) prior
+def _placed(prior: CoDDPrior, a) -> CoDDPrior:
+    """The prior on ``--device`` with ``--prior-backend``."""
+    prior.to(a.device).circuit.backend = a.prior_backend
+    return prior
+
+
 def train_prior(backbone, a) -> tuple[CoDDPrior, dict]:
     tok = backbone.tokenizer
     qa = load_gsm8k("train", limit=a.train_examples)
@@ -74,8 +87,7 @@ def train_prior(backbone, a) -> tuple[CoDDPrior, dict]:
     x0, logits, cand = backbone_window_logits(backbone, tokens, rows, starts, masked, batch_size=32, progress=False)
     t_logits = time.perf_counter() - t0
     _log(f"cached backbone logits of {len(x0)} windows in {t_logits:.0f}s")
-    prior = CoDDPrior.hmm(a.window, a.states, backbone.vocab_size, seed=a.seed).to(a.device)
-    prior.circuit.backend = a.prior_backend
+    prior = _placed(CoDDPrior.hmm(a.window, a.states, backbone.vocab_size, seed=a.seed), a)
     ckpt = RESULTS / f"{a.out}_prior.npz"
     RESULTS.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -84,14 +96,11 @@ def train_prior(backbone, a) -> tuple[CoDDPrior, dict]:
                      weighting=a.weighting,
                      callback=lambda ep, nll: _log(f"prior epoch {ep}: held-out window NLL/token {nll:.4f}"))
     t_fit = time.perf_counter() - t0
-    prior = CoDDPrior.load(ckpt).to(a.device)  # the epoch with the best held-out (train-split) NLL
-    prior.circuit.backend = a.prior_backend
+    prior = _placed(CoDDPrior.load(ckpt), a)  # the epoch with the best held-out (train-split) NLL
     # factorized NLL of the same held-out training windows (the split of fit_prior)
     perm = torch.randperm(len(x0), generator=torch.Generator().manual_seed(a.seed))
     val = perm[: int(round(0.1 * len(x0)))]
-    lp = torch.log_softmax(logits[val].double(), -1).gather(-1, x0[val].unsqueeze(-1))[..., 0]
-    per_window, n = -(lp * masked[val]).sum(1), masked[val].sum(1)  # the weighting of fit_prior's held-out NLL
-    fact = float((per_window[n > 0] / n[n > 0]).mean()) if a.weighting == "window" else float(per_window.sum() / n.sum())
+    fact = mean_nll(conditional_nll(None, x0[val], masked[val], logits[val]), masked[val], a.weighting)
     info = {
         "train_examples": len(qa), "windows": len(x0), "window": a.window, "states": a.states,
         "vocab": backbone.vocab_size, "epochs": a.epochs, "em_epochs": a.em_epochs, "lr": a.lr,
@@ -293,9 +302,11 @@ def _table(res: dict) -> str:
             f"{p['heldout_window_nll_factorized']:.4f}); fit {p['fit_seconds']:.0f} s."
         )
     else:
-        line = f"Prior: loaded from `{p.get('loaded_from')}` (no training record beside it)."
+        line = "Prior: no training record beside it."
+    if "loaded_from" in p:
+        line += f" Loaded from `{p['loaded_from']}`."
     L = [
-        line + (f" Loaded from `{p['loaded_from']}`." if "windows" in p and "loaded_from" in p else ""),
+        line,
         "",
         f"**Held-out conditional NLL** (nats per masked answer token, {s['nll_examples']} GSM8K test pairs, one mask draw per pair and bin, tau = 1):",
         "",
@@ -398,8 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         out_json.write_text(json.dumps(res, indent=1))
 
     if a.prior:
-        prior = CoDDPrior.load(a.prior).to(a.device)
-        prior.circuit.backend = a.prior_backend
+        prior = _placed(CoDDPrior.load(a.prior), a)
         info_path = Path(a.prior).with_suffix(".json")
         prior_info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         prior_info["loaded_from"] = str(a.prior)

@@ -26,7 +26,7 @@ import pcircuits as pc
 from ..backbones import Backbone
 from .prior import CoDDPrior
 
-__all__ = ["fit_prior", "make_windows", "backbone_window_logits", "topk_with_target", "conditional_nll"]
+__all__ = ["fit_prior", "make_windows", "backbone_window_logits", "topk_with_target", "conditional_nll", "mean_nll"]
 
 
 def make_windows(
@@ -193,6 +193,24 @@ def conditional_nll(
     return torch.cat(out)
 
 
+def mean_nll(nll: torch.Tensor, masked: torch.Tensor, weighting: str = "token") -> float:
+    """Per-token NLL of windows under a `fit_prior` weighting.
+
+    Args:
+        nll: ``FloatTensor[M]`` per-window NLL (from `conditional_nll`).
+        masked: ``BoolTensor[M, W]`` masked positions.
+        weighting: ``"token"`` (summed NLL over masked tokens) or
+            ``"window"`` (mean of each window's per-token NLL).
+
+    Returns:
+        The NLL per masked token.
+    """
+    n = masked.sum(1).to(nll.device)
+    if weighting == "window":
+        return float((nll[n > 0] / n[n > 0]).mean())
+    return float(nll.sum() / n.sum())
+
+
 def _batch_ll(
     prior: CoDDPrior,
     x0: torch.Tensor,
@@ -306,11 +324,7 @@ def fit_prior(
 
     def evaluate(idx: torch.Tensor) -> float:
         xb, mb, lb, cb = take(idx)
-        nll = conditional_nll(prior, xb, mb, lb, cb, temperature, batch_size=max(batch_size, 256))
-        if weighting == "window":
-            n = mb.sum(1)
-            return float((nll[n > 0] / n[n > 0]).mean())
-        return float(nll.sum() / mb.sum())
+        return mean_nll(conditional_nll(prior, xb, mb, lb, cb, temperature, batch_size=max(batch_size, 256)), mb, weighting)
 
     opt = torch.optim.Adam(prior.circuit.parameters(), lr=lr)
     history: list[float] = []
