@@ -18,12 +18,26 @@ tables and the soft evidence) and hands them to
 restriction: with ``top_k=k`` each masked position keeps only its ``k``
 highest logits, and the leaves cost ``O(window * k * states)`` instead of
 ``O(window * V * states)``.
+
+**Backoff.** A prior trained on all mask ratios can be worse than the backbone
+alone where the backbone already sees almost the whole window (low mask
+ratios): both experts then use the same context and their product
+double-counts it. `CoDDPrior.fit_backoff` fits, per bin of the window's mask
+ratio ``r``, the weight ``lambda(r)`` of the mixture
+
+``p_mix(x | x_t) = lambda(r) p_hat(x | x_t) + (1 - lambda(r)) prod_{i masked} q_i^tau(x_i)``
+
+on held-out windows (``lambda = 1`` everywhere, the default, is plain CoDD;
+the gamma gate of `diffusion.generate` is the special case ``lambda in {0, 1}``).
+The mixture stays exact: its log-probability, marginals and samples combine
+those of the two components; its mode is the better of theirs (see `mpe`).
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -53,6 +67,11 @@ def _check_temperature(temperature: float) -> float:
     return float(temperature)
 
 
+def _backoff_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".backoff.json")
+
+
 class CoDDPrior:
     """A circuit prior over ``window`` categorical variables with ``vocab_size`` categories.
 
@@ -71,6 +90,9 @@ class CoDDPrior:
         window: ``W``.
         vocab_size: ``V``.
         top_k: the candidate restriction, or ``None``.
+        backoff: ``FloatTensor[n_bins]`` weight ``lambda`` of ``p_hat`` per
+            equal-width bin of the window's mask ratio (masked positions over
+            ``W``), or ``None`` (plain CoDD); see `fit_backoff`.
 
     Raises:
         ValueError: the circuit's variables or categories do not match
@@ -104,6 +126,7 @@ class CoDDPrior:
         self.window = window
         self.vocab_size = vocab_size
         self.top_k = None if top_k is None or top_k >= vocab_size else top_k
+        self.backoff: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -142,14 +165,24 @@ class CoDDPrior:
             top_k: candidate restriction.
 
         Returns:
-            The prior (window and vocabulary read from the circuit).
+            The prior (window and vocabulary read from the circuit, the
+            backoff weights from ``<path>.backoff.json`` when present).
         """
         circuit = pc.load(path)
-        return cls(circuit, circuit.num_vars, int(circuit.max_cats), top_k)
+        prior = cls(circuit, circuit.num_vars, int(circuit.max_cats), top_k)
+        side = _backoff_path(path)
+        if side.is_file():
+            prior.set_backoff(json.loads(side.read_text())["backoff"])
+        return prior
 
     def save(self, path: str | Path) -> None:
-        """Writes the circuit with `pcircuits.save`."""
+        """Writes the circuit with `pcircuits.save` (and the backoff weights to ``<path>.backoff.json``)."""
         pc.save(self.circuit, path)
+        side = _backoff_path(path)
+        if self.backoff is not None:
+            side.write_text(json.dumps({"backoff": self.backoff.tolist()}))
+        elif side.is_file():
+            side.unlink()
 
     def to(self, *args, **kwargs) -> CoDDPrior:
         """Moves / casts the circuit (``prior.to(torch.float64)``); returns ``self``."""
@@ -337,18 +370,154 @@ class CoDDPrior:
     def _conditional_ll(
         self, x0: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None, detach: bool
     ) -> torch.Tensor:
-        """``log p_hat(x0_masked | x0_observed)`` ``[B]`` from soft evidence ``w`` (and candidates)."""
+        """``log p_hat(x0_masked | x0_observed)`` ``[B]`` from soft evidence ``w`` (and candidates), backoff mixed in."""
+        wx = self._factorized_ll(x0, masked, w, cand)
+        nothing = torch.zeros_like(masked)
+        num = self._upward(x0, nothing, torch.zeros_like(w), cand, detach=detach)[-1][:, 0]
+        den = self._upward(x0, masked, w, cand, detach=detach)[-1][:, 0]
+        joint = num + wx
+        out = torch.where(torch.isfinite(joint), joint - den, torch.full_like(joint, -math.inf))
+        return out if self.backoff is None else self._mix(masked, out, wx)
+
+    @staticmethod
+    def _factorized_ll(x0: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None) -> torch.Tensor:
+        """``sum_{i masked} w_i(x0_i)`` ``[B]``: the factorized log-probability under the soft evidence."""
         if cand is None:
             wx = w.gather(-1, x0.unsqueeze(-1))[..., 0]
         else:
             hit = cand == x0.unsqueeze(-1)
             wx = torch.where(hit, w, torch.full_like(w, -math.inf)).amax(-1)
-        wx = torch.where(masked, wx, torch.zeros_like(wx)).sum(-1)
-        nothing = torch.zeros_like(masked)
-        num = self._upward(x0, nothing, torch.zeros_like(w), cand, detach=detach)[-1][:, 0]
-        den = self._upward(x0, masked, w, cand, detach=detach)[-1][:, 0]
-        joint = num + wx
-        return torch.where(torch.isfinite(joint), joint - den, torch.full_like(joint, -math.inf))
+        return torch.where(masked, wx, torch.zeros_like(wx)).sum(-1)
+
+    # --------------------------------------------------------------- backoff
+    def set_backoff(self, weights: Sequence[float] | torch.Tensor | None) -> None:
+        """Sets the weight ``lambda`` of ``p_hat`` per mask-ratio bin (see the module docstring).
+
+        Args:
+            weights: ``n_bins`` values in ``[0, 1]`` for equal-width bins of
+                the window's mask ratio (bin ``min(floor(r * n_bins), n_bins - 1)``),
+                or ``None`` for plain CoDD.
+
+        Raises:
+            TypeError: ``weights`` is not a sequence of numbers.
+            ValueError: no weight, or a weight outside ``[0, 1]``.
+        """
+        if weights is None:
+            self.backoff = None
+            return
+        try:
+            w = torch.as_tensor(weights, dtype=torch.float64).flatten()
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"weights: expected a sequence of numbers in [0, 1] or None, got {weights!r}") from err
+        if w.numel() < 1 or not bool(((w >= 0) & (w <= 1)).all()):
+            raise ValueError(f"weights: expected at least one value, all in [0, 1], got {w.tolist()}")
+        self.backoff = w
+
+    def mix_weight(self, masked: torch.Tensor) -> torch.Tensor:
+        """``lambda`` of each window from its mask ratio.
+
+        Args:
+            masked: ``BoolTensor[B, W]``.
+
+        Returns:
+            ``FloatTensor[B]`` (float64; ones without a backoff).
+        """
+        if self.backoff is None:
+            return torch.ones(masked.shape[0], dtype=torch.float64, device=masked.device)
+        n = self.backoff.numel()
+        ratio = masked.sum(1).double() / masked.shape[1]
+        idx = (ratio * n).floor().long().clamp(0, n - 1)
+        return self.backoff.to(masked.device)[idx]
+
+    def _mix(self, masked: torch.Tensor, lp_codd: torch.Tensor, lp_fact: torch.Tensor) -> torch.Tensor:
+        """``log(lambda p_hat + (1 - lambda) prod q)`` ``[B]`` from the two log-probabilities."""
+        lam = self.mix_weight(masked).to(lp_codd.dtype)
+        return torch.logaddexp(torch.log(lam) + lp_codd, torch.log1p(-lam) + lp_fact)
+
+    def fit_backoff(
+        self,
+        x0: torch.Tensor,
+        logits: torch.Tensor,
+        masked: torch.Tensor,
+        bins: int = 5,
+        temperature: float = 1.0,
+        batch_size: int = 256,
+        candidates: torch.Tensor | None = None,
+    ) -> list[float]:
+        """Fits the backoff weights on windows the circuit was *not* trained on.
+
+        In each of ``bins`` equal-width bins of the window's mask ratio,
+        ``lambda`` maximises ``sum_windows log(lambda p_hat(x0) + (1 - lambda) prod_i q_i(x0_i))``
+        over a grid of step 0.001 on ``[0, 1]`` (the objective is concave in
+        ``lambda``); a bin without windows keeps ``lambda = 1``. Sets and
+        returns the weights.
+
+        Args:
+            x0: ``LongTensor[M, W]`` clean windows.
+            logits: ``FloatTensor[M, W, V]`` the backbone's logits, or
+                ``[M, W, K]`` values of ``candidates``.
+            masked: ``BoolTensor[M, W]`` masked positions.
+            bins: number of mask-ratio bins.
+            temperature: ``tau`` of the soft evidence.
+            batch_size: windows per pass.
+            candidates: ``LongTensor[M, W, K]`` token ids of top-``k`` logits
+                (from `diffusion.codd.training.topk_with_target`), or ``None``.
+
+        Returns:
+            The ``bins`` weights.
+
+        Raises:
+            ValueError: mismatched shapes, ``bins < 1`` or ``tau <= 0``.
+        """
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+            raise ValueError(f"bins: expected a positive int, got {bins!r}")
+        tau = _check_temperature(temperature)
+        self.backoff = None
+        lc, lf, mk = [], [], []
+        with torch.no_grad():
+            for s in range(0, x0.shape[0], batch_size):
+                sl = slice(s, s + batch_size)
+                if candidates is None:
+                    xb, lb, mb = self._check(x0[sl], logits[sl], masked[sl], "x0")
+                    w, cand = self._soft(lb, mb, tau, self.top_k)
+                else:
+                    xb, mb, cand = x0[sl].to(self.device), masked[sl].to(self.device), candidates[sl].to(self.device)
+                    w = F.log_softmax(logits[sl].to(self.device, self.dtype) / tau, -1)
+                    w = torch.where(mb.unsqueeze(-1), w, torch.zeros_like(w))
+                lc.append(self._conditional_ll(xb, mb, w, cand, detach=True).double().cpu())
+                lf.append(self._factorized_ll(xb, mb, w, cand).double().cpu())
+                mk.append(mb.cpu())
+        lc_t, lf_t, m_t = torch.cat(lc), torch.cat(lf), torch.cat(mk)
+        idx = ((m_t.sum(1).double() / m_t.shape[1]) * bins).floor().long().clamp(0, bins - 1)
+        grid = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)
+        out = []
+        for b in range(bins):
+            sel = (idx == b) & m_t.any(1)
+            if not bool(sel.any()):
+                out.append(1.0)
+                continue
+            obj = torch.logaddexp(torch.log(grid)[:, None] + lc_t[sel][None], torch.log1p(-grid)[:, None] + lf_t[sel][None])
+            obj = torch.where(torch.isnan(obj), torch.full_like(obj, -math.inf), obj).sum(1)
+            out.append(float(grid[int(obj.argmax())]))
+        self.set_backoff(out)
+        return out
+
+    def _factorized_probs(self, x: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None) -> torch.Tensor:
+        """``prod_i q_i`` as per-position probabilities ``[B, W, V]`` (one-hot at observed positions)."""
+        B, W = x.shape
+        q = torch.exp(w)
+        if cand is not None:
+            q = torch.zeros(B, W, self.vocab_size, dtype=q.dtype, device=q.device).scatter_add_(-1, cand, q)
+        onehot = F.one_hot(torch.where(masked, torch.zeros_like(x), x), self.vocab_size).to(q.dtype)
+        return torch.where(masked.unsqueeze(-1), q, onehot)
+
+    def _factorized_draw(
+        self, x: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """A draw (``generator``) or the mode (``generator=False``) of ``prod_i q_i`` on the masked positions."""
+        pick = w.argmax(-1) if generator is False else _gumbel_argmax(w, generator)
+        tok = pick if cand is None else cand.gather(-1, pick.unsqueeze(-1))[..., 0]
+        return torch.where(masked, tok, torch.where(masked, torch.zeros_like(x), x))
 
     def marginals(
         self, x: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, temperature: float = 1.0
@@ -374,7 +543,13 @@ class CoDDPrior:
         """
         tau = _check_temperature(temperature)
         x, logits, masked = self._check(x, logits, masked)
-        return self._marginals(x, logits, masked, tau)[0]
+        post = self._marginals(x, logits, masked, tau)[0]
+        if self.backoff is None:
+            return post
+        with torch.no_grad():
+            w, cand = self._soft(logits, masked, tau, self.top_k)
+            lam = self.mix_weight(masked).to(post.dtype).view(-1, 1, 1)
+            return lam * post + (1 - lam) * self._factorized_probs(x, masked, w, cand)
 
     def _marginals(
         self, x: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, tau: float
@@ -455,19 +630,36 @@ class CoDDPrior:
             raise ValueError(f"order: unknown rule {order!r}; expected one of {', '.join(ORDER_RULES)}")
         x, logits, masked = self._check(x, logits, masked)
         with torch.no_grad():
+            use = None
+            if self.backoff is not None:  # the mixture's component of each row
+                lam = self.mix_weight(masked)
+                use = torch.rand(lam.shape, generator=generator, dtype=lam.dtype, device=lam.device) < lam
             if method == "any_order":
-                return self._sample_any_order(x, logits, masked, tau, generator, order)
-            if method == "exact":
-                return self._topdown(x, logits, masked, tau, tau, generator, "sample")
-            return self._topdown(x, logits, masked, 1.0, tau, generator, "sample")
+                out = self._sample_any_order(x, logits, masked, tau, generator, order)
+            elif method == "exact":
+                out = self._topdown(x, logits, masked, tau, tau, generator, "sample")
+            else:
+                out = self._topdown(x, logits, masked, 1.0, tau, generator, "sample")
+            if use is None:
+                return out
+            w, cand = self._soft(logits, masked, tau, self.top_k)
+            return torch.where(use.unsqueeze(1), out, self._factorized_draw(x, masked, w, cand, generator))
 
     def mpe(self, x: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """Most probable completion ``argmax_x p_hat(x)`` of the masked positions.
+        """Max-product (Viterbi) completion of the masked positions.
 
-        Max-product upward pass, backtracking, then each token as the argmax
-        of its selected leaf times its soft evidence (exact for circuits
-        without shared latent choices across variables, such as HMMs, where it
-        is Viterbi decoding of ``p_hat``).
+        The tokens of the most probable joint assignment of tokens and latent
+        choices, ``argmax_{x, z} p_hat(x, z)`` (for an HMM ``z`` is the hidden
+        path): a max-product upward pass, backtracking, then each token as the
+        argmax of its selected leaf times its soft evidence. This is the MPE
+        of the circuit; it is ``argmax_x p_hat(x)`` for deterministic circuits
+        and its standard approximation otherwise (with the latent path summed
+        out, the exact mode of an HMM's marginal is NP-hard in general).
+
+        With a backoff each row takes whichever of two candidates, the
+        Viterbi completion above and the per-position argmax of ``q``, has
+        the higher mixture probability (so ``lambda = 0`` gives the argmax of
+        ``q``, and ``lambda = 1`` the candidate with the higher ``p_hat``).
 
         Args:
             x: ``LongTensor[B, W]``.
@@ -481,7 +673,13 @@ class CoDDPrior:
         tau = _check_temperature(temperature)
         x, logits, masked = self._check(x, logits, masked)
         with torch.no_grad():
-            return self._topdown(x, logits, masked, tau, tau, None, "argmax")
+            out = self._topdown(x, logits, masked, tau, tau, None, "argmax")
+            if self.backoff is None:
+                return out
+            w, cand = self._soft(logits, masked, tau, self.top_k)
+            alt = self._factorized_draw(x, masked, w, cand, False)
+            better = self._conditional_ll(alt, masked, w, cand, True) > self._conditional_ll(out, masked, w, cand, True)
+            return torch.where(better.unsqueeze(1), alt, out)
 
     def _topdown(
         self,

@@ -44,6 +44,17 @@ def test_gamma_zero_is_factorized(teacher_and_backbone):
     assert torch.equal(a, b)
 
 
+def test_backoff_zero_decodes_as_the_factorized_backbone(teacher_and_backbone):
+    _, bb = teacher_and_backbone
+    prior = CoDDPrior.hmm(8, 3, bb.vocab_size, seed=0).to(torch.float64)
+    prior.set_backoff([0.0])  # lambda = 0 everywhere: the mixture is the factorized backbone
+    prompt = torch.zeros(4, 1, dtype=torch.long)
+    kw = dict(gen_length=8, steps=4, block_length=8, temperature=0.0)
+    a = generate(bb, prompt, **kw)
+    b = generate(bb, prompt, prior=prior, **kw)
+    assert torch.equal(a, b)
+
+
 def test_prior_active_changes_the_draw_and_greedy_is_mpe(teacher_and_backbone):
     _, bb = teacher_and_backbone
     prior = CoDDPrior.hmm(8, 3, bb.vocab_size, seed=0)
