@@ -145,6 +145,11 @@ def _add_train_prior(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--em-epochs", type=int, default=0, help="EM epochs on the windows' tokens first")
     p.add_argument("--weighting", choices=["token", "window"], default="token",
                    help="each masked token counts once (token) or each window does (window)")
+    p.add_argument("--mask-scope", choices=["window", "answer"], default="window",
+                   help="mask only the window (window) or whole answers, keeping every window tiling them (answer)")
+    p.add_argument("--draws", type=int, default=4, help="mask draws per answer with --mask-scope answer")
+    p.add_argument("--backoff-bins", type=int, default=0,
+                   help="fit backoff weights in this many mask-ratio bins on the held-out windows (0: none)")
     p.add_argument("--examples", type=int, default=None, help="use the first N QA pairs")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -161,6 +166,7 @@ def _cmd_train_prior(a: argparse.Namespace) -> int:
         a.model, a.data, a.output, window=a.window, states=a.states, num_windows=a.windows,
         top_k=a.top_k or None, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, em_epochs=a.em_epochs,
         examples=a.examples, seed=a.seed, progress=False if a.no_progress else None, weighting=a.weighting,
+        mask_scope=a.mask_scope, draws=a.draws, backoff_bins=a.backoff_bins,
     )
     print(json.dumps(res))
     return 0

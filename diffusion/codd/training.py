@@ -26,7 +26,16 @@ import pcircuits as pc
 from ..backbones import Backbone
 from .prior import CoDDPrior
 
-__all__ = ["fit_prior", "make_windows", "backbone_window_logits", "topk_with_target", "conditional_nll", "mean_nll"]
+__all__ = [
+    "fit_prior",
+    "make_windows",
+    "backbone_window_logits",
+    "answer_tiles",
+    "answer_window_logits",
+    "topk_with_target",
+    "conditional_nll",
+    "mean_nll",
+]
 
 
 def make_windows(
@@ -129,6 +138,115 @@ def backbone_window_logits(
             cands.append(c)
         outs.append(lg)
     return x0, torch.cat(outs), (torch.cat(cands) if cands else None)
+
+
+def answer_tiles(start: int, end: int, window: int) -> list[tuple[int, int]]:
+    """Windows tiling the span ``[start, end)``: ``(first position, first position it owns)`` each.
+
+    Tiles follow each other; the last one is shifted back to end at ``end``
+    (when the span is at least a window long), so it overlaps its
+    predecessor, whose positions it does not own. A span shorter than the
+    window gets one tile starting at ``max(end - window, 0)``.
+
+    Args:
+        start: first position of the span.
+        end: one past its last position.
+        window: window length ``W``.
+
+    Returns:
+        ``[(first, owns_from), ...]``, empty for an empty span.
+    """
+    out = []
+    st = start
+    while st < end:
+        s0 = max(min(st, end - window), 0)
+        out.append((s0, st))
+        st = s0 + window
+    return out
+
+
+@torch.no_grad()
+def answer_window_logits(
+    backbone: Backbone,
+    tokens: torch.Tensor,
+    answer: torch.Tensor,
+    window: int,
+    draws: int = 1,
+    generator: torch.Generator | None = None,
+    batch_size: int = 32,
+    progress: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Windows of whole-answer masks, as the backbone sees them when it decodes or is evaluated.
+
+    For every sequence and draw a ratio ``t ~ U(0, 1)`` is drawn and
+    ``round(t * n)`` (at least one) of the ``n`` answer tokens are masked
+    *over the whole answer*; one backbone call gives the logits of every
+    window tiling the answer (`answer_tiles`). Unlike `make_windows`, where
+    only the window is masked and the rest of the answer is clean context,
+    the backbone's context here is as uncertain as the window itself, as in
+    the masked-diffusion objective, in the mask-ratio evaluation and during
+    generation. The answer span ends after its first EOS (padding is left out).
+
+    Args:
+        backbone: the frozen denoiser.
+        tokens: ``LongTensor[N, L]`` clean sequences (from `qa_token_matrix`).
+        answer: ``BoolTensor[N, L]`` answer positions.
+        window: window length ``W``.
+        draws: mask draws per sequence.
+        generator: random generator.
+        batch_size: sequences per backbone call.
+        progress: progress bar.
+
+    Returns:
+        ``(x0 [M, W], masked [M, W], logits [M, W, V])``: windows with at
+        least one masked position (float32 logits, mask id at ``-inf``).
+
+    Raises:
+        ValueError: mismatched shapes, ``draws < 1`` or sequences shorter than the window.
+    """
+    N, L = tokens.shape
+    if tuple(answer.shape) != (N, L):
+        raise ValueError(f"answer: expected BoolTensor[{N}, {L}] like tokens, got {tuple(answer.shape)}")
+    if L < window:
+        raise ValueError(f"tokens: sequences of length {L} are shorter than the window {window}")
+    if not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"draws: expected a positive int, got {draws!r}")
+    eos = getattr(backbone.tokenizer, "eos_id", None)
+    span = answer.clone()
+    if eos is not None:  # keep the answer up to and including its first EOS
+        after = (tokens == eos) & answer
+        first = torch.where(after.any(1), after.float().argmax(1), torch.full((N,), L - 1))
+        span &= torch.arange(L)[None, :] <= first[:, None]
+    seqs = torch.arange(N).repeat(draws)
+    xs, ms, ls = [], [], []
+    for s in tqdm(range(0, len(seqs), batch_size), desc="backbone logits", disable=progress is False, leave=False):
+        r = seqs[s : s + batch_size]
+        ids, sp = tokens[r], span[r]
+        b = len(r)
+        t = torch.rand(b, generator=generator)
+        scores = torch.rand((b, L), generator=generator).masked_fill(~sp, 2.0)
+        rank = scores.argsort(1).argsort(1)
+        k = (t * sp.sum(1)).round().clamp(min=1).long()
+        m = (rank < k[:, None]) & sp
+        inp = torch.where(m, torch.full_like(ids, backbone.mask_token_id), ids)
+        lg = backbone(inp.to(backbone.device)).float().cpu()
+        lg[..., backbone.mask_token_id] = -math.inf
+        rows_l, starts_l = [], []
+        for i in range(b):
+            idx = sp[i].nonzero(as_tuple=True)[0]
+            if idx.numel() == 0:
+                continue
+            for s0, _ in answer_tiles(int(idx[0]), int(idx[-1]) + 1, window):
+                rows_l.append(i)
+                starts_l.append(min(s0, L - window))
+        rows_t = torch.tensor(rows_l, dtype=torch.long)
+        pos = torch.tensor(starts_l, dtype=torch.long)[:, None] + torch.arange(window)
+        mw = m[rows_t[:, None], pos]
+        keep = mw.any(1)
+        xs.append(ids[rows_t[:, None], pos][keep])
+        ms.append(mw[keep])
+        ls.append(lg[rows_t[:, None], pos][keep])
+    return torch.cat(xs), torch.cat(ms), torch.cat(ls)
 
 
 def topk_with_target(logits: torch.Tensor, x0: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,7 +415,7 @@ def fit_prior(
 
     Raises:
         ValueError: mismatched shapes, ``valid_frac`` outside ``[0, 1)``,
-            nothing masked, or an unknown ``weighting``.
+            nothing masked, an unknown ``weighting``, or a prior with backoff weights.
     """
     if weighting not in ("token", "window"):
         raise ValueError(f"weighting: expected 'token' or 'window', got {weighting!r}")
@@ -312,6 +430,8 @@ def fit_prior(
         raise ValueError(f"valid_frac: expected a value in [0, 1), got {valid_frac}")
     if not bool(masked.any()):
         raise ValueError("masked: no masked position to learn from")
+    if prior.backoff is not None:
+        raise ValueError("prior: has backoff weights; train the circuit first (prior.set_backoff(None)), then fit_backoff")
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(M, generator=gen)
     n_val = int(round(valid_frac * M)) if valid_frac > 0 else 0
@@ -396,12 +516,24 @@ def train_prior_cli(
     seed: int = 0,
     progress: bool | None = None,
     weighting: str = "token",
+    mask_scope: str = "window",
+    draws: int = 4,
+    backoff_bins: int = 0,
 ) -> dict:
     """``codd train-prior``: windows of QA answers, cached backbone logits, `fit_prior`, `pcircuits.save`.
 
+    ``mask_scope="window"`` draws ``num_windows`` windows with `make_windows`;
+    ``"answer"`` masks whole answers ``draws`` times each and keeps every
+    window tiling them (`answer_window_logits`). With ``backoff_bins > 0``,
+    10% of the QA pairs are set aside before any window is drawn, and the
+    best circuit's backoff weights (`CoDDPrior.fit_backoff`) are fitted on
+    their windows (answers the circuit never saw) and saved beside it.
+
     Returns:
-        ``{"output": ..., "heldout_nll": [...]}``.
+        ``{"output": ..., "heldout_nll": [...], "backoff": [...] or None}``.
     """
+    if mask_scope not in ("window", "answer"):
+        raise ValueError(f"mask_scope: expected 'window' or 'answer', got {mask_scope!r}")
     from ..backbones import load_backbone
     from ..data import load_gsm8k, read_jsonl_qa
 
@@ -415,11 +547,33 @@ def train_prior_cli(
         qa = load_gsm8k("train", data, limit=examples)
     else:
         qa = read_jsonl_qa(data)[:examples]
-    tokens, answer = qa_token_matrix(qa, tok)
     g = torch.Generator().manual_seed(seed)
-    rows, starts, masked = make_windows(tokens, window, answer, num_windows, g)
-    x0, logits, cand = backbone_window_logits(backbone, tokens, rows, starts, masked, top_k=top_k, progress=progress)
+    held: list = []
+    if backoff_bins:
+        perm = torch.randperm(len(qa), generator=g).tolist()
+        n_held = max(1, round(0.1 * len(qa)))
+        held, qa = [qa[i] for i in perm[:n_held]], [qa[i] for i in perm[n_held:]]
+
+    def windows(examples: list, n: int) -> tuple:
+        tokens, answer = qa_token_matrix(examples, tok)
+        if mask_scope == "window":
+            rows, starts, masked = make_windows(tokens, window, answer, n, g)
+            x0, logits, cand = backbone_window_logits(backbone, tokens, rows, starts, masked, top_k=top_k, progress=progress)
+            return x0, masked, logits, cand
+        x0, masked, logits = answer_window_logits(backbone, tokens, answer, window, draws, g, progress=progress)
+        if top_k is None:
+            return x0, masked, logits, None
+        logits, cand = topk_with_target(logits, x0, top_k)
+        return x0, masked, logits, cand
+
+    x0, masked, logits, cand = windows(qa, num_windows)
     prior = CoDDPrior.hmm(window, states, backbone.vocab_size, seed=seed, top_k=top_k)
     hist = fit_prior(prior, x0, masked, logits, epochs=epochs, batch_size=batch_size, lr=lr, em_epochs=em_epochs,
                      candidates=cand, checkpoint=output, seed=seed, progress=progress, weighting=weighting)
-    return {"output": str(output), "heldout_nll": hist}
+    backoff = None
+    if backoff_bins:
+        prior = CoDDPrior.load(output, top_k)  # the best held-out epoch
+        hx, hm, hl, hc = windows(held, max(1, round(num_windows * len(held) / len(qa))))
+        backoff = prior.fit_backoff(hx, hl, hm, bins=backoff_bins, candidates=hc)
+        prior.save(output)
+    return {"output": str(output), "heldout_nll": hist, "backoff": backoff}

@@ -91,3 +91,16 @@ def test_train_prior(tiny_model, tmp_path, capsys, weighting):
     assert len(res["heldout_nll"]) == 1 and res["heldout_nll"][0] > 0
     prior = CoDDPrior.load(out)
     assert prior.window == 8 and prior.vocab_size == 300
+
+
+def test_train_prior_answer_scope_with_backoff(tiny_model, tmp_path, capsys):
+    from diffusion import CoDDPrior
+
+    out = tmp_path / "prior.npz"
+    capsys.readouterr()
+    assert main(["train-prior", str(tiny_model), "--data", str(BUNDLED_DATA_DIR), "--output", str(out), "--window", "8",
+                 "--states", "3", "--top-k", "8", "--epochs", "1", "--examples", "20", "--mask-scope", "answer",
+                 "--draws", "2", "--backoff-bins", "3", "--no-progress"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(res["backoff"]) == 3 and all(0.0 <= v <= 1.0 for v in res["backoff"])
+    assert CoDDPrior.load(out).backoff.tolist() == res["backoff"]

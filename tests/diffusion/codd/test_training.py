@@ -47,3 +47,65 @@ def test_unknown_weighting_raises():
     x0, masked, logits = _windows()
     with pytest.raises(ValueError, match="weighting"):
         fit_prior(CoDDPrior.hmm(4, 3, 5), x0, masked, logits.float(), epochs=1, progress=False, weighting="ratio")
+
+
+def test_answer_tiles_cover_and_own_the_span():
+    from diffusion.codd.training import answer_tiles
+
+    assert answer_tiles(5, 5, 4) == []
+    assert answer_tiles(0, 3, 4) == [(0, 0)]  # shorter than a window: one tile from max(end - W, 0)
+    assert answer_tiles(2, 12, 4) == [(2, 2), (6, 6), (8, 10)]  # the last tile ends at the end, owns from 10
+    for start, end, w in [(3, 40, 8), (0, 17, 5), (10, 11, 4)]:
+        tiles = answer_tiles(start, end, w)
+        owned = [p for i, (s0, own) in enumerate(tiles) for p in range(own, (tiles[i + 1][1] if i + 1 < len(tiles) else end))]
+        assert owned == list(range(start, end))
+        assert all(s0 <= own < s0 + w <= max(end, w) for s0, own in tiles)
+
+
+class _StubBackbone:
+    """Records its inputs; logits are a fixed function of (position, input id)."""
+
+    def __init__(self, vocab: int):
+        self.vocab_size, self.mask_token_id, self.device = vocab, 1, torch.device("cpu")
+        self.tokenizer = type("T", (), {"eos_id": 2})()
+        self.inputs: list[torch.Tensor] = []
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(ids.clone())
+        b, L = ids.shape
+        pos = torch.arange(L)[None, :, None].float()
+        return torch.sin(pos * 0.3 + ids[..., None].float() * 0.7 + torch.arange(self.vocab_size).float())
+
+
+def test_answer_window_logits_masks_whole_answers():
+    from diffusion.codd.training import answer_window_logits
+
+    g = torch.Generator().manual_seed(0)
+    N, L, W, V = 5, 30, 4, 9
+    tokens = torch.randint(3, V, (N, L), generator=g)
+    answer = torch.zeros(N, L, dtype=torch.bool)
+    answer[:, 10:] = True
+    tokens[0, 20:] = 2  # answer 0 ends with EOS at 20: the padding after it is no window
+    bb = _StubBackbone(V)
+    x0, masked, logits = answer_window_logits(bb, tokens, answer, W, draws=3, generator=g, batch_size=4)
+    inp = torch.cat(bb.inputs)  # [N * draws, L], sequence n at rows n, n + N, n + 2N
+    assert inp.shape == (3 * N, L)
+    m = inp == bb.mask_token_id
+    assert not bool(m[:, :10].any()) and bool(m.any(1).all())  # masks only in answers, at least one per draw
+    assert not bool(m[0::N, 21:].any())  # nothing after the first EOS of answer 0
+    assert bool(masked.any(1).all()) and x0.shape == masked.shape == logits.shape[:2]
+    # every window is a slice of one recorded input: tokens, mask and the backbone's logits there
+    found = 0
+    for r in range(len(inp)):
+        n = r % N
+        out = bb(inp[r : r + 1])[0]
+        out[:, bb.mask_token_id] = float("-inf")
+        for s0 in range(10, L - W + 1):
+            hit = (x0 == tokens[n, s0 : s0 + W]).all(1) & (masked == m[r, s0 : s0 + W]).all(1)
+            hit &= (logits == out[s0 : s0 + W]).flatten(1).all(1)
+            found += int(hit.sum())
+    assert found >= len(x0)
+    with pytest.raises(ValueError, match="draws"):
+        answer_window_logits(bb, tokens, answer, W, draws=0)
+    with pytest.raises(ValueError, match="answer"):
+        answer_window_logits(bb, tokens, answer[:, :5], W)
