@@ -7,16 +7,23 @@ One command (CPU, one thread, about 20 minutes)::
 Steps:
 
 a. Train a CoDD prior (homogeneous HMM, ``--window`` positions, ``--states``
-   hidden states, the backbone's vocabulary) on frozen-backbone logits over
-   GSM8K *train* answers (`diffusion.codd.training.fit_prior`; windows from
-   `make_windows`: only answer tokens are masked, ``t ~ U(0, 1)``; full
-   vocabulary, no top-k).
+   hidden states, the backbone's vocabulary) on frozen-backbone logits
+   (`diffusion.codd.training.fit_prior`; full vocabulary, no top-k) over the
+   answers of ``--prior-data``: GSM8K *train* answers, or ``test-rest``, the
+   test pairs no step below uses (for a backbone trained on all of GSM8K
+   train, see `prior_examples`). Windows (``--mask-scope``): ``window``,
+   `make_windows` (only the window's answer tokens masked, ``t ~ U(0, 1)``);
+   ``answer``, `answer_window_logits` (whole answers masked at ``t ~ U(0, 1)``,
+   ``--draws`` per answer, every window tiling them). Or load a trained
+   prior (``--prior``) and, with ``--backoff-bins n``, fit its backoff
+   weights (`CoDDPrior.fit_backoff`, ``n`` mask-ratio bins) on the windows of
+   ``--prior-data`` / ``--mask-scope`` instead, which that prior never saw.
 b. Held-out conditional NLL per masked answer token by mask-ratio bin on GSM8K
    *test* pairs (masks drawn as in `diffusion.evaluation.loglik_by_mask_ratio`),
    factorized backbone vs CoDD (``tau = 1``, full vocabulary). The answer is
    tiled into prior windows; the last window is shifted back to end at the
    answer's end and masked positions it shares with the previous tile are
-   marginalised (scored once).
+   marginalised (scored once). CoDD includes the backoff when it was fitted.
 c. Few-step greedy block diffusion (gen length 128, block 32, low-confidence
    remasking) on ``--questions`` test questions at 2, 4 and 8 tokens per step,
    factorized vs CoDD (same prompts, same seeds): final-answer exact match and
@@ -52,6 +59,8 @@ import torch.nn.functional as F  # noqa: E402
 from diffusion.backbones import load_backbone  # noqa: E402
 from diffusion.codd.prior import CoDDPrior  # noqa: E402
 from diffusion.codd.training import (  # noqa: E402
+    answer_tiles,
+    answer_window_logits,
     backbone_window_logits,
     conditional_nll,
     fit_prior,
@@ -77,16 +86,60 @@ def _placed(prior: CoDDPrior, a) -> CoDDPrior:
     return prior
 
 
-def train_prior(backbone, a) -> tuple[CoDDPrior, dict]:
-    tok = backbone.tokenizer
-    qa = load_gsm8k("train", limit=a.train_examples)
-    tokens, answer = qa_token_matrix(qa, tok)
+def _nll_pairs(tok, a) -> list:
+    """The held-out pairs of step (b): the first ``--nll-examples`` test pairs that fit 256 tokens."""
+    test = load_gsm8k("test")
+    keep = [len(e.prompt) + len(e.target) <= 256 for e in encode_qa(test, tok, 10**9)]
+    return [ex for ex, k in zip(test, keep) if k][: a.nll_examples]
+
+
+def _generation_splits(tok, a) -> tuple[list, list]:
+    """The test questions of step (c) and the validation questions of step (e) (answers within ``--gen-length``)."""
+    fit = [ex for ex in load_gsm8k("test") if len(tok.encode(ex.answer)) + 1 <= a.gen_length]
+    return fit[: a.questions], fit[a.questions : a.questions + a.val_questions]
+
+
+def prior_examples(tok, a) -> list:
+    """The QA pairs the prior is trained on (``--prior-data``).
+
+    ``train``: GSM8K train answers. ``test-rest``: the GSM8K test pairs used by
+    no evaluation here (not among the NLL pairs, the test questions or the
+    validation questions), for a backbone trained on all of GSM8K train,
+    whose logits on its own training answers are far sharper than on unseen
+    ones (see the docs).
+    """
+    if a.prior_data == "train":
+        return load_gsm8k("train", limit=a.train_examples)
+    questions, val = _generation_splits(tok, a)
+    used = {ex.question for ex in _nll_pairs(tok, a) + questions + val}
+    return [ex for ex in load_gsm8k("test") if ex.question not in used][: a.train_examples]
+
+
+def prior_windows(backbone, a) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, int]:
+    """Masked windows and their cached backbone logits (``--mask-scope``), reused from ``--window-cache``."""
+    if a.window_cache and Path(a.window_cache).is_file():
+        c = torch.load(a.window_cache)
+        _log(f"loaded {len(c['x0'])} cached windows from {a.window_cache}")
+        return c["x0"], c["masked"], c["logits"].float(), c["seconds"], c["examples"]
+    qa = prior_examples(backbone.tokenizer, a)
+    tokens, answer = qa_token_matrix(qa, backbone.tokenizer)
     g = torch.Generator().manual_seed(a.seed)
-    rows, starts, masked = make_windows(tokens, a.window, answer, a.num_windows, g)
     t0 = time.perf_counter()
-    x0, logits, cand = backbone_window_logits(backbone, tokens, rows, starts, masked, batch_size=32, progress=False)
-    t_logits = time.perf_counter() - t0
-    _log(f"cached backbone logits of {len(x0)} windows in {t_logits:.0f}s")
+    if a.mask_scope == "answer":
+        x0, masked, logits = answer_window_logits(backbone, tokens, answer, a.window, a.draws, g, progress=False)
+    else:
+        rows, starts, masked = make_windows(tokens, a.window, answer, a.num_windows, g)
+        x0, logits, _ = backbone_window_logits(backbone, tokens, rows, starts, masked, batch_size=32, progress=False)
+    seconds = time.perf_counter() - t0
+    _log(f"cached backbone logits of {len(x0)} windows from {len(qa)} answers in {seconds:.0f}s")
+    if a.window_cache:
+        torch.save({"x0": x0, "masked": masked, "logits": logits.half(), "seconds": seconds, "examples": len(qa)},
+                   a.window_cache)
+    return x0, masked, logits, seconds, len(qa)
+
+
+def train_prior(backbone, a) -> tuple[CoDDPrior, dict]:
+    x0, masked, logits, t_logits, n_examples = prior_windows(backbone, a)
     prior = _placed(CoDDPrior.hmm(a.window, a.states, backbone.vocab_size, seed=a.seed), a)
     ckpt = RESULTS / f"{a.out}_prior.npz"
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -96,13 +149,13 @@ def train_prior(backbone, a) -> tuple[CoDDPrior, dict]:
                      weighting=a.weighting,
                      callback=lambda ep, nll: _log(f"prior epoch {ep}: held-out window NLL/token {nll:.4f}"))
     t_fit = time.perf_counter() - t0
-    prior = _placed(CoDDPrior.load(ckpt), a)  # the epoch with the best held-out (train-split) NLL
-    # factorized NLL of the same held-out training windows (the split of fit_prior)
+    prior = _placed(CoDDPrior.load(ckpt), a)  # the epoch with the best held-out NLL
+    # factorized NLL of the same held-out windows (the split of fit_prior)
     perm = torch.randperm(len(x0), generator=torch.Generator().manual_seed(a.seed))
     val = perm[: int(round(0.1 * len(x0)))]
     fact = mean_nll(conditional_nll(None, x0[val], masked[val], logits[val]), masked[val], a.weighting)
     info = {
-        "train_examples": len(qa), "windows": len(x0), "window": a.window, "states": a.states,
+        "prior_data": a.prior_data, "mask_scope": a.mask_scope, "train_examples": n_examples, "windows": len(x0), "window": a.window, "states": a.states,
         "vocab": backbone.vocab_size, "epochs": a.epochs, "em_epochs": a.em_epochs, "lr": a.lr,
         "batch_size": a.prior_batch, "weighting": a.weighting, "heldout_window_nll_per_epoch": hist,
         "heldout_window_nll_factorized": fact, "best_epoch": int(min(range(len(hist)), key=hist.__getitem__)), "logit_cache_seconds": t_logits, "fit_seconds": t_fit,
@@ -113,7 +166,7 @@ def train_prior(backbone, a) -> tuple[CoDDPrior, dict]:
 
 # --------------------------------------------------------------------------- (b) NLL by bins
 def _cond_ll(prior: CoDDPrior, x0, score, marg, logits, tau=1.0) -> torch.Tensor:
-    """log p_hat(x0[score] | observed) with the ``marg`` positions summed out (full vocabulary)."""
+    """log p_hat(x0[score] | observed) with the ``marg`` positions summed out (full vocabulary, backoff mixed in)."""
     w = F.log_softmax(logits.to(prior.dtype) / tau, -1)
     both = score | marg
     w = torch.where(both.unsqueeze(-1), w, torch.zeros_like(w))
@@ -121,14 +174,13 @@ def _cond_ll(prior: CoDDPrior, x0, score, marg, logits, tau=1.0) -> torch.Tensor
     wx = torch.where(score, wx, torch.zeros_like(wx)).sum(-1)
     num = prior._upward(x0, marg, w, None)[-1][:, 0]
     den = prior._upward(x0, both, w, None)[-1][:, 0]
-    return num + wx - den
+    return prior._mix(both, num + wx - den, wx) if prior.backoff is not None else num + wx - den
 
 
 @torch.no_grad()
 def nll_by_bins(backbone, prior: CoDDPrior, a) -> list[dict]:
     tok = backbone.tokenizer
-    heldout = load_gsm8k("test")
-    enc = [e for e in encode_qa(heldout, tok, 10**9) if len(e.prompt) + len(e.target) <= 256][: a.nll_examples]
+    enc = encode_qa(_nll_pairs(tok, a), tok, 10**9)
     W = prior.window
     dev = backbone.device
     gen = torch.Generator().manual_seed(a.seed)
@@ -136,6 +188,7 @@ def nll_by_bins(backbone, prior: CoDDPrior, a) -> list[dict]:
     for lo, hi in DEFAULT_BINS:
         fact = codd = 0.0
         count = 0
+        diffs = []  # per answer: CoDD minus factorized NLL (nats), for the standard error
         for s in range(0, len(enc), 32):
             batch = collate(enc[s : s + 32], tok)
             ids, target = batch.input_ids, batch.target_mask
@@ -152,18 +205,16 @@ def nll_by_bins(backbone, prior: CoDDPrior, a) -> list[dict]:
             lp = F.log_softmax(logits, -1).gather(-1, ids[..., None])[..., 0]
             fact += float(lp[masked].sum())
             count += int(masked.sum())
+            per_fact = torch.where(masked, lp, torch.zeros_like(lp)).sum(1).double()
+            per_codd = torch.zeros(b, dtype=torch.float64, device=dev)
             # windows tiling each answer
             rows_l, starts_l, own_l = [], [], []
             for i in range(b):
                 p0 = batch.prompt_length
-                t_end = p0 + int(target[i].sum())
-                st = p0
-                while st < t_end:
-                    s0 = min(st, t_end - W) if t_end - W >= 0 else 0
+                for s0, own in answer_tiles(p0, p0 + int(target[i].sum()), W):
                     rows_l.append(i)
                     starts_l.append(s0)
-                    own_l.append(st)  # positions before `st` belong to the previous tile
-                    st = s0 + W
+                    own_l.append(own)  # positions before `own` belong to the previous tile
             rows_t, starts_t, own_t = (torch.tensor(v, device=dev) for v in (rows_l, starts_l, own_l))
             pos = starts_t[:, None] + torch.arange(W, device=dev)
             xw = ids[rows_t[:, None], pos]
@@ -174,10 +225,16 @@ def nll_by_bins(backbone, prior: CoDDPrior, a) -> list[dict]:
             lw = torch.where(mw.unsqueeze(-1), lw, torch.zeros_like(lw))
             for j in range(0, len(xw), 64):
                 sl = slice(j, j + 64)
-                codd += float(_cond_ll(prior, xw[sl], score_w[sl], marg_w[sl], lw[sl]).sum())
-        out.append({"lo": lo, "hi": hi, "tokens": count, "nll_factorized": -fact / max(count, 1),
-                    "nll_codd": -codd / max(count, 1)})
-        _log(f"bin {lo:.1f}-{hi:.1f}: factorized {out[-1]['nll_factorized']:.4f} codd {out[-1]['nll_codd']:.4f} ({count} tokens)")
+                per_codd.index_add_(0, rows_t[sl], _cond_ll(prior, xw[sl], score_w[sl], marg_w[sl], lw[sl]).double())
+            codd += float(per_codd.sum())
+            diffs.append((per_fact - per_codd).cpu())
+        d = torch.cat(diffs)
+        # standard error of the per-token difference, answers as the independent units
+        se = float(d.std() * math.sqrt(len(d)) / max(count, 1)) if len(d) > 1 else math.nan
+        out.append({"lo": lo, "hi": hi, "tokens": count, "answers": len(d), "nll_factorized": -fact / max(count, 1),
+                    "nll_codd": -codd / max(count, 1), "difference_se": se})
+        _log(f"bin {lo:.1f}-{hi:.1f}: factorized {out[-1]['nll_factorized']:.4f} codd {out[-1]['nll_codd']:.4f} "
+             f"(difference {out[-1]['nll_codd'] - out[-1]['nll_factorized']:+.4f} +- {se:.4f}, {count} tokens)")
     return out
 
 
@@ -305,17 +362,23 @@ def _table(res: dict) -> str:
         line = "Prior: no training record beside it."
     if "loaded_from" in p:
         line += f" Loaded from `{p['loaded_from']}`."
+    if p.get("backoff"):
+        bd = p.get("backoff_data", {})
+        line += (f" Backoff weights lambda per mask-ratio bin ({len(p['backoff'])} bins"
+                 + (f", fitted on {bd['windows']} windows of {bd['examples']} {bd['prior_data']} answers" if bd else "")
+                 + f"): {', '.join(f'{v:.3f}' for v in p['backoff'])}.")
     L = [
         line,
         "",
         f"**Held-out conditional NLL** (nats per masked answer token, {s['nll_examples']} GSM8K test pairs, one mask draw per pair and bin, tau = 1):",
         "",
-        "| mask ratio | factorized | CoDD | difference | masked tokens |",
+        "| mask ratio | factorized | CoDD | difference (+- standard error) | masked tokens |",
         "|---|---|---|---|---|",
     ]
     for b in res["nll_by_mask_ratio"]:
+        se = f" +- {b['difference_se']:.4f}" if "difference_se" in b else ""
         L.append(f"| {b['lo']:.1f}-{b['hi']:.1f} | {b['nll_factorized']:.4f} | {b['nll_codd']:.4f} "
-                 f"| {b['nll_codd'] - b['nll_factorized']:+.4f} | {b['tokens']} |")
+                 f"| {b['nll_codd'] - b['nll_factorized']:+.4f}{se} | {b['tokens']} |")
     sw = res["sweep"]
     L += [
         "",
@@ -360,6 +423,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-windows", type=int, default=4000)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--em-epochs", type=int, default=0)
+    p.add_argument("--prior-data", choices=["train", "test-rest"], default="train",
+                   help="answers the prior is trained on (see prior_examples)")
+    p.add_argument("--mask-scope", choices=["window", "answer"], default="window",
+                   help="window: only the window is masked (make_windows); answer: the whole answer (answer_window_logits)")
+    p.add_argument("--draws", type=int, default=8, help="mask draws per answer with --mask-scope answer")
+    p.add_argument("--backoff-bins", type=int, default=0,
+                   help="with --prior: fit its backoff weights in this many mask-ratio bins on the windows of "
+                   "--prior-data / --mask-scope (0: none)")
+    p.add_argument("--window-cache", default=None, help="file keeping the prior's windows and logits (reused when present)")
     p.add_argument("--weighting", choices=["token", "window"], default="token",
                    help="window weighting of the prior's objective (see diffusion.codd.training.fit_prior)")
     p.add_argument("--lr", type=float, default=0.1)
@@ -383,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(its training record is read from the .json beside it when present)")
     p.add_argument("--out", default="codd_gsm8k", help="file stem under benchmarks/results")
     a = p.parse_args(argv)
+    if a.backoff_bins and not a.prior:
+        p.error("--backoff-bins needs --prior: the backoff is fitted on windows the prior was not trained on")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     if a.device.startswith("cuda"):
@@ -413,6 +487,16 @@ def main(argv: list[str] | None = None) -> int:
         info_path = Path(a.prior).with_suffix(".json")
         prior_info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         prior_info["loaded_from"] = str(a.prior)
+        if a.backoff_bins:  # the loaded prior never saw these windows: all of them fit its backoff
+            x0, masked, logits, secs, n_ex = prior_windows(backbone, a)
+            prior.set_backoff(None)
+            prior_info["backoff"] = prior.fit_backoff(x0, logits, masked, bins=a.backoff_bins)
+            prior_info["backoff_data"] = {"prior_data": a.prior_data, "mask_scope": a.mask_scope, "windows": len(x0),
+                                          "examples": n_ex, "logit_cache_seconds": secs}  # fmt: skip
+            x0 = masked = logits = None  # release the cached logits
+            prior.save(RESULTS / f"{a.out}_prior.npz")
+            (RESULTS / f"{a.out}_prior.json").write_text(json.dumps(prior_info, indent=1))
+            _log(f"backoff weights per mask-ratio bin ({a.prior_data} windows): {prior_info['backoff']}")
     else:
         prior, prior_info = train_prior(backbone, a)
     res["machine"]["prior_backend"] = prior.circuit.resolve_backend()
@@ -423,10 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     dump()
     prior.top_k = a.gen_top_k  # candidate restriction for decoding (the NLL above uses the full vocabulary)
 
-    test = load_gsm8k("test")
-    fit = [ex for ex in test if len(tok.encode(ex.answer)) + 1 <= a.gen_length]
-    questions = fit[: a.questions]
-    val = fit[a.questions : a.questions + a.val_questions]
+    questions, val = _generation_splits(tok, a)
     timer = _Timed(prior)
     res["settings"] = {"questions": len(questions), "val_questions": len(val), "nll_examples": a.nll_examples,
                        "gen_length": a.gen_length, "block_length": a.block_length, "remasking": "low_confidence",
