@@ -70,6 +70,7 @@ from diffusion.codd.training import (  # noqa: E402
 )
 from diffusion.data import collate, encode_prompts, encode_qa, load_gsm8k  # noqa: E402
 from diffusion.evaluation import DEFAULT_BINS, _close, annotation_stats, extract_final_answer  # noqa: E402
+from diffusion.masking import mask_exact_ratio  # noqa: E402
 from diffusion.sampling import generate  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -192,12 +193,9 @@ def nll_by_bins(backbone, prior: CoDDPrior, a) -> list[dict]:
         for s in range(0, len(enc), 32):
             batch = collate(enc[s : s + 32], tok)
             ids, target = batch.input_ids, batch.target_mask
-            b, n = ids.shape
+            b = ids.shape[0]
             r = lo + (hi - lo) * torch.rand(b, generator=gen)
-            scores = torch.rand((b, n), generator=gen).masked_fill(~target, 2.0)
-            order = scores.argsort(dim=1).argsort(dim=1)
-            k = (r * target.sum(1)).round().clamp(min=1).long()
-            masked = (order < k[:, None]) & target
+            masked = mask_exact_ratio(target, r, gen)
             ids, masked = ids.to(dev), masked.to(dev)
             noisy = torch.where(masked, torch.full_like(ids, backbone.mask_token_id), ids)
             logits = backbone(noisy).float()

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .backbones import Backbone
 from .data import EncodedExample, QAExample, collate, encode_prompts, encode_qa
+from .masking import mask_exact_ratio
 
 __all__ = [
     "elbo_bound",
@@ -131,14 +132,9 @@ def loglik_by_mask_ratio(
                 batch = collate(examples[s : s + batch_size], tok)
                 ids = batch.input_ids.to(dev)
                 target = batch.target_mask
-                b, n = ids.shape
+                b = ids.shape[0]
                 r = lo + (hi - lo) * torch.rand(b, generator=gen)
-                scores = torch.rand((b, n), generator=gen).masked_fill(~target, 2.0)
-                order = scores.argsort(dim=1).argsort(dim=1)  # rank of each position
-                lengths = target.sum(1)
-                k = (r * lengths).round().clamp(min=1).long()
-                masked = (order < k[:, None]) & target
-                masked = masked.to(dev)
+                masked = mask_exact_ratio(target, r, gen).to(dev)
                 noisy = torch.where(masked, torch.full_like(ids, backbone.mask_token_id), ids)
                 logp = F.log_softmax(backbone(noisy).float(), dim=-1)
                 ll = logp.gather(-1, ids[..., None])[..., 0]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["sample_times", "mask_tokens", "masked_diffusion_loss", "DiffusionLoss"]
+__all__ = ["sample_times", "mask_tokens", "mask_exact_ratio", "masked_diffusion_loss", "DiffusionLoss"]
 
 
 def sample_times(
@@ -87,6 +87,29 @@ def mask_tokens(
         masked &= maskable
     noisy = torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids)
     return noisy, masked
+
+
+def mask_exact_ratio(
+    maskable: torch.Tensor, ratio: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.BoolTensor:
+    """Masks exactly ``round(ratio * n)`` (at least one) of each row's ``n`` maskable positions, chosen uniformly.
+
+    Unlike `mask_tokens` (each token independently with probability ``t``),
+    the number of masks is fixed, so a row's mask ratio is ``ratio`` up to
+    rounding: the protocol of the mask-ratio evaluation.
+
+    Args:
+        maskable: ``BoolTensor[B, N]`` positions that may be masked.
+        ratio: ``FloatTensor[B]`` mask ratio of each row.
+        generator: optional random generator (CPU).
+
+    Returns:
+        ``BoolTensor[B, N]`` masked positions (on ``maskable``'s device).
+    """
+    scores = torch.rand(maskable.shape, generator=generator).to(maskable.device).masked_fill(~maskable, 2.0)
+    rank = scores.argsort(dim=1).argsort(dim=1)  # rank of each position; the unmaskable ones come last
+    k = (ratio.to(maskable.device) * maskable.sum(1)).round().clamp(min=1).long()
+    return (rank < k[:, None]) & maskable
 
 
 @dataclass

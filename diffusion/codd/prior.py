@@ -236,6 +236,24 @@ class CoDDPrior:
         w = torch.where(masked.unsqueeze(-1), w, torch.zeros((), dtype=w.dtype, device=w.device))
         return w, cand
 
+    def _evidence(
+        self, x0: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, tau: float, candidates: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Inputs on the prior's device with their soft evidence ``(x0, masked, w, cand)``.
+
+        ``candidates=None``: ``logits`` are ``[B, W, V]`` (checked, top-``k``
+        applied as in `_soft`); otherwise ``logits`` are the ``[B, W, K]``
+        values of the ``candidates`` token ids.
+        """
+        if candidates is None:
+            x0, logits, masked = self._check(x0, logits, masked, "x0")
+            w, cand = self._soft(logits, masked, tau, self.top_k)
+            return x0, masked, w, cand
+        dev = self.device
+        x0, masked, cand = x0.to(dev), masked.to(dev), candidates.to(dev)
+        w = F.log_softmax(logits.to(dev, self.dtype) / tau, -1)
+        return x0, masked, torch.where(masked.unsqueeze(-1), w, torch.zeros_like(w)), cand
+
     # --------------------------------------------------------------- leaves
     def _tables(self, detach: bool) -> list[torch.Tensor]:
         """Log emission tables per leaf block and bank slot, ``[S, n, V]``."""
@@ -477,13 +495,8 @@ class CoDDPrior:
         with torch.no_grad():
             for s in range(0, x0.shape[0], batch_size):
                 sl = slice(s, s + batch_size)
-                if candidates is None:
-                    xb, lb, mb = self._check(x0[sl], logits[sl], masked[sl], "x0")
-                    w, cand = self._soft(lb, mb, tau, self.top_k)
-                else:
-                    xb, mb, cand = x0[sl].to(self.device), masked[sl].to(self.device), candidates[sl].to(self.device)
-                    w = F.log_softmax(logits[sl].to(self.device, self.dtype) / tau, -1)
-                    w = torch.where(mb.unsqueeze(-1), w, torch.zeros_like(w))
+                cb = None if candidates is None else candidates[sl]
+                xb, mb, w, cand = self._evidence(x0[sl], logits[sl], masked[sl], tau, cb)
                 lc.append(self._conditional_ll(xb, mb, w, cand, detach=True).double().cpu())
                 lf.append(self._factorized_ll(xb, mb, w, cand).double().cpu())
                 mk.append(mb.cpu())
@@ -517,7 +530,7 @@ class CoDDPrior:
         """A draw (``generator``) or the mode (``generator=False``) of ``prod_i q_i`` on the masked positions."""
         pick = w.argmax(-1) if generator is False else _gumbel_argmax(w, generator)
         tok = pick if cand is None else cand.gather(-1, pick.unsqueeze(-1))[..., 0]
-        return torch.where(masked, tok, torch.where(masked, torch.zeros_like(x), x))
+        return torch.where(masked, tok, x)
 
     def marginals(
         self, x: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, temperature: float = 1.0

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 import pcircuits as pc
 
 from ..backbones import Backbone
+from ..masking import mask_exact_ratio
 from .prior import CoDDPrior
 
 __all__ = [
@@ -223,11 +224,7 @@ def answer_window_logits(
         r = seqs[s : s + batch_size]
         ids, sp = tokens[r], span[r]
         b = len(r)
-        t = torch.rand(b, generator=generator)
-        scores = torch.rand((b, L), generator=generator).masked_fill(~sp, 2.0)
-        rank = scores.argsort(1).argsort(1)
-        k = (t * sp.sum(1)).round().clamp(min=1).long()
-        m = (rank < k[:, None]) & sp
+        m = mask_exact_ratio(sp, torch.rand(b, generator=generator), generator)
         inp = torch.where(m, torch.full_like(ids, backbone.mask_token_id), ids)
         lg = backbone(inp.to(backbone.device)).float().cpu()
         lg[..., backbone.mask_token_id] = -math.inf
@@ -343,11 +340,8 @@ def _batch_ll(
     if candidates is None and prior.top_k is None:
         return prior.log_prob(x0, logits, masked, temperature, requires_grad=grad)
     if candidates is None:
-        lg, cand = topk_with_target(logits, x0, prior.top_k)
-    else:
-        lg, cand = logits, candidates.to(dev)
-    w = torch.log_softmax(lg.to(prior.dtype) / temperature, -1)
-    w = torch.where(masked.unsqueeze(-1), w, torch.zeros_like(w))
+        logits, candidates = topk_with_target(logits, x0, prior.top_k)
+    x0, masked, w, cand = prior._evidence(x0, logits, masked, temperature, candidates)
     return prior._conditional_ll(x0, masked, w, cand, detach=not grad)
 
 

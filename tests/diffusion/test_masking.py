@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion.masking import mask_tokens, masked_diffusion_loss, sample_times
+from diffusion.masking import mask_exact_ratio, mask_tokens, masked_diffusion_loss, sample_times
 
 
 def test_prompt_never_masked_and_rate_matches_t():
@@ -85,3 +85,19 @@ def test_loss_backpropagates():
 def test_bad_t_shape():
     with pytest.raises(ValueError, match="t"):
         mask_tokens(torch.zeros(2, 3, dtype=torch.long), torch.ones(3), 1)
+
+
+def test_mask_exact_ratio_masks_a_fixed_count_of_maskable_positions():
+    g = torch.Generator().manual_seed(0)
+    maskable = torch.rand(50, 30, generator=g) < 0.7
+    maskable[:, 0] = True
+    ratio = torch.rand(50, generator=g)
+    m = mask_exact_ratio(maskable, ratio, g)
+    assert not bool((m & ~maskable).any())
+    expected = (ratio * maskable.sum(1)).round().clamp(min=1).long()
+    assert torch.equal(m.sum(1), expected)
+    # positions are chosen uniformly: over many draws each maskable position of a row is hit about equally often
+    row = maskable[0].clone()
+    hits = sum(mask_exact_ratio(row[None], torch.tensor([0.5]), g)[0].long() for _ in range(4000))
+    freq = hits[row].double() / 4000
+    assert (freq - freq.mean()).abs().max() < 0.05
