@@ -20,8 +20,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest tests -q
 
+# writes the site to site/ (serve it with `python -m http.server -d site`; it needs no network); CI then loads it in
+# headless Chromium: .venv/bin/python -m tests.docs.browser_check --site site
 docs: $(VENV)/.installed
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) site
