@@ -5,7 +5,7 @@ Usage (from the repository root)::
     python -m tests.docs.browser_check                 # mkdocs build --strict into a temp dir, then check
     python -m tests.docs.browser_check --site site     # check an already built site (e.g. after `make docs`)
 
-The site is served on 127.0.0.1 and each page of ``PAGES`` is loaded in
+The site is served on 127.0.0.1 and its pages are loaded in
 Debian's ``chromium`` (``/usr/bin/chromium``): first ``KEY_PAGES`` (home, getting
 started, the CoDD, training and sampling pages, both API reference pages), then
 every other page of the site (``--key-pages-only`` skips those). It is driven through the Chrome
