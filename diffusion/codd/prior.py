@@ -534,17 +534,23 @@ class CoDDPrior:
             raise ValueError(f"bins: expected a positive int, got {bins!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        if not isinstance(x0, torch.Tensor) or x0.dim() != 2 or x0.shape[0] == 0:
+            raise ValueError(f"x0: expected LongTensor[M, {self.window}] with M >= 1 windows, got {getattr(x0, 'shape', type(x0))}")
         tau = _check_temperature(temperature)
-        self.backoff = None
+        saved, self.backoff = self.backoff, None  # p_hat alone; restored if an input is refused
         lc, lf, mk = [], [], []
-        with torch.no_grad():
-            for s in range(0, x0.shape[0], batch_size):
-                sl = slice(s, s + batch_size)
-                cb = None if candidates is None else candidates[sl]
-                xb, mb, w, cand = self._evidence(x0[sl], logits[sl], masked[sl], tau, cb)
-                lc.append(self._conditional_ll(xb, mb, w, cand, detach=True).double().cpu())
-                lf.append(self._factorized_ll(xb, mb, w, cand).double().cpu())
-                mk.append(mb.cpu())
+        try:
+            with torch.no_grad():
+                for s in range(0, x0.shape[0], batch_size):
+                    sl = slice(s, s + batch_size)
+                    cb = None if candidates is None else candidates[sl]
+                    xb, mb, w, cand = self._evidence(x0[sl], logits[sl], masked[sl], tau, cb)
+                    lc.append(self._conditional_ll(xb, mb, w, cand, detach=True).double().cpu())
+                    lf.append(self._factorized_ll(xb, mb, w, cand).double().cpu())
+                    mk.append(mb.cpu())
+        except Exception:
+            self.backoff = saved
+            raise
         lc_t, lf_t, m_t = torch.cat(lc), torch.cat(lf), torch.cat(mk)
         idx = ((m_t.sum(1).double() / m_t.shape[1]) * bins).floor().long().clamp(0, bins - 1)
         grid = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)

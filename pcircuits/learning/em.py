@@ -83,6 +83,12 @@ def _updated_parameters(
 ) -> dict[str, torch.Tensor]:
     """New values ``{bank: [slots, ...]}`` of the banks touched by ``stats``, checked, in the banks' dtypes."""
     sum_flows, leaf_stats = stats
+    for kind, group in (("sum", sum_flows), ("leaf", leaf_stats)):
+        for name, t in group.items():
+            bad = ~torch.isfinite(t)
+            if bool(bad.any()):
+                idx = tuple(bad.nonzero()[0].tolist())
+                raise ValueError(f"{_UNCHANGED}: the statistics of {kind} bank {name!r} hold {t[idx].item()} at index {idx}")
     lw = circuit.sum_log_weights()
     out: dict[str, torch.Tensor] = {}
     for name, flows in sum_flows.items():
