@@ -272,6 +272,12 @@ class CoDDPrior:
 
     def _check_candidates(self, x0: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, candidates: torch.Tensor) -> None:
         """Checks ``x0 [B, W]``, ``masked [B, W]``, ``candidates [B, W, K]`` ids and their ``logits [B, W, K]``."""
+        if not isinstance(x0, torch.Tensor) or x0.dim() != 2 or x0.shape[1] != self.window:
+            raise ValueError(f"x0: expected LongTensor[B, {self.window}] (the prior's window), got {getattr(x0, 'shape', type(x0))}")
+        if x0.dtype.is_floating_point or x0.dtype.is_complex:
+            raise TypeError(f"x0: expected an integer tensor of token ids, got {x0.dtype}")
+        if bool(((x0 < 0) | (x0 >= self.vocab_size)).any()):
+            raise ValueError(f"x0: ids must lie in [0, {self.vocab_size})")
         if not isinstance(candidates, torch.Tensor) or candidates.dim() != 3 or tuple(candidates.shape[:2]) != (
             x0.shape[0],
             self.window,

@@ -253,10 +253,14 @@ class TensorCircuit(nn.Module):
         expected = (group.num_nodes, group.num_child_nodes)
         if tuple(value.shape) != expected:
             raise ValueError(f"value must have shape {list(expected)} for {group!r}, got {list(value.shape)}")
-        self.params[bank][slot] = self._sum_logits(group, bank, slot, value.to(device=self.device, dtype=torch.float64))
+        logits = self._sum_logits(group, bank, slot, value.detach().to(device="cpu", dtype=torch.float64))
+        self.params[bank][slot] = logits.to(device=self.device, dtype=self.dtype)
 
     def _sum_logits(self, group: NodeGroup, bank: str, slot: int, value: torch.Tensor) -> torch.Tensor:
-        """Checked, normalised log-weights ``[n, k]`` of a sum group from weights ``value [n, num_child_nodes]`` (float64)."""
+        """Checked, normalised log-weights ``[n, k]`` of a sum group from weights ``value [n, num_child_nodes]``.
+
+        Computed on the CPU in float64 (every device), returned in float64.
+        """
         bad = ~torch.isfinite(value)
         if bool(bad.any()):
             b, c = bad.nonzero()[0].tolist()
@@ -267,8 +271,8 @@ class TensorCircuit(nn.Module):
         spec = self.layout.banks[bank]
         mask = None
         if spec.masks:
-            mask, child = spec.masks[slot].to(self.device), spec.child_index[slot].to(self.device)
-            value = torch.where(mask, value.gather(1, child), torch.zeros((), dtype=value.dtype, device=self.device))
+            mask, child = spec.masks[slot].to(value.device), spec.child_index[slot].to(value.device)
+            value = torch.where(mask, value.gather(1, child), torch.zeros((), dtype=value.dtype))
         top = value.amax(-1, keepdim=True)  # scaled by the largest weight first: no overflow in the sum
         if bool((top == 0).any()):
             b = int((top[:, 0] == 0).nonzero()[0])
@@ -280,7 +284,7 @@ class TensorCircuit(nn.Module):
         logits = torch.log(scaled / scaled.sum(-1, keepdim=True))
         if mask is not None:
             logits = logits.masked_fill(~mask, 0.0)
-        return logits.to(self.dtype)
+        return logits
 
     # -------------------------------------------------------------- evidence
     def prepare(

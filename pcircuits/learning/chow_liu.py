@@ -119,6 +119,7 @@ def init_hclt_kmeans(
     Returns:
         ``[N]`` cluster labels.
     """
+    diagonal = check_real(diagonal, "diagonal", low=0.0, high=1.0)
     arr = _as_array(data)
     M = groups.root.children[0].num_nodes
     cats = [groups.leaves[v].dist.num_cats for v in range(arr.shape[1])]
