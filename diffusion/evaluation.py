@@ -270,6 +270,9 @@ def evaluate_generation(
 
     if not examples:
         raise ValueError("examples: no questions to generate for")
+    for k in tokens_per_step:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"tokens_per_step: expected positive ints, got {k!r}")
     tok = backbone.tokenizer
     results = []
     for k in tokens_per_step:

@@ -50,6 +50,7 @@ __all__ = [
     "confidence_scores",
     "generate",
     "GenerationTrace",
+    "logits_problem",
 ]
 
 REMASKING_RULES: tuple[str, ...] = ("low_confidence", "margin", "entropy", "random")
@@ -87,6 +88,34 @@ class JointDraw(Protocol):
             ``FloatTensor[B, N]`` log-confidences of those tokens.
         """
         ...
+
+
+def logits_problem(logits: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[str, tuple[int, ...]] | None:
+    """The first bad row of ``logits``: one with a NaN or ``+inf``, or with every logit ``-inf``.
+
+    ``-inf`` entries are allowed (a forbidden token), as long as each checked
+    row keeps one token possible.
+
+    Args:
+        logits: ``FloatTensor[..., V]``.
+        rows: ``BoolTensor[...]`` rows to check (``None``: all of them).
+
+    Returns:
+        ``None`` when every checked row is fine, else ``(problem, index)``:
+        a phrase (``"NaN in the logits"``, ...) and the row's leading indices.
+    """
+    top = logits.amax(-1)  # NaN if the row has a NaN, +inf if it has +inf, -inf if all are -inf
+    bad = torch.isnan(top) | (top == math.inf)
+    dead = top == -math.inf
+    if rows is not None:
+        bad, dead = bad & rows, dead & rows
+    if bool(bad.any()):
+        idx = tuple(bad.nonzero()[0].tolist())
+        what = "NaN" if bool(torch.isnan(logits[idx]).any()) else "+inf"
+        return f"{what} in the logits (they must be finite or -inf)", idx
+    if bool(dead.any()):
+        return "every logit -inf (no token possible)", tuple(dead.nonzero()[0].tolist())
+    return None
 
 
 def sample_tokens(
@@ -340,7 +369,9 @@ def generate(
             vocabulary, an unknown ``remasking`` rule or ``schedule``, or a bad
             ``temperature`` / ``top_p``, ``pc_frac`` outside ``[0, 1]``,
             ``pc_temperature <= 0``, an unknown ``sampler``, a prior whose
-            vocabulary differs from the backbone's, or both ``prior`` and ``joint_draw``.
+            vocabulary differs from the backbone's, both ``prior`` and
+            ``joint_draw``, or backbone logits with NaN or ``+inf`` (or only
+            ``-inf``) at a masked position of the active block.
     """
     block_length, num_blocks, steps_per_block = _validate(
         backbone, prompt_ids, gen_length, steps, block_length, remasking, temperature, top_p, schedule
@@ -382,6 +413,13 @@ def generate(
             passes += 1
             logits[..., mask_id] = float("-inf")
             blk_logits = logits[:, lo:hi]  # [B, Lb, V]
+            problem = logits_problem(blk_logits, in_block)
+            if problem is not None:
+                (what, (row, col)) = problem
+                raise ValueError(
+                    f"backbone returned non-finite logits at denoising step {global_step}: {what} "
+                    f"at batch row {row}, position {lo + col}"
+                )
             logp = F.log_softmax(blk_logits, dim=-1)
             proposal = sample_tokens(blk_logits, temperature, top_p, generator)  # [B, Lb]
             score = confidence_scores(logp, proposal, remasking, generator)

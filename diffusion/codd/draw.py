@@ -33,7 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..sampling import confidence_scores, sample_tokens
+from ..sampling import REMASKING_RULES, confidence_scores, logits_problem, sample_tokens
 from .prior import SAMPLE_METHODS, CoDDPrior
 
 __all__ = ["CoDDDraw", "check_codd_options"]
@@ -78,7 +78,8 @@ class CoDDDraw:
         active_steps: steps in which at least one window used the prior.
 
     Raises:
-        ValueError: see `check_codd_options`, or a vocabulary mismatch.
+        ValueError: see `check_codd_options`, a bad ``temperature`` or
+            ``remasking``, or a vocabulary mismatch.
     """
 
     def __init__(
@@ -93,6 +94,12 @@ class CoDDDraw:
         generator: torch.Generator | None = None,
     ):
         check_codd_options(pc_frac, pc_temperature, sampler)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+            math.isfinite(temperature) and temperature >= 0
+        ):
+            raise ValueError(f"temperature: expected a finite number >= 0 (0: greedy), got {temperature!r}")
+        if remasking not in REMASKING_RULES:
+            raise ValueError(f"remasking: unknown rule {remasking!r}; expected one of {', '.join(REMASKING_RULES)}")
         if not isinstance(prior, CoDDPrior):
             raise ValueError(f"prior: expected a CoDDPrior, got {type(prior).__name__}")
         if prior.vocab_size != vocab_size:
@@ -217,7 +224,13 @@ class CoDDDraw:
         Returns:
             ``(tokens [B, N], confidence [B, N])``: the tokens and their
             log-probability under the backbone's factorized logits.
+
+        Raises:
+            ValueError: NaN, ``+inf`` or only ``-inf`` in the logits of a committed position.
         """
+        problem = logits_problem(logits, commit)
+        if problem is not None:
+            raise ValueError(f"logits: {problem[0]} at committed position {problem[1][1]} of batch row {problem[1][0]}")
         lo, hi = self._block
         W = self.prior.window
         tokens = ids.clone()

@@ -49,6 +49,8 @@ from pcircuits.engine.circuit import TensorCircuit
 from pcircuits.engine.downward import _gumbel_argmax, downward
 from pcircuits.nodes import NodeGroup
 
+from ..sampling import logits_problem
+
 __all__ = ["CoDDPrior", "SAMPLE_METHODS", "ORDER_RULES"]
 
 SAMPLE_METHODS: tuple[str, ...] = ("latent", "exact", "any_order")
@@ -65,6 +67,14 @@ def _check_temperature(temperature: float) -> float:
     if temperature <= 0:
         raise ValueError(f"temperature: expected tau > 0, got {temperature!r}")
     return float(temperature)
+
+
+def _check_logits(logits: torch.Tensor, masked: torch.Tensor) -> None:
+    """Raises ``ValueError`` naming ``logits`` if a masked row ``[B, W]`` of ``logits [B, W, V]`` has NaN,
+    ``+inf`` or only ``-inf`` (observed rows are ignored by every query)."""
+    problem = logits_problem(logits, masked)
+    if problem is not None:
+        raise ValueError(f"logits: {problem[0]} at masked position {problem[1][1]} of batch row {problem[1][0]}")
 
 
 def _backoff_path(path: str | Path) -> Path:
@@ -120,7 +130,7 @@ class CoDDPrior:
         for blk in circuit.layout.leaf_blocks:
             if not isinstance(blk.dist, DiscreteDistribution):
                 raise ValueError(f"root_or_circuit: leaf family {type(blk.dist).__name__} is not supported (categorical leaves only)")
-        if top_k is not None and (not isinstance(top_k, int) or not 1 <= top_k):
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k):
             raise ValueError(f"top_k: expected a positive int or None, got {top_k!r}")
         self.circuit = circuit
         self.window = window
@@ -211,11 +221,16 @@ class CoDDPrior:
             )
         if not isinstance(masked, torch.Tensor) or masked.dtype != torch.bool or tuple(masked.shape) != (B, self.window):
             raise ValueError(f"masked: expected BoolTensor[{B}, {self.window}], got {getattr(masked, 'shape', type(masked))}")
+        if x.dtype.is_floating_point or x.dtype.is_complex:
+            raise TypeError(f"{name}: expected an integer tensor of token ids, got {x.dtype}")
+        if not logits.dtype.is_floating_point:
+            raise TypeError(f"logits: expected a float tensor, got {logits.dtype}")
         dev = self.device
         x, logits, masked = x.to(dev).long(), logits.to(dev), masked.to(dev)
         bad = ~masked & ((x < 0) | (x >= self.vocab_size))
         if bool(bad.any()):
             raise ValueError(f"{name}: observed ids must lie in [0, {self.vocab_size})")
+        _check_logits(logits, masked)
         return x, logits, masked
 
     def _soft(
@@ -249,10 +264,40 @@ class CoDDPrior:
             x0, logits, masked = self._check(x0, logits, masked, "x0")
             w, cand = self._soft(logits, masked, tau, self.top_k)
             return x0, masked, w, cand
+        self._check_candidates(x0, logits, masked, candidates)
         dev = self.device
         x0, masked, cand = x0.to(dev), masked.to(dev), candidates.to(dev)
         w = F.log_softmax(logits.to(dev, self.dtype) / tau, -1)
         return x0, masked, torch.where(masked.unsqueeze(-1), w, torch.zeros_like(w)), cand
+
+    def _check_candidates(self, x0: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, candidates: torch.Tensor) -> None:
+        """Checks ``x0 [B, W]``, ``masked [B, W]``, ``candidates [B, W, K]`` ids and their ``logits [B, W, K]``."""
+        if not isinstance(x0, torch.Tensor) or x0.dim() != 2 or x0.shape[1] != self.window:
+            raise ValueError(f"x0: expected LongTensor[B, {self.window}] (the prior's window), got {getattr(x0, 'shape', type(x0))}")
+        if x0.dtype.is_floating_point or x0.dtype.is_complex:
+            raise TypeError(f"x0: expected an integer tensor of token ids, got {x0.dtype}")
+        if bool(((x0 < 0) | (x0 >= self.vocab_size)).any()):
+            raise ValueError(f"x0: ids must lie in [0, {self.vocab_size})")
+        if not isinstance(candidates, torch.Tensor) or candidates.dim() != 3 or tuple(candidates.shape[:2]) != (
+            x0.shape[0],
+            self.window,
+        ):
+            raise ValueError(
+                f"candidates: expected LongTensor[B, {self.window}, K] matching x0, got {getattr(candidates, 'shape', type(candidates))}"
+            )
+        if candidates.dtype.is_floating_point or candidates.dtype.is_complex or candidates.dtype == torch.bool:
+            raise TypeError(f"candidates: expected an integer tensor of token ids, got {candidates.dtype}")
+        if bool(((candidates < 0) | (candidates >= self.vocab_size)).any()):
+            raise ValueError(f"candidates: token ids must lie in [0, {self.vocab_size})")
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != tuple(candidates.shape):
+            raise ValueError(
+                f"logits: expected the shape of candidates {list(candidates.shape)}, got {getattr(logits, 'shape', type(logits))}"
+            )
+        if not logits.dtype.is_floating_point:
+            raise TypeError(f"logits: expected a float tensor, got {logits.dtype}")
+        if not isinstance(masked, torch.Tensor) or masked.dtype != torch.bool or tuple(masked.shape) != tuple(candidates.shape[:2]):
+            raise ValueError(f"masked: expected BoolTensor{list(candidates.shape[:2])}, got {getattr(masked, 'shape', type(masked))}")
+        _check_logits(logits, masked.to(logits.device))
 
     # --------------------------------------------------------------- leaves
     def _tables(self, detach: bool) -> list[torch.Tensor]:
@@ -374,8 +419,10 @@ class CoDDPrior:
             probability 0).
 
         Raises:
+            TypeError: ``x0`` not integer or ``logits`` not float.
             ValueError: shapes that do not match the prior's window or
-                vocabulary, ``tau <= 0``.
+                vocabulary, ``tau <= 0``, or logits with NaN, ``+inf`` or only
+                ``-inf`` at a masked position.
         """
         tau = _check_temperature(temperature)
         x0, logits, masked = self._check(x0, logits, masked, "x0")
@@ -485,21 +532,31 @@ class CoDDPrior:
             The ``bins`` weights.
 
         Raises:
-            ValueError: mismatched shapes, ``bins < 1`` or ``tau <= 0``.
+            ValueError: mismatched shapes, ``bins < 1``, ``batch_size < 1``,
+                ``tau <= 0``, or logits with NaN, ``+inf`` or only ``-inf`` at a
+                masked position.
         """
         if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
             raise ValueError(f"bins: expected a positive int, got {bins!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        if not isinstance(x0, torch.Tensor) or x0.dim() != 2 or x0.shape[0] == 0:
+            raise ValueError(f"x0: expected LongTensor[M, {self.window}] with M >= 1 windows, got {getattr(x0, 'shape', type(x0))}")
         tau = _check_temperature(temperature)
-        self.backoff = None
+        saved, self.backoff = self.backoff, None  # p_hat alone; restored if an input is refused
         lc, lf, mk = [], [], []
-        with torch.no_grad():
-            for s in range(0, x0.shape[0], batch_size):
-                sl = slice(s, s + batch_size)
-                cb = None if candidates is None else candidates[sl]
-                xb, mb, w, cand = self._evidence(x0[sl], logits[sl], masked[sl], tau, cb)
-                lc.append(self._conditional_ll(xb, mb, w, cand, detach=True).double().cpu())
-                lf.append(self._factorized_ll(xb, mb, w, cand).double().cpu())
-                mk.append(mb.cpu())
+        try:
+            with torch.no_grad():
+                for s in range(0, x0.shape[0], batch_size):
+                    sl = slice(s, s + batch_size)
+                    cb = None if candidates is None else candidates[sl]
+                    xb, mb, w, cand = self._evidence(x0[sl], logits[sl], masked[sl], tau, cb)
+                    lc.append(self._conditional_ll(xb, mb, w, cand, detach=True).double().cpu())
+                    lf.append(self._factorized_ll(xb, mb, w, cand).double().cpu())
+                    mk.append(mb.cpu())
+        except Exception:
+            self.backoff = saved
+            raise
         lc_t, lf_t, m_t = torch.cat(lc), torch.cat(lf), torch.cat(mk)
         idx = ((m_t.sum(1).double() / m_t.shape[1]) * bins).floor().long().clamp(0, bins - 1)
         grid = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)
@@ -552,7 +609,9 @@ class CoDDPrior:
             top-``k`` candidates).
 
         Raises:
-            ValueError: mismatched shapes or ``tau <= 0``.
+            TypeError: ``x`` not integer or ``logits`` not float.
+            ValueError: mismatched shapes, ``tau <= 0``, or logits with NaN,
+                ``+inf`` or only ``-inf`` at a masked position.
         """
         tau = _check_temperature(temperature)
         x, logits, masked = self._check(x, logits, masked)
@@ -633,7 +692,9 @@ class CoDDPrior:
             ``LongTensor[B, W]``: ``x`` with the masked positions filled.
 
         Raises:
-            ValueError: mismatched shapes, ``tau <= 0``, an unknown method or
+            TypeError: ``x`` not integer or ``logits`` not float.
+            ValueError: logits with NaN, ``+inf`` or only ``-inf`` at a masked
+                position, mismatched shapes, ``tau <= 0``, an unknown method or
                 order, or evidence of probability 0.
         """
         tau = _check_temperature(temperature)
@@ -682,6 +743,11 @@ class CoDDPrior:
 
         Returns:
             ``LongTensor[B, W]``.
+
+        Raises:
+            TypeError: ``x`` not integer or ``logits`` not float.
+            ValueError: mismatched shapes, ``tau <= 0``, or logits with NaN,
+                ``+inf`` or only ``-inf`` at a masked position.
         """
         tau = _check_temperature(temperature)
         x, logits, masked = self._check(x, logits, masked)

@@ -83,6 +83,26 @@ class Distribution:
         """Random raw parameters ``[num_nodes, P]`` (float64; the module casts them)."""
         raise NotImplementedError
 
+    def check_params(self, params: torch.Tensor, name: str = "params") -> None:
+        """Raises ``ValueError`` naming ``name`` unless ``params`` are valid raw parameters of this family.
+
+        Called wherever parameters enter a circuit (set through the public
+        API, learned, loaded). The default accepts finite values only;
+        families override it to allow more (``-inf`` logits of a category
+        with probability 0) or demand more (integer indicated values).
+
+        Args:
+            params: ``[..., n, P]`` raw parameters (any float dtype).
+            name: the argument's name, used in the message.
+
+        Raises:
+            ValueError: a parameter vector that does not describe a distribution of the family.
+        """
+        _check_last_dim(params, self.num_params, name, self)
+        bad = ~torch.isfinite(params)
+        if bool(bad.any()):
+            raise ValueError(f"{name}: {self!r} parameters must be finite, got {_first_bad(params, bad)}")
+
     # --- inference ----------------------------------------------------------
     def log_prob(
         self,
@@ -182,6 +202,21 @@ class Distribution:
         if name not in DISTRIBUTIONS:
             raise ValueError(f"unknown distribution type {name!r}; known: {sorted(DISTRIBUTIONS)}")
         return DISTRIBUTIONS[name](**data.get("config", {}))
+
+
+def _first_bad(params: torch.Tensor, bad: torch.Tensor) -> str:
+    """``"<value> at index (...)"`` for the first True entry of ``bad`` (same shape as ``params``)."""
+    idx = tuple(int(i) for i in bad.nonzero()[0])
+    return f"{params[idx].item()} at index {idx}"
+
+
+def _check_last_dim(params: torch.Tensor, num_params: int, name: str, dist: Distribution) -> None:
+    """Raises ``TypeError``/``ValueError`` naming ``name`` unless ``params`` is a float tensor ``[..., P]``."""
+    if not isinstance(params, torch.Tensor) or not params.dtype.is_floating_point:
+        kind = params.dtype if isinstance(params, torch.Tensor) else type(params).__name__
+        raise TypeError(f"{name}: {dist!r} parameters must be a float tensor, got {kind}")
+    if params.dim() < 1 or params.shape[-1] != num_params:
+        raise ValueError(f"{name}: {dist!r} needs {num_params} parameters per node, got shape {list(params.shape)}")
 
 
 def register(cls: type[Distribution]) -> type[Distribution]:

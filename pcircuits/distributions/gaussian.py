@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .base import Distribution, register
+from .base import Distribution, _check_last_dim, _first_bad, register
 
 __all__ = ["Gaussian"]
 
@@ -39,6 +39,15 @@ class Gaussian(Distribution):
         mean = torch.randn(num_nodes, generator=generator, dtype=torch.float64)
         log_std = torch.zeros(num_nodes, dtype=torch.float64)
         return torch.stack([mean, log_std], -1)
+
+    def check_params(self, params, name="params"):
+        """Mean and log std must be finite (so the std is positive and finite)."""
+        _check_last_dim(params, 2, name, self)
+        for j, what in enumerate(("mean", "log std")):
+            col = params[..., j]
+            bad = ~torch.isfinite(col)
+            if bool(bad.any()):
+                raise ValueError(f"{name}: Gaussian {what} must be finite, got {_first_bad(col, bad)}")
 
     def log_prob(self, params, x, missing, soft_evidence, slots=None):
         if slots is not None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .base import DiscreteDistribution, register
+from .base import DiscreteDistribution, _check_last_dim, _first_bad, register
 
 __all__ = ["Indicator"]
 
@@ -59,6 +59,15 @@ class Indicator(DiscreteDistribution):
     def init_params(self, num_nodes, generator):
         values = self._values * num_nodes if len(self._values) == 1 and num_nodes > 1 else self._values
         return torch.tensor(values, dtype=torch.float64).unsqueeze(-1)
+
+    def check_params(self, params, name="params"):
+        """The stored indicated values must be integers in ``0..num_cats-1``."""
+        _check_last_dim(params, 1, name, self)
+        bad = ~torch.isfinite(params) | (params != params.round()) | (params < 0) | (params >= self._num_cats)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{name}: Indicator values must be integers in 0..{self._num_cats - 1}, got {_first_bad(params, bad)}"
+            )
 
     def log_table(self, params):
         cats = torch.arange(self._num_cats, device=params.device, dtype=params.dtype)

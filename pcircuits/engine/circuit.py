@@ -211,39 +211,80 @@ class TensorCircuit(nn.Module):
         return dense.index_put((rows[mask], child[mask]), w[mask])
 
     @torch.no_grad()
-    def set_group_parameters(self, group: NodeGroup, value: torch.Tensor) -> None:
+    def set_group_parameters(self, group: NodeGroup, value: torch.Tensor | np.ndarray) -> None:
         """Overwrites the parameters of one group (and of the groups tied to it).
+
+        Every value is checked before anything is written, so a refused call
+        leaves the circuit unchanged.
 
         Args:
             group: an input or sum group of this circuit.
-            value: for a sum group, weights ``[n, num_child_nodes]`` (non-negative,
-                normalised per node by this call; entries off the edge pattern are
-                ignored); for an input group, raw parameters ``[n, P]``.
+            value: for a sum group, weights ``[n, num_child_nodes]`` (finite,
+                non-negative, normalised per node by this call; entries off
+                the edge pattern are ignored, and each node needs a positive
+                weight on one of its edges); for an input group, raw
+                parameters ``[n, P]`` valid for its distribution (see
+                :meth:`~pcircuits.distributions.Distribution.check_params`;
+                an Indicator group's values cannot be changed).
+
+        Raises:
+            TypeError: ``value`` is not real numbers (bool, complex, strings, objects).
+            ValueError: ``group`` is not a group of this circuit, or ``value``
+                has the wrong shape or invalid values.
         """
         owner = getattr(group, "tied_to", None) or group
         if id(owner) not in self.layout.param_slot:
             raise ValueError(f"group: {group!r} has no parameters in this circuit (not an input or sum group of it)")
         bank, slot = self.layout.param_slot[id(owner)]
-        value = torch.as_tensor(value, dtype=self.dtype, device=self.device)
+        value = _as_real_tensor(value, "value")
         if group.kind == "input":
             expected = tuple(self.params[bank].shape[1:])
             if tuple(value.shape) != expected:
                 raise ValueError(f"value must have shape {list(expected)} for {group!r}, got {list(value.shape)}")
+            value = value.to(device=self.device, dtype=self.dtype)
+            owner.dist.check_params(value, "value")
+            if not owner.dist.trainable and not torch.equal(value, self.params[bank][slot]):
+                raise ValueError(
+                    f"value: {group!r} has {owner.dist!r} leaves, which are not trainable; their indicated "
+                    f"values {self.params[bank][slot][:, 0].tolist()} cannot be changed (build a new group instead)"
+                )
             self.params[bank][slot] = value
             return
         expected = (group.num_nodes, group.num_child_nodes)
         if tuple(value.shape) != expected:
             raise ValueError(f"value must have shape {list(expected)} for {group!r}, got {list(value.shape)}")
+        logits = self._sum_logits(group, bank, slot, value.detach().to(device="cpu", dtype=torch.float64))
+        self.params[bank][slot] = logits.to(device=self.device, dtype=self.dtype)
+
+    def _sum_logits(self, group: NodeGroup, bank: str, slot: int, value: torch.Tensor) -> torch.Tensor:
+        """Checked, normalised log-weights ``[n, k]`` of a sum group from weights ``value [n, num_child_nodes]``.
+
+        Computed on the CPU in float64 (every device), returned in float64.
+        """
+        bad = ~torch.isfinite(value)
+        if bool(bad.any()):
+            b, c = bad.nonzero()[0].tolist()
+            raise ValueError(f"value: sum weights must be finite, got {value[b, c].item()} at node {b}, child {c}")
         if bool((value < 0).any()):
-            raise ValueError("value: sum weights must be non-negative")
+            b, c = (value < 0).nonzero()[0].tolist()
+            raise ValueError(f"value: sum weights must be non-negative, got {value[b, c].item()} at node {b}, child {c}")
         spec = self.layout.banks[bank]
+        mask = None
         if spec.masks:
-            mask, child = spec.masks[slot].to(self.device), spec.child_index[slot].to(self.device)
-            value = torch.where(mask, value.gather(1, child), torch.zeros((), dtype=self.dtype, device=self.device))
-        logits = torch.log(value / value.sum(-1, keepdim=True))
-        if spec.masks:
+            mask, child = spec.masks[slot].to(value.device), spec.child_index[slot].to(value.device)
+            value = torch.where(mask, value.gather(1, child), torch.zeros((), dtype=value.dtype))
+        top = value.amax(-1, keepdim=True)  # scaled by the largest weight first: no overflow in the sum
+        if bool((top == 0).any()):
+            b = int((top[:, 0] == 0).nonzero()[0])
+            where = "on its edges " if mask is not None else ""
+            raise ValueError(
+                f"value: sum node {b} of {group!r} has no positive weight {where}(each node needs a positive total)"
+            )
+        scaled = value / top
+        logits = torch.log(scaled / scaled.sum(-1, keepdim=True))
+        if mask is not None:
             logits = logits.masked_fill(~mask, 0.0)
-        self.params[bank][slot] = logits
+        return logits
 
     # -------------------------------------------------------------- evidence
     def prepare(
@@ -256,7 +297,7 @@ class TensorCircuit(nn.Module):
 
         Raises:
             TypeError: an argument is not a tensor or array, or ``missing`` is not boolean.
-            ValueError: wrong shapes, NaN at an observed discrete entry, a
+            ValueError: wrong shapes, NaN or ``+-inf`` at an observed entry, a
                 category outside its variable's range, non-integer discrete
                 values, NaN or ``+inf`` in ``soft_evidence``, or soft evidence
                 on a continuous variable.
@@ -285,6 +326,14 @@ class TensorCircuit(nn.Module):
             if bool(nan.any()):
                 b, v = nan.nonzero()[0].tolist()
                 raise ValueError(f"x has NaN at an observed entry (row {b}, variable {v}); mark it in missing instead")
+            inf = torch.isinf(x) & observed
+            if bool(inf.any()):
+                b, v = inf.nonzero()[0].tolist()
+                kind = "continuous (Gaussian)" if bool(self._continuous[v]) else "discrete"
+                raise ValueError(
+                    f"x has {x[b, v].item()} at an observed entry (row {b}, variable {v}, {kind}); "
+                    "observed values must be finite"
+                )
             check = observed & disc.unsqueeze(0)
             xd = torch.where(check, x, torch.zeros_like(x))
             if bool((xd != torch.round(xd)).any()):
@@ -532,6 +581,30 @@ class _ChunkedOutputs(list):
         if plan is not None:
             self.chunks[len(self)] = out.split(plan[0], dim=1)
         super().append(out)
+
+
+def _as_real_tensor(value, name: str) -> torch.Tensor:
+    """``value`` (tensor, array or nested sequence of numbers) as a real or integer tensor.
+
+    Raises:
+        TypeError: bool, complex or non-numeric values.
+        ValueError: a ragged sequence.
+    """
+    if not isinstance(value, torch.Tensor):
+        try:
+            arr = np.asarray(value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name} must be a tensor, array or rectangular sequence of numbers: {err}") from None
+        if arr.dtype.kind not in "iuf":
+            raise TypeError(f"{name} must hold real numbers, got values of numpy dtype {arr.dtype}")
+        value = torch.from_numpy(np.ascontiguousarray(arr))
+    if value.dtype == torch.bool or value.dtype.is_complex or not (value.dtype.is_floating_point or _is_int(value.dtype)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
+    return value
+
+
+def _is_int(dtype: torch.dtype) -> bool:
+    return dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def _as_tensor(value, name: str) -> torch.Tensor:

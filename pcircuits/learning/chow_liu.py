@@ -31,6 +31,7 @@ from ..region_graphs.chow_liu_tree import (
     infer_num_cats,
     mutual_information,
 )
+from .checks import check_int, check_real
 from .em import em
 from .hclt_structure import HCLTGroups, hclt_from_tree
 
@@ -118,6 +119,7 @@ def init_hclt_kmeans(
     Returns:
         ``[N]`` cluster labels.
     """
+    diagonal = check_real(diagonal, "diagonal", low=0.0, high=1.0)
     arr = _as_array(data)
     M = groups.root.children[0].num_nodes
     cats = [groups.leaves[v].dist.num_cats for v in range(arr.shape[1])]
@@ -256,16 +258,18 @@ def learn_hclt(
         raise ValueError(f"mixture must be 'separate' or 'joint', got {mixture!r}")
     if init not in ("kmeans", "random"):
         raise ValueError(f"init must be 'kmeans' or 'random', got {init!r}")
-    if minibatch_epochs < 0 or fullbatch_epochs < 0 or minibatch_epochs + fullbatch_epochs == 0:
+    minibatch_epochs = check_int(minibatch_epochs, "minibatch_epochs", 0)
+    fullbatch_epochs = check_int(fullbatch_epochs, "fullbatch_epochs", 0)
+    if minibatch_epochs + fullbatch_epochs == 0:
         raise ValueError("minibatch_epochs and fullbatch_epochs must be non-negative and not both 0")
-    if time_budget is not None and time_budget <= 0:
-        raise ValueError(f"time_budget must be positive seconds, got {time_budget}")
-    if patience is not None and (not isinstance(patience, int) or patience < 1):
-        raise ValueError(f"patience must be a positive int or None, got {patience!r}")
-    if not (0 < step_size <= 1):
-        raise ValueError(f"step_size must be in (0, 1], got {step_size}")
-    if not (0 <= softening < 0.5):
-        raise ValueError(f"softening must be in [0, 0.5), got {softening}")
+    batch_size = check_int(batch_size, "batch_size", 1)
+    if time_budget is not None:
+        time_budget = check_real(time_budget, "time_budget", low=0.0, low_open=True)
+    if patience is not None:
+        patience = check_int(patience, "patience", 1)
+    step_size = check_real(step_size, "step_size", low=0.0, high=1.0, low_open=True)
+    pseudocount = check_real(pseudocount, "pseudocount", low=0.0)
+    softening = check_real(softening, "softening", low=0.0, high=0.5, high_open=True)
     cats = _cats_list(num_cats, arr)
     va = None
     if valid is not None:

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..engine.circuit import Evidence, TensorCircuit
+from .checks import check_int, check_real
 
 __all__ = ["em", "expected_statistics", "apply_statistics", "Statistics"]
 
@@ -63,9 +64,33 @@ def apply_statistics(circuit: TensorCircuit, stats: Statistics, pseudocount: flo
     """Moves every parameter ``step_size`` of the way to its EM optimum given ``stats``.
 
     Sum weights of a node get ``pseudocount`` spread evenly over its edges.
+    Every new parameter is computed and checked before any is written.
+
+    Raises:
+        ValueError: a bad ``pseudocount`` (finite, ``>= 0``) or ``step_size``
+            (in ``(0, 1]``), or an update that would write NaN, ``+inf`` or an
+            invalid leaf parameter (the circuit is then left unchanged).
     """
+    pseudocount = check_real(pseudocount, "pseudocount", low=0.0)
+    step_size = check_real(step_size, "step_size", low=0.0, high=1.0, low_open=True)
+    new = _updated_parameters(circuit, stats, pseudocount, step_size)
+    for name, value in new.items():
+        circuit.params[name].copy_(value)
+
+
+def _updated_parameters(
+    circuit: TensorCircuit, stats: Statistics, pseudocount: float, step_size: float
+) -> dict[str, torch.Tensor]:
+    """New values ``{bank: [slots, ...]}`` of the banks touched by ``stats``, checked, in the banks' dtypes."""
     sum_flows, leaf_stats = stats
+    for kind, group in (("sum", sum_flows), ("leaf", leaf_stats)):
+        for name, t in group.items():
+            bad = ~torch.isfinite(t)
+            if bool(bad.any()):
+                idx = tuple(bad.nonzero()[0].tolist())
+                raise ValueError(f"{_UNCHANGED}: the statistics of {kind} bank {name!r} hold {t[idx].item()} at index {idx}")
     lw = circuit.sum_log_weights()
+    out: dict[str, torch.Tensor] = {}
     for name, flows in sum_flows.items():
         old = lw[name].exp()
         spec = circuit.layout.banks[name]
@@ -79,14 +104,64 @@ def apply_statistics(circuit: TensorCircuit, stats: Statistics, pseudocount: flo
         total = new.sum(-1, keepdim=True)
         new = torch.where(total > 0, new / total.clamp_min(1e-300), old)
         probs = (1 - step_size) * old + step_size * new
-        logits = torch.log(probs)
+        logits = torch.log(probs).to(circuit.params[name].dtype)
         if mask is not None:
             logits = logits.masked_fill(~mask, 0.0)
-        circuit.params[name].copy_(logits)
+        _check_sum_logits(name, logits, mask)
+        out[name] = logits
     for name, s in leaf_stats.items():
         dist = circuit.layout.banks[name].dist
         p = circuit.params[name]
-        p.copy_(dist.em_update(p.double(), s.double(), pseudocount, step_size))
+        value = dist.em_update(p.double(), s.double(), pseudocount, step_size).to(p.dtype)
+        try:
+            dist.check_params(value, f"leaf bank {name!r}")
+        except ValueError as err:
+            raise ValueError(f"{_UNCHANGED}: {err}") from None
+        out[name] = value
+    return out
+
+
+_UNCHANGED = (
+    "EM would write invalid parameters (its statistics overflowed or were NaN: are values of data too large "
+    "for the circuit's dtype?); the circuit is left unchanged"
+)
+
+
+def _check_sum_logits(name: str, logits: torch.Tensor, mask: torch.Tensor | None) -> None:
+    """Raises ``ValueError`` unless ``logits [slots, n, k]`` hold no NaN or ``+inf`` and each node a finite edge."""
+    bad = torch.isnan(logits) | (logits == math.inf)
+    if bool(bad.any()):
+        idx = tuple(bad.nonzero()[0].tolist())
+        raise ValueError(f"{_UNCHANGED}: sum bank {name!r} would get {logits[idx].item()} at index {idx}")
+    live = torch.isfinite(logits) if mask is None else torch.isfinite(logits) & mask
+    dead = ~live.any(-1)
+    if bool(dead.any()):
+        idx = tuple(dead.nonzero()[0].tolist())
+        raise ValueError(f"{_UNCHANGED}: sum bank {name!r} would give node {idx} no edge of positive weight")
+
+
+def _check_data(
+    circuit: TensorCircuit,
+    data: torch.Tensor,
+    missing: torch.Tensor | None,
+    soft_evidence: torch.Tensor | None,
+    chunk_size: int,
+) -> None:
+    """Runs :meth:`TensorCircuit.prepare`'s checks over all of ``data`` before any update.
+
+    Raises:
+        TypeError, ValueError: from ``prepare``, prefixed with ``data`` and the rows checked.
+    """
+    n = data.shape[0]
+    for i in range(0, max(n, 1), chunk_size):
+        j = min(n, i + chunk_size)
+        try:
+            circuit.prepare(
+                data[i:j], None if missing is None else missing[i:j], None if soft_evidence is None else soft_evidence[i:j]
+            )
+        except (TypeError, ValueError) as err:
+            where = "" if i == 0 and j == n else f" (rows {i}..{j - 1}; row numbers below count from {i})"
+            raise type(err)(f"data{where}: {err}") from None
 
 
 def em(
@@ -133,15 +208,27 @@ def em(
         The mean log-likelihood of the examples in each epoch, computed
         during the epoch (for full-batch EM: under the parameters before
         that epoch's update).
+
+    Raises:
+        TypeError: a non-integer ``epochs``/``batch_size``/``chunk_size``/``seed``,
+            a non-numeric ``step_size``/``pseudocount``, or inputs that are not tensors.
+        ValueError: ``epochs``, ``batch_size`` or ``chunk_size`` below 1,
+            ``step_size`` outside ``(0, 1]``, ``pseudocount`` negative or not
+            finite, evidence that :meth:`~pcircuits.TensorCircuit.prepare`
+            refuses (checked for all rows before the first update, the
+            message prefixed with ``data``), or an update that would write
+            NaN or ``inf`` into the circuit. The circuit is changed only when
+            all epochs succeed.
     """
     if not isinstance(circuit, TensorCircuit):
         raise TypeError(f"circuit must be a TensorCircuit, got {type(circuit).__name__}")
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    if not (0 < step_size <= 1):
-        raise ValueError(f"step_size must be in (0, 1], got {step_size}")
-    if pseudocount < 0:
-        raise ValueError(f"pseudocount must be non-negative, got {pseudocount}")
+    epochs = check_int(epochs, "epochs", 1)
+    step_size = check_real(step_size, "step_size", low=0.0, high=1.0, low_open=True)
+    pseudocount = check_real(pseudocount, "pseudocount", low=0.0)
+    chunk_size = check_int(chunk_size, "chunk_size", 1)
+    seed = check_int(seed, "seed")
+    if batch_size is not None:
+        batch_size = check_int(batch_size, "batch_size", 1)
     if isinstance(data, np.ndarray):
         data = torch.from_numpy(data)
     if not isinstance(data, torch.Tensor):
@@ -151,12 +238,43 @@ def em(
     if isinstance(soft_evidence, np.ndarray):
         soft_evidence = torch.from_numpy(soft_evidence)
     for name, t in (("missing", missing), ("soft_evidence", soft_evidence)):
-        if t is not None and (t.dim() < 2 or t.shape[0] != data.shape[0]):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(t).__name__}")
+        if t is not None and (t.dim() < 2 or data.dim() < 1 or t.shape[0] != data.shape[0]):
             raise ValueError(f"{name} must have one row per example of data ({data.shape[0]}), got shape {tuple(t.shape)}")
+    _check_data(circuit, data, missing, soft_evidence, chunk_size)
     n = data.shape[0]
     full = batch_size is None or batch_size >= n
-    if not full and batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    saved = {k: v.detach().clone() for k, v in circuit.params.items()}
+    try:
+        return _run_em(
+            circuit, data, missing, soft_evidence, epochs, batch_size, full, step_size, pseudocount, shuffle, seed,
+            chunk_size, progress,
+        )
+    except Exception:
+        with torch.no_grad():  # all or nothing: a failed run leaves the circuit as it was
+            for k, v in saved.items():
+                circuit.params[k].copy_(v)
+        raise
+
+
+def _run_em(
+    circuit: TensorCircuit,
+    data: torch.Tensor,
+    missing: torch.Tensor | None,
+    soft_evidence: torch.Tensor | None,
+    epochs: int,
+    batch_size: int | None,
+    full: bool,
+    step_size: float,
+    pseudocount: float,
+    shuffle: bool,
+    seed: int,
+    chunk_size: int,
+    progress: bool | None,
+) -> list[float]:
+    """The epochs of :func:`em` on checked arguments; returns the mean log-likelihood per epoch."""
+    n = data.shape[0]
     gen = torch.Generator().manual_seed(seed)
     history: list[float] = []
     bar = tqdm(range(epochs), desc="EM", disable=(not progress) if progress is not None else None)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..distributions import Categorical
 from ..engine.circuit import compile
 from ..nodes import NodeGroup, inputs, multiply, summate
+from .checks import check_int, check_real
 from .chow_liu import FitResult, _as_array, _cats_list, _one_hot, kmeans
 
 __all__ = ["learn_spn", "independent_components"]
@@ -113,16 +114,13 @@ def learn_spn(
         min_instances = max(10, N // 100)
     if not isinstance(min_instances, int) or min_instances < 1:
         raise ValueError(f"min_instances must be a positive int, got {min_instances!r}")
-    if not (0 < alpha < 1):
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    if not isinstance(num_clusters, int) or num_clusters < 2:
-        raise ValueError(f"num_clusters must be an int >= 2, got {num_clusters!r}")
-    if pseudocount <= 0:
-        raise ValueError(f"pseudocount must be positive (leaves need smoothing), got {pseudocount}")
-    if max_nodes is not None and (not isinstance(max_nodes, int) or max_nodes < 1):
-        raise ValueError(f"max_nodes must be a positive int, got {max_nodes!r}")
-    if time_budget is not None and time_budget <= 0:
-        raise ValueError(f"time_budget must be positive seconds, got {time_budget}")
+    alpha = check_real(alpha, "alpha", low=0.0, high=1.0, low_open=True, high_open=True)
+    num_clusters = check_int(num_clusters, "num_clusters", 2)
+    pseudocount = check_real(pseudocount, "pseudocount", low=0.0, low_open=True)  # leaves need smoothing
+    if max_nodes is not None:
+        max_nodes = check_int(max_nodes, "max_nodes", 1)
+    if time_budget is not None:
+        time_budget = check_real(time_budget, "time_budget", low=0.0, low_open=True)
 
     leaf_params: list[tuple[NodeGroup, np.ndarray]] = []
     sum_params: list[tuple[NodeGroup, np.ndarray]] = []

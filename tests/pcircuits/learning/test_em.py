@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pcircuits as pc
-from pcircuits.learning.em import expected_statistics
+from pcircuits.learning.em import apply_statistics, expected_statistics
 from tests.pcircuits.random_circuits import random_circuit, random_evidence
 
 NLTCS = Path(pc.__file__).parent / "data" / "nltcs.train.data.gz"
@@ -116,3 +116,77 @@ def test_em_rejects_bad_arguments():
         pc.em(circuit, x, epochs=0)
     with pytest.raises(ValueError, match="x must have shape"):
         pc.em(circuit, torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="pseudocount"):
+        pc.em(circuit, x, pseudocount=float("nan"))
+    with pytest.raises(ValueError, match="pseudocount"):
+        pc.em(circuit, x, pseudocount=float("inf"))
+    with pytest.raises(TypeError, match="batch_size"):
+        pc.em(circuit, x, batch_size=1.5)
+    with pytest.raises(ValueError, match="chunk_size"):
+        pc.em(circuit, x, chunk_size=0)
+
+
+def _params(circuit):
+    return {k: v.detach().clone() for k, v in circuit.params.items()}
+
+
+def _assert_same(before, circuit):
+    for k, v in before.items():
+        assert torch.equal(v, circuit.params[k].detach()), k
+
+
+def _gaussian_mixture():
+    leaf = pc.inputs(0, 2, pc.Gaussian())
+    return pc.compile(pc.summate(leaf, num_nodes=1), seed=0), leaf
+
+
+def test_em_update_that_would_overflow_is_refused_and_writes_nothing():
+    circuit, _ = _gaussian_mixture()
+    before = _params(circuit)
+    x = torch.full((3, 1), 1.5e19)  # finite log-likelihoods, but the sum of squares overflows float32
+    assert torch.isfinite(circuit(x)).all()
+    with pytest.raises(ValueError, match="left unchanged: the statistics of leaf bank .* hold inf"):
+        pc.em(circuit, x, progress=False)
+    _assert_same(before, circuit)
+
+
+def test_failed_mini_batch_em_restores_the_circuit():
+    circuit, leaf = _gaussian_mixture()
+    before = _params(circuit)
+    start = circuit.group_parameters(leaf).detach().clone()
+    x = torch.tensor([[0.0], [1.0], [2.0], [1.5e19], [1.5e19], [1.5e19]])
+    with pytest.raises(ValueError, match="left unchanged"):  # the first batch updates, the second overflows
+        pc.em(circuit, x, batch_size=3, shuffle=False, progress=False)
+    _assert_same(before, circuit)
+    pc.em(circuit, x[:3], batch_size=3, shuffle=False, progress=False)  # the first batch alone is fine
+    assert not torch.equal(start, circuit.group_parameters(leaf).detach())
+
+
+def test_bad_rows_anywhere_in_the_data_are_refused_before_any_update():
+    circuit, _ = _gaussian_mixture()
+    before = _params(circuit)
+    x = torch.zeros(10, 1)
+    x[7, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"data \(rows 6\.\.8; row numbers below count from 6\): x has inf .*row 1, variable 0"):
+        pc.em(circuit, x, batch_size=2, chunk_size=3, progress=False)
+    _assert_same(before, circuit)
+
+
+def test_apply_statistics_with_nan_statistics_writes_nothing():
+    circuit = pc.compile(_mixture(3), seed=0)
+    before = _params(circuit)
+    _, (sum_flows, leaf_stats) = expected_statistics(circuit, circuit.prepare(torch.zeros(4, 3)))
+    for name in list(sum_flows)[:1]:
+        sum_flows[name] = torch.full_like(sum_flows[name], float("nan"))
+    with pytest.raises(ValueError, match="sum bank"):
+        apply_statistics(circuit, (sum_flows, leaf_stats), 0.1, 1.0)
+    _assert_same(before, circuit)
+
+
+def test_em_without_smoothing_writes_minus_inf_only_where_probabilities_are_zero():
+    leaf = pc.inputs(0, 2, pc.Categorical(3))
+    circuit = pc.compile(pc.summate(leaf, num_nodes=1), seed=0)
+    pc.em(circuit, torch.zeros(5, 1), pseudocount=0.0, progress=False)  # only category 0 seen
+    logits = circuit.group_parameters(leaf).detach()
+    assert torch.isinf(logits[:, 1:]).all() and torch.isfinite(logits[:, 0]).all()
+    assert float(circuit(torch.zeros(1, 1))) == pytest.approx(0.0, abs=1e-6)
