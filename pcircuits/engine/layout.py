@@ -143,10 +143,11 @@ class Layout:
 
 
 def _check_scope(root: NodeGroup, groups: list[NodeGroup]) -> tuple[int, list[int | None]]:
-    scope = sorted(root.scope)
+    scope = root.scope_set
     num_vars = len(scope)
-    if scope != list(range(num_vars)):
-        missing = sorted(set(range(scope[-1] + 1)) - set(scope))[:8]
+    if scope.lo != 0 or scope.mask is not None:  # not exactly 0..num_vars-1
+        present = set(scope.variables())
+        missing = [v for v in range(scope.hi + 1) if v not in present][:8]
         raise ValueError(
             f"root: the circuit's variables must be 0..num_vars-1; variables {missing} are absent from {root!r}"
         )
