@@ -45,11 +45,21 @@ class Gather:
         self.lengths = [ix.numel() for ix in self.indices]
 
 
+#: index tensors up to this size are inspected as Python lists (cheaper than tensor operations)
+_SMALL = 256
+
+
 def _range_start(ix: torch.Tensor) -> int | None:
-    if ix.numel() == 0:
+    """The first entry of ``ix`` when it is the contiguous range ``start, start+1, ...``, else ``None``."""
+    n = ix.numel()
+    if n == 0:
         return None
+    if n <= _SMALL:
+        values = ix.tolist()
+        start = values[0]
+        return start if values == list(range(start, start + n)) else None
     start = int(ix[0])
-    return start if torch.equal(ix, torch.arange(start, start + ix.numel())) else None
+    return start if torch.equal(ix, torch.arange(start, start + n)) else None
 
 
 @dataclass
@@ -165,11 +175,12 @@ def _check_scope(root: NodeGroup, groups: list[NodeGroup]) -> tuple[int, list[in
 
 def _gather(lay: torch.Tensor, col: torch.Tensor, layer_sizes: list[int]) -> Gather:
     """Reference ``r`` reads column ``col[r]`` of layer ``lay[r]``, or the zero pad where ``lay[r] == -1``."""
-    sources = sorted({int(s) for s in lay.unique().tolist()} - {-1})
-    pad = bool((lay == -1).any())
+    present = set(lay.tolist()) if lay.numel() <= _SMALL else set(lay.unique().tolist())
+    sources = sorted(present - {-1})
+    pad = -1 in present
     if len(sources) == 1 and not pad:
         s = sources[0]
-        identity = col.numel() == layer_sizes[s] and torch.equal(col, torch.arange(layer_sizes[s]))
+        identity = col.numel() == layer_sizes[s] and _range_start(col) == 0
         return Gather([s], [col], None, False, identity)
     indices, order = [], []
     for s in sources:
