@@ -128,7 +128,7 @@ class BankSpec:
     kind: str  # "sum" or "leaf"
     shape: tuple[int, ...]
     slots: int = 0
-    dist: Distribution | None = None
+    dist: Distribution | None = None  # the family shared by all slots (each slot's values: its group's dist)
     groups: list[NodeGroup] = field(default_factory=list)  # the group owning each slot
     masks: list[torch.Tensor] = field(default_factory=list)  # sparse sums: [n, k] bool per slot
     child_index: list[torch.Tensor] = field(default_factory=list)  # sparse sums: [n, k] child per slot
@@ -169,6 +169,8 @@ def _check_scope(root: NodeGroup, groups: list[NodeGroup]) -> tuple[int, list[in
                 raise ValueError(f"variable {g.var} has both discrete and continuous leaves ({g!r})")
             kinds[g.var] = g.dist.discrete
             if g.dist.discrete:
+                # the variable's domain is its widest leaf's; a narrower leaf gives probability 0
+                # outside its own categories (see DiscreteDistribution.log_prob)
                 cats[g.var] = max(cats[g.var] or 0, g.dist.num_cats)
     return num_vars, cats
 
