@@ -7,12 +7,20 @@
     folded and optimised), parameters copied from cirkit into pcircuits and
     outputs compared before timing.
 
+(c) With ``--scale``: construction cost of long HMMs (the homogeneous
+    template ``pc.structures.hmm`` with 4 states and 4 categories, 10,000 and
+    30,000 steps, ~2 layers per step): peak resident memory and the times to
+    build the node groups, compile them and run one forward pass of a batch
+    of 8, each length measured in a fresh Python process.
+
 Usage::
 
     python benchmarks/engine_hmm.py [--repeats 20] [--threads 1] [--out benchmarks/results]
+    python benchmarks/engine_hmm.py --scale [--scale-steps 10000 30000]
 
 Writes ``engine_hmm.json``, ``engine_hmm.png`` and ``engine_hmm.md`` (the table
-shown in ``docs/benchmarks/engine.md``).
+shown in ``docs/benchmarks/engine.md``); with ``--scale`` only
+``engine_hmm_scale.json`` and ``engine_hmm_scale.md``.
 """
 
 from __future__ import annotations
@@ -20,13 +28,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 import pcircuits as pc
+from pcircuits.atomic import atomic_write
 
 T, H, C, B = 32, 128, 1000, 256
 
@@ -159,21 +171,96 @@ def bench_cirkit(repeats: int) -> dict:
     }
 
 
+def _rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (``ru_maxrss`` is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def scale_child(steps: int) -> dict:
+    """Builds, compiles and runs one HMM of ``steps`` steps in this (fresh) process."""
+    states, cats, batch = 4, 4, 8
+    torch.set_num_threads(1)
+    base = _rss_mb()
+    t0 = time.perf_counter()
+    root = pc.structures.hmm(steps, states, cats)
+    t1 = time.perf_counter()
+    after_build = _rss_mb()
+    circuit = pc.compile(root)
+    t2 = time.perf_counter()
+    after_compile = _rss_mb()
+    x = torch.randint(0, cats, (batch, steps), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ll = circuit(x)
+    t3 = time.perf_counter()
+    assert bool(torch.isfinite(ll).all()), "forward pass gave a non-finite log-likelihood"
+    return {
+        "steps": steps, "states": states, "categories": cats, "batch": batch,
+        "layers": len(circuit.layout.layers) + 1, "nodes": circuit.num_nodes,
+        "build_s": t1 - t0, "compile_s": t2 - t1, "forward_s": t3 - t2,
+        "rss_after_import_mb": base, "peak_rss_after_build_mb": after_build,
+        "peak_rss_after_compile_mb": after_compile, "peak_rss_mb": _rss_mb(),
+    }
+
+
+def bench_scale(steps_list: list[int], out: Path) -> list[dict]:
+    """Runs :func:`scale_child` for every length in a fresh interpreter; writes the JSON and table."""
+    rows = []
+    for steps in steps_list:
+        cmd = [sys.executable, __file__, "--scale-child", str(steps)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    result = {
+        "device": f"CPU ({platform.processor() or platform.machine()}, 1 thread)",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "runs": rows,
+    }
+    with atomic_write(out / "engine_hmm_scale.json", "w") as f:
+        f.write(json.dumps(result, indent=2))
+    lines = [
+        f"Device: {result['device']}, torch {result['torch']}, Python {result['python']}. "
+        "One fresh process per length; peak RSS from `resource.getrusage` (includes about "
+        f"{rows[0]['rss_after_import_mb']:.0f} MiB for importing torch and pcircuits).",
+        "",
+        "| HMM (states x categories) | steps | layers | build | compile | forward (batch 8) | peak RSS |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['states']} x {r['categories']} | {r['steps']:,} | {r['layers']:,} | {r['build_s']:.2f} s "
+            f"| {r['compile_s']:.1f} s | {r['forward_s']:.2f} s | {r['peak_rss_mb']:,.0f} MiB |"
+        )
+    with atomic_write(out / "engine_hmm_scale.md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 gives the steadiest ratios)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--scale", action="store_true", help="only measure construction memory and time of long HMMs")
+    parser.add_argument("--scale-steps", type=int, nargs="+", default=[10_000, 30_000], help="HMM lengths for --scale")
+    parser.add_argument("--scale-child", type=int, help=argparse.SUPPRESS)  # internal: one measurement
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.scale_child is not None:
+        print(json.dumps(scale_child(args.scale_child)))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.scale:
+        bench_scale(args.scale_steps, args.out)
+        return
+    torch.set_num_threads(args.threads)
     result = {
         "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "homogeneous_vs_hand_written": bench_homogeneous(args.repeats),
         "inhomogeneous_vs_libcirkit": bench_cirkit(args.repeats),
     }
-    (args.out / "engine_hmm.json").write_text(json.dumps(result, indent=2))
+    with atomic_write(args.out / "engine_hmm.json", "w") as f:
+        f.write(json.dumps(result, indent=2))
     a, b = result["homogeneous_vs_hand_written"], result["inhomogeneous_vs_libcirkit"]
     ms = lambda s: f"{1000 * s:.1f} ms"  # noqa: E731
     lines = [
@@ -189,7 +276,8 @@ def main() -> None:
             f"| {b['circuit']} vs libcirkit {b['libcirkit_version']} | forward | {ms(b['forward_s']['pcircuits'])} | {ms(b['forward_s']['libcirkit'])} | {b['forward_s']['speedup']:.2f}x faster |",
             f"| | forward+backward | {ms(b['forward_backward_s']['pcircuits'])} | {ms(b['forward_backward_s']['libcirkit'])} | {b['forward_backward_s']['speedup']:.2f}x faster |",
         ]
-    (args.out / "engine_hmm.md").write_text("\n".join(lines) + "\n")
+    with atomic_write(args.out / "engine_hmm.md", "w") as f:
+        f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
     import matplotlib
@@ -210,10 +298,11 @@ def main() -> None:
         ax.set_title(title)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(args.out / "engine_hmm.png", dpi=120)
     assets = Path(__file__).parent.parent / "docs" / "assets"
     assets.mkdir(exist_ok=True)
-    fig.savefig(assets / "engine_hmm.png", dpi=120)
+    for target in (args.out / "engine_hmm.png", assets / "engine_hmm.png"):
+        with atomic_write(target) as f:
+            fig.savefig(f, format="png", dpi=120)
 
 
 if __name__ == "__main__":

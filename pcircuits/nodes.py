@@ -19,10 +19,12 @@ from typing import Iterator
 
 import torch
 
+from ._index import as_int
 from .distributions.base import Distribution
 
 __all__ = [
     "NodeGroup",
+    "Scope",
     "InputGroup",
     "ProductGroup",
     "SumGroup",
@@ -33,32 +35,140 @@ __all__ = [
 ]
 
 
+class Scope:
+    """An immutable set of variables, stored compactly.
+
+    A contiguous scope ``{lo, ..., hi}`` is two integers (so the scopes of a
+    chain such as an HMM cost O(1) each); any other scope is one Python int
+    used as a bitmask (bit ``v`` set for variable ``v``). Sums share their
+    first child's ``Scope`` object, so a group never copies its
+    descendants' variables. Equal sets always have the same representation.
+    """
+
+    __slots__ = ("lo", "hi", "mask")
+
+    def __init__(self, lo: int, hi: int, mask: int | None = None):
+        self.lo = lo  # smallest variable
+        self.hi = hi  # largest variable
+        self.mask = mask  # None: every variable lo..hi; else the bitmask
+
+    @staticmethod
+    def single(var: int) -> "Scope":
+        return Scope(var, var)
+
+    @staticmethod
+    def from_mask(mask: int) -> "Scope":
+        """The scope of a non-zero bitmask, as an interval when contiguous."""
+        lo = (mask & -mask).bit_length() - 1
+        hi = mask.bit_length() - 1
+        shifted = mask >> lo
+        return Scope(lo, hi, None if shifted & (shifted + 1) == 0 else mask)
+
+    def to_mask(self) -> int:
+        """The scope as a bitmask (a temporary: O(hi) bits)."""
+        if self.mask is not None:
+            return self.mask
+        return (1 << (self.hi + 1)) - (1 << self.lo)
+
+    def __len__(self) -> int:
+        return self.hi - self.lo + 1 if self.mask is None else self.mask.bit_count()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Scope):
+            return NotImplemented
+        return self is other or (self.lo == other.lo and self.hi == other.hi and self.mask == other.mask)
+
+    def __hash__(self) -> int:
+        return hash((self.lo, self.hi, self.mask))
+
+    def variables(self) -> list[int]:
+        """The variables in increasing order."""
+        if self.mask is None:
+            return list(range(self.lo, self.hi + 1))
+        return _bits(self.mask)
+
+    @staticmethod
+    def disjoint_union(scopes: Sequence["Scope"]) -> tuple["Scope", list[int]]:
+        """The union of ``scopes`` and the variables shared by two of them (empty when disjoint).
+
+        Intervals are checked in O(k log k) for ``k`` scopes; other scopes
+        through bitmasks.
+        """
+        if all(s.mask is None for s in scopes):
+            order = sorted(scopes, key=lambda s: s.lo)
+            if all(a.hi < b.lo for a, b in zip(order, order[1:])):
+                if all(a.hi + 1 == b.lo for a, b in zip(order, order[1:])):
+                    return Scope(order[0].lo, order[-1].hi), []
+                return Scope.from_mask(_or_masks(order)), []
+        seen = 0
+        for s in scopes:
+            m = s.to_mask()
+            overlap = seen & m
+            if overlap:
+                return Scope.from_mask(seen | m), _bits(overlap)
+            seen |= m
+        return Scope.from_mask(seen), []
+
+
+def _or_masks(scopes: Sequence[Scope]) -> int:
+    out = 0
+    for s in scopes:
+        out |= s.to_mask()
+    return out
+
+
+def _bits(mask: int) -> list[int]:
+    """Set bits of ``mask`` in increasing order."""
+    text = bin(mask)[:1:-1]  # least significant bit first
+    return [i for i, b in enumerate(text) if b == "1"]
+
+
 class NodeGroup:
     """A vector of ``num_nodes`` circuit nodes of the same kind and scope.
 
     Attributes:
         num_nodes: number of nodes in the group.
         children: child groups, in order.
-        scope: the variables the group's nodes are defined over.
         name: optional label used in error messages.
     """
 
     kind: str = "group"
 
-    def __init__(self, num_nodes: int, children: Sequence["NodeGroup"], scope: frozenset[int], name: str | None):
-        if not isinstance(num_nodes, int) or isinstance(num_nodes, bool):
-            raise TypeError(f"num_nodes must be an int, got {type(num_nodes).__name__}")
+    def __init__(self, num_nodes: int, children: Sequence["NodeGroup"], name: str | None):
+        num_nodes = as_int(num_nodes, "num_nodes")
         if num_nodes < 1:
             raise ValueError(f"num_nodes must be at least 1, got {num_nodes}")
         self.num_nodes = num_nodes
         self.children: tuple[NodeGroup, ...] = tuple(children)
-        self.scope = scope
         self.name = name
+
+    @property
+    def scope_set(self) -> Scope:
+        """The compact :class:`Scope` of the group (shared with children where equal; no copy)."""
+        return self._scope
+
+    @property
+    def scope(self) -> frozenset[int]:
+        """The variables the group's nodes are defined over (built on each access)."""
+        return frozenset(self._scope.variables())
+
+    @property
+    def num_scope_vars(self) -> int:
+        """Number of variables in the scope."""
+        return len(self._scope)
+
+    def same_scope(self, other: "NodeGroup") -> bool:
+        """Whether ``other`` is over the same variables (without building either set)."""
+        return self._scope == other._scope
 
     def __repr__(self) -> str:
         label = f" {self.name!r}" if self.name else ""
-        scope = sorted(self.scope)
-        shown = scope if len(scope) <= 8 else scope[:8] + ["..."]
+        s = self._scope
+        if s.mask is None and len(s) > 8:
+            shown = f"[{s.lo}..{s.hi}]"
+        else:
+            scope = s.variables() if len(s) <= 8 else _bits(s.mask)[:8] + ["..."]
+            shown = str(scope)
         return f"{type(self).__name__}{label}(num_nodes={self.num_nodes}, scope={shown})"
 
     def __iter__(self) -> Iterator["NodeGroup"]:
@@ -84,11 +194,12 @@ class InputGroup(NodeGroup):
         tie_with: "InputGroup | None" = None,
         name: str | None = None,
     ):
-        if not isinstance(var, int) or isinstance(var, bool) or var < 0:
-            raise ValueError(f"var must be a non-negative int, got {var!r}")
+        var = as_int(var, "var", minimum=0)
         if not isinstance(dist, Distribution):
             raise TypeError(f"dist must be a pcircuits distribution (e.g. pc.Categorical(3)), got {type(dist).__name__}")
-        super().__init__(num_nodes, (), frozenset({var}), name)
+        super().__init__(num_nodes, (), name)
+        num_nodes = self.num_nodes
+        self._scope = Scope.single(var)
         dist.check_num_nodes(num_nodes)
         self.var = var
         self.dist = dist
@@ -142,18 +253,16 @@ class ProductGroup(NodeGroup):
                 col = edges[:, j]
                 if col.numel() and (col.min() < 0 or col.max() >= c.num_nodes):
                     raise ValueError(f"multiply: edges[:, {j}] must index nodes of {c!r} (0..{c.num_nodes - 1})")
-        scope: frozenset[int] = frozenset()
-        seen: set[int] = set()
-        for c in children:
-            overlap = seen & c.scope
-            if overlap:
-                raise ValueError(
-                    f"multiply{' ' + repr(name) if name else ''}: product is not decomposable: children share "
-                    f"variables {sorted(overlap)[:8]} (child {c!r})"
-                )
-            seen |= c.scope
-        scope = frozenset(seen)
-        super().__init__(int(edges.shape[0]), children, scope, name)
+        scope, overlap = Scope.disjoint_union([c._scope for c in children])
+        if overlap:
+            holders = [c for c in children if c._scope.to_mask() >> overlap[0] & 1]
+            culprit = holders[1] if len(holders) > 1 else holders[0]  # the same group twice: itself
+            raise ValueError(
+                f"multiply{' ' + repr(name) if name else ''}: product is not decomposable: children share "
+                f"variables {overlap[:8]} (child {culprit!r})"
+            )
+        super().__init__(int(edges.shape[0]), children, name)
+        self._scope = scope
         self.edges = edges
 
 
@@ -183,15 +292,17 @@ class SumGroup(NodeGroup):
         for c in children:
             if not isinstance(c, NodeGroup):
                 raise TypeError(f"summate: children must be node groups, got {type(c).__name__}")
-        scope = children[0].scope
+        num_nodes = as_int(num_nodes, "num_nodes")
+        scope = children[0]._scope
         for c in children[1:]:
-            if c.scope != scope:
-                diff = sorted(scope ^ c.scope)[:8]
+            if c._scope != scope:
+                diff = _bits(scope.to_mask() ^ c._scope.to_mask())[:8]
                 raise ValueError(
                     f"summate{' ' + repr(name) if name else ''}: sum is not smooth: child {c!r} has a different "
                     f"scope than {children[0]!r} (they differ on variables {diff})"
                 )
-        super().__init__(num_nodes, children, scope, name)
+        super().__init__(num_nodes, children, name)
+        self._scope = scope  # the first child's object: no copy
         total = sum(c.num_nodes for c in children)
         if edges is not None:
             edges = torch.as_tensor(edges)

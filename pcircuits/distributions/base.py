@@ -119,6 +119,9 @@ class Distribution:
                 parameter rows when ``slots`` is given.
             x: ``[B, G]`` values (long for discrete families, float otherwise);
                 entries under ``missing`` hold an arbitrary valid placeholder.
+                A discrete value may lie outside the leaf's own domain
+                ``0..num_cats-1`` (when other leaves of the variable have
+                more categories): its probability is 0.
             missing: ``[B, G]`` bool or ``None``; True integrates the leaf out.
             soft_evidence: ``[B, G, C]`` log-weights or ``None`` (discrete only);
                 the leaf value becomes ``log sum_c p(c) w(c)`` over the allowed
@@ -257,11 +260,20 @@ class DiscreteDistribution(Distribution):
         B, G = x.shape
         if slots is None:
             slots = torch.arange(G, device=x.device)
+        # a variable may have more categories than this leaf (other leaves of it are wider):
+        # values outside the leaf's own domain 0..C-1 have probability 0
+        outside = x >= C  # [B, G]
+        x = torch.where(outside, torch.zeros((), dtype=x.dtype, device=x.device), x)
         if Q * C <= B * G:  # small table: one transposed copy, then contiguous row gathers
             rows = (slots * C).unsqueeze(0) + x  # [B, G]
-            out = table.transpose(1, 2).contiguous().view(Q * C, n).index_select(0, rows.reshape(-1)).view(B, G, n)
+            flat = table.transpose(1, 2).contiguous().view(Q * C, n)
+            # outside values read an appended row of -inf (the copy is made anyway)
+            flat = torch.cat([flat, flat.new_full((1, n), -math.inf)])
+            rows = torch.where(outside, torch.full((), Q * C, dtype=rows.dtype, device=rows.device), rows)
+            out = flat.index_select(0, rows.reshape(-1)).view(B, G, n)
         else:  # large table (e.g. untied emissions): gather in place, no copy of the table
             out = table[slots.unsqueeze(0), :, x]  # [B, G, n]
+            out = out.masked_fill(outside.unsqueeze(-1), -math.inf)
         if soft_evidence is not None or missing is not None:
             if Q == 1 or bool((slots == slots[0]).all()):
                 s0 = int(slots[0])
@@ -311,7 +323,11 @@ class DiscreteDistribution(Distribution):
         table = self.log_table(params)  # [G, n, C]
         G, n, C = table.shape
         counts = table.new_zeros(G * C, n)
-        obs_flows = flows if missing is None else flows * (~missing).unsqueeze(-1).to(flows.dtype)
+        # values outside the leaf's domain have probability 0, so no flow: they add nothing
+        outside = x >= C  # [B, G]
+        x = torch.where(outside, torch.zeros((), dtype=x.dtype, device=x.device), x)
+        observed = ~outside if missing is None else ~outside & ~missing
+        obs_flows = flows * observed.unsqueeze(-1).to(flows.dtype)
         rows = (torch.arange(G, device=x.device) * C).unsqueeze(0) + x  # [B, G]
         counts.index_add_(0, rows.reshape(-1), obs_flows.reshape(-1, n))
         counts = counts.view(G, C, n).transpose(1, 2)  # [G, n, C]

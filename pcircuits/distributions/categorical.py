@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from .._index import as_int
 from .base import DiscreteDistribution, _check_last_dim, _first_bad, register
 
 __all__ = ["Categorical"]
@@ -16,9 +17,7 @@ class Categorical(DiscreteDistribution):
     """Categorical distribution over ``0..num_cats-1``; raw parameters are ``num_cats`` logits."""
 
     def __init__(self, num_cats: int):
-        if not isinstance(num_cats, int) or isinstance(num_cats, bool) or num_cats < 2:
-            raise ValueError(f"num_cats must be an int >= 2, got {num_cats!r}")
-        self._num_cats = num_cats
+        self._num_cats = as_int(num_cats, "num_cats", minimum=2)
 
     @property
     def num_cats(self) -> int:

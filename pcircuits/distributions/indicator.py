@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
+from .._index import as_int
 from .base import DiscreteDistribution, _check_last_dim, _first_bad, register
 
 __all__ = ["Indicator"]
@@ -26,14 +28,22 @@ class Indicator(DiscreteDistribution):
     trainable = False
 
     def __init__(self, value: int | Sequence[int], num_cats: int | None = None):
-        values = [value] if isinstance(value, int) else list(value)
-        if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in values):
+        single = _is_scalar(value)
+        if single:
+            values = [as_int(value, "value", minimum=0)]
+        else:
+            try:
+                values = [as_int(v, "value", minimum=0) for v in value]
+            except TypeError:
+                raise TypeError(f"value must be a non-negative int or a non-empty sequence of them, got {value!r}") from None
+        if not values:
             raise ValueError(f"value must be a non-negative int or a non-empty sequence of them, got {value!r}")
         if num_cats is None:
             num_cats = max(2, max(values) + 1)
-        if not isinstance(num_cats, int) or num_cats <= max(values) or num_cats < 2:
+        num_cats = as_int(num_cats, "num_cats", minimum=2)
+        if num_cats <= max(values):
             raise ValueError(f"num_cats must be an int >= 2 greater than every value, got {num_cats!r}")
-        self._value = value if isinstance(value, int) else tuple(values)
+        self._value = values[0] if single else tuple(values)
         self._values = values
         self._num_cats = num_cats
 
@@ -76,3 +86,10 @@ class Indicator(DiscreteDistribution):
 
     def em_update(self, params, stats, pseudocount, step_size):
         return params
+
+
+def _is_scalar(value: object) -> bool:
+    """Whether ``value`` is one value (an int-like scalar) rather than a sequence of them."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return value.ndim == 0
+    return not isinstance(value, (Sequence, range)) and not hasattr(value, "__iter__")

@@ -77,7 +77,9 @@ class TensorCircuit(nn.Module):
         self.params = nn.ParameterDict()
         for name, spec in lay.banks.items():
             if spec.kind == "leaf":
-                rows = [spec.dist.init_params(spec.shape[0], gen) for _ in range(spec.slots)]
+                # every slot from its own group's distribution: groups of one bank share the family
+                # and its shape, not the parameters (an Indicator's values are its parameters)
+                rows = [g.dist.init_params(spec.shape[0], gen) for g in spec.groups]
                 p = nn.Parameter(torch.stack(rows).float(), requires_grad=spec.dist.trainable)
             else:
                 u = torch.rand((spec.slots, *spec.shape), generator=gen, dtype=torch.float64)

@@ -45,11 +45,21 @@ class Gather:
         self.lengths = [ix.numel() for ix in self.indices]
 
 
+#: index tensors up to this size are inspected as Python lists (cheaper than tensor operations)
+_SMALL = 256
+
+
 def _range_start(ix: torch.Tensor) -> int | None:
-    if ix.numel() == 0:
+    """The first entry of ``ix`` when it is the contiguous range ``start, start+1, ...``, else ``None``."""
+    n = ix.numel()
+    if n == 0:
         return None
+    if n <= _SMALL:
+        values = ix.tolist()
+        start = values[0]
+        return start if values == list(range(start, start + n)) else None
     start = int(ix[0])
-    return start if torch.equal(ix, torch.arange(start, start + ix.numel())) else None
+    return start if torch.equal(ix, torch.arange(start, start + n)) else None
 
 
 @dataclass
@@ -118,7 +128,7 @@ class BankSpec:
     kind: str  # "sum" or "leaf"
     shape: tuple[int, ...]
     slots: int = 0
-    dist: Distribution | None = None
+    dist: Distribution | None = None  # the family shared by all slots (each slot's values: its group's dist)
     groups: list[NodeGroup] = field(default_factory=list)  # the group owning each slot
     masks: list[torch.Tensor] = field(default_factory=list)  # sparse sums: [n, k] bool per slot
     child_index: list[torch.Tensor] = field(default_factory=list)  # sparse sums: [n, k] child per slot
@@ -143,10 +153,11 @@ class Layout:
 
 
 def _check_scope(root: NodeGroup, groups: list[NodeGroup]) -> tuple[int, list[int | None]]:
-    scope = sorted(root.scope)
+    scope = root.scope_set
     num_vars = len(scope)
-    if scope != list(range(num_vars)):
-        missing = sorted(set(range(scope[-1] + 1)) - set(scope))[:8]
+    if scope.lo != 0 or scope.mask is not None:  # not exactly 0..num_vars-1
+        present = set(scope.variables())
+        missing = [v for v in range(scope.hi + 1) if v not in present][:8]
         raise ValueError(
             f"root: the circuit's variables must be 0..num_vars-1; variables {missing} are absent from {root!r}"
         )
@@ -158,17 +169,20 @@ def _check_scope(root: NodeGroup, groups: list[NodeGroup]) -> tuple[int, list[in
                 raise ValueError(f"variable {g.var} has both discrete and continuous leaves ({g!r})")
             kinds[g.var] = g.dist.discrete
             if g.dist.discrete:
+                # the variable's domain is its widest leaf's; a narrower leaf gives probability 0
+                # outside its own categories (see DiscreteDistribution.log_prob)
                 cats[g.var] = max(cats[g.var] or 0, g.dist.num_cats)
     return num_vars, cats
 
 
 def _gather(lay: torch.Tensor, col: torch.Tensor, layer_sizes: list[int]) -> Gather:
     """Reference ``r`` reads column ``col[r]`` of layer ``lay[r]``, or the zero pad where ``lay[r] == -1``."""
-    sources = sorted({int(s) for s in lay.unique().tolist()} - {-1})
-    pad = bool((lay == -1).any())
+    present = set(lay.tolist()) if lay.numel() <= _SMALL else set(lay.unique().tolist())
+    sources = sorted(present - {-1})
+    pad = -1 in present
     if len(sources) == 1 and not pad:
         s = sources[0]
-        identity = col.numel() == layer_sizes[s] and torch.equal(col, torch.arange(layer_sizes[s]))
+        identity = col.numel() == layer_sizes[s] and _range_start(col) == 0
         return Gather([s], [col], None, False, identity)
     indices, order = [], []
     for s in sources:

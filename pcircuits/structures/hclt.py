@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .._index import as_int
 from ..learning.chow_liu import chow_liu_tree, infer_num_cats
 from ..learning.hclt_structure import HCLTGroups, hclt_from_tree
 from ..nodes import SumGroup
@@ -37,6 +38,7 @@ def hclt(
         clustering-based initialisation and training use
         :func:`pcircuits.learning.learn_hclt`).
     """
+    num_latents = as_int(num_latents, "num_latents", minimum=1)
     arr = data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
     cats = infer_num_cats(arr) if num_cats is None else num_cats
     tree = chow_liu_tree(arr, num_cats=cats, pseudocount=pseudocount)

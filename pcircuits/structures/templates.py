@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .._index import as_int
 from ..distributions import Categorical
 from ..distributions.base import Distribution
 from ..engine.circuit import TensorCircuit, compile
@@ -24,19 +25,16 @@ LeafSpec = Distribution | Callable[[int], Distribution] | int
 def _leaf_fn(leaf: LeafSpec) -> Callable[[int], Distribution]:
     if isinstance(leaf, Distribution):
         return lambda v: leaf
-    if isinstance(leaf, int) and not isinstance(leaf, bool):
-        if leaf < 2:
-            raise ValueError(f"leaf must be a distribution, a callable or a number of categories >= 2, got {leaf!r}")
-        return lambda v: Categorical(leaf)
+    if not callable(leaf) and not isinstance(leaf, (bool, float)) and hasattr(leaf, "__index__"):
+        cats = as_int(leaf, "leaf", minimum=2)
+        return lambda v: Categorical(cats)
     if callable(leaf):
         return leaf
     raise ValueError(f"leaf must be a distribution, a callable var -> distribution, or an int, got {type(leaf).__name__}")
 
 
 def _units(value: object, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return as_int(value, name, minimum=1)
 
 
 def from_region_graph(
@@ -137,6 +135,10 @@ def rat_spn(
     Returns:
         The root group.
     """
+    num_vars = as_int(num_vars, "num_vars", minimum=1)
+    depth = None if depth is None else as_int(depth, "depth", minimum=0)
+    num_repetitions = as_int(num_repetitions, "num_repetitions", minimum=1)
+    seed = as_int(seed, "seed")
     rg = random_binary_tree(num_vars, depth, num_repetitions, seed)
     return from_region_graph(rg, num_units, leaf, layer, num_input_units)
 
@@ -164,6 +166,8 @@ def pd(
     Returns:
         The root group.
     """
+    height, width = as_int(height, "height", minimum=1), as_int(width, "width", minimum=1)
+    delta = as_int(delta, "delta", minimum=1) if hasattr(delta, "__index__") else [as_int(d, "delta", minimum=1) for d in delta]
     return from_region_graph(poon_domingos(height, width, delta), num_units, leaf, layer, num_input_units)
 
 
@@ -190,6 +194,8 @@ def qt(
     Returns:
         The root group.
     """
+    height, width = as_int(height, "height", minimum=1), as_int(width, "width", minimum=1)
+    num_splits = as_int(num_splits, "num_splits")
     return from_region_graph(quad_tree(height, width, num_splits), num_units, leaf, layer, num_input_units)
 
 
@@ -214,8 +220,7 @@ def hmm(seq_len: int, num_latents: int, num_cats: int, homogeneous: bool = True)
     """
     T = _units(seq_len, "seq_len")
     H = _units(num_latents, "num_latents")
-    if not isinstance(num_cats, int) or isinstance(num_cats, bool) or num_cats < 2:
-        raise ValueError(f"num_cats must be an int >= 2, got {num_cats!r}")
+    num_cats = as_int(num_cats, "num_cats", minimum=2)
     emit0 = inputs(0, H, Categorical(num_cats), name="emit0")
     alpha: NodeGroup = emit0
     trans: SumGroup | None = None
@@ -249,7 +254,7 @@ def mixture(*roots: NodeGroup, name: str | None = None) -> SumGroup:
             raise ValueError(f"roots[{i}] must be a node group (a circuit's root), got {type(r).__name__}")
         if r.num_nodes != 1:
             raise ValueError(f"roots[{i}] must have one node, {r!r} has {r.num_nodes}")
-        if r.scope != roots[0].scope:
+        if not r.same_scope(roots[0]):
             raise ValueError(f"roots[{i}] has a different scope than roots[0]")
     return summate(*roots, num_nodes=1, name=name or "mixture")
 

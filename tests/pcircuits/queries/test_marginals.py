@@ -12,9 +12,12 @@ from tests.pcircuits.queries.helpers import (
     Reference,
     brute_force_marginals,
     cards_of,
+    compile_with_reference,
+    draw_parameters,
     evidence,
     max_cats,
     random_circuit,
+    set_parameters,
 )
 
 
@@ -22,12 +25,12 @@ from tests.pcircuits.queries.helpers import (
 @given(st.integers(0, 2**31 - 1))
 def test_marginals_match_enumeration(seed):
     root, kinds = random_circuit(seed)
-    circuit = pc.compile(root, seed=seed).to(torch.float64)
+    circuit, ref = compile_with_reference(root, seed)
     C = max_cats(kinds)
     x, miss, soft = evidence(seed, kinds, batch=4, soft=seed % 3 != 0)
     got = pc.marginals(circuit, torch.from_numpy(x), torch.from_numpy(miss), None if soft is None else torch.from_numpy(soft))
     assert got.shape == (4, len(kinds), C)
-    want = brute_force_marginals(Reference(circuit), cards_of(kinds), x, miss, soft, C)
+    want = brute_force_marginals(ref, cards_of(kinds), x, miss, soft, C)
     got = got.numpy()
     assert np.array_equal(np.isnan(got), np.isnan(want))
     ok = ~np.isnan(want)
@@ -64,15 +67,16 @@ def test_impossible_evidence_gives_nan_only_there():
 
 def test_marginals_float32_and_huge_soft_evidence_are_stable():
     root, kinds = random_circuit(9, num_vars=4, allow_gaussian=False)
+    params = draw_parameters(root, 2)
     c32 = pc.compile(root, seed=2)
-    c64 = pc.compile(root, seed=2).to(torch.float64)
+    set_parameters(c32, params)
     x = torch.zeros(8, 4, dtype=torch.long)
     miss = torch.ones(8, 4, dtype=torch.bool)
     miss[:, 0] = False
     ev = torch.randn(8, 4, c32.max_cats, dtype=torch.float64) * 1e3
     ev[:, :, 2:] = torch.where(torch.tensor([c == 2 for c in cards_of(kinds)]).view(1, 4, 1), -math.inf, ev[:, :, 2:])
     ev[:, 0] = 0.0
-    ref = Reference(c64)
+    ref = Reference(root, params)
     want = brute_force_marginals(ref, cards_of(kinds), x.double().numpy(), miss.numpy(), ev.numpy(), c32.max_cats)
     got32 = pc.marginals(c32, x, miss, ev.float())
     ok = ~np.isnan(want)

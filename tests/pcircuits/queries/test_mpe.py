@@ -9,12 +9,11 @@ from hypothesis import strategies as st
 
 import pcircuits as pc
 from tests.pcircuits.queries.helpers import (
-    Reference,
     cards_of,
+    compile_with_reference,
     completions,
     evidence,
     random_circuit,
-    random_deterministic_circuit,
 )
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -34,15 +33,14 @@ def _log_scores(ref, cards, a, soft_row, semiring):
 @SETTINGS
 @given(st.integers(0, 2**31 - 1))
 def test_mpe_is_the_enumerated_argmax_on_deterministic_circuits(seed):
-    root, kinds = random_deterministic_circuit(seed)
-    circuit = pc.compile(root, seed=seed).to(torch.float64)
+    root, kinds = random_circuit(seed, deterministic=True)
+    circuit, ref = compile_with_reference(root, seed)
     cards = cards_of(kinds)
     x, miss, soft = evidence(seed, kinds, batch=4, soft=seed % 2 == 0, missing_rate=0.6)
     xt = torch.from_numpy(x).long()
     got, logp = pc.mpe(circuit, xt, torch.from_numpy(miss), None if soft is None else torch.from_numpy(soft), return_log_prob=True)
     assert got.dtype == torch.long and got.shape == xt.shape
     assert torch.equal(got[torch.from_numpy(~miss)], xt[torch.from_numpy(~miss)])
-    ref = Reference(circuit)
     for b in range(x.shape[0]):
         a, _ = completions(cards, x[b], miss[b])
         scores = _log_scores(ref, cards, a, None if soft is None else soft[b], "sum")
@@ -65,11 +63,10 @@ def test_mpe_is_the_enumerated_argmax_on_deterministic_circuits(seed):
 def test_mpe_is_max_product_on_any_circuit(seed):
     """On non-deterministic circuits (Gaussians included) MPE maximises the joint with the latent choices."""
     root, kinds = random_circuit(seed)
-    circuit = pc.compile(root, seed=seed).to(torch.float64)
+    circuit, ref = compile_with_reference(root, seed)
     cards = cards_of(kinds)
     x, miss, soft = evidence(seed, kinds, batch=3, soft=seed % 2 == 0, missing_rate=0.5)
     got, logp = pc.mpe(circuit, torch.from_numpy(x), torch.from_numpy(miss), None if soft is None else torch.from_numpy(soft), return_log_prob=True)
-    ref = Reference(circuit)
     for b in range(x.shape[0]):
         a, _ = completions(cards, x[b], miss[b])  # missing Gaussians stay NaN: maxed out
         best = _log_scores(ref, cards, a, None if soft is None else soft[b], "max").max()
@@ -102,8 +99,8 @@ def test_mpe_gaussian_mixture_returns_the_selected_mean():
 
 
 def test_mpe_without_missing_returns_x_and_its_max_product_value():
-    root = random_deterministic_circuit(3, num_vars=3)[0]
-    circuit = pc.compile(root).to(torch.float64)
+    root = random_circuit(3, num_vars=3, deterministic=True)[0]
+    circuit, _ = compile_with_reference(root, 3)
     x = torch.tensor([[0, 1, 0], [1, 0, 1]])
     got, logp = pc.mpe(circuit, x, return_log_prob=True)
     assert torch.equal(got, x)

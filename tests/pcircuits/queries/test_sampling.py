@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pcircuits as pc
-from tests.pcircuits.queries.helpers import Reference, cards_of, completions, evidence, random_circuit, soft_weights
+from tests.pcircuits.queries.helpers import cards_of, compile_with_reference, completions, evidence, make_possible, random_circuit, soft_weights
 
 N = 40_000
 
@@ -31,23 +31,22 @@ def _tv(samples: np.ndarray, a: np.ndarray, p: np.ndarray, cards: list[int]) -> 
 @pytest.mark.parametrize("seed", [1, 6, 12, 21])
 def test_unconditional_samples_follow_the_circuit(seed):
     root, kinds = random_circuit(seed, num_vars=3, allow_gaussian=False)
-    circuit = pc.compile(root, seed=seed).to(torch.float64)
+    circuit, ref = compile_with_reference(root, seed)
     cards = cards_of(kinds)
     s = pc.sample(circuit, N, seed=seed)
     assert s.shape == (N, 3) and s.dtype == torch.long
     a, _ = completions(cards, np.zeros(3), np.ones(3, dtype=bool))
-    assert _tv(s.numpy(), a, Reference(circuit).root(a), cards) < 0.02
+    assert _tv(s.numpy(), a, ref.root(a), cards) < 0.02
 
 
 @pytest.mark.parametrize("seed,use_soft", [(3, False), (8, True), (14, True), (27, False)])
 def test_conditional_samples_follow_the_posterior(seed, use_soft):
     root, kinds = random_circuit(seed, num_vars=4, allow_gaussian=False)
-    circuit = pc.compile(root, seed=seed).to(torch.float64)
+    circuit, ref = compile_with_reference(root, seed)
     cards = cards_of(kinds)
     x, miss, soft = evidence(seed, kinds, batch=3, soft=use_soft, missing_rate=0.6)
-    miss[:, [i for i, k in enumerate(kinds) if k == "indicator"]] = True  # keep the evidence possible
     miss[2] = True  # one row with every variable missing (under soft evidence: the tilted joint)
-    ref = Reference(circuit)
+    miss = make_possible(ref, x, miss, soft)  # indicator leaves can make observed values impossible
     s = pc.sample(
         circuit, N, x=torch.from_numpy(x), missing=torch.from_numpy(miss),
         soft_evidence=None if soft is None else torch.from_numpy(soft), seed=seed,
@@ -63,7 +62,7 @@ def test_conditional_samples_follow_the_posterior(seed, use_soft):
 
 def test_soft_evidence_alone_samples_the_tilted_joint():
     root, kinds = random_circuit(5, num_vars=3, kinds=["categorical", "bernoulli", "categorical"])
-    circuit = pc.compile(root, seed=5).to(torch.float64)
+    circuit, ref = compile_with_reference(root, 5)
     cards = cards_of(kinds)
     soft = torch.randn(1, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2
     soft[0, 1, 2] = -math.inf
@@ -71,7 +70,7 @@ def test_soft_evidence_alone_samples_the_tilted_joint():
     s = pc.sample(circuit, N, soft_evidence=soft, seed=0)
     assert s.shape == (N, 1, 3) and (s[:, 0, 0] != 1).all()
     a, _ = completions(cards, np.zeros(3), np.ones(3, dtype=bool))
-    p = Reference(circuit).root(a) * soft_weights(cards, a, soft[0].numpy())
+    p = ref.root(a) * soft_weights(cards, a, soft[0].numpy())
     assert _tv(s[:, 0].numpy(), a, p, cards) < 0.02
 
 
@@ -98,8 +97,8 @@ def test_gaussian_samples_have_the_mixture_moments():
 def test_latent_path_follows_the_posterior_choice():
     root, kinds = random_circuit(12, num_vars=3, allow_gaussian=False)
     root = pc.summate(root, random_circuit(13, num_vars=3, kinds=kinds)[0], num_nodes=1)  # root with 2 children
-    circuit = pc.compile(root, seed=0).to(torch.float64)
-    w = circuit.group_parameters(root)[0].detach()
+    circuit, ref = compile_with_reference(root, 0)
+    w = torch.from_numpy(ref.weights[id(root)][0])
     path = pc.sample(circuit, N, seed=3, latent_path=True)
     assert set(path) >= {root} and all(isinstance(g, pc.SumGroup) for g in path)
     assert path[root].shape == (N, 1)
@@ -111,7 +110,6 @@ def test_latent_path_follows_the_posterior_choice():
     # conditionally: p(child k | x) = w_k v_k(x) / v(x)
     x = torch.tensor([[1, 0, 0]])
     miss = torch.tensor([[False, True, True]])
-    ref = Reference(circuit)
     a = np.array([[1.0, np.nan, np.nan]])
     vals = ref.values(a)
     kids = np.concatenate([vals[id(c)] for c in root.children], 1)[0]
