@@ -225,7 +225,7 @@ class Backbone(nn.Module):
         mask = check_attention_mask(attention_mask, tuple(input_ids.shape))
         if mask is not None:
             mask = mask.to(input_ids.device)
-        out = self.logits(input_ids, mask)
+        out = self.logits(input_ids) if mask is None else self.logits(input_ids, mask)
         if mask is not None and not bool(mask.all()):
             out = out.masked_fill(~mask.unsqueeze(-1), 0.0)
         return out
@@ -269,6 +269,8 @@ class MaskedLMBackbone(Backbone):
         Returns:
             ``FloatTensor[B, N, V]`` (0 at padded positions).
         """
+        if input_ids.shape[0] == 0:
+            return self._call(input_ids)
         start = (~attention_mask).sum(1)  # [B] first real column per row
         out: torch.Tensor | None = None
         for s in start.unique().tolist():
