@@ -71,7 +71,7 @@ from diffusion.codd.training import (  # noqa: E402
 from diffusion.data import collate, encode_prompts, encode_qa, load_gsm8k  # noqa: E402
 from diffusion.evaluation import DEFAULT_BINS, _close, annotation_stats, extract_final_answer  # noqa: E402
 from diffusion.masking import mask_exact_ratio  # noqa: E402
-from diffusion.sampling import generate  # noqa: E402
+from diffusion.sampling import generate, left_padding_mask  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -274,7 +274,7 @@ def run_generation(backbone, questions, k: int, a, prior=None, timer=None, gamma
         prompts = encode_prompts([e.question for e in chunk], tok)
         kw = {} if prior is None else {"prior": prior, "pc_frac": gamma, "pc_temperature": tau, "sampler": "latent"}
         out = generate(backbone, prompts, gen_length=a.gen_length, steps=steps, block_length=a.block_length,
-                       remasking="low_confidence", temperature=0.0,
+                       remasking="low_confidence", temperature=0.0, attention_mask=left_padding_mask(prompts, tok.pad_id),
                        generator=torch.Generator().manual_seed(a.seed + s), **kw)
         n_batches += 1
         for row in out[:, prompts.shape[1] :].tolist():

@@ -5,6 +5,20 @@ Every backbone is a `Backbone` (a ``torch.nn.Module``) with a known
 returns ``FloatTensor[B, N, V]`` logits where row ``i`` is the model's
 distribution over the clean token at position ``i``.
 
+Padding: ``backbone(ids, attention_mask)`` takes an optional
+``BoolTensor[B, N]`` that is True on real tokens and False on the left
+padding of shorter prompts (Hugging Face's ``attention_mask`` convention,
+padding on the left only). Padded keys are invisible to every real token,
+and position ids count from each row's first real token
+(`position_ids_from_mask`), so a row's logits do not depend on how much
+padding precedes it, up to floating-point rounding of reductions over a
+different number of keys or rows (last-bit differences; see
+``docs/diffusion/sampling.md``). Logits at padded positions are 0.
+Hugging Face models receive ``attention_mask`` and ``position_ids``; a
+module whose ``forward`` takes no ``attention_mask`` is called once per
+group of rows with the same padding, with the padding cut off, which is
+exact for any model.
+
 Supported sources, all loaded from local directories only (no network):
 
 * any Hugging Face masked LM (``AutoModelForMaskedLM``: BERT, RoBERTa,
@@ -24,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +59,8 @@ __all__ = [
     "save_backbone",
     "load_backbone",
     "check_token_ids",
+    "check_attention_mask",
+    "position_ids_from_mask",
 ]
 
 LLADA_MASK_TOKEN_ID = 126336
@@ -79,6 +96,77 @@ def check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input
         )
 
 
+def check_attention_mask(attention_mask: torch.Tensor | None, shape: tuple[int, int], name: str = "attention_mask") -> torch.Tensor | None:
+    """Validate a left-padding attention mask and return it as booleans.
+
+    Args:
+        attention_mask: ``None`` (no padding) or a ``[B, N]`` bool or 0/1
+            integer tensor, True (1) on real tokens; in every row the False
+            entries (left padding) precede all True ones and at least one
+            entry is True.
+        shape: the ids' shape ``(B, N)``.
+        name: argument name used in the error message.
+
+    Returns:
+        ``BoolTensor[B, N]`` (or None).
+
+    Raises:
+        ValueError: wrong type, shape or values, padding that is not on the
+            left, or a row without any real token.
+    """
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.is_floating_point() or attention_mask.is_complex():
+        raise ValueError(f"{name}: expected a bool or 0/1 integer tensor of shape {tuple(shape)}")
+    if tuple(attention_mask.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(attention_mask.shape)}")
+    if attention_mask.dtype != torch.bool:
+        if attention_mask.numel() and bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+            raise ValueError(f"{name}: integer masks must hold only 0 and 1")
+        attention_mask = attention_mask != 0
+    if attention_mask.numel() == 0:
+        return attention_mask
+    if not bool(attention_mask.any(1).all()):
+        row = int((~attention_mask.any(1)).nonzero()[0, 0])
+        raise ValueError(f"{name}: row {row} has no real token (all False)")
+    if bool((attention_mask[:, :-1] & ~attention_mask[:, 1:]).any()):
+        row = int((attention_mask[:, :-1] & ~attention_mask[:, 1:]).any(1).nonzero()[0, 0])
+        raise ValueError(f"{name}: row {row} is not left-padded (a False entry follows a True one)")
+    return attention_mask
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Position ids that count from each row's first real token.
+
+    Args:
+        attention_mask: ``BoolTensor[B, N]`` (True on real tokens, left padding False).
+        offset: id of the first real token's position (RoBERTa-style
+            embeddings start after their padding index).
+
+    Returns:
+        ``LongTensor[B, N]``: ``offset, offset + 1, ...`` from the first real
+        token of each row; padded positions get ``offset``.
+    """
+    return (attention_mask.long().cumsum(1) - 1).clamp_min(0) + offset
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    """Whether ``fn`` takes a keyword argument ``name`` (or ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(q.kind is inspect.Parameter.VAR_KEYWORD for q in params.values())
+
+
+def _position_offset(model: nn.Module) -> int:
+    """First position id of a real token: ``padding_idx + 1`` for RoBERTa-style position embeddings, else 0."""
+    for name, mod in model.named_modules():
+        if name.endswith("position_embeddings") and isinstance(mod, nn.Embedding) and mod.padding_idx is not None:
+            return int(mod.padding_idx) + 1
+    return 0
+
+
 class Backbone(nn.Module):
     """Base class of denoising backbones.
 
@@ -105,31 +193,42 @@ class Backbone(nn.Module):
         p = next(self.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
 
-    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Compute logits without validation.
 
         Args:
             input_ids: ``LongTensor[B, N]``.
+            attention_mask: optional validated ``BoolTensor[B, N]`` (True on
+                real tokens, left padding False); padded keys must stay
+                invisible to real tokens.
 
         Returns:
             ``FloatTensor[B, N, V]``.
         """
         raise NotImplementedError
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Per-position logits of the clean tokens.
 
         Args:
             input_ids: ``LongTensor[B, N]`` partially masked token ids.
+            attention_mask: optional ``[B, N]`` bool or 0/1 tensor, True on
+                real tokens and False on left padding (see `check_attention_mask`).
 
         Returns:
-            ``FloatTensor[B, N, V]`` logits.
+            ``FloatTensor[B, N, V]`` logits (0 at padded positions).
 
         Raises:
-            ValueError: if ids fall outside ``[0, V)``.
+            ValueError: if ids fall outside ``[0, V)`` or the mask is malformed.
         """
         check_token_ids(input_ids, self.vocab_size)
-        return self.logits(input_ids)
+        mask = check_attention_mask(attention_mask, tuple(input_ids.shape))
+        if mask is not None:
+            mask = mask.to(input_ids.device)
+        out = self.logits(input_ids) if mask is None else self.logits(input_ids, mask)
+        if mask is not None and not bool(mask.all()):
+            out = out.masked_fill(~mask.unsqueeze(-1), 0.0)
+        return out
 
 
 class MaskedLMBackbone(Backbone):
@@ -150,17 +249,57 @@ class MaskedLMBackbone(Backbone):
         super().__init__(mask_token_id, vocab_size, tokenizer)
         self.model = model
 
-    def _raw_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        out = self.model(input_ids=input_ids)
+    def _call(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """``model(input_ids=ids, **kwargs)`` logits cut to ``V``: ``FloatTensor[B, N, V]``."""
+        out = self.model(input_ids=input_ids, **kwargs)
         logits = out if isinstance(out, torch.Tensor) else out.logits
         return logits[..., : self.vocab_size]
 
-    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self._raw_logits(input_ids)
+    def _masked_kwargs(self, attention_mask: torch.Tensor) -> dict[str, Any]:
+        """Keyword arguments that make left padding invisible: the 0/1 ``attention_mask``
+        (padded keys hidden) and ``position_ids`` from each row's first real token."""
+        kwargs: dict[str, Any] = {"attention_mask": attention_mask.long()}
+        if _accepts(self.model.forward, "position_ids"):
+            kwargs["position_ids"] = position_ids_from_mask(attention_mask, _position_offset(self.model))
+        return kwargs
+
+    def _unpadded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits of a model without a mask argument: one call per padding length, padding cut off.
+
+        Returns:
+            ``FloatTensor[B, N, V]`` (0 at padded positions).
+        """
+        if input_ids.shape[0] == 0:
+            return self._call(input_ids)
+        start = (~attention_mask).sum(1)  # [B] first real column per row
+        out: torch.Tensor | None = None
+        for s in start.unique().tolist():
+            rows = (start == s).nonzero(as_tuple=True)[0]
+            part = self._call(input_ids[rows, s:])
+            if out is None:
+                out = part.new_zeros(*input_ids.shape, part.shape[-1])
+            out[rows, s:] = part
+        assert out is not None
+        return out
+
+    def _raw_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if attention_mask is None:
+            return self._call(input_ids)
+        if _accepts(self.model.forward, "attention_mask"):
+            return self._call(input_ids, **self._masked_kwargs(attention_mask))
+        return self._unpadded(input_ids, attention_mask)
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self._raw_logits(input_ids, attention_mask)
 
 
 class LLaDABackbone(MaskedLMBackbone):
     """LLaDA checkpoint (bidirectional; logits aligned with positions).
+
+    With padding, LLaDA receives the 2-D 0/1 ``attention_mask`` (its remote
+    code turns it into a key bias that hides padded keys); it takes no
+    position ids, and its rotary positions make attention depend on relative
+    offsets only, so left padding changes logits only by rounding.
 
     Args:
         model: the LLaDA module (remote code).
@@ -172,6 +311,9 @@ class LLaDABackbone(MaskedLMBackbone):
     def __init__(self, model: nn.Module, mask_token_id: int = LLADA_MASK_TOKEN_ID, vocab_size: int | None = None, tokenizer: Any = None):
         super().__init__(model, mask_token_id, vocab_size, tokenizer)
 
+    def _masked_kwargs(self, attention_mask: torch.Tensor) -> dict[str, Any]:
+        return {"attention_mask": attention_mask.long()}
+
 
 class DreamBackbone(MaskedLMBackbone):
     """Dream checkpoint: logits shifted one position to the right.
@@ -180,6 +322,10 @@ class DreamBackbone(MaskedLMBackbone):
     the prediction for position ``i`` sits at output position ``i - 1``. This
     wrapper returns ``logits[:, i] = raw[:, i - 1]`` for ``i >= 1`` and
     ``logits[:, 0] = raw[:, 0]`` (position 0 is always a prompt token).
+
+    With padding, Dream is called as in its own generation code: a
+    ``[B, 1, N, N]`` boolean mask (query and key both real) and position ids
+    from each row's first real token (padded positions get 1).
 
     Args:
         model: the Dream module (remote code).
@@ -191,8 +337,13 @@ class DreamBackbone(MaskedLMBackbone):
     def __init__(self, model: nn.Module, mask_token_id: int = DREAM_MASK_TOKEN_ID, vocab_size: int | None = None, tokenizer: Any = None):
         super().__init__(model, mask_token_id, vocab_size, tokenizer)
 
-    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        raw = self._raw_logits(input_ids)
+    def _masked_kwargs(self, attention_mask: torch.Tensor) -> dict[str, Any]:
+        position_ids = position_ids_from_mask(attention_mask).masked_fill(~attention_mask, 1)
+        pair = attention_mask[:, None, None, :] & attention_mask[:, None, :, None]  # [B, 1, N, N]
+        return {"attention_mask": pair, "position_ids": position_ids}
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        raw = self._raw_logits(input_ids, attention_mask)
         return torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
 
 

@@ -223,7 +223,7 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     import torch
 
     from .data import encode_prompts
-    from .sampling import generate
+    from .sampling import generate, left_padding_mask
 
     torch.set_num_threads(a.threads)
     prompts = list(a.prompt)
@@ -240,10 +240,12 @@ def _cmd_generate(a: argparse.Namespace) -> int:
         raise ValueError(f"model: {a.model} has no tokenizer; cannot encode text prompts")
     if hasattr(tok, "bos_id"):
         ids = encode_prompts(prompts, tok)
+        mask = left_padding_mask(ids, tok.pad_id)
         eos = tok.eos_id
     else:  # Hugging Face tokenizer
         tok.padding_side = "left"
-        ids = tok(prompts, return_tensors="pt", padding=True)["input_ids"]
+        enc = tok(prompts, return_tensors="pt", padding=True)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
         eos = tok.eos_token_id
     steps = a.steps if a.steps is not None else a.gen_length // a.tokens_per_step
     block = a.block_length if a.mode == "block" else None
@@ -257,6 +259,7 @@ def _cmd_generate(a: argparse.Namespace) -> int:
         temperature=a.temperature,
         top_p=a.top_p,
         generator=torch.Generator().manual_seed(a.seed),
+        attention_mask=mask,
     )
     for p, row in zip(prompts, out[:, ids.shape[1] :].tolist()):
         if eos is not None and eos in row:

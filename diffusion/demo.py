@@ -21,7 +21,7 @@ import torch
 from .backbones import Backbone, load_backbone
 from .data import BUNDLED_DATA_DIR, encode_prompts, load_gsm8k
 from .evaluation import annotation_stats
-from .sampling import generate
+from .sampling import generate, left_padding_mask
 from .training import TrainConfig, train_backbone
 
 __all__ = ["run_demo", "SHIPPED_BACKBONE_DIR"]
@@ -96,7 +96,8 @@ def run_demo(
     results: dict[int, dict[str, Any]] = {}
     for k in (1, 8):
         t0 = time.perf_counter()
-        out = generate(backbone, prompts, gen_length=gen_length, steps=gen_length // k, block_length=block_length)
+        out = generate(backbone, prompts, gen_length=gen_length, steps=gen_length // k, block_length=block_length,
+                       attention_mask=left_padding_mask(prompts, tok.pad_id))
         seconds = time.perf_counter() - t0
         answers = []
         valid = total = 0

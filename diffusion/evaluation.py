@@ -266,7 +266,7 @@ def evaluate_generation(
         (fraction of answers with at least one annotation, all valid),
         ``tokens_per_second``, ``seconds``, ``samples``.
     """
-    from .sampling import generate
+    from .sampling import generate, left_padding_mask
 
     if not examples:
         raise ValueError("examples: no questions to generate for")
@@ -287,6 +287,7 @@ def evaluate_generation(
             out = generate(
                 backbone,
                 prompts,
+                attention_mask=left_padding_mask(prompts, tok.pad_id),
                 gen_length=gen_length,
                 steps=steps,
                 block_length=block_length,

@@ -26,6 +26,18 @@ commit)`` and returns the tokens (and confidences) to write at the committed
 positions, so a joint output layer can replace the per-position draw for the
 positions committed together. `FactorizedDraw` is the default
 behaviour written as a ``JointDraw``.
+
+Batches of prompts: prompts of different lengths are left-padded to a common
+length ``P`` and described by ``attention_mask`` (``BoolTensor[B, P]``, True
+on real tokens; `left_padding_mask` builds it for the project's tokenizer).
+The generation window is right-aligned (columns ``P .. P + L - 1`` in every
+row), the backbone hides padded keys and counts positions from each row's
+first real token, every row keeps its own step schedule, and CoDD prior
+windows never reach into the padding, so a row's greedy output does not
+depend on the other rows. The only batch dependence left is floating-point
+rounding (reductions over a different number of keys or rows can differ in
+the last bit, which can flip an argmax between two exactly tied logits) and
+the shared random stream of sampled decoding and ``remasking="random"``.
 """
 
 from __future__ import annotations
@@ -37,7 +49,7 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
-from .backbones import Backbone, check_token_ids
+from .backbones import Backbone, check_attention_mask, check_token_ids
 
 __all__ = [
     "REMASKING_RULES",
@@ -49,6 +61,7 @@ __all__ = [
     "sample_tokens",
     "confidence_scores",
     "generate",
+    "left_padding_mask",
     "GenerationTrace",
     "logits_problem",
 ]
@@ -256,6 +269,49 @@ def dream_transfer_count(n_masked: torch.Tensor, step: int, steps: int, eps: flo
     return torch.floor(n_masked.double() * (1.0 - s / t)).long()
 
 
+def left_padding_mask(prompt_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Attention mask of left-padded prompts whose real part never starts with ``pad_id``.
+
+    For prompts from `diffusion.data.encode_prompts` (``[PAD]... [BOS] ...``).
+
+    Args:
+        prompt_ids: ``LongTensor[B, P]`` left-padded prompts.
+        pad_id: the padding id.
+
+    Returns:
+        ``BoolTensor[B, P]``: True from each row's first id that is not ``pad_id``.
+
+    Raises:
+        ValueError: if a row holds only padding.
+    """
+    if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.dim() != 2 or prompt_ids.is_floating_point():
+        raise ValueError("prompt_ids: expected an integer tensor of shape [B, P]")
+    mask = (prompt_ids != pad_id).long().cumsum(1) > 0
+    if mask.shape[1] and not bool(mask[:, -1].all()):
+        raise ValueError(f"prompt_ids: row {int((~mask[:, -1]).nonzero()[0, 0])} holds only padding (pad_id={pad_id})")
+    return mask
+
+
+def _step_logits(backbone: Backbone, x: torch.Tensor, attention_mask: torch.Tensor | None, mask_id: int) -> torch.Tensor:
+    """Backbone logits of the current ids, where logits enter the sampler.
+
+    Args:
+        backbone: the denoiser.
+        x: ``LongTensor[B, N]`` current ids.
+        attention_mask: ``BoolTensor[B, N]`` (True on real tokens) or None.
+        mask_id: the mask id, excluded from every proposal.
+
+    Returns:
+        ``FloatTensor[B, N, V]`` (float32, or float64 for a float64
+        backbone) with the mask id at ``-inf``.
+    """
+    logits = backbone(x) if attention_mask is None else backbone(x, attention_mask)
+    if logits.dtype != torch.float64:
+        logits = logits.float()
+    logits[..., mask_id] = float("-inf")
+    return logits
+
+
 @dataclass
 class GenerationTrace:
     """Optional record of a `generate` run.
@@ -328,13 +384,14 @@ def generate(
     pc_frac: float = 1.0,
     pc_temperature: float = 1.0,
     sampler: str = "latent",
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, GenerationTrace]:
     """Generate ``gen_length`` tokens after each prompt by masked diffusion.
 
     Args:
         backbone: the denoiser (``ids [B, N] -> logits [B, N, V]``).
         prompt_ids: ``LongTensor[B, P]`` prompts (left-padded when their
-            lengths differ); never changed.
+            lengths differ, with ``attention_mask``); never changed.
         gen_length: tokens to generate ``L``.
         steps: total denoising steps (backbone calls); ``L / steps`` tokens are
             committed per step on average. Must be a multiple of the number of blocks.
@@ -358,6 +415,11 @@ def generate(
         pc_temperature: tau > 0 of ``p_hat ∝ p_omega * prod p_theta^(1/tau)``.
         sampler: the prior's sampler, ``"latent"``, ``"exact"`` or ``"any_order"``
             (greedy decoding, ``temperature=0``, takes the MPE of ``p_hat`` instead).
+        attention_mask: ``[B, P]`` bool or 0/1 tensor, True on real prompt
+            tokens and False on left padding (None: no padding). Padding is
+            invisible to the backbone and the prior, so with greedy decoding
+            a prompt's output is the same alone and in any batch (see the
+            module docstring for the rounding caveat).
 
     Returns:
         ``LongTensor[B, P + L]``: prompts followed by generated tokens, with no
@@ -370,12 +432,14 @@ def generate(
             ``temperature`` / ``top_p``, ``pc_frac`` outside ``[0, 1]``,
             ``pc_temperature <= 0``, an unknown ``sampler``, a prior whose
             vocabulary differs from the backbone's, both ``prior`` and
-            ``joint_draw``, or backbone logits with NaN or ``+inf`` (or only
-            ``-inf``) at a masked position of the active block.
+            ``joint_draw``, a malformed ``attention_mask`` (see
+            `diffusion.backbones.check_attention_mask`), or backbone logits with
+            NaN or ``+inf`` (or only ``-inf``) at a masked position of the active block.
     """
     block_length, num_blocks, steps_per_block = _validate(
         backbone, prompt_ids, gen_length, steps, block_length, remasking, temperature, top_p, schedule
     )
+    prompt_mask = check_attention_mask(attention_mask, tuple(prompt_ids.shape))
     from .codd.draw import CoDDDraw, check_codd_options
 
     check_codd_options(pc_frac, pc_temperature, sampler)
@@ -390,6 +454,12 @@ def generate(
     prompt_ids = prompt_ids.to(device)
     b, p = prompt_ids.shape
     x = torch.cat([prompt_ids, torch.full((b, gen_length), mask_id, dtype=torch.long, device=device)], dim=1)
+    full_mask = None  # [B, N]: real prompt tokens and the whole generation window
+    first = torch.zeros(b, dtype=torch.long, device=device)  # [B] first real column per row
+    if prompt_mask is not None:
+        prompt_mask = prompt_mask.to(device)
+        full_mask = torch.cat([prompt_mask, torch.ones((b, gen_length), dtype=torch.bool, device=device)], dim=1)
+        first = (~prompt_mask).sum(1)
     commit_step = torch.full((b, gen_length), -1, dtype=torch.long, device=device)
     rows = torch.arange(b, device=device)
     passes = 0
@@ -409,9 +479,8 @@ def generate(
             if int(k.sum()) == 0:
                 global_step += 1
                 continue
-            logits = backbone(x).float()  # [B, N, V]
+            logits = _step_logits(backbone, x, full_mask, mask_id)  # [B, N, V]
             passes += 1
-            logits[..., mask_id] = float("-inf")
             blk_logits = logits[:, lo:hi]  # [B, Lb, V]
             problem = logits_problem(blk_logits, in_block)
             if problem is not None:
@@ -424,7 +493,7 @@ def generate(
             proposal = sample_tokens(blk_logits, temperature, top_p, generator)  # [B, Lb]
             score = confidence_scores(logp, proposal, remasking, generator)
             if codd is not None:  # joint proposals and coupled confidences from the prior
-                proposal, score = codd.rescore(x, logits, lo, hi, in_block, proposal, score, mask_id)
+                proposal, score = codd.rescore(x, logits, lo, hi, in_block, proposal, score, mask_id, first)
             score = score.masked_fill(~in_block, float("-inf"))
             order = score.argsort(dim=1, descending=True, stable=True)
             rank = torch.empty_like(order)

@@ -4,8 +4,9 @@ At every step of `diffusion.generate` with a prior:
 
 1. **Scoring** (`CoDDDraw.rescore`): the active block is covered by prior
    windows (one window when the block is at most ``W`` long, placed to end at
-   the block's end so that earlier tokens are observed context; ``ceil(L / W)``
-   tiles otherwise). In every window whose mask ratio (masked positions of
+   the block's end so that earlier tokens are observed context, but never
+   starting before the row's first real token; ``ceil(L / W)`` tiles
+   otherwise). In every window whose mask ratio (masked positions of
    the block in the window over block positions in the window) is at most
    ``pc_frac`` (gamma, the adaptive activation), the masked positions get a
    *joint* proposal from ``p_hat`` (``sampler``; the MPE of ``p_hat`` with
@@ -22,8 +23,11 @@ At every step of `diffusion.generate` with a prior:
    committed position is covered; the block's other masked positions in a
    window are marginalised under their logits, decoded ones are evidence.
 
-Positions of a window outside the sequence or after the block are
-marginalised (uniform soft evidence), which is exact for a circuit.
+Positions of a window outside the sequence, in a row's left padding or
+after the block are marginalised (uniform soft evidence), which is exact for
+a circuit. Windows are placed relative to each row's first real token, so a
+row's windows hold the same tokens at the same window positions alone and in
+a batch of longer prompts.
 """
 
 from __future__ import annotations
@@ -116,6 +120,7 @@ class CoDDDraw:
         self._proposal: torch.Tensor | None = None
         self._block: tuple[int, int] = (0, 0)
         self._mask_id = -1
+        self._first: torch.Tensor | None = None
 
     # ----------------------------------------------------------- windows
     def _window_inputs(
@@ -123,13 +128,17 @@ class CoDDDraw:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Prior inputs of windows ``(rows [M], starts [M])``.
 
+        Positions past the sequence, in the row's left padding (before
+        ``self._first[row]``) or after the block are marginalised.
+
         Returns:
             ``(xw [M, W], lw [M, W, V], mw [M, W], pos [M, W], in_blk [M, W])``.
         """
         W = self.prior.window
         N = x.shape[1]
         pos = starts[:, None] + torch.arange(W, device=x.device)  # [M, W]
-        inside = pos < N
+        first = self._first[rows] if self._first is not None else torch.zeros_like(rows)
+        inside = (pos < N) & (pos >= first[:, None])
         pc = pos.clamp(max=N - 1)
         xw = x[rows[:, None], pc]
         lw = logits[rows[:, None], pc].to(self.prior.dtype)
@@ -163,6 +172,7 @@ class CoDDDraw:
         proposal: torch.Tensor,
         score: torch.Tensor,
         mask_id: int,
+        first: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Joint proposals and coupled confidences for the active block.
 
@@ -175,6 +185,8 @@ class CoDDDraw:
             proposal: ``LongTensor[B, L]`` factorized proposals.
             score: ``FloatTensor[B, L]`` factorized confidences.
             mask_id: the mask id.
+            first: ``LongTensor[B]`` first real (non-padding) column of each
+                row (None: 0, no padding).
 
         Returns:
             ``(proposal, score)`` for the block, ``[B, L]`` each, replaced in
@@ -183,13 +195,15 @@ class CoDDDraw:
         W = self.prior.window
         B, L = in_block.shape
         proposal, score = proposal.clone(), score.clone()
+        self._first = torch.zeros(B, dtype=torch.long, device=x.device) if first is None else first.to(x.device)
         if L <= W:
-            starts_1 = [max(0, hi - W)]
+            rows = torch.arange(B, device=x.device)
+            starts = self._first.clamp_min(hi - W)  # never before the row's first real token
         else:
             starts_1 = list(range(lo, hi, W))
             starts_1[-1] = hi - W  # the last tile ends at the block's end
-        rows = torch.arange(B, device=x.device).repeat_interleave(len(starts_1))
-        starts = torch.tensor(starts_1, device=x.device).repeat(B)
+            rows = torch.arange(B, device=x.device).repeat_interleave(len(starts_1))
+            starts = torch.tensor(starts_1, device=x.device).repeat(B)
         xw, lw, mw, pos, mblk = self._window_inputs(x, logits, rows, starts, lo, hi, mask_id)
         in_count = ((pos >= lo) & (pos < hi)).sum(1)
         act = self._active(mblk, in_count)

@@ -104,3 +104,38 @@ def test_train_prior_answer_scope_with_backoff(tiny_model, tmp_path, capsys):
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(res["backoff"]) == 3 and all(0.0 <= v <= 1.0 for v in res["backoff"])
     assert CoDDPrior.load(out).backoff.tolist() == res["backoff"]
+
+
+def _answers(out: str) -> dict[str, str]:
+    """``### prompt`` headers and the answer printed under each."""
+    blocks = [b for b in out.split("### ") if b.strip()]
+    return {b.split("\n", 1)[0]: b.split("\n", 1)[1].strip() for b in blocks}
+
+
+def test_generate_prints_the_same_answer_alone_and_with_other_prompts(tmp_path, capsys):
+    import torch
+    from transformers import AutoModelForMaskedLM, ModernBertConfig
+
+    from diffusion.backbones import MaskedLMBackbone, save_backbone
+    from diffusion.tokenizers import build_char_tokenizer
+
+    tok = build_char_tokenizer(["abcdefghijklmnopqrstuvwxyz?.0123456789 "])
+    cfg = ModernBertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=128, global_attn_every_n_layers=1,
+                           pad_token_id=tok.pad_id, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+                           cls_token_id=tok.bos_id, sep_token_id=tok.sep_id, mask_token_id=tok.mask_id,
+                           initializer_range=0.5)  # large weights: answers depend on the prompt
+    torch.manual_seed(0)
+    path = save_backbone(MaskedLMBackbone(AutoModelForMaskedLM.from_config(cfg).eval(), tok.mask_id, tok.vocab_size, tok),
+                         tmp_path / "model")
+    prompts = ["A shop sells 12 pens.", "hi?", "what is 7 times 8?"]
+    for mode in (["--block-length", "4"], ["--mode", "full"]):
+        common = ["--gen-length", "8", "--tokens-per-step", "2", *mode]
+        capsys.readouterr()
+        assert main(["generate", str(path), *[a for p in prompts for a in ("--prompt", p)], *common]) == 0
+        together = _answers(capsys.readouterr().out)
+        assert list(together) == prompts
+        for p in prompts:
+            assert main(["generate", str(path), "--prompt", p, *common]) == 0
+            assert _answers(capsys.readouterr().out) == {p: together[p]}
+        assert len(set(together.values())) > 1  # answers differ by prompt: the comparison is not vacuous

@@ -10,7 +10,13 @@ from torch import nn
 
 from diffusion.backbones import MaskedLMBackbone
 from diffusion.data import QAExample, encode_qa, load_gsm8k
-from diffusion.evaluation import annotation_stats, elbo_bound, extract_final_answer, loglik_by_mask_ratio
+from diffusion.evaluation import (
+    annotation_stats,
+    elbo_bound,
+    evaluate_generation,
+    extract_final_answer,
+    loglik_by_mask_ratio,
+)
 from diffusion.tokenizers import build_char_tokenizer
 
 from .conftest import SHARED_DATA
@@ -91,3 +97,32 @@ def test_elbo_oracle_is_near_zero():
     backbone = MaskedLMBackbone(Oracle(tok.vocab_size, clean), tok.mask_id, tok.vocab_size, tok)
     res = elbo_bound(backbone, enc, batch_size=len(enc), num_samples=4)
     assert res["nll"] < 1e-3 and res["ppl_bound"] < 1.01
+
+
+def _context_sensitive_backbone(tok) -> MaskedLMBackbone:
+    """The project's own backbone (ModernBERT), tiny, float64, with weights large enough that answers depend on the prompt."""
+    from transformers import AutoModelForMaskedLM, ModernBertConfig
+
+    cfg = ModernBertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=128, global_attn_every_n_layers=1,
+                           pad_token_id=tok.pad_id, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+                           cls_token_id=tok.bos_id, sep_token_id=tok.sep_id, mask_token_id=tok.mask_id,
+                           initializer_range=0.5)
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(cfg).eval().to(torch.float64)
+    return MaskedLMBackbone(model, tok.mask_id, tok.vocab_size, tok)
+
+
+def test_generation_outputs_do_not_depend_on_the_batch_size():
+    tok = build_char_tokenizer(["abcdefghij?=<>+*0123456789 "])
+    questions = ["a?", "abcdefgh?", "abc?", "ab cd ef?", "j?"]  # prompt lengths 4 to 11
+    ex = [QAExample(q, "#### 1") for q in questions]
+    backbone = _context_sensitive_backbone(tok)
+    kw = dict(tokens_per_step=(1, 4), gen_length=8, block_length=4, keep_samples=len(ex))
+    runs = {bs: evaluate_generation(backbone, ex, batch_size=bs, **kw) for bs in (1, 2, len(ex))}
+    timing = {"seconds", "tokens_per_second"}
+    for bs in (2, len(ex)):
+        for a, b in zip(runs[1], runs[bs]):
+            assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+    samples = runs[1][0]["samples"]
+    assert len(set(samples)) > 1  # the answers differ between questions: the check above is not vacuous

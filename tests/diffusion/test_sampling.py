@@ -6,17 +6,21 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from diffusion.backbones import DreamBackbone, LLaDABackbone, MaskedLMBackbone, check_attention_mask
 from diffusion.sampling import (
     REMASKING_RULES,
     FactorizedDraw,
     JointDraw,
     dream_transfer_count,
     generate,
+    left_padding_mask,
     num_transfer_tokens,
 )
 
-from .conftest import table_backbone
+from .conftest import RandomModel, table_backbone
 
 MASK = 19
 
@@ -211,3 +215,143 @@ def test_schedule_counts_at_8_tokens_per_step_math():
     # 128 tokens, blocks of 32, 8 tokens per step -> 16 steps, 4 per block
     assert num_transfer_tokens(torch.tensor([32]), 4).tolist() == [[8, 8, 8, 8]]
     assert math.isclose(128 / 16, 8)
+
+
+# ------------------------------------------------------------ batch invariance (left padding)
+_PROMPTS = [[3, 7], [5, 1, 8, 2, 9], [4, 4, 6]]  # different lengths; pad id 0, mask id 19
+
+
+def _tiny_hf(kind: str) -> MaskedLMBackbone:
+    """A float64 Hugging Face masked LM over the test vocabulary (V = 20, mask 19, pad 0)."""
+    from transformers import AutoModelForMaskedLM, BertConfig, ModernBertConfig, RobertaConfig
+
+    common = dict(vocab_size=20, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                  pad_token_id=0, initializer_range=0.5)
+    if kind == "modernbert":  # the project's own backbone (rotary positions)
+        cfg = ModernBertConfig(**common, max_position_embeddings=64, global_attn_every_n_layers=1, mask_token_id=MASK,
+                               bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    elif kind == "bert":  # absolute position embeddings
+        cfg = BertConfig(**common, max_position_embeddings=64)
+    else:  # RoBERTa: absolute positions that start after the padding index
+        cfg = RobertaConfig(**common, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(cfg).eval().to(torch.float64)
+    return MaskedLMBackbone(model, MASK, 20)
+
+
+def _mixer() -> MaskedLMBackbone:
+    """The conftest mixer (absolute positions, no attention mask argument) in float64."""
+    return MaskedLMBackbone(RandomModel(20).to(torch.float64), MASK, 20)
+
+
+def _left_padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    p = max(len(q) for q in prompts)
+    ids = torch.zeros(len(prompts), p, dtype=torch.long)
+    for i, q in enumerate(prompts):
+        ids[i, p - len(q):] = torch.tensor(q)
+    return ids, left_padding_mask(ids, 0)
+
+
+@pytest.fixture(scope="module")
+def backbones() -> dict[str, MaskedLMBackbone]:
+    return {"modernbert": _tiny_hf("modernbert"), "bert": _tiny_hf("bert"), "roberta": _tiny_hf("roberta"),
+            "mixer": _mixer()}
+
+
+@pytest.mark.parametrize("kind", ["modernbert", "bert", "roberta", "mixer"])
+def test_padded_row_logits_equal_the_unpadded_ones(backbones, kind):
+    bb = backbones[kind]
+    ids, mask = _left_padded(_PROMPTS)
+    with torch.no_grad():
+        batched = bb(ids, mask)
+        for i, q in enumerate(_PROMPTS):
+            alone = bb(torch.tensor([q]))
+            torch.testing.assert_close(batched[i, ids.shape[1] - len(q):], alone[0], rtol=0, atol=1e-12)
+            assert bool((batched[i, : ids.shape[1] - len(q)] == 0).all())  # padded positions: 0
+
+
+_MODES = {"block": dict(gen_length=8, steps=4, block_length=4),
+          "full": dict(gen_length=8, steps=4, block_length=None, schedule="dream")}
+
+
+@pytest.mark.parametrize("kind", ["modernbert", "bert", "roberta", "mixer"])
+@pytest.mark.parametrize("mode", ["block", "full"])
+@pytest.mark.parametrize("rule", ["low_confidence", "margin", "entropy"])
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_greedy_output_is_the_same_alone_and_in_a_batch(backbones, kind, mode, rule, with_prior):
+    from diffusion import CoDDPrior
+
+    bb = backbones[kind]
+    # block mode (block 4): a window of 8 reaches 4 columns back, into the padding of the shortest prompt in
+    # the batch; full mode (block 8): a window of 6 tiles the block and re-draws dynamically
+    kw = dict(_MODES[mode], remasking=rule)
+    if with_prior:
+        kw["prior"] = CoDDPrior.hmm(8 if mode == "block" else 6, 3, 20, seed=0).to(torch.float64)
+    ids, mask = _left_padded(_PROMPTS)
+    batched = generate(bb, ids, attention_mask=mask, **kw)
+    for i, q in enumerate(_PROMPTS):
+        alone = generate(bb, torch.tensor([q]), **kw)
+        assert torch.equal(batched[i, ids.shape[1]:], alone[0, len(q):]), (i, batched[i], alone[0])
+    # any sub-batch (here: the two shorter prompts, padded to a different length) agrees too
+    sub, sub_mask = _left_padded([_PROMPTS[0], _PROMPTS[2]])
+    part = generate(bb, sub, attention_mask=sub_mask, **kw)
+    assert torch.equal(part[:, sub.shape[1]:], batched[[0, 2], ids.shape[1]:])
+
+
+def test_attended_padding_changes_the_output(backbones):
+    """Control: without the mask the padding leaks, so the test above can fail."""
+    bb = backbones["modernbert"]
+    ids, _ = _left_padded(_PROMPTS)
+    kw = _MODES["block"]
+    leaky = generate(bb, ids, **kw)
+    alone = [generate(bb, torch.tensor([q]), **kw)[0, len(q):] for q in _PROMPTS]
+    assert any(not torch.equal(leaky[i, ids.shape[1]:], a) for i, a in enumerate(alone))
+
+
+def test_left_padding_mask_and_mask_validation(random_backbone):
+    ids = torch.tensor([[0, 0, 5], [0, 3, 0], [4, 5, 6]])
+    assert left_padding_mask(ids, 0).tolist() == [[False, False, True], [False, True, True], [True, True, True]]
+    with pytest.raises(ValueError, match="only padding"):
+        left_padding_mask(torch.tensor([[0, 0], [1, 2]]), 0)
+    prompts = torch.tensor([[1, 2, 3], [1, 2, 3]])
+    bad = {
+        "shape": torch.ones(2, 2, dtype=torch.bool),
+        "left-padded": torch.tensor([[True, False, True], [True, True, True]]),
+        "no real token": torch.tensor([[False, False, False], [True, True, True]]),
+        "0 and 1": torch.tensor([[0, 2, 1], [1, 1, 1]]),
+        "bool or 0/1": torch.ones(2, 3),
+    }
+    for msg, m in bad.items():
+        with pytest.raises(ValueError, match=msg):
+            generate(random_backbone, prompts, 4, 2, 2, attention_mask=m)
+    assert torch.equal(check_attention_mask(torch.tensor([[0, 1]]), (1, 2)), torch.tensor([[False, True]]))
+
+
+class _Recorder(nn.Module):
+    """Records the keyword arguments of its calls; logits = one-hot of the ids."""
+
+    def __init__(self, v: int = 20):
+        super().__init__()
+        self.v, self.calls = v, []
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        self.calls.append({"attention_mask": attention_mask, "position_ids": position_ids})
+        return F.one_hot(input_ids, self.v).double()
+
+
+def test_llada_and_dream_wrappers_forward_their_masks():
+    ids = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 10]])
+    mask = left_padding_mask(ids, 0)
+    llada = LLaDABackbone(_Recorder(), mask_token_id=MASK, vocab_size=20)
+    llada(ids, mask)
+    call = llada.model.calls[-1]
+    assert call["attention_mask"].tolist() == [[0, 0, 1, 1], [1, 1, 1, 1]] and call["position_ids"] is None
+    dream = DreamBackbone(_Recorder(), mask_token_id=MASK, vocab_size=20)
+    out = dream(ids, mask)
+    call = dream.model.calls[-1]
+    assert call["position_ids"].tolist() == [[1, 1, 0, 1], [0, 1, 2, 3]]
+    pair = call["attention_mask"]
+    assert pair.shape == (2, 1, 4, 4) and pair.dtype == torch.bool
+    assert torch.equal(pair[:, 0], mask[:, :, None] & mask[:, None, :])
+    assert out[0, 3].argmax() == 5 and bool((out[0, :2] == 0).all())  # shifted logits, zero at padding
+    assert dream(ids).shape == (2, 4, 20) and dream.model.calls[-1]["attention_mask"] is None
