@@ -85,6 +85,7 @@ MAX_HEADER_BYTES = 100_000_000
 LIMITS: dict[str, int] = {
     "num_nodes": 2**31 - 1,  # nodes of one group
     "total_nodes": 2**28,  # nodes of all groups together (ties included)
+    "num_cats": 2**24,  # categories of a discrete leaf
     "extra_elements": 2**24,  # elements of one extra tensor
 }
 _PARAM_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
@@ -227,9 +228,12 @@ def _check_dist(i: int, data: Any) -> Distribution:
     if not isinstance(config, dict):
         raise _Invalid(f"group {i}: distribution config must be an object")
     try:
-        return DISTRIBUTIONS[data["type"]](**config)
+        dist = DISTRIBUTIONS[data["type"]](**config)
     except (TypeError, ValueError) as e:
         raise _Invalid(f"group {i}: invalid {data['type']} arguments ({_one_line(e)})") from None
+    if dist.discrete and dist.num_cats > LIMITS["num_cats"]:
+        raise _Invalid(f"group {i}: {dist.num_cats} categories, more than {LIMITS['num_cats']}")
+    return dist
 
 
 def _edge_shape_ok(spec: _GroupSpec, specs: list[_GroupSpec], shape: tuple[int, ...]) -> bool:
@@ -293,17 +297,21 @@ class _Member:
         return math.prod(self.shape)
 
 
-def _read_exact(f: BinaryIO, n: int) -> bytes:
-    buf = f.read(n)
-    if len(buf) != n:
-        raise _Invalid(f"truncated (expected {n} bytes, found {len(buf)})")
+def _read_exact(f: BinaryIO, n: int) -> bytearray:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = f.readinto(view[got:])
+        if not k:
+            raise _Invalid(f"truncated (expected {n} bytes, found {got})")
+        got += k
     return buf
 
 
-def _tensor_from_bytes(buf: bytes, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+def _tensor_from_bytes(buf: bytearray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     if not buf:
         return torch.empty(shape, dtype=dtype)
-    return torch.frombuffer(bytearray(buf), dtype=dtype).reshape(shape)
+    return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
 def _open_safetensors(f: BinaryIO, size: int) -> tuple[dict[str, str], dict[str, _Member]]:
@@ -315,7 +323,7 @@ def _open_safetensors(f: BinaryIO, size: int) -> tuple[dict[str, str], dict[str,
         raise _Invalid(f"header length {n} is outside 2..{min(MAX_HEADER_BYTES, size - 8)}")
     try:
         table = json.loads(_read_exact(f, n).decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise _Invalid(f"header is not JSON ({_one_line(e)})") from None
     if not isinstance(table, dict):
         raise _Invalid("header is not a JSON object")
@@ -592,8 +600,10 @@ def load_with_extras(
 ) -> tuple[TensorCircuit, dict[str, torch.Tensor]]:
     """Like :func:`load`, and also returns the extras saved with the circuit (``{name: float64 tensor}``)."""
     where = os.fspath(path)
-    if not os.path.isfile(where):
+    if not os.path.exists(where):
         raise ValueError(f"path: no such file {where!r}")
+    if not os.path.isfile(where):
+        raise ValueError(f"path: {where!r} is not a regular file")
     try:
         with open(where, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -622,7 +632,7 @@ def _load_v1(zf: zipfile.ZipFile, size: int) -> tuple[TensorCircuit, dict[str, t
         raise _Invalid("no header (not a pcircuits archive)")
     try:
         header = json.loads(bytes(head.read().numpy()).decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise _Invalid(f"header is not JSON ({_one_line(e)})") from None
     if not isinstance(header, dict) or header.get("format") != _MAGIC_V1:
         raise _Invalid("wrong format marker")
@@ -640,7 +650,7 @@ def _load_v2(meta: dict[str, str], members: dict[str, _Member]) -> tuple[TensorC
         raise _Invalid(f"unexpected metadata keys {sorted(set(meta) - {'format', 'version', 'header'})}")
     try:
         header = json.loads(meta["header"], object_pairs_hook=_no_duplicates)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise _Invalid(f"header is not JSON ({_one_line(e)})") from None
     return _build(header, members, 2)
 

@@ -91,7 +91,7 @@ def _read_backoff_sidecar(side: Path) -> torch.Tensor:
         if side.stat().st_size > _MAX_SIDECAR_BYTES:
             raise ValueError(f"larger than {_MAX_SIDECAR_BYTES} bytes")
         data = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ValueError(f"path: backoff sidecar {str(side)!r} is unreadable ({' '.join(str(e).split())})") from None
     values = data.get("backoff") if isinstance(data, dict) else None
     if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):

@@ -103,24 +103,26 @@ def _run_limited(script: str, limit: int) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
 
 
+def big_prior() -> CoDDPrior:
+    p = CoDDPrior.hmm(window=8, num_latents=64, vocab_size=50, homogeneous=False)
+    p.set_backoff([0.5, 1.0])
+    return p
+
+
 def test_interrupted_save_keeps_previous_prior(tmp_path):
     old = small_prior()
     path = tmp_path / "prior.st"
     old.save(path)
     before = path.read_bytes()
-    script = f"""
-        from diffusion.codd.prior import CoDDPrior
-        p = CoDDPrior.hmm(window=8, num_latents=64, vocab_size=50, homogeneous=False)
-        p.set_backoff([0.5, 1.0])
-        p.save({{path!r}})
-        """
-    big = tmp_path / "big.st"
-    ok = _run_limited(script.format(path=str(big)), 10**8)
-    assert ok.returncode == 0, ok.stderr
-    size = big.stat().st_size
+    big_prior().save(tmp_path / "big.st")  # the size the interrupted save needs
+    size = (tmp_path / "big.st").stat().st_size
+    (tmp_path / "big.st").unlink()
     assert size > 4 * len(before)
-    big.unlink()
-    failed = _run_limited(script.format(path=str(path)), size // 2)
+    script = f"""
+        from tests.diffusion.codd.test_prior_io import big_prior
+        big_prior().save({str(path)!r})
+        """
+    failed = _run_limited(script, size // 2)
     assert failed.returncode != 0 and "File too large" in failed.stderr
     assert path.read_bytes() == before
     assert_same_prior(old, CoDDPrior.load(path))
