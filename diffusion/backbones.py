@@ -45,6 +45,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pcircuits.atomic import atomic_directory, atomic_write
+
 from .tokenizers import TOKENIZER_META_FILE, TextTokenizer, load_tokenizer
 
 __all__ = [
@@ -411,7 +413,11 @@ def save_backbone(backbone: MaskedLMBackbone, directory: str | Path, extra: dict
     """Save one of the project's backbones with its tokenizer.
 
     Writes ``config.json`` + ``model.safetensors`` (``save_pretrained``), the
-    tokenizer files and ``codd_backbone.json``.
+    tokenizer files and ``codd_backbone.json``. The save is atomic as a
+    whole: everything is written into a temporary sibling directory that then
+    replaces ``directory`` (`pcircuits.atomic.atomic_directory`), so a failed
+    save leaves a previous backbone loadable. Other files already in
+    ``directory`` (logs, notes) are kept; stale weight files are not.
 
     Args:
         backbone: a `MaskedLMBackbone` with a `TextTokenizer`.
@@ -425,14 +431,21 @@ def save_backbone(backbone: MaskedLMBackbone, directory: str | Path, extra: dict
     if not isinstance(backbone, MaskedLMBackbone) or not hasattr(backbone.model, "save_pretrained"):
         raise ValueError("backbone: expected a MaskedLMBackbone around a transformers model")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    backbone.model.save_pretrained(directory)
-    if isinstance(backbone.tokenizer, TextTokenizer):
-        backbone.tokenizer.save(directory)
     meta = {"format": "codd-backbone", "mask_token_id": backbone.mask_token_id, "vocab_size": backbone.vocab_size}
     meta.update(extra or {})
-    (directory / BACKBONE_META_FILE).write_text(json.dumps(meta, indent=2))
+    text = json.dumps(meta, indent=2)
+    with atomic_directory(directory, carry_over=_not_weights) as tmp:
+        backbone.model.save_pretrained(tmp)
+        if isinstance(backbone.tokenizer, TextTokenizer):
+            backbone.tokenizer.save(tmp)
+        with atomic_write(tmp / BACKBONE_META_FILE, "w") as f:
+            f.write(text)
     return directory
+
+
+def _not_weights(name: str) -> bool:
+    """Whether an existing file may be kept beside newly saved weights (weights and shards are not)."""
+    return not (name.startswith(("model", "pytorch_model")) and name.endswith((".safetensors", ".bin", ".index.json")))
 
 
 def _check_directory(path: Path) -> dict:

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pcircuits.atomic import atomic_write
+
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
@@ -140,10 +142,8 @@ class CharTokenizer(TextTokenizer):
         return "".join(out)
 
     def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "char_vocab.json").write_text(json.dumps({"chars": self.chars}, ensure_ascii=False))
-        (directory / TOKENIZER_META_FILE).write_text(json.dumps({"type": "char", "file": "char_vocab.json"}))
+        """Writes ``char_vocab.json`` and the tokenizer metadata into ``directory`` (each file atomically)."""
+        _write_files(directory, {"char_vocab.json": json.dumps({"chars": self.chars}, ensure_ascii=False)}, "char")
 
 
 class BPETokenizer(TextTokenizer):
@@ -176,10 +176,23 @@ class BPETokenizer(TextTokenizer):
         return self.tokenizer.decode([i for i in ids if i >= len(SPECIAL_TOKENS)], skip_special_tokens=True)
 
     def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save(str(directory / "tokenizer.json"))
-        (directory / TOKENIZER_META_FILE).write_text(json.dumps({"type": "bpe", "file": "tokenizer.json"}))
+        """Writes ``tokenizer.json`` and the tokenizer metadata into ``directory`` (each file atomically)."""
+        _write_files(directory, {"tokenizer.json": self.tokenizer.to_str(pretty=True)}, "bpe")
+
+
+def _write_files(directory: str | Path, files: dict[str, str], kind: str) -> None:
+    """Writes the tokenizer's ``files`` (name -> text), then the metadata naming them.
+
+    Each file replaces its predecessor atomically; the metadata comes last,
+    so an interrupted save leaves the previous tokenizer's files consistent.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        with atomic_write(directory / name, "w") as f:
+            f.write(text)
+    with atomic_write(directory / TOKENIZER_META_FILE, "w") as f:
+        f.write(json.dumps({"type": kind, "file": next(iter(files))}))
 
 
 def build_char_tokenizer(texts: Iterable[str]) -> CharTokenizer:

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from pcircuits.atomic import atomic_write
+
 from .backbones import MaskedLMBackbone, build_backbone, load_backbone, save_backbone
 from .data import (
     EncodedExample,
@@ -292,9 +294,8 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
 
     def save(improved: bool = True) -> None:
         """Writes the log; the model too unless ``keep_best`` is set and it did not improve."""
-        (out_dir / "training_log.json").write_text(
-            json.dumps({"config": asdict(config), "heldout": heldout, "train": train_log}, indent=1)
-        )
+        with atomic_write(out_dir / "training_log.json", "w") as f:
+            f.write(json.dumps({"config": asdict(config), "heldout": heldout, "train": train_log}, indent=1))
         if config.keep_best and not improved:
             return
         save_backbone(

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -47,6 +48,7 @@ import pcircuits as pc
 from pcircuits.distributions.base import DiscreteDistribution
 from pcircuits.engine.circuit import TensorCircuit
 from pcircuits.engine.downward import _gumbel_argmax, downward
+from pcircuits.io import load_with_extras
 from pcircuits.nodes import NodeGroup
 
 from ..sampling import logits_problem
@@ -77,9 +79,34 @@ def _check_logits(logits: torch.Tensor, masked: torch.Tensor) -> None:
         raise ValueError(f"logits: {problem[0]} at masked position {problem[1][1]} of batch row {problem[1][0]}")
 
 
+_BACKOFF_KEY = "codd_backoff"  # name of the backoff weights among the extras of a prior file
+MAX_BACKOFF_BINS = 1 << 16
+_MAX_SIDECAR_BYTES = 1 << 20
+
+
 def _backoff_path(path: str | Path) -> Path:
+    """The sidecar of a version-1 prior file (read only; new saves keep the backoff inside the file)."""
     path = Path(path)
     return path.with_name(path.name + ".backoff.json")
+
+
+def _is_zip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _read_backoff_sidecar(side: Path) -> torch.Tensor:
+    """The backoff weights ``[n_bins]`` of a version-1 sidecar, checked to be a JSON list of numbers."""
+    try:
+        if side.stat().st_size > _MAX_SIDECAR_BYTES:
+            raise ValueError(f"larger than {_MAX_SIDECAR_BYTES} bytes")
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"path: backoff sidecar {str(side)!r} is unreadable ({' '.join(str(e).split())})") from None
+    values = data.get("backoff") if isinstance(data, dict) else None
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"path: backoff sidecar {str(side)!r} must hold {{\"backoff\": [numbers]}}")
+    return torch.tensor(values, dtype=torch.float64)
 
 
 class CoDDPrior:
@@ -168,31 +195,59 @@ class CoDDPrior:
 
     @classmethod
     def load(cls, path: str | Path, top_k: int | None = None) -> CoDDPrior:
-        """Loads a prior saved by `save` (a `pcircuits.save` archive).
+        """Loads a prior saved by `save` (one `pcircuits.save` file holding the circuit and the backoff).
+
+        Priors written by earlier versions (a version-1 ``.npz`` circuit with
+        the backoff weights in a ``<path>.backoff.json`` sidecar) still load.
+        Every part is validated before use (see `pcircuits.load`); the backoff
+        weights must be finite, in ``[0, 1]`` and of the declared length.
 
         Args:
-            path: the ``.npz`` file.
+            path: the prior file.
             top_k: candidate restriction.
 
         Returns:
-            The prior (window and vocabulary read from the circuit, the
-            backoff weights from ``<path>.backoff.json`` when present).
+            The prior (window and vocabulary read from the circuit).
+
+        Raises:
+            ValueError: a malformed file or sidecar, or a circuit that is not a
+                CoDD prior (the message names ``path``).
         """
-        circuit = pc.load(path)
-        prior = cls(circuit, circuit.num_vars, int(circuit.max_cats), top_k)
-        side = _backoff_path(path)
-        if side.is_file():
-            prior.set_backoff(json.loads(side.read_text())["backoff"])
+        where = os.fspath(path)
+        circuit, extras = load_with_extras(path)
+        unknown = sorted(set(extras) - {_BACKOFF_KEY})
+        if unknown:
+            raise ValueError(f"path: {where!r} holds extras {unknown} that a CoDD prior does not use")
+        try:
+            prior = cls(circuit, circuit.num_vars, int(circuit.max_cats), top_k)
+        except ValueError as e:
+            if str(e).startswith("top_k"):
+                raise
+            raise ValueError(f"path: {where!r} is not a CoDD prior ({e})") from None
+        if _BACKOFF_KEY in extras:
+            backoff = extras[_BACKOFF_KEY]
+        elif _is_zip(where) and _backoff_path(path).is_file():
+            backoff = _read_backoff_sidecar(_backoff_path(path))
+        else:
+            backoff = None
+        if backoff is not None:
+            if backoff.dim() != 1 or not 1 <= backoff.numel() <= MAX_BACKOFF_BINS:
+                raise ValueError(f"path: {where!r}: backoff must hold 1..{MAX_BACKOFF_BINS} weights, got shape {list(backoff.shape)}")
+            if not bool(torch.isfinite(backoff).all()) or not bool(((backoff >= 0) & (backoff <= 1)).all()):
+                raise ValueError(f"path: {where!r}: backoff weights must be finite and in [0, 1]")
+            prior.set_backoff(backoff)
         return prior
 
     def save(self, path: str | Path) -> None:
-        """Writes the circuit with `pcircuits.save` (and the backoff weights to ``<path>.backoff.json``)."""
-        pc.save(self.circuit, path)
-        side = _backoff_path(path)
-        if self.backoff is not None:
-            side.write_text(json.dumps({"backoff": self.backoff.tolist()}))
-        elif side.is_file():
-            side.unlink()
+        """Writes the circuit and the backoff weights as one file (`pcircuits.save` with an extra tensor).
+
+        The write is atomic: a failed save leaves a previous file intact. A
+        ``<path>.backoff.json`` sidecar left by an earlier version is removed
+        once the new file is in place.
+        """
+        extras = None if self.backoff is None else {_BACKOFF_KEY: self.backoff.detach().cpu()}
+        pc.save(self.circuit, path, extras=extras)
+        _backoff_path(path).unlink(missing_ok=True)
 
     def to(self, *args, **kwargs) -> CoDDPrior:
         """Moves / casts the circuit (``prior.to(torch.float64)``); returns ``self``."""

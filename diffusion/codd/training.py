@@ -396,7 +396,7 @@ def fit_prior(
         valid_frac: share of windows held out for the per-epoch NLL (0: report the train NLL).
         em_epochs: epochs of full-batch `pcircuits.em` on the training windows' clean tokens first.
         candidates: ``LongTensor[M, W, K]`` token ids of ``logits`` (top-``k`` caches).
-        checkpoint: ``.npz`` path; the circuit with the best held-out NLL is saved there (`pcircuits.save`).
+        checkpoint: file path; the prior with the best held-out NLL is saved there (`CoDDPrior.save`, atomic).
         seed: seed of the split and the shuffling.
         progress: tqdm progress bar (``None``: on a terminal only).
         callback: called as ``callback(epoch, nll)`` after every epoch.
@@ -461,7 +461,7 @@ def fit_prior(
         history.append(nll)
         bar.set_postfix(nll=f"{nll:.4f}")
         if checkpoint is not None and nll < best:
-            pc.save(prior.circuit, checkpoint)
+            prior.save(checkpoint)
         best = min(best, nll)
         if callback is not None:
             callback(ep, nll)
@@ -521,7 +521,7 @@ def train_prior_cli(
     window tiling them (`answer_window_logits`). With ``backoff_bins > 0``,
     10% of the QA pairs are set aside before any window is drawn, and the
     best circuit's backoff weights (`CoDDPrior.fit_backoff`) are fitted on
-    their windows (answers the circuit never saw) and saved beside it.
+    their windows (answers the circuit never saw) and saved in the same file.
 
     Returns:
         ``{"output": ..., "heldout_nll": [...], "backoff": [...] or None}``.

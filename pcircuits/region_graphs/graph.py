@@ -9,6 +9,8 @@ from typing import Any
 
 import networkx as nx
 
+from ..atomic import atomic_write
+
 __all__ = ["RegionGraph"]
 
 _FORMAT = "pcircuits-region-graph"
@@ -232,9 +234,10 @@ class RegionGraph:
         return rg
 
     def save(self, path: str | os.PathLike) -> None:
-        """Writes the graph to ``path`` as JSON."""
-        with open(path, "w") as f:
-            json.dump(self.to_json(), f)
+        """Writes the graph to ``path`` as JSON (atomically: a failed save leaves a previous file intact)."""
+        text = json.dumps(self.to_json())
+        with atomic_write(path, "w") as f:
+            f.write(text)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RegionGraph":
