@@ -246,14 +246,18 @@ def load_tokenizer(directory: str | Path) -> TextTokenizer:
 
     Raises:
         FileNotFoundError: if the directory or its tokenizer files are missing.
-        ValueError: if the metadata names an unknown tokenizer type.
+        ValueError: if the metadata names an unknown tokenizer type, or a
+            tokenizer file outside the directory.
     """
     directory = Path(directory)
     meta_path = directory / TOKENIZER_META_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"no tokenizer in {directory}: missing {TOKENIZER_META_FILE}")
     meta = json.loads(meta_path.read_text())
-    path = directory / meta.get("file", "")
+    name = meta.get("file", "")
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"{meta_path}: 'file' must name a file inside {directory}, got {name!r}")
+    path = directory / name
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file {path} is missing")
     if meta.get("type") == "char":
