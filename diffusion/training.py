@@ -207,7 +207,6 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     out_dir = Path(config.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     kind, train_raw, held_raw = load_corpus(config.data)
     if kind == "qa":
@@ -240,6 +239,7 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
     held_set = encode(held_raw)[: config.eval_examples]
     if not train_set:
         raise ValueError("data: no training examples after tokenization (check max_length)")
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
     log(f"tokenizer={tokenizer.kind} vocab={tokenizer.vocab_size} train={len(train_set)} heldout={len(held_set)}")
 
     if init is not None:
