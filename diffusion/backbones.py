@@ -294,8 +294,10 @@ def _check_directory(path: Path) -> dict:
         raise FileNotFoundError(f"incomplete backbone directory {path}: missing config.json")
     try:
         config = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FileNotFoundError(f"incomplete backbone directory {path}: unreadable config.json") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"path: {cfg_path} holds {type(config).__name__}, expected a JSON object")
     has_weights = any((path / f).is_file() for f in _WEIGHT_FILES) or any(path.glob("*.safetensors"))
     if not has_weights:
         raise FileNotFoundError(
@@ -370,6 +372,25 @@ def _check_remote_code(path: Path, trust_remote_code: bool) -> None:
             )
 
 
+def _from_pretrained(auto_class: Any, path: Path, **kwargs: Any) -> nn.Module:
+    """``auto_class.from_pretrained(path, **kwargs)``, with malformed weight files reported as ``ValueError``.
+
+    A truncated or corrupt ``model.safetensors`` (``SafetensorError``), an
+    unreadable ``pytorch_model.bin`` (``torch.load`` errors) or weights whose
+    shapes disagree with ``config.json`` become one ``ValueError`` naming the
+    directory; missing files stay ``OSError``.
+    """
+    import pickle
+
+    from safetensors import SafetensorError
+
+    try:
+        return auto_class.from_pretrained(str(path), **kwargs)
+    except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        detail = " ".join(str(e).split())[:300]
+        raise ValueError(f"path: cannot load the weights in {path} ({type(e).__name__}: {detail})") from e
+
+
 def _load_hf_tokenizer(path: Path, trust_remote_code: bool) -> Any:
     names = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model")
     if not any((path / n).is_file() for n in names):
@@ -437,8 +458,10 @@ def load_backbone(
 
     if (path / BACKBONE_META_FILE).is_file():
         meta = json.loads((path / BACKBONE_META_FILE).read_text())
+        if not isinstance(meta, dict) or (mask_token_id is None and not isinstance(meta.get("mask_token_id"), int)):
+            raise ValueError(f"path: {path / BACKBONE_META_FILE} must be a JSON object with an integer mask_token_id")
         tokenizer = load_tokenizer(path) if (path / TOKENIZER_META_FILE).is_file() else None
-        model = AutoModelForMaskedLM.from_pretrained(str(path), **kwargs)
+        model = _from_pretrained(AutoModelForMaskedLM, path, **kwargs)
         mid = mask_token_id if mask_token_id is not None else meta["mask_token_id"]
         backbone: Backbone = MaskedLMBackbone(model, mid, meta.get("vocab_size"), tokenizer)
     else:
@@ -454,12 +477,12 @@ def load_backbone(
                     module_file = path / (ref.rsplit(".", 1)[0] + ".py")
                     if not module_file.is_file():
                         raise FileNotFoundError(f"incomplete {kind} directory {path}: missing {module_file.name}")
-            model = AutoModel.from_pretrained(str(path), **kwargs)
+            model = _from_pretrained(AutoModel, path, **kwargs)
             cls = LLaDABackbone if kind == "llada" else DreamBackbone
             default = LLADA_MASK_TOKEN_ID if kind == "llada" else DREAM_MASK_TOKEN_ID
             backbone = cls(model, mask_token_id if mask_token_id is not None else default, None, tokenizer)
         else:
-            model = AutoModelForMaskedLM.from_pretrained(str(path), **kwargs)
+            model = _from_pretrained(AutoModelForMaskedLM, path, **kwargs)
             mid = mask_token_id
             if mid is None and tokenizer is not None:
                 mid = getattr(tokenizer, "mask_token_id", None)

@@ -274,3 +274,25 @@ def test_unreadable_tokenizer_config_is_refused(tmp_path):
     (path / "tokenizer_config.json").write_text("{not json")
     with pytest.raises(ValueError, match="tokenizer_config.json"):
         load_backbone(path)
+
+
+@pytest.mark.parametrize("file, content, match", [
+    ("model.safetensors", b"", "weights"),
+    ("model.safetensors", "half", "weights"),
+    ("config.json", b"[1, 2]", "config.json"),
+    ("codd_backbone.json", b"{}", "mask_token_id"),
+    ("codd_tokenizer.json", b'{"type": "bpe", "file": "../../elsewhere.json"}', "inside"),
+    ("tokenizer.json", b"{not a tokenizer", "tokenizer"),
+])
+def test_malformed_files_raise_value_error(tmp_path, file, content, match):
+    from diffusion.backbones import build_backbone, save_backbone
+    from diffusion.tokenizers import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(["the cat sat on the mat", "a dog sat"] * 5, vocab_size=300, min_frequency=1)
+    path = save_backbone(build_backbone(tok, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=16,
+                                        max_length=16), tmp_path / "m")
+    target = path / file
+    assert target.is_file()
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2] if content == "half" else content)
+    with pytest.raises(ValueError, match=match):
+        load_backbone(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -140,6 +141,10 @@ def workdir(tmp_path_factory):
     for split in ("train", "test"):
         (d / "data" / f"{split}.jsonl").write_text('{"question": "q?", "answer": "a #### 1"}\n')
     (d / "outdir").mkdir()
+    weights = (d / "bert" / "model.safetensors").read_bytes()
+    for name, content in (("truncated", weights[: len(weights) // 2]), ("empty", b"")):
+        shutil.copytree(d / "bert", d / name)
+        (d / name / "model.safetensors").write_bytes(content)
     return d
 
 
@@ -171,6 +176,9 @@ CODD_ERROR_CASES = [
     ["generate", "{d}/bert", "--prompts-file", "{d}/none.txt"],
     ["generate", "{d}/bert", "--prompts-file", "{d}/outdir"],
     ["generate", "{d}/code/bert", "--prompt", "x"],  # names code: refused without --trust-remote-code
+    ["generate", "{d}/truncated", "--prompt", "x"],  # a truncated weights file
+    ["generate", "{d}/empty", "--prompt", "x"],  # an empty weights file
+    ["evaluate", "{d}/truncated"],
     ["train-prior", "{d}/bert", "--top-k", "-1"],
     ["train-prior", "{d}/bert", "--window", "0"],
     ["train-prior", "{d}/bert", "--states", "0"],
