@@ -105,7 +105,7 @@ log "training the backbone for $TRAIN_MIN min"
 $PY -m diffusion.cli train-backbone --output "$MODEL" --device "$DEVICE" --precision "$PRECISION" \
   --hidden-size "$HIDDEN" --layers "$LAYERS" --heads "$HEADS" --intermediate-size "$MLP" --max-length "$MAXLEN" --batch-size "$BATCH" \
   --lr "$LR" --warmup-steps 200 --weight-decay 0.1 --dropout "$DROPOUT" --epochs 1000 --max-minutes "$TRAIN_MIN" \
-  --eval-every 500 --keep-best --no-progress 2>&1 | tee runs/train_gpu.log | grep -v "^\s*$" | tail -n 25
+  --eval-every 500 --keep-best --no-progress --force 2>&1 | tee runs/train_gpu.log | grep -v "^\s*$" | tail -n 25
 fi
 
 # ------------------------------------------------------------------ 3. evaluation

@@ -458,8 +458,10 @@ def _check_directory(path: Path) -> dict:
         raise FileNotFoundError(f"incomplete backbone directory {path}: missing config.json")
     try:
         config = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FileNotFoundError(f"incomplete backbone directory {path}: unreadable config.json") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"path: {cfg_path} holds {type(config).__name__}, expected a JSON object")
     has_weights = any((path / f).is_file() for f in _WEIGHT_FILES) or any(path.glob("*.safetensors"))
     if not has_weights:
         raise FileNotFoundError(
@@ -478,14 +480,89 @@ def _kind_of(config: dict) -> str:
     return "mlm"
 
 
-def _load_hf_tokenizer(path: Path) -> Any:
+def _auto_map_refs(path: Path, filename: str) -> list[str]:
+    """The code references (``module.Class``) named by the ``auto_map`` of one JSON file of a directory.
+
+    Args:
+        path: the model directory.
+        filename: ``config.json`` or ``tokenizer_config.json``.
+
+    Returns:
+        The non-empty references, in file order; ``[]`` when the file or its
+        ``auto_map`` is absent.
+
+    Raises:
+        ValueError: the file exists but is not a JSON object.
+    """
+    file = path / filename
+    if not file.is_file():
+        return []
+    try:
+        content = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"path: {file} is not readable JSON ({e})") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"path: {file} holds {type(content).__name__}, expected a JSON object")
+    auto_map = content.get("auto_map") or {}
+    entries = auto_map.values() if isinstance(auto_map, dict) else [auto_map]
+    refs: list[str] = []
+    for entry in entries:
+        for ref in entry if isinstance(entry, (list, tuple)) else [entry]:
+            if ref:
+                refs.append(str(ref))
+    return refs
+
+
+def _check_remote_code(path: Path, trust_remote_code: bool) -> None:
+    """Refuses a directory whose configs name custom code unless the caller opted in.
+
+    Reads ``config.json`` and ``tokenizer_config.json`` as plain JSON (nothing
+    is imported) and raises when either has an ``auto_map``: loading such a
+    directory through ``transformers`` imports Python files named there.
+
+    Raises:
+        ValueError: an ``auto_map`` names code and ``trust_remote_code`` is False.
+    """
+    if trust_remote_code:
+        return
+    for filename in ("config.json", "tokenizer_config.json"):
+        refs = _auto_map_refs(path, filename)
+        if refs:
+            modules = sorted({ref.rsplit(".", 1)[0] + ".py" for ref in refs})
+            raise ValueError(
+                f"trust_remote_code: {path / filename} names custom code in its auto_map ({', '.join(modules)}); "
+                "loading it would run that code. If you trust this directory, pass trust_remote_code=True "
+                "(command line: --trust-remote-code)"
+            )
+
+
+def _from_pretrained(auto_class: Any, path: Path, **kwargs: Any) -> nn.Module:
+    """``auto_class.from_pretrained(path, **kwargs)``, with malformed weight files reported as ``ValueError``.
+
+    A truncated or corrupt ``model.safetensors`` (``SafetensorError``), an
+    unreadable ``pytorch_model.bin`` (``torch.load`` errors) or weights whose
+    shapes disagree with ``config.json`` become one ``ValueError`` naming the
+    directory; missing files stay ``OSError``.
+    """
+    import pickle
+
+    from safetensors import SafetensorError
+
+    try:
+        return auto_class.from_pretrained(str(path), **kwargs)
+    except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        detail = " ".join(str(e).split())[:300]
+        raise ValueError(f"path: cannot load the weights in {path} ({type(e).__name__}: {detail})") from e
+
+
+def _load_hf_tokenizer(path: Path, trust_remote_code: bool) -> Any:
     names = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model")
     if not any((path / n).is_file() for n in names):
         return None
     try:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=True)
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception:  # noqa: BLE001 - a model without a usable tokenizer is still usable with ids
         return None
 
@@ -495,14 +572,21 @@ def load_backbone(
     mask_token_id: int | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
 ) -> Backbone:
     """Load a backbone from a local directory, detecting its kind.
 
     Detection: ``codd_backbone.json`` marks the project's own model;
     ``model_type``/``architectures`` in ``config.json`` naming LLaDA or Dream
-    select `LLaDABackbone` / `DreamBackbone` (loaded with
-    ``trust_remote_code``, code taken from the directory); anything else is
-    loaded with ``AutoModelForMaskedLM``. Nothing is downloaded.
+    select `LLaDABackbone` / `DreamBackbone` (their model code comes from
+    the directory, so they need ``trust_remote_code=True``); anything else is
+    loaded with ``AutoModelForMaskedLM``. Nothing is downloaded
+    (``local_files_only=True`` everywhere).
+
+    No code from the directory runs unless ``trust_remote_code=True``: before
+    ``transformers`` is called, ``config.json`` and ``tokenizer_config.json``
+    are read as plain JSON, and an ``auto_map`` in either (which names Python
+    files that ``transformers`` would import) raises ``ValueError``.
 
     Args:
         path: the model directory.
@@ -510,6 +594,10 @@ def load_backbone(
             tokenizer names one) the mask token id.
         device: device to place the model on.
         dtype: optional parameter dtype (e.g. ``torch.bfloat16``).
+        trust_remote_code: allow ``transformers`` to import the Python files
+            that the directory's ``auto_map`` names (needed for LLaDA and
+            Dream). Only for directories you trust: that code runs with your
+            permissions.
 
     Returns:
         The `Backbone`, in eval mode.
@@ -517,26 +605,32 @@ def load_backbone(
     Raises:
         FileNotFoundError: if the directory is missing or incomplete (no
             ``config.json``, no weights, missing remote-code files).
-        ValueError: if no mask token id can be determined.
+        ValueError: if no mask token id can be determined, or the directory
+            names custom code (an ``auto_map``) and ``trust_remote_code`` is False.
     """
+    if not isinstance(trust_remote_code, bool):
+        raise TypeError(f"trust_remote_code: expected a bool, got {type(trust_remote_code).__name__}")
     path = Path(path)
     config = _check_directory(path)
+    _check_remote_code(path, trust_remote_code)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoModelForMaskedLM
 
-    kwargs: dict[str, Any] = {"local_files_only": True}
+    kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
 
     if (path / BACKBONE_META_FILE).is_file():
         meta = json.loads((path / BACKBONE_META_FILE).read_text())
+        if not isinstance(meta, dict) or (mask_token_id is None and not isinstance(meta.get("mask_token_id"), int)):
+            raise ValueError(f"path: {path / BACKBONE_META_FILE} must be a JSON object with an integer mask_token_id")
         tokenizer = load_tokenizer(path) if (path / TOKENIZER_META_FILE).is_file() else None
-        model = AutoModelForMaskedLM.from_pretrained(str(path), **kwargs)
+        model = _from_pretrained(AutoModelForMaskedLM, path, **kwargs)
         mid = mask_token_id if mask_token_id is not None else meta["mask_token_id"]
         backbone: Backbone = MaskedLMBackbone(model, mid, meta.get("vocab_size"), tokenizer)
     else:
         kind = _kind_of(config)
-        tokenizer = _load_hf_tokenizer(path)
+        tokenizer = _load_hf_tokenizer(path, trust_remote_code)
         if kind in ("llada", "dream"):
             auto_map = config.get("auto_map", {})
             if not auto_map:
@@ -547,12 +641,12 @@ def load_backbone(
                     module_file = path / (ref.rsplit(".", 1)[0] + ".py")
                     if not module_file.is_file():
                         raise FileNotFoundError(f"incomplete {kind} directory {path}: missing {module_file.name}")
-            model = AutoModel.from_pretrained(str(path), trust_remote_code=True, **kwargs)
+            model = _from_pretrained(AutoModel, path, **kwargs)
             cls = LLaDABackbone if kind == "llada" else DreamBackbone
             default = LLADA_MASK_TOKEN_ID if kind == "llada" else DREAM_MASK_TOKEN_ID
             backbone = cls(model, mask_token_id if mask_token_id is not None else default, None, tokenizer)
         else:
-            model = AutoModelForMaskedLM.from_pretrained(str(path), **kwargs)
+            model = _from_pretrained(AutoModelForMaskedLM, path, **kwargs)
             mid = mask_token_id
             if mid is None and tokenizer is not None:
                 mid = getattr(tokenizer, "mask_token_id", None)

@@ -10,6 +10,12 @@ Subcommands:
   generation quality of a saved backbone on GSM8K-style data.
 
 Run ``codd <subcommand> --help`` for the options.
+
+Every user error (a bad option, a missing or unreadable file, an output it
+must not write) is one line ``codd SUBCOMMAND: error: ...`` on stderr with exit
+status 2. Outputs that exist are replaced only with ``--force``, and never
+when they are one of the command's inputs. No code from a model directory runs
+unless ``--trust-remote-code`` is given (LLaDA and Dream need it).
 """
 
 from __future__ import annotations
@@ -20,7 +26,32 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pcircuits.atomic import atomic_write
+from pcircuits.cli import (
+    USER_ERRORS,
+    OneLineArgumentParser,
+    check_output,
+    float_in,
+    int_at_least,
+    parse_or_status,
+    report_error,
+    run_quietly_on_broken_pipe,
+)
+
 __all__ = ["main", "build_parser"]
+
+_positive_int = int_at_least(1)
+_nonnegative_int = int_at_least(0)
+_positive_float = float_in(0.0, low_open=True)
+_nonnegative_float = float_in(0.0)
+_rate = float_in(0.0, 1.0, high_open=True)
+_probability = float_in(0.0, 1.0, low_open=True)
+
+
+def _add_trust(p: argparse.ArgumentParser, what: str = "the model directory") -> None:
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help=f"allow Python code named by {what} (an auto_map in config.json or tokenizer_config.json; "
+                   "LLaDA and Dream need it) to run; only for directories you trust")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -35,44 +66,47 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", default=d.data, help="'gsm8k', a directory with train/test.jsonl, a .jsonl QA file or a text file")
     p.add_argument("--output", default=d.output_dir, help="output directory (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="write into --output even if it exists")
     p.add_argument("--tokenizer", choices=["bpe", "char"], default=d.tokenizer)
-    p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="BPE vocabulary size")
-    p.add_argument("--hidden-size", type=int, default=d.hidden_size)
-    p.add_argument("--layers", type=int, default=d.num_layers)
-    p.add_argument("--heads", type=int, default=d.num_heads)
-    p.add_argument("--intermediate-size", type=int, default=d.intermediate_size)
-    p.add_argument("--max-length", type=int, default=d.max_length)
-    p.add_argument("--min-target-length", type=int, default=d.min_target_length,
+    p.add_argument("--vocab-size", type=_positive_int, default=d.vocab_size, help="BPE vocabulary size")
+    p.add_argument("--hidden-size", type=_positive_int, default=d.hidden_size)
+    p.add_argument("--layers", type=_positive_int, default=d.num_layers)
+    p.add_argument("--heads", type=_positive_int, default=d.num_heads)
+    p.add_argument("--intermediate-size", type=_positive_int, default=d.intermediate_size)
+    p.add_argument("--max-length", type=_positive_int, default=d.max_length)
+    p.add_argument("--min-target-length", type=_nonnegative_int, default=d.min_target_length,
                    help="pad answers with [EOS] to at least this length (default: %(default)s)")
     p.add_argument("--init-from", default=None, help="continue training from this backbone directory")
+    _add_trust(p, "the --init-from directory")
     p.add_argument("--truncate-long", action="store_true", help="truncate long QA pairs instead of skipping them")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="held-out evaluation every N steps (0: per epoch)")
-    p.add_argument("--eval-examples", type=int, default=d.eval_examples)
-    p.add_argument("--train-limit", type=int, default=None)
-    p.add_argument("--threads", type=int, default=d.num_threads)
+    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    p.add_argument("--lr", type=_positive_float, default=d.lr)
+    p.add_argument("--weight-decay", type=_nonnegative_float, default=d.weight_decay)
+    p.add_argument("--warmup-steps", type=_nonnegative_int, default=d.warmup_steps)
+    p.add_argument("--epochs", type=_positive_int, default=d.epochs)
+    p.add_argument("--max-steps", type=_positive_int, default=None)
+    p.add_argument("--max-minutes", type=_positive_float, default=None, help="wall-clock budget")
+    p.add_argument("--eval-every", type=_nonnegative_int, default=d.eval_every, help="held-out evaluation every N steps (0: per epoch)")
+    p.add_argument("--eval-examples", type=_positive_int, default=d.eval_examples)
+    p.add_argument("--train-limit", type=_positive_int, default=None)
+    p.add_argument("--threads", type=_positive_int, default=d.num_threads)
     p.add_argument("--device", default=d.device, help="training device, e.g. cpu or cuda (default: %(default)s)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=d.precision,
                    help="bf16: autocast the forward pass (CUDA only; default: %(default)s)")
-    p.add_argument("--dropout", type=float, default=d.dropout, help="dropout rate of a new model (default: %(default)s)")
+    p.add_argument("--dropout", type=_rate, default=d.dropout, help="dropout rate in [0, 1) of a new model (default: %(default)s)")
     p.add_argument("--keep-best", action="store_true", help="keep the checkpoint with the best held-out bound, not the last")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=_nonnegative_int, default=d.seed)
     p.add_argument("--no-progress", action="store_true")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gen-length", type=int, default=128)
-    p.add_argument("--block-length", type=int, default=32)
+    p.add_argument("--gen-length", type=_positive_int, default=128)
+    p.add_argument("--block-length", type=_positive_int, default=32)
     p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "margin", "entropy", "random"])
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--temperature", type=_nonnegative_float, default=0.0)
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--threads", type=_positive_int, default=1)
+    _add_trust(p)
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -84,11 +118,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="backbone directory (project model, HF masked LM, LLaDA or Dream)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (question); repeatable")
     p.add_argument("--prompts-file", help="text file with one prompt per line")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default gen_length / tokens-per-step)")
-    p.add_argument("--tokens-per-step", type=int, default=1)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default gen_length / tokens-per-step)")
+    p.add_argument("--tokens-per-step", type=_positive_int, default=1)
+    p.add_argument("--top-p", type=_probability, default=1.0, help="nucleus mass in (0, 1]")
     p.add_argument("--mode", choices=["block", "full"], default="block", help="block (LLaDA) or full-sequence (Dream-style)")
-    p.add_argument("--mask-token-id", type=int, default=None)
+    p.add_argument("--mask-token-id", type=_nonnegative_int, default=None)
     _add_sampling_args(p)
 
 
@@ -101,12 +135,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", help="directory of a backbone trained with 'codd train-backbone'")
     p.add_argument("--data", default="gsm8k", help="'gsm8k', a directory with test.jsonl, or a .jsonl QA file")
-    p.add_argument("--examples", type=int, default=200, help="held-out examples for the likelihood measures")
-    p.add_argument("--questions", type=int, default=50, help="held-out questions for generation")
-    p.add_argument("--tokens-per-step", type=int, nargs="+", default=[1, 2, 4, 8])
-    p.add_argument("--max-answer-tokens", type=int, default=None, help="only generate for questions whose reference answer fits (default gen_length)")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--output", help="write the results as JSON here")
+    p.add_argument("--examples", type=_positive_int, default=200, help="held-out examples for the likelihood measures")
+    p.add_argument("--questions", type=_positive_int, default=50, help="held-out questions for generation")
+    p.add_argument("--tokens-per-step", type=_positive_int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--max-answer-tokens", type=_positive_int, default=None, help="only generate for questions whose reference answer fits (default gen_length)")
+    p.add_argument("--batch-size", type=_positive_int, default=50)
+    p.add_argument("--output", help="write the results as JSON here (its folder must exist)")
+    p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     _add_sampling_args(p)
 
 
@@ -114,9 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     """Build the ``codd`` argument parser.
 
     Returns:
-        The parser with the ``train-backbone``, ``generate`` and ``evaluate`` subcommands.
+        The parser with the ``train-backbone``, ``generate``, ``evaluate`` and ``train-prior`` subcommands.
     """
-    parser = argparse.ArgumentParser(prog="codd", description="Masked diffusion language-model tooling.")
+    parser = OneLineArgumentParser(prog="codd", description="Masked diffusion language-model tooling.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_generate(sub)
@@ -135,24 +170,26 @@ def _add_train_prior(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="backbone directory")
     p.add_argument("--data", default="gsm8k", help="'gsm8k', a directory with train.jsonl, or a .jsonl QA file")
     p.add_argument("--output", default="prior.npz", help="circuit file (default: %(default)s)")
-    p.add_argument("--window", type=int, default=16)
-    p.add_argument("--states", type=int, default=64)
-    p.add_argument("--windows", type=int, default=2000, help="training windows")
-    p.add_argument("--top-k", type=int, default=64, help="candidates per position (0: full vocabulary)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--em-epochs", type=int, default=0, help="EM epochs on the windows' tokens first")
+    p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    _add_trust(p)
+    p.add_argument("--window", type=_positive_int, default=16)
+    p.add_argument("--states", type=_positive_int, default=64)
+    p.add_argument("--windows", type=_positive_int, default=2000, help="training windows")
+    p.add_argument("--top-k", type=_nonnegative_int, default=64, help="candidates per position (0: full vocabulary)")
+    p.add_argument("--epochs", type=_positive_int, default=5)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--lr", type=_positive_float, default=0.05)
+    p.add_argument("--em-epochs", type=_nonnegative_int, default=0, help="EM epochs on the windows' tokens first")
     p.add_argument("--weighting", choices=["token", "window"], default="token",
                    help="each masked token counts once (token) or each window does (window)")
     p.add_argument("--mask-scope", choices=["window", "answer"], default="window",
                    help="mask only the window (window) or whole answers, keeping every window tiling them (answer)")
-    p.add_argument("--draws", type=int, default=4, help="mask draws per answer with --mask-scope answer")
-    p.add_argument("--backoff-bins", type=int, default=0,
+    p.add_argument("--draws", type=_positive_int, default=4, help="mask draws per answer with --mask-scope answer")
+    p.add_argument("--backoff-bins", type=_nonnegative_int, default=0,
                    help="fit backoff weights in this many mask-ratio bins on the held-out windows (0: none)")
-    p.add_argument("--examples", type=int, default=None, help="use the first N QA pairs")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--examples", type=_positive_int, default=None, help="use the first N QA pairs")
+    p.add_argument("--threads", type=_positive_int, default=1)
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -161,12 +198,13 @@ def _cmd_train_prior(a: argparse.Namespace) -> int:
 
     from .codd.training import train_prior_cli
 
+    check_output(a.output, "--output", [a.model, a.data], a.force)
     torch.set_num_threads(a.threads)
     res = train_prior_cli(
         a.model, a.data, a.output, window=a.window, states=a.states, num_windows=a.windows,
         top_k=a.top_k or None, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, em_epochs=a.em_epochs,
         examples=a.examples, seed=a.seed, progress=False if a.no_progress else None, weighting=a.weighting,
-        mask_scope=a.mask_scope, draws=a.draws, backoff_bins=a.backoff_bins,
+        mask_scope=a.mask_scope, draws=a.draws, backoff_bins=a.backoff_bins, trust_remote_code=a.trust_remote_code,
     )
     print(json.dumps(res))
     return 0
@@ -175,6 +213,7 @@ def _cmd_train_prior(a: argparse.Namespace) -> int:
 def _cmd_train(a: argparse.Namespace) -> int:
     from .training import TrainConfig, train_backbone
 
+    check_output(a.output, "--output", [a.data, a.init_from], a.force, directory=True)
     cfg = TrainConfig(
         data=a.data,
         output_dir=a.output,
@@ -188,6 +227,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
         skip_long=not a.truncate_long,
         min_target_length=a.min_target_length,
         init_from=a.init_from,
+        trust_remote_code=a.trust_remote_code,
         batch_size=a.batch_size,
         lr=a.lr,
         weight_decay=a.weight_decay,
@@ -213,10 +253,10 @@ def _cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
-def _load(model: str, mask_token_id: int | None = None):
+def _load(model: str, trust_remote_code: bool, mask_token_id: int | None = None):
     from .backbones import load_backbone
 
-    return load_backbone(model, mask_token_id=mask_token_id)
+    return load_backbone(model, mask_token_id=mask_token_id, trust_remote_code=trust_remote_code)
 
 
 def _cmd_generate(a: argparse.Namespace) -> int:
@@ -231,10 +271,10 @@ def _cmd_generate(a: argparse.Namespace) -> int:
         try:
             prompts += [ln.strip() for ln in Path(a.prompts_file).read_text(encoding="utf-8").splitlines() if ln.strip()]
         except (OSError, UnicodeDecodeError) as e:
-            raise FileNotFoundError(f"--prompts-file: cannot read {a.prompts_file}") from e
+            raise ValueError(f"--prompts-file: cannot read {a.prompts_file!r} ({type(e).__name__})") from None
     if not prompts:
         raise ValueError("--prompt / --prompts-file: no prompts given")
-    backbone = _load(a.model, a.mask_token_id)
+    backbone = _load(a.model, a.trust_remote_code, a.mask_token_id)
     tok = backbone.tokenizer
     if tok is None:
         raise ValueError(f"model: {a.model} has no tokenizer; cannot encode text prompts")
@@ -274,8 +314,10 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     from .data import load_gsm8k, read_jsonl_qa
     from .evaluation import evaluate_backbone
 
+    if a.output:
+        check_output(a.output, "--output", [a.model, a.data], a.force)
     torch.set_num_threads(a.threads)
-    backbone = _load(a.model)
+    backbone = _load(a.model, a.trust_remote_code)
     tok = backbone.tokenizer
     if tok is None or not hasattr(tok, "bos_id"):
         raise ValueError(f"model: {a.model} is not a backbone trained with 'codd train-backbone' (no project tokenizer)")
@@ -301,8 +343,8 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     )
     text = json.dumps(results, indent=1)
     if a.output:
-        Path(a.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.output).write_text(text)
+        with atomic_write(a.output, "w") as f:
+            f.write(text + "\n")
     print(text)
     return 0
 
@@ -314,13 +356,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: arguments (default ``sys.argv[1:]``).
 
     Returns:
-        Process exit status (0 on success, 2 on bad input).
+        Process exit status (0 on success, 2 on bad input: one line
+        ``codd[ SUBCOMMAND]: error: ...`` on stderr). ``--help`` exits with
+        ``SystemExit(0)``.
     """
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a = parse_or_status(parser, argv)
+    if isinstance(a, int):
+        return a
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    prog = f"codd {a.command}"
     try:
         if a.command == "train-backbone":
             return _cmd_train(a)
@@ -329,9 +376,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.command == "train-prior":
             return _cmd_train_prior(a)
         return _cmd_evaluate(a)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"codd {a.command}: error: {e}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:
+        return run_quietly_on_broken_pipe(1)
+    except USER_ERRORS as e:
+        return report_error(prog, e)
 
 
 if __name__ == "__main__":

@@ -259,20 +259,33 @@ def load_tokenizer(directory: str | Path) -> TextTokenizer:
 
     Raises:
         FileNotFoundError: if the directory or its tokenizer files are missing.
-        ValueError: if the metadata names an unknown tokenizer type.
+        ValueError: if the metadata names an unknown tokenizer type or a
+            tokenizer file outside the directory, or a file is malformed.
     """
     directory = Path(directory)
     meta_path = directory / TOKENIZER_META_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"no tokenizer in {directory}: missing {TOKENIZER_META_FILE}")
     meta = json.loads(meta_path.read_text())
-    path = directory / meta.get("file", "")
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    name = meta.get("file", "")
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"{meta_path}: 'file' must name a file inside {directory}, got {name!r}")
+    path = directory / name
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file {path} is missing")
     if meta.get("type") == "char":
-        return CharTokenizer(json.loads(path.read_text(encoding="utf-8"))["chars"])
+        chars = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(chars, dict) or not isinstance(chars.get("chars"), list):
+            raise ValueError(f"{path}: expected a JSON object with a 'chars' list")
+        return CharTokenizer(chars["chars"])
     if meta.get("type") == "bpe":
         from tokenizers import Tokenizer
 
-        return BPETokenizer(Tokenizer.from_file(str(path)))
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # noqa: BLE001 - the tokenizers library raises plain Exception on bad files
+            raise ValueError(f"{path}: not a readable BPE tokenizer file ({' '.join(str(e).split())[:200]})") from e
+        return BPETokenizer(tok)
     raise ValueError(f"unknown tokenizer type {meta.get('type')!r} in {meta_path}")

@@ -71,6 +71,8 @@ class TrainConfig:
             is ``[EOS]``.
         init_from: optional backbone directory to continue training from
             (its tokenizer and architecture are reused; the optimiser restarts).
+        trust_remote_code: let `load_backbone` run code that the ``init_from``
+            (and so the output) directory names in an ``auto_map``.
         batch_size: sequences per step.
         lr: peak learning rate.
         weight_decay: AdamW weight decay.
@@ -104,6 +106,7 @@ class TrainConfig:
     skip_long: bool = True
     min_target_length: int = 128
     init_from: str | None = None
+    trust_remote_code: bool = False
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 0.01
@@ -206,7 +209,6 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     out_dir = Path(config.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     kind, train_raw, held_raw = load_corpus(config.data)
     if kind == "qa":
@@ -216,7 +218,7 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
     tokenizer: TextTokenizer
     init: MaskedLMBackbone | None = None
     if config.init_from is not None:
-        loaded = load_backbone(config.init_from)
+        loaded = load_backbone(config.init_from, trust_remote_code=config.trust_remote_code)
         if not isinstance(loaded, MaskedLMBackbone) or not isinstance(loaded.tokenizer, TextTokenizer):
             raise ValueError(f"init_from: {config.init_from} is not a backbone saved by train_backbone")
         init, tokenizer = loaded, loaded.tokenizer
@@ -239,6 +241,7 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
     held_set = encode(held_raw)[: config.eval_examples]
     if not train_set:
         raise ValueError("data: no training examples after tokenization (check max_length)")
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
     log(f"tokenizer={tokenizer.kind} vocab={tokenizer.vocab_size} train={len(train_set)} heldout={len(held_set)}")
 
     if init is not None:
@@ -350,7 +353,7 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
     else:
         save(not config.keep_best)
     if config.keep_best:
-        backbone = load_backbone(out_dir, device=device)
+        backbone = load_backbone(out_dir, device=device, trust_remote_code=config.trust_remote_code)
     backbone.eval()
     kept = f" (kept the best checkpoint, step {min(heldout, key=lambda r: r['nll'])['step']})" if config.keep_best else ""
     log(f"saved to {out_dir} after {step} steps ({(time.time() - start) / 60:.1f} min){kept}")

@@ -513,6 +513,7 @@ def train_prior_cli(
     mask_scope: str = "window",
     draws: int = 4,
     backoff_bins: int = 0,
+    trust_remote_code: bool = False,
 ) -> dict:
     """``codd train-prior``: windows of QA answers, cached backbone logits, `fit_prior`, `pcircuits.save`.
 
@@ -522,6 +523,7 @@ def train_prior_cli(
     10% of the QA pairs are set aside before any window is drawn, and the
     best circuit's backoff weights (`CoDDPrior.fit_backoff`) are fitted on
     their windows (answers the circuit never saw) and saved in the same file.
+    ``trust_remote_code`` is passed to `load_backbone`.
 
     Returns:
         ``{"output": ..., "heldout_nll": [...], "backoff": [...] or None}``.
@@ -531,7 +533,7 @@ def train_prior_cli(
     from ..backbones import load_backbone
     from ..data import load_gsm8k, read_jsonl_qa
 
-    backbone = load_backbone(model)
+    backbone = load_backbone(model, trust_remote_code=trust_remote_code)
     tok = backbone.tokenizer
     if tok is None or not hasattr(tok, "eos_id"):
         raise ValueError(f"model: {model} has no project tokenizer (train it with 'codd train-backbone')")

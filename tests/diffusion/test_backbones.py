@@ -175,7 +175,7 @@ def _remote_code_dir(tmp_path: Path, name: str, model_type: str) -> tuple[Path, 
 
 def test_load_dream_like_remote_code_directory(tmp_path):
     path, model = _remote_code_dir(tmp_path, "dream", "Dream")
-    backbone = load_backbone(path, mask_token_id=39)
+    backbone = load_backbone(path, mask_token_id=39, trust_remote_code=True)
     assert isinstance(backbone, DreamBackbone)
     ids = torch.randint(0, 39, (2, 7))
     with torch.no_grad():
@@ -187,18 +187,112 @@ def test_load_dream_like_remote_code_directory(tmp_path):
 
 def test_load_llada_like_remote_code_directory(tmp_path):
     path, model = _remote_code_dir(tmp_path, "llada", "llada")
-    backbone = load_backbone(path, mask_token_id=39)
+    backbone = load_backbone(path, mask_token_id=39, trust_remote_code=True)
     assert isinstance(backbone, LLaDABackbone)
     ids = torch.randint(0, 39, (2, 7))
     with torch.no_grad():
         assert torch.allclose(backbone(ids), model(input_ids=ids).logits, atol=1e-6)
     # the default mask id (126336) lies outside this tiny vocabulary
     with pytest.raises(ValueError, match="mask_token_id"):
-        load_backbone(path)
+        load_backbone(path, trust_remote_code=True)
 
 
 def test_remote_code_directory_missing_code(tmp_path):
     path, _ = _remote_code_dir(tmp_path, "dream", "Dream")
     (path / "modeling_dream.py").unlink()
     with pytest.raises(FileNotFoundError, match="modeling_dream.py"):
+        load_backbone(path, mask_token_id=39, trust_remote_code=True)
+
+
+@pytest.mark.parametrize("name, model_type", [("dream", "Dream"), ("llada", "llada")])
+def test_llada_dream_need_the_opt_in(tmp_path, name, model_type):
+    path, _ = _remote_code_dir(tmp_path, name, model_type)
+    with pytest.raises(ValueError, match="trust_remote_code=True") as e:
         load_backbone(path, mask_token_id=39)
+    assert "--trust-remote-code" in str(e.value) and f"modeling_{name}.py" in str(e.value)
+    with pytest.raises(TypeError, match="trust_remote_code"):
+        load_backbone(path, mask_token_id=39, trust_remote_code="yes")
+
+
+_MARKER_TOKENIZER_SRC = """
+from pathlib import Path
+
+from transformers import BertTokenizer
+
+Path({marker!r}).write_text("imported")
+
+
+class MarkerTokenizer(BertTokenizer):
+    pass
+"""
+
+_MARKER_MODEL_SRC = """
+from pathlib import Path
+
+Path({marker!r}).write_text("imported")
+"""
+
+
+def _directory_naming_code(tmp_path: Path, where: str) -> tuple[Path, Path]:
+    """A plain BERT masked-LM directory whose ``where`` JSON file has an ``auto_map`` naming a Python
+    file that writes a marker file when it is imported."""
+    path, _ = _tiny_bert(tmp_path)
+    marker = tmp_path / "marker.txt"
+    if where == "tokenizer_config.json":
+        (path / "marker_tokenizer.py").write_text(_MARKER_TOKENIZER_SRC.format(marker=str(marker)))
+        auto_map = {"AutoTokenizer": ["marker_tokenizer.MarkerTokenizer", None]}
+    else:
+        (path / "marker_model.py").write_text(_MARKER_MODEL_SRC.format(marker=str(marker)))
+        auto_map = {"AutoConfig": "marker_model.MarkerConfig", "AutoModelForMaskedLM": "marker_model.MarkerModel"}
+    cfg = json.loads((path / where).read_text())
+    cfg["auto_map"] = auto_map
+    (path / where).write_text(json.dumps(cfg))
+    return path, marker
+
+
+@pytest.mark.parametrize("where", ["tokenizer_config.json", "config.json"])
+def test_no_code_from_the_directory_runs_without_the_opt_in(tmp_path, where):
+    path, marker = _directory_naming_code(tmp_path, where)
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    with pytest.raises(ValueError, match="trust_remote_code") as e:
+        load_backbone(path)
+    assert where in str(e.value) and "--trust-remote-code" in str(e.value)
+    assert not marker.exists()
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+
+
+def test_tokenizer_code_runs_with_the_opt_in(tmp_path):
+    path, marker = _directory_naming_code(tmp_path, "tokenizer_config.json")
+    backbone = load_backbone(path, trust_remote_code=True)
+    assert marker.read_text() == "imported"
+    assert type(backbone.tokenizer).__name__ == "MarkerTokenizer"
+    assert backbone.mask_token_id == 4
+
+
+def test_unreadable_tokenizer_config_is_refused(tmp_path):
+    path, _ = _tiny_bert(tmp_path)
+    (path / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="tokenizer_config.json"):
+        load_backbone(path)
+
+
+@pytest.mark.parametrize("file, content, match", [
+    ("model.safetensors", b"", "weights"),
+    ("model.safetensors", "half", "weights"),
+    ("config.json", b"[1, 2]", "config.json"),
+    ("codd_backbone.json", b"{}", "mask_token_id"),
+    ("codd_tokenizer.json", b'{"type": "bpe", "file": "../../elsewhere.json"}', "inside"),
+    ("tokenizer.json", b"{not a tokenizer", "tokenizer"),
+])
+def test_malformed_files_raise_value_error(tmp_path, file, content, match):
+    from diffusion.backbones import build_backbone, save_backbone
+    from diffusion.tokenizers import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(["the cat sat on the mat", "a dog sat"] * 5, vocab_size=300, min_frequency=1)
+    path = save_backbone(build_backbone(tok, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=16,
+                                        max_length=16), tmp_path / "m")
+    target = path / file
+    assert target.is_file()
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2] if content == "half" else content)
+    with pytest.raises(ValueError, match=match):
+        load_backbone(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -11,7 +12,7 @@ from diffusion.data import BUNDLED_DATA_DIR
 from diffusion.demo import run_demo
 
 
-@pytest.mark.parametrize("cmd", [[], ["train-backbone"], ["generate"], ["evaluate"]])
+@pytest.mark.parametrize("cmd", [[], ["train-backbone"], ["generate"], ["evaluate"], ["train-prior"]])
 def test_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main([*cmd, "--help"])
@@ -60,6 +61,16 @@ def test_generate_and_evaluate(tiny_model, tmp_path, capsys):
     assert res["elbo"]["ppl_bound"] > 1
     assert [g["tokens_per_step"] for g in res["generation"]] == [1, 8]
     assert len(res["loglik_by_mask_ratio"]) == 5
+    # an existing output is replaced only with --force
+    again = ["evaluate", str(tiny_model), "--data", str(BUNDLED_DATA_DIR), "--examples", "2", "--questions", "1",
+             "--gen-length", "16", "--block-length", "8", "--tokens-per-step", "8", "--max-answer-tokens", "200",
+             "--output", str(out)]
+    before = out.read_bytes()
+    assert main(again) == 2
+    assert "--force" in capsys.readouterr().err and out.read_bytes() == before
+    assert main([*again, "--force"]) == 0
+    assert [g["tokens_per_step"] for g in json.loads(out.read_text())["generation"]] == [8]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.txt", "res.json"]  # no temporary file left behind
 
 
 def test_demo_runs(tiny_model, capsys):
@@ -139,3 +150,151 @@ def test_generate_prints_the_same_answer_alone_and_with_other_prompts(tmp_path, 
             assert main(["generate", str(path), "--prompt", p, *common]) == 0
             assert _answers(capsys.readouterr().out) == {p: together[p]}
         assert len(set(together.values())) > 1  # answers differ by prompt: the comparison is not vacuous
+
+
+# --- every user error: exit 2, one line on stderr, nothing changed ------------------------------------------
+
+
+def snapshot(folder):
+    """Every file under ``folder`` (relative path -> bytes) and every folder: what a failed command must not change."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A plain masked-LM directory, one whose tokenizer config names code, an existing output and a data folder."""
+    from .test_backbones import _directory_naming_code, _tiny_bert
+
+    d = tmp_path_factory.mktemp("codd_errors")
+    _tiny_bert(d)
+    (d / "code").mkdir()
+    code_dir, marker = _directory_naming_code(d / "code", "tokenizer_config.json")
+    assert code_dir == d / "code" / "bert" and marker == d / "code" / "marker.txt"
+    (d / "old.json").write_text('{"existing": "output"}')
+    (d / "prompts.txt").write_text("the cat\n")
+    (d / "data").mkdir()
+    for split in ("train", "test"):
+        (d / "data" / f"{split}.jsonl").write_text('{"question": "q?", "answer": "a #### 1"}\n')
+    (d / "outdir").mkdir()
+    weights = (d / "bert" / "model.safetensors").read_bytes()
+    for name, content in (("truncated", weights[: len(weights) // 2]), ("empty", b"")):
+        shutil.copytree(d / "bert", d / name)
+        (d / name / "model.safetensors").write_bytes(content)
+    return d
+
+
+_GEN = ["generate", "{d}/bert", "--prompt", "the cat"]
+CODD_ERROR_CASES = [
+    [],
+    ["bogus"],
+    ["generate"],
+    ["generate", "--prompt", "x"],
+    [*_GEN, "--tokens-per-step", "0"],
+    [*_GEN, "--tokens-per-step", "two"],
+    [*_GEN, "--steps", "0"],
+    [*_GEN, "--gen-length", "-8"],
+    [*_GEN, "--block-length", "0"],
+    [*_GEN, "--top-p", "0"],
+    [*_GEN, "--top-p", "1.5"],
+    [*_GEN, "--temperature", "-1"],
+    [*_GEN, "--temperature", "nan"],
+    [*_GEN, "--mask-token-id", "-1"],
+    [*_GEN, "--threads", "0"],
+    [*_GEN, "--seed", "-1"],
+    [*_GEN, "--mode", "sideways"],
+    [*_GEN, "--trust-remote-code=yes"],
+    [*_GEN, "--gen-length", "10", "--block-length", "4"],  # the sampler's own ValueError
+    ["generate", "{d}/bert"],  # no prompts
+    ["generate", "{d}/nope", "--prompt", "x"],
+    ["generate", "{d}/old.json", "--prompt", "x"],  # a file given as a model directory
+    ["generate", "{d}/outdir", "--prompt", "x"],  # a folder without config.json
+    ["generate", "{d}/bert", "--prompts-file", "{d}/none.txt"],
+    ["generate", "{d}/bert", "--prompts-file", "{d}/outdir"],
+    ["generate", "{d}/code/bert", "--prompt", "x"],  # names code: refused without --trust-remote-code
+    ["generate", "{d}/truncated", "--prompt", "x"],  # a truncated weights file
+    ["generate", "{d}/empty", "--prompt", "x"],  # an empty weights file
+    ["evaluate", "{d}/truncated"],
+    ["train-prior", "{d}/bert", "--top-k", "-1"],
+    ["train-prior", "{d}/bert", "--window", "0"],
+    ["train-prior", "{d}/bert", "--states", "0"],
+    ["train-prior", "{d}/bert", "--lr", "0"],
+    ["train-prior", "{d}/bert", "--lr", "inf"],
+    ["train-prior", "{d}/bert", "--draws", "0"],
+    ["train-prior", "{d}/bert", "--backoff-bins", "-2"],
+    ["train-prior", "{d}/bert", "--output", "{d}/old.json"],
+    ["train-prior", "{d}/bert", "--output", "{d}/bert/config.json", "--force"],
+    ["train-prior", "{d}/bert", "--output", "{d}/bert", "--force"],
+    ["train-prior", "{d}/bert", "--output", "{d}/missing/prior.npz"],
+    ["train-prior", "{d}/bert", "--output", "{d}/prior.npz"],  # a model without the project tokenizer
+    ["train-prior", "{d}/code/bert", "--output", "{d}/prior.npz"],
+    ["evaluate", "{d}/bert"],  # not a project backbone
+    ["evaluate", "{d}/bert", "--tokens-per-step", "1", "0"],
+    ["evaluate", "{d}/bert", "--examples", "0"],
+    ["evaluate", "{d}/bert", "--output", "{d}/missing/res.json"],
+    ["evaluate", "{d}/bert", "--output", "{d}/old.json"],
+    ["evaluate", "{d}/bert", "--output", "{d}/bert/config.json", "--force"],
+    ["evaluate", "{d}/bert", "--output", "{d}/outdir", "--force"],
+    ["evaluate", "{d}/code/bert", "--output", "{d}/res.json"],
+    ["train-backbone", "--output", "{d}/outdir"],  # exists, no --force
+    ["train-backbone", "--output", "{d}/old.json", "--force"],
+    ["train-backbone", "--data", "{d}/data", "--output", "{d}/data", "--force"],
+    ["train-backbone", "--data", "{d}/data/train.jsonl", "--output", "{d}/data", "--force"],
+    ["train-backbone", "--init-from", "{d}/bert", "--output", "{d}/bert", "--force"],
+    ["train-backbone", "--data", "{d}/missing.txt", "--output", "{d}/new"],
+    ["train-backbone", "--init-from", "{d}/code/bert", "--data", "{d}/data", "--output", "{d}/new"],
+    ["train-backbone", "--output", "{d}/new", "--dropout", "1"],
+    ["train-backbone", "--output", "{d}/new", "--lr", "-1"],
+    ["train-backbone", "--output", "{d}/new", "--batch-size", "0"],
+    ["train-backbone", "--output", "{d}/new", "--vocab-size", "0"],
+    ["train-backbone", "--output", "{d}/new", "--max-minutes", "0"],
+]
+
+
+@pytest.mark.parametrize("argv", CODD_ERROR_CASES, ids=lambda a: " ".join(a).replace("{d}/", "") or "no-args")
+def test_every_user_error_is_one_line_and_exit_2(workdir, capsys, argv):
+    before = snapshot(workdir)
+    capsys.readouterr()
+    try:
+        status = main([a.format(d=workdir) for a in argv])
+    except SystemExit as stop:
+        status = stop.code
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert status == 2
+    assert len(lines) == 1 and lines[0].strip(), err
+    assert lines[0].startswith("codd") and ": error: " in lines[0]
+    assert "Traceback" not in err
+    assert out == ""
+    assert snapshot(workdir) == before  # no output written, no input changed, no marker from remote code
+
+
+def test_remote_code_error_says_how_to_opt_in(workdir, capsys):
+    assert main(["generate", str(workdir / "code" / "bert"), "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "--trust-remote-code" in err and "marker_tokenizer.py" in err
+    assert not (workdir / "code" / "marker.txt").exists()
+
+
+def test_entry_point_prints_one_line_without_traceback(workdir):
+    """The real process: a bad numeric argument, one line on stderr and exit 2."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2]))
+    res = subprocess.run([sys.executable, "-m", "diffusion.cli", "train-prior", str(workdir / "bert"), "--top-k", "-1"],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 2 and res.stdout == ""
+    assert len(res.stderr.splitlines()) == 1 and "Traceback" not in res.stderr, res.stderr
+
+
+def test_trust_remote_code_flag_reaches_the_loader(tmp_path, capsys):
+    from .test_backbones import _directory_naming_code
+
+    path, marker = _directory_naming_code(tmp_path, "tokenizer_config.json")
+    argv = ["generate", str(path), "--prompt", "the cat", "--gen-length", "2", "--block-length", "2"]
+    assert main(argv) == 2 and not marker.exists()
+    assert main([*argv, "--trust-remote-code"]) == 0
+    assert marker.read_text() == "imported"  # the opted-in path imports the directory's tokenizer code
+    assert "### the cat" in capsys.readouterr().out

@@ -84,7 +84,7 @@ def test_errors_name_the_file(tmp_path, small_data, capsys):
     assert "--valid" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [[], ["fit"], ["eval"]])
+@pytest.mark.parametrize("command", [[], ["fit"], ["eval"], ["sample"]])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(command + ["--help"])
@@ -110,3 +110,139 @@ def test_sample(tmp_path, small_data, capsys):
     assert np.abs(np.load(tmp_path / "big.npy").mean(0) - p1).max() < 0.05
     assert cli.main(["sample", model, "-n", "0"]) == 2
     assert "--num-samples" in capsys.readouterr().err
+
+
+# --- every user error: exit 2, one line on stderr, nothing changed ------------------------------------------
+
+
+def snapshot(folder):
+    """Every file under ``folder`` (relative path -> bytes) and every folder: what a failed command must not change."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, small_data):
+    """A model, its data, broken model files, an existing output and a folder, shared by the error cases."""
+    d = tmp_path_factory.mktemp("cli_errors")
+    write_data(d / "data.csv", small_data[:200])
+    write_data(d / "three.csv", small_data[:20, :3])
+    (d / "junk.data").write_text("hello,world\n")
+    assert cli.main(["fit", str(d / "data.csv"), "--out", str(d / "m.npz"), "--latents", "2", "--minibatch-epochs", "1",
+                     "--fullbatch-epochs", "1", "--quiet"]) == 0
+    (d / "empty.npz").write_bytes(b"")
+    (d / "trunc.npz").write_bytes((d / "m.npz").read_bytes()[:300])
+    (d / "old.npy").write_bytes(b"an existing output")
+    (d / "folder").mkdir()
+    return d
+
+
+SAMPLE_CASES = [
+    ["sample", "{d}/m.npz", "-o", "{d}/missing/dir/x.npy"],
+    ["sample", "{d}/m.npz", "-o", "{d}/m.npz"],
+    ["sample", "{d}/m.npz", "-o", "{d}/m.npz", "--force"],
+    ["sample", "{d}/m.npz", "-o", "{d}/old.npy"],
+    ["sample", "{d}/m.npz", "-o", "{d}/folder", "--force"],
+    ["sample", "{d}/m.npz", "-n", "0"],
+    ["sample", "{d}/m.npz", "-n", "-3"],
+    ["sample", "{d}/m.npz", "-n", "many"],
+    ["sample", "{d}/m.npz", "--seed", "-1"],
+    ["sample", "{d}/empty.npz", "-o", "{d}/new.npy"],
+    ["sample", "{d}/data.csv"],
+]
+
+ERROR_CASES = [
+    [],
+    ["bogus"],
+    ["eval"],
+    ["eval", "{d}/m.npz"],
+    ["eval", "{d}/m.npz", "{d}/data.csv", "--unknown-flag"],
+    ["eval", "{d}/none.npz", "{d}/data.csv"],
+    ["eval", "{d}/data.csv", "{d}/data.csv"],  # a CSV given as a model
+    ["eval", "{d}/empty.npz", "{d}/data.csv"],
+    ["eval", "{d}/trunc.npz", "{d}/data.csv"],
+    ["eval", "{d}/folder", "{d}/data.csv"],
+    ["eval", "{d}/m.npz", "{d}/none.data"],
+    ["eval", "{d}/m.npz", "{d}/folder"],
+    ["eval", "{d}/m.npz", "{d}/junk.data"],
+    ["eval", "{d}/m.npz", "{d}/three.csv"],
+    ["eval", "{d}/m.npz", "{d}/data.csv", "--batch-size", "0"],
+    ["eval", "{d}/m.npz", "{d}/data.csv", "--batch-size", "1.5"],
+    ["eval", "{d}/m.npz", "{d}/data.csv", "--per-example", "{d}/missing/ll.txt"],
+    ["eval", "{d}/m.npz", "{d}/data.csv", "--per-example", "{d}/old.npy"],
+    ["eval", "{d}/m.npz", "{d}/data.csv", "--per-example", "{d}/data.csv", "--force"],
+    ["eval", "{d}/m.npz", "{d}/data.csv", "--per-example", "{d}/m.npz", "--force"],
+    ["eval", "{d}/m.npz", "{d}/data.csv", "--per-example", "{d}/folder", "--force"],
+    ["fit", "{d}/data.csv"],
+    ["fit", "{d}/data.csv", "-o", "{d}/m.npz"],
+    ["fit", "{d}/data.csv", "-o", "{d}/data.csv", "--force"],
+    ["fit", "{d}/data.csv", "--valid", "{d}/three.csv", "-o", "{d}/three.csv", "--force"],
+    ["fit", "{d}/data.csv", "-o", "{d}/missing/m.npz"],
+    ["fit", "{d}/data.csv", "-o", "{d}", "--force"],
+    ["fit", "{d}/junk.data", "-o", "{d}/new.npz"],
+    ["fit", "{d}/none.data", "-o", "{d}/new.npz"],
+    ["fit", "{d}/data.csv", "--valid", "{d}/three.csv", "-o", "{d}/new.npz"],
+    ["fit", "{d}/data.csv", "-o", "{d}/new.npz", "--learner", "nope"],
+    ["fit", "{d}/data.csv", "-o", "{d}/new.npz", "--latents", "0"],
+    ["fit", "{d}/data.csv", "-o", "{d}/new.npz", "--components", "-1"],
+    ["fit", "{d}/data.csv", "-o", "{d}/new.npz", "--softening", "0.5"],
+    ["fit", "{d}/data.csv", "-o", "{d}/new.npz", "--pseudocount", "nan"],
+    ["fit", "{d}/data.csv", "-o", "{d}/new.npz", "--pseudocount", "-1"],
+    ["fit", "{d}/data.csv", "-o", "{d}/new.npz", "--time-budget", "0"],
+    ["fit", "{d}/data.csv", "-o", "{d}/new.npz", "--time-budget", "inf"],
+    ["fit", "{d}/data.csv", "-o", "{d}/new.npz", "--threads", "0"],
+    ["fit", "{d}/data.csv", "-o", "{d}/new.npz", "--patience", "0"],
+] + (SAMPLE_CASES if cli._sampler() is not None else [])
+
+
+def run_cli(main, argv):
+    """``main(argv)``'s exit status, whether it returns it or raises ``SystemExit``."""
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return stop.code
+
+
+@pytest.mark.parametrize("argv", ERROR_CASES, ids=lambda a: " ".join(a).replace("{d}/", "") or "no-args")
+def test_every_user_error_is_one_line_and_exit_2(workdir, capsys, argv):
+    before = snapshot(workdir)
+    capsys.readouterr()
+    status = run_cli(cli.main, [a.format(d=workdir) for a in argv])
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert status == 2
+    assert len(lines) == 1 and lines[0].strip(), err
+    assert lines[0].startswith("pcircuits") and ": error: " in lines[0]
+    assert "Traceback" not in err and "pickle" not in err
+    assert out == ""
+    assert snapshot(workdir) == before
+
+
+def test_entry_point_prints_one_line_without_traceback(workdir):
+    """The real process: usage error and a refused self-overwrite, each one line on stderr and exit 2."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2]))
+    before = snapshot(workdir)
+    for argv in (["eval"], ["eval", str(workdir / "empty.npz"), str(workdir / "data.csv")]):
+        res = subprocess.run([sys.executable, "-m", "pcircuits.cli", *argv], capture_output=True, text=True, env=env)
+        assert res.returncode == 2 and res.stdout == ""
+        assert len(res.stderr.splitlines()) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert snapshot(workdir) == before
+
+
+@pytest.mark.skipif(cli._sampler() is None, reason="pcircuits.queries.sampling is not available yet")
+def test_force_replaces_an_output_atomically(workdir, tmp_path, capsys):
+    out = tmp_path / "s.npy"
+    out.write_bytes(b"old")
+    assert cli.main(["sample", str(workdir / "m.npz"), "-n", "3", "-o", str(out)]) == 2
+    assert out.read_bytes() == b"old"
+    assert cli.main(["sample", str(workdir / "m.npz"), "-n", "3", "-o", str(out), "--force"]) == 0
+    assert np.load(out).shape == (3, 5)
+    ll = tmp_path / "ll.txt"
+    ll.write_text("old\n")
+    assert cli.main(["eval", str(workdir / "m.npz"), str(workdir / "data.csv"), "--per-example", str(ll), "--force"]) == 0
+    assert len(np.loadtxt(ll)) == 200
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ll.txt", "s.npy"]  # no temporary file left behind
