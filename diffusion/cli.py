@@ -169,7 +169,7 @@ def _add_train_prior(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", help="backbone directory")
     p.add_argument("--data", default="gsm8k", help="'gsm8k', a directory with train.jsonl, or a .jsonl QA file")
-    p.add_argument("--output", default="prior.npz", help="circuit file (default: %(default)s)")
+    p.add_argument("--output", default="prior.safetensors", help="circuit file (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     _add_trust(p)
     p.add_argument("--window", type=_positive_int, default=16)

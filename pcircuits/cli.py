@@ -5,9 +5,9 @@ line, optionally gzipped) or ``.npy`` arrays of shape ``[N, V]``.
 
 Examples::
 
-    pcircuits fit train.data --valid valid.data --out model.npz --learner hclt --latents 32
-    pcircuits eval model.npz test.data
-    pcircuits sample model.npz -n 10 --out samples.data
+    pcircuits fit train.data --valid valid.data --out model.safetensors --learner hclt --latents 32
+    pcircuits eval model.safetensors test.data
+    pcircuits sample model.safetensors -n 10 --out samples.data
 
 Like other Unix tools, every command reports a user error (a bad option, an
 unreadable file, an output it must not write) as one line
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="learn a structure and parameters from a data file", formatter_class=fmt,
                        description="Learn a circuit (structure and parameters) from a data file and save it.")
     f.add_argument("data", help="training data: comma-separated 0/1 (or category) file, .gz, or .npy")
-    f.add_argument("--out", "-o", required=True, help="where to save the circuit (.npz)")
+    f.add_argument("--out", "-o", required=True, help="where to save the circuit (a .safetensors file)")
     f.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     f.add_argument("--valid", help="validation data for early stopping (same formats)")
     f.add_argument("--learner", choices=["hclt", "learnspn"], default="hclt", help="structure learner")
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="log-likelihood of a saved circuit on a data file", formatter_class=fmt,
                        description="Print the mean log-likelihood (nats per example) of a data file under a saved circuit.")
-    e.add_argument("model", help="a circuit saved by 'pcircuits fit' or pcircuits.save (.npz)")
+    e.add_argument("model", help="a circuit saved by 'pcircuits fit' or pcircuits.save (.safetensors; version-1 .npz files also load)")
     e.add_argument("data", help="data file (comma-separated, .gz or .npy)")
     e.add_argument("--batch-size", type=positive_int, default=4096, help="examples per pass")
     e.add_argument("--per-example", help="also write every example's log-likelihood to this file (one per line)")
@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     if _sampler() is not None:
         s = sub.add_parser("sample", help="draw samples from a saved circuit", formatter_class=fmt,
                            description="Draw independent samples from a saved circuit.")
-        s.add_argument("model", help="a saved circuit (.npz)")
+        s.add_argument("model", help="a saved circuit (.safetensors or a version-1 .npz)")
         s.add_argument("--num-samples", "-n", type=positive_int, default=10, help="number of samples")
         s.add_argument("--out", "-o", help="write samples here (.npy, or comma-separated text); default: print them")
         s.add_argument("--force", action="store_true", help="overwrite --out if it exists")

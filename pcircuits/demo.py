@@ -57,7 +57,7 @@ def main() -> None:
     print(f"5000 samples: mean of X_0 {samples[:, 0].float().mean():.3f} vs data {train[:, 0].float().mean():.3f}")
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "nltcs_hclt.npz"
+        path = Path(tmp) / "nltcs_hclt.safetensors"
         pc.save(circuit, path)
         loaded = pc.load(path)
         same = torch.equal(loaded(test), circuit(test))

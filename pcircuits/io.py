@@ -457,8 +457,14 @@ def _check_members(
     return edges, params, dtypes.pop()
 
 
-def _check_banks(circuit: TensorCircuit, params: dict[str, _Member]) -> dict[str, torch.Tensor]:
-    """Bank names and shapes against the compiled structure, then each bank's values."""
+def _check_banks(circuit: TensorCircuit, params: dict[str, _Member], version: int) -> dict[str, torch.Tensor]:
+    """Bank names and shapes against the compiled structure, then each bank's values.
+
+    Frozen leaf banks (an Indicator's values) are defined by the structure. In
+    version 2 the stored values must equal it; version-1 files may hold values
+    written before indicator groups of one bank kept their own values, so their
+    frozen banks are taken from the structure, which is what the user built.
+    """
     expected = {name: tuple(p.shape) for name, p in circuit.params.items()}
     if set(params) != set(expected):
         extra, absent = sorted(set(params) - set(expected)), sorted(set(expected) - set(params))
@@ -469,6 +475,10 @@ def _check_banks(circuit: TensorCircuit, params: dict[str, _Member]) -> dict[str
     values = {}
     for name, m in params.items():
         values[name] = v = m.read()
+        spec = circuit.layout.banks[name]
+        if version == 1 and spec.kind == "leaf" and not spec.dist.trainable:
+            values[name] = circuit.params[name].detach().clone()
+            continue
         problem = _bank_problem(circuit, name, v)
         if problem:
             raise _Invalid(f"parameter {name!r}: {problem}")
@@ -666,7 +676,7 @@ def _build(header: Any, members: dict[str, _Member], version: int) -> tuple[Tens
         circuit = TensorCircuit(root, backend=backend).to(dtype)
     except (TypeError, ValueError) as e:
         raise _Invalid(f"the structure does not compile ({_one_line(e)})") from None
-    values = _check_banks(circuit, params)
+    values = _check_banks(circuit, params, version)
     with torch.no_grad():
         for name, p in circuit.params.items():
             p.copy_(values[name])

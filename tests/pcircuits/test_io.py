@@ -161,6 +161,24 @@ def test_bad_extras_are_refused_on_save(tmp_path, extras):
 
 
 # ------------------------------------------------------------------ version 1
+def test_version_1_indicator_values_come_from_the_structure(tmp_path):
+    """Version-1 files could store one group's indicator values for every group of a bank: the structure wins."""
+    a0, a1 = pc.inputs(0, 1, pc.Indicator(0, num_cats=2)), pc.inputs(0, 1, pc.Indicator(1, num_cats=2))
+    b0, b1 = pc.inputs(1, 1, pc.Indicator(0, num_cats=2)), pc.inputs(1, 1, pc.Indicator(1, num_cats=2))
+    root = pc.summate(pc.multiply(a0, b1), pc.multiply(a1, b0), num_nodes=1)  # XOR
+    circuit = pc.compile(root).to(torch.float64)
+    circuit.set_group_parameters(root, torch.tensor([[0.5, 0.5]]))
+    save_v1(circuit, tmp_path / "old.npz")
+    header, payload = read_v1(tmp_path / "old.npz")
+    bank = next(k for k in payload if k.startswith("param/leaf"))
+    payload[bank] = np.zeros_like(payload[bank])  # every slot holds the first group's value, as old files could
+    write_v1(tmp_path / "old.npz", header, payload)
+    loaded = pc.load(tmp_path / "old.npz")
+    x = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])
+    assert torch.allclose(loaded(x).exp(), torch.tensor([0.0, 0.5, 0.5, 0.0], dtype=torch.float64))
+    assert_same(circuit, loaded)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_version_1_files_still_load_bit_identical(tmp_path, seed):
     root, _ = random_circuit(seed, num_vars=3)
