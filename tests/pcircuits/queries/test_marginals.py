@@ -34,7 +34,7 @@ def test_marginals_match_enumeration(seed):
     got = got.numpy()
     assert np.array_equal(np.isnan(got), np.isnan(want))
     ok = ~np.isnan(want)
-    assert np.abs(got[ok] - want[ok]).max(initial=0) < 1e-6
+    assert np.abs(got[ok] - want[ok]).max(initial=0) < 1e-10  # float64
 
 
 def test_marginals_sum_to_one_and_pads_are_zero():
