@@ -48,6 +48,7 @@ from torch import nn
 from pcircuits.atomic import atomic_directory, atomic_write
 
 from .tokenizers import TOKENIZER_META_FILE, TextTokenizer, load_tokenizer
+from .diffusion_gemma import DiffusionGemmaLM, is_diffusion_gemma_dir, load_diffusion_gemma
 
 __all__ = [
     "Backbone",
@@ -573,10 +574,13 @@ def load_backbone(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     trust_remote_code: bool = False,
-) -> Backbone:
+) -> Backbone | DiffusionGemmaLM:
     """Load a backbone from a local directory, detecting its kind.
 
-    Detection: ``codd_backbone.json`` marks the project's own model;
+    Detection: ``codd_backbone.json`` marks the project's own model; a
+    ``config.json`` of transformers' DiffusionGemma gives a
+    `diffusion.diffusion_gemma.DiffusionGemmaLM` (uniform-noise block
+    diffusion with its own generation loop, not a masked-LM `Backbone`);
     ``model_type``/``architectures`` in ``config.json`` naming LLaDA or Dream
     select `LLaDABackbone` / `DreamBackbone` (their model code comes from
     the directory, so they need ``trust_remote_code=True``); anything else is
@@ -600,7 +604,7 @@ def load_backbone(
             permissions.
 
     Returns:
-        The `Backbone`, in eval mode.
+        The `Backbone` (or `DiffusionGemmaLM`), in eval mode.
 
     Raises:
         FileNotFoundError: if the directory is missing or incomplete (no
@@ -614,6 +618,8 @@ def load_backbone(
     config = _check_directory(path)
     _check_remote_code(path, trust_remote_code)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if is_diffusion_gemma_dir(path):
+        return load_diffusion_gemma(path, device=device, dtype=dtype)
     from transformers import AutoModel, AutoModelForMaskedLM
 
     kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}

@@ -308,6 +308,13 @@ def test_directory_recognition_and_loading(model32, tmp_path):
     b = generate_block_diffusion(model32, ids, **kw)
     assert torch.equal(a.sequences, b.sequences)
 
+    from diffusion import load_backbone
+
+    via = load_backbone(saved)  # load_backbone recognises the directory
+    assert isinstance(via, DiffusionGemmaLM)
+    torch.manual_seed(0)
+    assert torch.equal(via.generate(ids, **kw).sequences, b.sequences)
+
     with pytest.raises(FileNotFoundError, match="path"):
         load_diffusion_gemma(tmp_path / "missing")
     with pytest.raises(ValueError, match="DiffusionGemma"):
