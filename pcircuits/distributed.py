@@ -30,20 +30,20 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
-    "init",
     "active",
-    "rank",
-    "world_size",
-    "shard",
-    "all_reduce_sum",
-    "all_reduce_gradients",
-    "broadcast_tensors",
-    "broadcast_object",
-    "barrier",
-    "rank_zero_writes",
-    "check_same",
     "agree_on_failure",
+    "all_reduce_gradients",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_object",
+    "broadcast_tensors",
+    "check_same",
     "control_device",
+    "init",
+    "rank",
+    "rank_zero_writes",
+    "shard",
+    "world_size",
 ]
 
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -187,15 +187,19 @@ def barrier(on: bool = True) -> None:
 
 @contextlib.contextmanager
 def rank_zero_writes(on: bool) -> Iterator[bool]:
-    """Yields whether this rank writes (rank 0, or any process when ``on`` is false); the others wait at a barrier.
+    """Yields whether this rank writes (rank 0, or any process when ``on`` is false); the others wait for it.
 
-    Use as ``with rank_zero_writes(on) as writer: if writer: save(...)``. The
-    barrier is passed after the block, so no rank reads a checkpoint before it is complete.
+    Use as ``with rank_zero_writes(on) as writer: if writer: save(...)``. All
+    ranks meet after the block (a collective that also carries failure), so no
+    rank reads a checkpoint before it is complete, and if the writer fails
+    every rank raises instead of waiting forever in the next collective.
     """
+    error: Exception | None = None
     try:
         yield rank(on) == 0
-    finally:
-        barrier(on)
+    except Exception as err:  # handed to agree_on_failure, which re-raises it on this rank
+        error = err
+    agree_on_failure(error, "writing a checkpoint on rank 0", on)
 
 
 def check_same(value: int, name: str, on: bool = True) -> None:

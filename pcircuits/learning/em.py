@@ -480,7 +480,7 @@ def _read_checkpoint(circuit: TensorCircuit, directory: Path, settings: dict, ep
         raise ValueError(f"checkpoint: {os.fspath(path)!r} has a malformed epochs_done, history or circuit entry")
     written = state.get("settings")
     if not isinstance(written, dict):
-        raise ValueError(f"checkpoint: {os.fspath(path)!r} has no settings entry")
+        raise ValueError(f"checkpoint: {os.fspath(path)!r} has no settings entry")  # noqa: TRY004 (bad file content)
     for key, value in settings.items():
         if written.get(key) != value:
             raise ValueError(f"checkpoint: it was written with {key}={written.get(key)!r}, this run has {key}={value!r}")

@@ -71,6 +71,14 @@ def _worker(rank: int, store: str, outdir: str) -> None:
         flat = {f"{run}/{k}": v for run in ("full", "mini", "resumed") for k, v in out[run].items()}
         np.savez(Path(outdir) / f"rank{rank}.npz", **flat)
         meta = {k: out[k] for k in ("full_ll", "mini_ll", "resumed_ll", "files")}
+        bad = _data()[0].clone()
+        if rank == 1:
+            bad[-1, 0] = 5  # not a Bernoulli value, in rank 1's share only: both ranks must raise, none hang
+        try:
+            pc.em(_circuit(1), bad, progress=False, distributed=True)
+            meta["bad_data"] = "no error"
+        except ValueError as err:
+            meta["bad_data"] = str(err)
         (Path(outdir) / f"rank{rank}.json").write_text(json.dumps(meta))
     finally:
         dist.destroy_process_group()
@@ -104,6 +112,8 @@ def test_em_on_two_gloo_processes_equals_one_process(tmp_path):
         for key in ("full_ll", "mini_ll", "resumed_ll"):
             np.testing.assert_allclose(meta[key], ref[key], rtol=1e-9, err_msg=f"rank {rank} {key}")
     assert meta["files"] == ref["files"] == ["circuit-000002.npz", "em_state.json"]
+    assert json.loads((tmp_path / "rank0.json").read_text())["bad_data"] == "checking data failed on rank 1 (see that rank's error)"
+    assert "rows 101..200" in meta["bad_data"], meta["bad_data"]
     # the resumed run equals the uninterrupted one
     for k, v in ref["mini"].items():
         np.testing.assert_array_equal(ref["resumed"][k], v)
@@ -117,7 +127,7 @@ def test_em_on_two_gloo_processes_equals_one_process(tmp_path):
 @pytest.mark.parametrize("world", [1, 2, 3, 8])
 def test_shard_partitions_the_range_evenly(n, world):
     parts = [list(range(n))[pdist.shard(n, r, world)] for r in range(world)]
-    assert sum(parts, []) == list(range(n))
+    assert [i for part in parts for i in part] == list(range(n))
     sizes = [len(p) for p in parts]
     assert max(sizes) - min(sizes) <= 1
 
