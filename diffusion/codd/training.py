@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 import pcircuits as pc
+from pcircuits import distributed as pdist
 
 from ..backbones import Backbone
 from ..masking import mask_exact_ratio
@@ -368,6 +369,7 @@ def fit_prior(
     progress: bool | None = None,
     callback: Callable[[int, float], None] | None = None,
     weighting: str = "token",
+    distributed: bool | None = None,
 ) -> list[float]:
     """Fits ``prior`` to maximise ``log p_hat(x0_masked | observed, logits)`` with Adam.
 
@@ -402,6 +404,13 @@ def fit_prior(
         callback: called as ``callback(epoch, nll)`` after every epoch.
         weighting: ``"token"`` or ``"window"`` (see above); the same weighting
             defines the held-out NLL that picks the checkpoint.
+        distributed: data-parallel over ``torch.distributed`` (see
+            `pcircuits.distributed`; ``None``: when a group of several ranks is
+            initialised). Every rank passes the same windows; each computes
+            the loss of its share of every batch (scaled by the whole batch's
+            normaliser) and the gradients are summed over ranks before each
+            Adam step, so the steps are the single-process ones; the held-out
+            NLL is sharded too, and only rank 0 writes ``checkpoint``.
 
     Returns:
         Held-out (or train) conditional NLL per masked token (``"token"``) or
@@ -430,22 +439,30 @@ def fit_prior(
     perm = torch.randperm(M, generator=gen)
     n_val = int(round(valid_frac * M)) if valid_frac > 0 else 0
     val, tr = perm[:n_val], perm[n_val:]
+    on = pdist.active(distributed)
     if em_epochs > 0:
-        pc.em(prior.circuit, x0[tr].to(prior.device), epochs=em_epochs, progress=False)
+        pc.em(prior.circuit, x0[tr].to(prior.device), epochs=em_epochs, progress=False, distributed=on)
+    if on:
+        pdist.broadcast_tensors(prior.circuit.parameters())
 
     def take(idx: torch.Tensor) -> tuple:
         return x0[idx], masked[idx], logits[idx], (None if candidates is None else candidates[idx])
 
     def evaluate(idx: torch.Tensor) -> float:
+        if on:
+            return _sharded_mean_nll(prior, take, idx, temperature, max(batch_size, 256), weighting)
         xb, mb, lb, cb = take(idx)
         return mean_nll(conditional_nll(prior, xb, mb, lb, cb, temperature, batch_size=max(batch_size, 256)), mb, weighting)
 
     opt = torch.optim.Adam(prior.circuit.parameters(), lr=lr)
     history: list[float] = []
     best = math.inf
-    bar = tqdm(range(epochs), desc="prior epochs", disable=progress is False)
+    bar = tqdm(range(epochs), desc="prior epochs", disable=progress is False or pdist.rank(on) != 0)
     for ep in bar:
         for idx in _batches(len(tr), batch_size, gen):
+            if on:
+                _sharded_step(prior, opt, take, tr[idx], temperature, weighting)
+                continue
             xb, mb, lb, cb = take(tr[idx])
             ll = _batch_ll(prior, xb, mb, lb, cb, temperature, grad=True)
             ll = torch.where(torch.isfinite(ll), ll, torch.zeros_like(ll))
@@ -461,11 +478,77 @@ def fit_prior(
         history.append(nll)
         bar.set_postfix(nll=f"{nll:.4f}")
         if checkpoint is not None and nll < best:
-            prior.save(checkpoint)
+            with pdist.rank_zero_writes(on) as writer:  # one writer; the other ranks wait
+                if writer:
+                    prior.save(checkpoint)
         best = min(best, nll)
         if callback is not None:
             callback(ep, nll)
     return history
+
+
+def _batch_loss(ll: torch.Tensor, mb: torch.Tensor, denominator: torch.Tensor, weighting: str) -> torch.Tensor:
+    """Loss of windows with log-likelihoods ``ll [b]`` and masks ``mb [b, W]``, over a given normaliser.
+
+    ``"token"``: ``-sum(ll) / denominator`` (masked tokens of the whole batch);
+    ``"window"``: ``-sum(ll / n) / denominator`` (windows of the whole batch with ``n > 0`` masks).
+    """
+    ll = torch.where(torch.isfinite(ll), ll, torch.zeros_like(ll))
+    if weighting == "window":
+        return -(ll / mb.sum(1).to(ll.device).clamp_min(1)).sum() / denominator
+    return -ll.sum() / denominator
+
+
+def _sharded_step(
+    prior: CoDDPrior,
+    opt: torch.optim.Optimizer,
+    take: Callable[[torch.Tensor], tuple],
+    rows: torch.Tensor,
+    temperature: float,
+    weighting: str,
+) -> None:
+    """One data-parallel Adam step on the windows ``rows [b]`` (the same on every rank).
+
+    This rank differentiates the loss of its share of ``rows`` scaled by the
+    whole batch's normaliser, and the gradients are summed over ranks, so
+    every rank takes the single-process step of the whole batch.
+    """
+    mb_all = take(rows)[1]
+    if weighting == "window":
+        denominator = (mb_all.sum(1) > 0).sum().clamp_min(1)
+    else:
+        denominator = mb_all.sum().clamp_min(1)
+    mine = rows[pdist.shard(len(rows), pdist.rank(), pdist.world_size())]
+    opt.zero_grad()
+    if len(mine):  # a rank with no window of this batch contributes no gradient
+        xb, mb, lb, cb = take(mine)
+        ll = _batch_ll(prior, xb, mb, lb, cb, temperature, grad=True)
+        _batch_loss(ll, mb, denominator.to(ll.device), weighting).backward()
+    pdist.all_reduce_gradients(prior.circuit.parameters())
+    opt.step()
+
+
+def _sharded_mean_nll(
+    prior: CoDDPrior,
+    take: Callable[[torch.Tensor], tuple],
+    rows: torch.Tensor,
+    temperature: float,
+    batch_size: int,
+    weighting: str,
+) -> float:
+    """`mean_nll` of the windows ``rows [b]``, each rank scoring its share and the sums all-reduced."""
+    mine = rows[pdist.shard(len(rows), pdist.rank(), pdist.world_size())]
+    sums = torch.zeros(2, dtype=torch.float64, device=pdist.control_device())
+    if len(mine):
+        xb, mb, lb, cb = take(mine)
+        nll = conditional_nll(prior, xb, mb, lb, cb, temperature, batch_size=batch_size)
+        n = mb.sum(1).to(nll.device, torch.float64)
+        if weighting == "window":
+            sums[0], sums[1] = (nll[n > 0] / n[n > 0]).sum(), (n > 0).sum()
+        else:
+            sums[0], sums[1] = nll.sum(), n.sum()
+    pdist.all_reduce_sum([sums])
+    return float(sums[0] / sums[1])
 
 
 def qa_token_matrix(examples: list, tokenizer: object, max_length: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -492,6 +575,18 @@ def qa_token_matrix(examples: list, tokenizer: object, max_length: int = 256) ->
         tokens[i, p : p + len(e.target)] = torch.tensor(e.target)
         answer[i, p:] = True
     return tokens, answer
+
+
+def _init_torchrun_group() -> None:
+    """Initialises the default process group when started by ``torchrun`` with several processes.
+
+    The group is destroyed when the interpreter exits (the CLI's process).
+    """
+    import atexit
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and pdist.init():
+        atexit.register(torch.distributed.destroy_process_group)
 
 
 def train_prior_cli(
@@ -525,6 +620,12 @@ def train_prior_cli(
     their windows (answers the circuit never saw) and saved in the same file.
     ``trust_remote_code`` is passed to `load_backbone`.
 
+    Started by ``torchrun`` with several processes (``WORLD_SIZE > 1``), it
+    initialises the default process group (`pcircuits.distributed.init`, kept
+    until the interpreter exits) unless one exists, and trains data-parallel
+    (`fit_prior`); every rank caches the same windows' logits, rank 0 alone
+    fits the backoff and writes ``output``.
+
     Returns:
         ``{"output": ..., "heldout_nll": [...], "backoff": [...] or None}``.
     """
@@ -533,6 +634,7 @@ def train_prior_cli(
     from ..backbones import load_backbone
     from ..data import load_gsm8k, read_jsonl_qa
 
+    _init_torchrun_group()
     backbone = load_backbone(model, trust_remote_code=trust_remote_code)
     tok = backbone.tokenizer
     if tok is None or not hasattr(tok, "eos_id"):
@@ -568,8 +670,13 @@ def train_prior_cli(
                      candidates=cand, checkpoint=output, seed=seed, progress=progress, weighting=weighting)
     backoff = None
     if backoff_bins:
-        prior = CoDDPrior.load(output, top_k)  # the best held-out epoch
-        hx, hm, hl, hc = windows(held, max(1, round(num_windows * len(held) / len(qa))))
-        backoff = prior.fit_backoff(hx, hl, hm, bins=backoff_bins, candidates=hc)
-        prior.save(output)
+        on = pdist.active(None)  # one reader and writer of the saved prior; the others wait
+        with pdist.rank_zero_writes(on) as writer:
+            if writer:
+                prior = CoDDPrior.load(output, top_k)  # the best held-out epoch
+                hx, hm, hl, hc = windows(held, max(1, round(num_windows * len(held) / len(qa))))
+                backoff = prior.fit_backoff(hx, hl, hm, bins=backoff_bins, candidates=hc)
+                prior.save(output)
+        if on:
+            backoff = pdist.broadcast_object(backoff)
     return {"output": str(output), "heldout_nll": hist, "backoff": backoff}
