@@ -111,7 +111,7 @@ def test_em_on_two_gloo_processes_equals_one_process(tmp_path):
                 assert not np.allclose(v, _params(_circuit(1))[k])
         for key in ("full_ll", "mini_ll", "resumed_ll"):
             np.testing.assert_allclose(meta[key], ref[key], rtol=1e-9, err_msg=f"rank {rank} {key}")
-    assert meta["files"] == ref["files"] == ["circuit-000002.npz", "em_state.json"]
+    assert meta["files"] == ref["files"] == ["circuit-000002.safetensors", "em_state.json"]
     assert json.loads((tmp_path / "rank0.json").read_text())["bad_data"] == "checking data failed on rank 1 (see that rank's error)"
     assert "rows 101..200" in meta["bad_data"], meta["bad_data"]
     # the resumed run equals the uninterrupted one
@@ -172,7 +172,7 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(tmp_path, b
     assert ll == ref_ll
     for k, v in ref.params.items():
         assert torch.equal(c.params[k], v), k
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["circuit-000004.npz", "em_state.json"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["circuit-000004.safetensors", "em_state.json"]
     again = pc.em(c, x, epochs=4, batch_size=batch_size, missing=missing, progress=False, checkpoint=tmp_path / "ck",
                   resume=True)
     assert again == ref_ll  # all epochs done: nothing left to run
