@@ -84,8 +84,10 @@ def float_in(low: float, high: float = math.inf, low_open: bool = False, high_op
     """An argparse ``type=``: a finite float in the interval from ``low`` to ``high``.
 
     Args:
-        low, high: the bounds (``high=inf`` for none).
-        low_open, high_open: exclude the bound itself.
+        low: the lower bound.
+        high: the upper bound (``inf`` for none).
+        low_open: exclude ``low`` itself.
+        high_open: exclude ``high`` itself.
     """
     interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open or math.isinf(high) else ']'}"
 
