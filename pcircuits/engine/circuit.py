@@ -389,11 +389,37 @@ class TensorCircuit(nn.Module):
             _, xb, mb, sb = self.leaf_block_inputs(ev, i, params=False)
             out = blk.dist.log_prob(bank, xb, mb, sb, slots=slots)
             if semiring == "max" and (mb is not None or sb is not None):
-                best = blk.dist.max_log_prob(bank.index_select(0, slots), sb)
+                best = blk.dist.max_log_prob(self.leaf_block_params(i, bank), sb)
                 if mb is not None:  # observed entries already hold log p(x) + log w(x)
                     out = torch.where(mb.unsqueeze(-1), best.expand_as(out), out)
             outs.append(out)
         return outs
+
+    def leaf_block_params(self, i: int, bank: torch.Tensor | None = None) -> torch.Tensor:
+        """Parameters of leaf block ``i``: ``[G, n, P]``, or ``[1, n, P]`` when all its groups share one slot.
+
+        The shared case (tied leaves, e.g. the emissions of a homogeneous HMM)
+        broadcasts over the groups without copying the slot ``G`` times.
+
+        Args:
+            i: the leaf block.
+            bank: the bank's parameters ``[Q, n, P]`` (default: the module's).
+        """
+        blk = self.layout.leaf_blocks[i]
+        if bank is None:
+            bank = self.params[blk.bank]
+        shared = self._shared_leaf_slot(i)
+        if shared is not None:
+            return bank[shared : shared + 1]
+        return bank.index_select(0, self._get(f"leaf{i}_slots"))
+
+    def _shared_leaf_slot(self, i: int) -> int | None:
+        """The one slot of every group of leaf block ``i``, or ``None`` if they differ (cached)."""
+        cache = self.__dict__.setdefault("_shared_slot_cache", {})
+        if i not in cache:
+            slots = self.layout.leaf_blocks[i].slots
+            cache[i] = int(slots[0]) if bool((slots == slots[0]).all()) else None
+        return cache[i]
 
     def leaf_block_inputs(
         self, ev: Evidence, i: int, params: bool = True

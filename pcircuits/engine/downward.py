@@ -53,6 +53,15 @@ def gather_sources(circuit: TensorCircuit, li: int) -> tuple[torch.Tensor, torch
         ``(layer [R], column [R])``: the layer index (``-1`` for the zero pad)
         and column of each of the layer's ``R`` child references.
     """
+    cache = circuit.__dict__.setdefault("_buffer_cache", {})  # cleared when the buffers move
+    key = ("gather_sources", li)
+    if key not in cache:
+        cache[key] = _gather_sources(circuit, li)
+    return cache[key]
+
+
+def _gather_sources(circuit: TensorCircuit, li: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gather_sources`, uncached."""
     g = circuit.layout.layers[li].gather
     dev = circuit.device
     if g.identity or g.perm is None:
@@ -131,8 +140,11 @@ def downward(
             start = 0
             for bi, blk in enumerate(layer.blocks):
                 size = blk.num_groups * blk.num_nodes
-                sel = (cols >= start) & (cols < start + size)
-                r, node = rows[sel], cols[sel] - start
+                if len(layer.blocks) == 1:  # every active node is in the one block
+                    r, node = rows, cols
+                else:
+                    sel = (cols >= start) & (cols < start + size)
+                    r, node = rows[sel], cols[sel] - start
                 start += size
                 if r.numel() == 0:
                     continue
@@ -147,8 +159,11 @@ def downward(
                 continue
             ref = torch.cat(ref_parts)
             ref_rows = torch.cat(row_parts)
-        src = ref_layer[ref]
         col = ref_col[ref]
+        if len(layer.gather.sources) == 1:
+            pending[layer.gather.sources[0]].append((ref_rows, col))
+            continue
+        src = ref_layer[ref]
         for s in layer.gather.sources:
             sel = src == s
             pending[s].append((ref_rows[sel], col[sel]))
@@ -176,6 +191,12 @@ def _choose(
 ) -> torch.Tensor:
     """Child slot ``[A]`` chosen by the active nodes ``node [A]`` of one sum block."""
     n, k = blk.num_nodes, blk.k
+    if blk.dense and blk.num_groups == 1:  # one group (a chain's layer): contiguous reads
+        slot = blk.slot_start if blk.slot_start is not None else int(blk.slots[0])
+        child = ch[:, blk.ref_offset : blk.ref_offset + k].index_select(0, src_rows)  # [A, k]
+        w = lw[blk.bank][slot].index_select(0, node)  # [A, k]
+        logits = child + w.to(child.dtype)
+        return logits.argmax(-1) if mode == "argmax" else _gumbel_argmax(logits, generator)
     g = torch.div(node, n, rounding_mode="floor")
     j = node - g * n
     ar = torch.arange(k, device=node.device)
@@ -240,7 +261,9 @@ def fill_leaves(
         r, g, j, var, er = r[keep], g[keep], j[keep], var[keep], er[keep]
         if r.numel() == 0:
             continue
-        block_params = circuit.params[blk.bank].detach().index_select(0, circuit._get(f"leaf{i}_slots"))  # [G, n, P]
+        block_params = circuit.leaf_block_params(i, circuit.params[blk.bank].detach())  # [G or 1, n, P]
+        if block_params.shape[0] == 1:
+            g = torch.zeros_like(g)  # every group reads the one shared slot
         soft = None
         if ev.soft_evidence is not None and blk.dist.discrete:
             soft = ev.soft_evidence[er, var, : blk.dist.num_cats]
