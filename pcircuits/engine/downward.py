@@ -160,7 +160,7 @@ def downward(
             ref = torch.cat(ref_parts)
             ref_rows = torch.cat(row_parts)
         col = ref_col[ref]
-        if len(layer.gather.sources) == 1:
+        if len(layer.gather.sources) == 1 and not layer.gather.pad:  # no reference to the zero pad
             pending[layer.gather.sources[0]].append((ref_rows, col))
             continue
         src = ref_layer[ref]
