@@ -130,6 +130,11 @@ def downward(
         rows = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
         cols = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
         ref_layer, ref_col = gather_sources(circuit, li)
+        if isinstance(layer, ProductLayer) and _one_source_per_term(layer):
+            # child slot j reads source layer j alone: no per-reference source masks (same order as below)
+            for j, term in enumerate(layer.terms):
+                pending[term.sources[0]].append((rows, ref_col[cols * layer.k + j]))
+            continue
         if isinstance(layer, ProductLayer):
             k = layer.k
             ref = (cols.unsqueeze(1) * k + torch.arange(k, device=dev)).reshape(-1)
@@ -151,14 +156,17 @@ def downward(
                 chosen = _choose(circuit, li, bi, blk, ch, lw, row_source[r], node, mode, generator)
                 if record_choices:
                     choices[(li, bi)] = (r, node, chosen)
-                g = torch.div(node, blk.num_nodes, rounding_mode="floor")
-                base = g * blk.k if blk.dense else node * blk.k
-                ref_parts.append(blk.ref_offset + base + chosen)
+                if blk.dense and blk.num_groups == 1:
+                    ref_parts.append(chosen + blk.ref_offset)
+                else:
+                    g = torch.div(node, blk.num_nodes, rounding_mode="floor")
+                    base = g * blk.k if blk.dense else node * blk.k
+                    ref_parts.append(blk.ref_offset + base + chosen)
                 row_parts.append(r)
             if not ref_parts:
                 continue
-            ref = torch.cat(ref_parts)
-            ref_rows = torch.cat(row_parts)
+            ref = torch.cat(ref_parts) if len(ref_parts) > 1 else ref_parts[0]
+            ref_rows = torch.cat(row_parts) if len(row_parts) > 1 else row_parts[0]
         col = ref_col[ref]
         if len(layer.gather.sources) == 1 and not layer.gather.pad:  # no reference to the zero pad
             pending[layer.gather.sources[0]].append((ref_rows, col))
@@ -175,6 +183,12 @@ def downward(
     else:
         leaf_rows = leaf_cols = torch.zeros(0, dtype=torch.long, device=dev)
     return Selection(leaf_rows, leaf_cols, choices)
+
+
+def _one_source_per_term(layer: ProductLayer) -> bool:
+    """Whether every child slot of ``layer`` reads one source layer (no pad), each slot a different one."""
+    sources = [t.sources[0] for t in layer.terms if len(t.sources) == 1 and not t.pad]
+    return len(sources) == len(layer.terms) and len(set(sources)) == len(sources)
 
 
 def _choose(
@@ -267,7 +281,10 @@ def fill_leaves(
         soft = None
         if ev.soft_evidence is not None and blk.dist.discrete:
             soft = ev.soft_evidence[er, var, : blk.dist.num_cats]
-        if isinstance(blk.dist, DiscreteDistribution):
+        if isinstance(blk.dist, DiscreteDistribution) and mode == "mode" and soft is None:
+            # the same mode for every row that selects a leaf: one argmax per leaf node, then a lookup
+            values = blk.dist.log_table(block_params).argmax(-1)[g, j]
+        elif isinstance(blk.dist, DiscreteDistribution):
             logits = blk.dist.log_table(block_params)[g, j]  # [M, C]
             if mode == "sample" and temperature != 1.0:
                 logits = logits / temperature
