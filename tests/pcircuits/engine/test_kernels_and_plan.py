@@ -17,8 +17,10 @@ def _broadcast_max(children: torch.Tensor, log_weights: torch.Tensor) -> torch.T
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (7, 1, 5, 3), (300, 1, 128, 64), (33, 4, 6, 9)])
 @pytest.mark.parametrize("block", [1 << 18, 50])
-def test_max_plus_equals_the_broadcast_maximum(shape, block, monkeypatch):
+@pytest.mark.parametrize("inner", [1 << 17, 1])
+def test_max_plus_equals_the_broadcast_maximum(shape, block, inner, monkeypatch):
     monkeypatch.setattr(torch_ops, "_MAX_PLUS_BLOCK", block)  # 50: several row blocks per call
+    monkeypatch.setattr(torch_ops, "_MAX_PLUS_INNER", inner)  # 1: always the innermost reduction
     B, G, n, k = shape
     gen = torch.Generator().manual_seed(sum(shape))
     children = torch.randn(B, G, k, generator=gen) * 3
