@@ -117,6 +117,12 @@ class TensorCircuit(nn.Module):
         self.__dict__.pop("_buffer_cache", None)
         return super()._apply(fn, *args, **kwargs)
 
+    def __getstate__(self) -> dict:
+        """The module's state without the buffer cache (its execution plan holds closures over this instance)."""
+        state = self.__dict__.copy()
+        state.pop("_buffer_cache", None)
+        return state
+
     def _register_gather(self, prefix: str, g: Gather) -> None:
         for si, idx in enumerate(g.indices):
             self._buf(f"{prefix}_src{si}", idx)

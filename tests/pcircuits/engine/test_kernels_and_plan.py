@@ -1,5 +1,7 @@
 """The max-product dense sum kernel and the cached execution plan of upward passes."""
 
+import copy
+import io
 import itertools
 
 import numpy as np
@@ -110,3 +112,18 @@ def test_plan_is_cached_and_rebuilt_after_moving_the_circuit():
     kept = circuit.upward(ev)
     assert torch.equal(kept[-1], circuit.upward(ev, keep_outputs=False)[-1])
     assert len(kept) == len(circuit.layout.layers) + 1
+
+
+def test_copies_and_pickles_build_their_own_plan():
+    circuit = pc.compile(pc.structures.hmm(4, 3, 3), seed=2)
+    x = torch.randint(0, 3, (5, 4), generator=torch.Generator().manual_seed(1))
+    want = circuit(x)  # builds the plan of the original
+    clone = copy.deepcopy(circuit)
+    buf = io.BytesIO()
+    torch.save(circuit, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    for other in (clone, loaded):
+        assert "_buffer_cache" not in other.__dict__  # the plan was not copied
+        assert torch.equal(other(x), want)
+        assert other._plan() is not circuit._plan()
