@@ -17,10 +17,18 @@ Usage::
 
     python benchmarks/engine_hmm.py [--repeats 20] [--threads 1] [--out benchmarks/results]
     python benchmarks/engine_hmm.py --scale [--scale-steps 10000 30000]
+    python benchmarks/engine_hmm.py --sizes [--states 32 128 512] [--lengths 32 256] [--repeats 20] [--budget 60]
 
 Writes ``engine_hmm.json``, ``engine_hmm.png`` and ``engine_hmm.md`` (the table
 shown in ``docs/benchmarks/engine.md``); with ``--scale`` only
-``engine_hmm_scale.json`` and ``engine_hmm_scale.md``.
+``engine_hmm_scale.json`` and ``engine_hmm_scale.md``; with ``--sizes`` only
+``engine_hmm_sizes.json`` and ``engine_hmm_sizes.md``.
+
+(d) With ``--sizes``: forward against the hand-written forward algorithm,
+    and ``pc.mpe`` against a forward pass on the same circuit and batch (with
+    and without 30% missing values), over numbers of hidden states and
+    lengths; MPE values are checked against a hand-written Viterbi recursion
+    first.
 """
 
 from __future__ import annotations
@@ -171,6 +179,121 @@ def bench_cirkit(repeats: int) -> dict:
     }
 
 
+def hand_written_viterbi(hand: HandWrittenHMM, x: torch.Tensor, missing: torch.Tensor | None) -> torch.Tensor:
+    """``max_{z, x_missing} log p(x, z)`` of each row by the Viterbi recursion (the check of ``pc.mpe``)."""
+    log_e = torch.log_softmax(hand.emit_logits, -1)  # [H, C]
+    log_a = torch.log_softmax(hand.trans_logits, -1)  # [H_next, H_prev]
+    em = log_e.t()[x]  # [B, T, H]
+    if missing is not None:  # a missing emission takes its best category
+        em = torch.where(missing.unsqueeze(-1), log_e.amax(-1), em)
+    la = em[:, 0]
+    for t in range(1, x.shape[1]):
+        la = (la.unsqueeze(1) + log_a.unsqueeze(0)).amax(-1) + em[:, t]
+    return (la + torch.log_softmax(hand.init_logits, -1)).amax(-1)
+
+
+def timed_many(fns: dict, repeats: int) -> dict:
+    """Median seconds of every function of ``fns``, run round-robin so drifts in machine speed hit all."""
+    for fn in fns.values():
+        fn()
+    times: dict = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def bench_sizes(states: list[int], lengths: list[int], repeats: int, budget_s: float) -> list[dict]:
+    """Forward vs the hand-written forward algorithm, and ``pc.mpe`` vs forward, per (length, states).
+
+    One circuit and batch per size; all five timed functions run round-robin
+    and each gets its median. Outputs are checked first: the log-likelihoods
+    against the hand-written recursion, and the MPE values (``return_log_prob``)
+    against a hand-written Viterbi recursion, with and without 30% missing
+    values. The number of rounds is ``repeats``, fewer (at least 5) where one
+    round would exceed ``budget_s / repeats``.
+    """
+    rows = []
+    for steps in lengths:
+        for h in states:
+            root = homogeneous_hmm(steps, h, C)
+            circuit = pc.compile(root, seed=0)
+            trans_group, emit_group = root.children[0].children
+            hand = HandWrittenHMM(
+                circuit.group_parameters(root)[0].log().detach(),
+                circuit.group_parameters(trans_group).log().detach(),
+                torch.log_softmax(circuit.group_parameters(emit_group), -1).detach(),
+            )
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randint(0, C, (B, steps), generator=gen)
+            miss = torch.rand(B, steps, generator=gen) < 0.3
+            with torch.no_grad():
+                fwd_err = (circuit(x) - hand(x)).abs().max().item()
+                assert fwd_err < 1e-3 * steps / 32, f"forward outputs differ by {fwd_err}"
+                mpe_err = 0.0
+                for m in (None, miss):
+                    _, value = pc.mpe(circuit, x, m, return_log_prob=True)
+                    err = (value - hand_written_viterbi(hand, x, m)).abs().max().item()
+                    assert err < 1e-3 * steps / 32, f"MPE values differ from Viterbi by {err}"
+                    mpe_err = max(mpe_err, err)
+                fns = {
+                    "forward": lambda: circuit(x),
+                    "hand_written": lambda: hand(x),
+                    "mpe": lambda: pc.mpe(circuit, x),
+                    "forward_missing": lambda: circuit(x, miss),
+                    "mpe_missing": lambda: pc.mpe(circuit, x, miss),
+                }
+                t0 = time.perf_counter()
+                for fn in fns.values():
+                    fn()
+                one_round = time.perf_counter() - t0
+                rounds = max(5, min(repeats, int(budget_s / max(one_round, 1e-9))))
+                t = timed_many(fns, rounds)
+            rows.append({
+                "steps": steps, "states": h, "categories": C, "batch": B, "rounds": rounds,
+                "forward_max_abs_diff": fwd_err, "mpe_value_max_abs_diff": mpe_err, "seconds": t,
+                "forward_vs_hand_written": t["forward"] / t["hand_written"],
+                "mpe_vs_forward": t["mpe"] / t["forward"],
+                "mpe_vs_forward_missing": t["mpe_missing"] / t["forward_missing"],
+            })
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def write_sizes(rows: list[dict], out: Path, command: str) -> None:
+    """Writes ``engine_hmm_sizes.json`` and the table ``engine_hmm_sizes.md``."""
+    result = {
+        "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "command": command,
+        "runs": rows,
+    }
+    with atomic_write(out / "engine_hmm_sizes.json", "w") as f:
+        f.write(json.dumps(result, indent=2))
+    ms = lambda s: f"{1000 * s:.1f} ms"  # noqa: E731
+    lines = [
+        f"Device: {result['device']}, torch {result['torch']}. Homogeneous HMM, {C:,} categories, batch {B}; "
+        "medians over the rounds shown, the five passes of a size run round-robin. "
+        "30% missing: a fixed random mask, the same for both sides.",
+        "",
+        "| steps | states | rounds | forward | hand-written | ratio | MPE | MPE / forward "
+        "| forward, 30% missing | MPE, 30% missing | MPE / forward, 30% missing |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        t = r["seconds"]
+        lines.append(
+            f"| {r['steps']} | {r['states']} | {r['rounds']} | {ms(t['forward'])} | {ms(t['hand_written'])} "
+            f"| {r['forward_vs_hand_written']:.2f}x | {ms(t['mpe'])} | {r['mpe_vs_forward']:.2f}x "
+            f"| {ms(t['forward_missing'])} | {ms(t['mpe_missing'])} | {r['mpe_vs_forward_missing']:.2f}x |"
+        )
+    with atomic_write(out / "engine_hmm_sizes.md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def _rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB (``ru_maxrss`` is KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -244,6 +367,10 @@ def main() -> None:
     parser.add_argument("--scale", action="store_true", help="only measure construction memory and time of long HMMs")
     parser.add_argument("--scale-steps", type=int, nargs="+", default=[10_000, 30_000], help="HMM lengths for --scale")
     parser.add_argument("--scale-child", type=int, help=argparse.SUPPRESS)  # internal: one measurement
+    parser.add_argument("--sizes", action="store_true", help="only the forward and MPE table over sizes")
+    parser.add_argument("--states", type=int, nargs="+", default=[32, 128, 512], help="hidden states for --sizes")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[32, 256], help="HMM lengths for --sizes")
+    parser.add_argument("--budget", type=float, default=60.0, help="seconds of timing per size for --sizes")
     args = parser.parse_args()
     if args.scale_child is not None:
         print(json.dumps(scale_child(args.scale_child)))
@@ -253,6 +380,10 @@ def main() -> None:
         bench_scale(args.scale_steps, args.out)
         return
     torch.set_num_threads(args.threads)
+    if args.sizes:
+        rows = bench_sizes(args.states, args.lengths, args.repeats, args.budget)
+        write_sizes(rows, args.out, "python " + " ".join(["benchmarks/engine_hmm.py", *sys.argv[1:]]))
+        return
     result = {
         "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -12,7 +13,7 @@ from torch import nn
 from .. import kernels
 from ..kernels import torch_ops
 from ..nodes import NodeGroup
-from .layout import Gather, Layout, ProductLayer, SumLayer, build_layout
+from .layout import Gather, Layout, ProductLayer, SumBlock, SumLayer, build_layout
 
 __all__ = ["TensorCircuit", "Evidence", "compile"]
 
@@ -115,6 +116,12 @@ class TensorCircuit(nn.Module):
     def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .double() replace the buffers
         self.__dict__.pop("_buffer_cache", None)
         return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self) -> dict:
+        """The module's state without the buffer cache (its execution plan holds closures over this instance)."""
+        state = self.__dict__.copy()
+        state.pop("_buffer_cache", None)
+        return state
 
     def _register_gather(self, prefix: str, g: Gather) -> None:
         for si, idx in enumerate(g.indices):
@@ -389,11 +396,37 @@ class TensorCircuit(nn.Module):
             _, xb, mb, sb = self.leaf_block_inputs(ev, i, params=False)
             out = blk.dist.log_prob(bank, xb, mb, sb, slots=slots)
             if semiring == "max" and (mb is not None or sb is not None):
-                best = blk.dist.max_log_prob(bank.index_select(0, slots), sb)
+                best = blk.dist.max_log_prob(self.leaf_block_params(i, bank), sb)
                 if mb is not None:  # observed entries already hold log p(x) + log w(x)
                     out = torch.where(mb.unsqueeze(-1), best.expand_as(out), out)
             outs.append(out)
         return outs
+
+    def leaf_block_params(self, i: int, bank: torch.Tensor | None = None) -> torch.Tensor:
+        """Parameters of leaf block ``i``: ``[G, n, P]``, or ``[1, n, P]`` when all its groups share one slot.
+
+        The shared case (tied leaves, e.g. the emissions of a homogeneous HMM)
+        broadcasts over the groups without copying the slot ``G`` times.
+
+        Args:
+            i: the leaf block.
+            bank: the bank's parameters ``[Q, n, P]`` (default: the module's).
+        """
+        blk = self.layout.leaf_blocks[i]
+        if bank is None:
+            bank = self.params[blk.bank]
+        shared = self._shared_leaf_slot(i)
+        if shared is not None:
+            return bank[shared : shared + 1]
+        return bank.index_select(0, self._get(f"leaf{i}_slots"))
+
+    def _shared_leaf_slot(self, i: int) -> int | None:
+        """The one slot of every group of leaf block ``i``, or ``None`` if they differ (cached)."""
+        cache = self.__dict__.setdefault("_shared_slot_cache", {})
+        if i not in cache:
+            slots = self.layout.leaf_blocks[i].slots
+            cache[i] = int(slots[0]) if bool((slots == slots[0]).all()) else None
+        return cache[i]
 
     def leaf_block_inputs(
         self, ev: Evidence, i: int, params: bool = True
@@ -468,68 +501,134 @@ class TensorCircuit(nn.Module):
         if semiring not in ("sum", "max"):
             raise ValueError(f"semiring must be 'sum' or 'max', got {semiring!r}")
         backend = self.resolve_backend()
-        prob_cache: dict[str, torch.Tensor] = {}
-        wt_cache: dict[tuple[str, int], torch.Tensor] = {}
-
-        def probs_of(bank: str) -> torch.Tensor:
-            """The bank's weights as probabilities, exponentiated once per pass."""
-            if bank not in prob_cache:
-                prob_cache[bank] = lw[bank].exp()
-            return prob_cache[bank]
-
+        plan = self._plan()
         with kernels.use_backend(backend):
             if leaf_outputs is None:
                 leaf_outputs = self.leaf_values(ev, semiring)
             B = ev.batch_size
             flat = [o.reshape(B, -1) for o in leaf_outputs]
-            outs = _ChunkedOutputs(self)
+            outs = _ChunkedOutputs(self, plan.released)
             outs.append(flat[0] if len(flat) == 1 else torch.cat(flat, 1))
             lw = log_weights if log_weights is not None else self.sum_log_weights()
-            for li, layer in enumerate(self.layout.layers):
-                if isinstance(layer, ProductLayer):
-                    out = self._gather(f"l{li}t0", layer.terms[0], outs)
-                    for j in range(1, layer.k):
-                        out = out + self._gather(f"l{li}t{j}", layer.terms[j], outs)
-                    outs.append(out)
-                    if not keep_outputs:
-                        outs.release_after(li + 1)
-                    continue
-                ch = self._gather(li, layer.gather, outs)
-                parts = []
-                for bi, blk in enumerate(layer.blocks):
-                    if blk.dense and blk.num_groups == 1 and semiring == "sum" and backend == "torch":
-                        # the common single-group layer: 2-D operations on cached transposed weights
-                        slot = blk.slot_start if blk.slot_start is not None else int(blk.slots[0])
-                        key = (blk.bank, slot)
-                        wt = wt_cache.get(key)
-                        if wt is None:
-                            wt = wt_cache[key] = probs_of(blk.bank)[slot].t()  # [k, n]
-                        c = ch if blk.k == ch.shape[1] else ch[:, blk.ref_offset : blk.ref_offset + blk.k]
-                        parts.append(torch_ops.single_group_dense_sum(c, wt))
-                        continue
-                    if blk.slot_start is not None:  # contiguous slots: a view
-                        w = lw[blk.bank][blk.slot_start : blk.slot_start + blk.num_groups]  # [G, n, k]
-                    else:
-                        w = lw[blk.bank].index_select(0, self._get(f"l{li}b{bi}_slots"))
-                    if blk.dense:
-                        c = ch[:, blk.ref_offset : blk.ref_offset + blk.num_groups * blk.k]
-                        probs = None
-                        if semiring == "sum" and backend == "torch":
-                            pb = probs_of(blk.bank)
-                            if blk.slot_start is not None:
-                                probs = pb[blk.slot_start : blk.slot_start + blk.num_groups]
-                            else:
-                                probs = pb.index_select(0, self._get(f"l{li}b{bi}_slots"))
-                        y = kernels.dense_sum(c.reshape(B, blk.num_groups, blk.k), w, semiring, weights=probs)
-                    else:
-                        size = blk.num_groups * blk.num_nodes * blk.k
-                        c = ch[:, blk.ref_offset : blk.ref_offset + size]
-                        y = kernels.sparse_sum(c.reshape(B, blk.num_groups, blk.num_nodes, blk.k), w, semiring)
-                    parts.append(y.reshape(B, -1))
-                outs.append(parts[0] if len(parts) == 1 else torch.cat(parts, 1))
+            ctx = _PassContext(lw, semiring, backend, B)
+            for li, step in enumerate(plan.steps):
+                outs.append(step(outs, ctx))
                 if not keep_outputs:
                     outs.release_after(li + 1)
         return list(outs)
+
+    # ------------------------------------------------------ execution plan
+    def _plan(self) -> "_Plan":
+        """The per-layer steps of an upward pass, built on first use and cached.
+
+        Everything an upward pass decides from the layout alone (how each
+        gather reads its sources, which sum blocks take the single-group
+        path, which outputs can be released after which layer) is decided
+        here once, so a pass runs one closure per layer. The cache lives
+        with the buffers and is rebuilt after ``.to()``/``.double()``.
+        """
+        cache = self.__dict__.setdefault("_buffer_cache", {})
+        plan = cache.get("plan")
+        if plan is None:
+            steps = []
+            for li, layer in enumerate(self.layout.layers):
+                if isinstance(layer, ProductLayer):
+                    steps.append(self._product_step(li, layer))
+                else:
+                    steps.append(self._sum_step(li, layer))
+            released: dict[int, list[int]] = {}
+            for src, last in self.layout.last_use.items():
+                released.setdefault(last, []).append(src)
+            plan = cache["plan"] = _Plan(steps, released)
+        return plan
+
+    def _reader(self, prefix: str, g: Gather) -> Callable[["_ChunkedOutputs"], torch.Tensor]:
+        """A function returning the ``[B, R]`` child values that gather ``g`` reads (see :meth:`_gather`)."""
+        if g.identity:
+            src = g.sources[0]
+            return lambda outs: outs[src]
+        if g.perm is None and g.starts[0] is not None:
+            src, start, length = g.sources[0], g.starts[0], g.lengths[0]
+            split = self.layout.splits.get(src)
+            if split is not None and (start, length) in split[1]:
+                chunk = split[1][(start, length)]
+                return lambda outs: outs.chunks[src][chunk]
+            if start == 0 and length == self.layout.layer_sizes[src]:
+                return lambda outs: outs[src]
+            return lambda outs: outs[src][:, start : start + length]
+        if g.perm is None:
+            src, idx = g.sources[0], self._get(f"{prefix}_src0")
+            return lambda outs: outs[src].index_select(1, idx)
+        return lambda outs: self._gather(prefix, g, outs)
+
+    def _product_step(self, li: int, layer: ProductLayer) -> Callable:
+        """The step of product layer ``li``: the sum of its ``k`` term gathers, ``[B, N]``."""
+        first, *rest = [self._reader(f"l{li}t{j}", term) for j, term in enumerate(layer.terms)]
+        if len(rest) == 1:
+            second = rest[0]
+            return lambda outs, ctx: first(outs) + second(outs)
+
+        def step(outs: _ChunkedOutputs, ctx: _PassContext) -> torch.Tensor:
+            out = first(outs)
+            for read in rest:
+                out = out + read(outs)
+            return out
+
+        return step
+
+    def _sum_step(self, li: int, layer: SumLayer) -> Callable:
+        """The step of sum layer ``li``, ``[B, N]``."""
+        read = self._reader(f"l{li}", layer.gather)
+        blocks = layer.blocks
+        if len(blocks) == 1 and blocks[0].dense and blocks[0].num_groups == 1:
+            blk = blocks[0]
+            slot = blk.slot_start if blk.slot_start is not None else int(blk.slots[0])
+            key = (blk.bank, slot)
+            start, k = blk.ref_offset, blk.k
+
+            def single(outs: _ChunkedOutputs, ctx: _PassContext) -> torch.Tensor:
+                ch = read(outs)
+                c = ch if k == ch.shape[1] else ch[:, start : start + k]
+                if ctx.semiring == "sum" and ctx.backend == "torch":
+                    # the common single-group layer: 2-D operations on cached transposed weights
+                    wt = ctx.wt_cache.get(key)
+                    if wt is None:
+                        wt = ctx.wt_cache[key] = ctx.probs_of(blk.bank)[slot].t()  # [k, n]
+                    return torch_ops.single_group_dense_sum(c, wt)
+                w = ctx.lw[blk.bank][slot : slot + 1]  # [1, n, k]
+                return kernels.dense_sum(c.unsqueeze(1), w, ctx.semiring).reshape(ctx.B, -1)
+
+            return single
+
+        def step(outs: _ChunkedOutputs, ctx: _PassContext) -> torch.Tensor:
+            ch = read(outs)
+            parts = [self._sum_block(li, bi, blk, ch, ctx) for bi, blk in enumerate(blocks)]
+            return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+        return step
+
+    def _sum_block(self, li: int, bi: int, blk: SumBlock, ch: torch.Tensor, ctx: "_PassContext") -> torch.Tensor:
+        """``[B, G * n]`` values of block ``bi`` of sum layer ``li`` from the layer's child values ``ch [B, R]``."""
+        B, lw, semiring = ctx.B, ctx.lw, ctx.semiring
+        if blk.slot_start is not None:  # contiguous slots: a view
+            w = lw[blk.bank][blk.slot_start : blk.slot_start + blk.num_groups]  # [G, n, k]
+        else:
+            w = lw[blk.bank].index_select(0, self._get(f"l{li}b{bi}_slots"))
+        if blk.dense:
+            c = ch[:, blk.ref_offset : blk.ref_offset + blk.num_groups * blk.k]
+            probs = None
+            if semiring == "sum" and ctx.backend == "torch":
+                pb = ctx.probs_of(blk.bank)
+                if blk.slot_start is not None:
+                    probs = pb[blk.slot_start : blk.slot_start + blk.num_groups]
+                else:
+                    probs = pb.index_select(0, self._get(f"l{li}b{bi}_slots"))
+            y = kernels.dense_sum(c.reshape(B, blk.num_groups, blk.k), w, semiring, weights=probs)
+        else:
+            size = blk.num_groups * blk.num_nodes * blk.k
+            c = ch[:, blk.ref_offset : blk.ref_offset + size]
+            y = kernels.sparse_sum(c.reshape(B, blk.num_groups, blk.num_nodes, blk.k), w, semiring)
+        return y.reshape(B, -1)
 
     def forward(
         self,
@@ -561,15 +660,48 @@ class TensorCircuit(nn.Module):
         )
 
 
+class _PassContext:
+    """What the steps of one upward pass share: weights, semiring, backend, batch size and per-pass caches."""
+
+    __slots__ = ("lw", "semiring", "backend", "B", "wt_cache", "_probs")
+
+    def __init__(self, lw: dict[str, torch.Tensor], semiring: str, backend: str, B: int):
+        self.lw, self.semiring, self.backend, self.B = lw, semiring, backend, B
+        self.wt_cache: dict[tuple[str, int], torch.Tensor] = {}
+        self._probs: dict[str, torch.Tensor] = {}
+
+    def probs_of(self, bank: str) -> torch.Tensor:
+        """The bank's weights as probabilities ``[slots, n, k]``, exponentiated once per pass."""
+        p = self._probs.get(bank)
+        if p is None:
+            p = self._probs[bank] = self.lw[bank].exp()
+        return p
+
+
+@dataclass
+class _Plan:
+    """The cached execution plan of an upward pass.
+
+    Attributes:
+        steps: one closure per inner layer, ``step(outs, ctx) -> [B, N_l]``.
+        released: layer -> the outputs whose last reader it is.
+    """
+
+    steps: list[Callable]
+    released: dict[int, list[int]]
+
+
 class _ChunkedOutputs(list):
     """Layer outputs of one pass; outputs with a split plan are also kept as chunks."""
 
-    def __init__(self, circuit: TensorCircuit):
+    def __init__(self, circuit: TensorCircuit, released: dict[int, list[int]] | None = None):
         super().__init__()
         self._splits = circuit.layout.splits
-        self._readers_done: dict[int, list[int]] = {}
-        for src, last in circuit.layout.last_use.items():
-            self._readers_done.setdefault(last, []).append(src)
+        if released is None:
+            released = {}
+            for src, last in circuit.layout.last_use.items():
+                released.setdefault(last, []).append(src)
+        self._readers_done = released
         self.chunks: dict[int, tuple[torch.Tensor, ...]] = {}
 
     def release_after(self, layer: int) -> None:

@@ -53,6 +53,15 @@ def gather_sources(circuit: TensorCircuit, li: int) -> tuple[torch.Tensor, torch
         ``(layer [R], column [R])``: the layer index (``-1`` for the zero pad)
         and column of each of the layer's ``R`` child references.
     """
+    cache = circuit.__dict__.setdefault("_buffer_cache", {})  # cleared when the buffers move
+    key = ("gather_sources", li)
+    if key not in cache:
+        cache[key] = _gather_sources(circuit, li)
+    return cache[key]
+
+
+def _gather_sources(circuit: TensorCircuit, li: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gather_sources`, uncached."""
     g = circuit.layout.layers[li].gather
     dev = circuit.device
     if g.identity or g.perm is None:
@@ -121,6 +130,11 @@ def downward(
         rows = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
         cols = torch.cat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
         ref_layer, ref_col = gather_sources(circuit, li)
+        if isinstance(layer, ProductLayer) and _one_source_per_term(layer):
+            # child slot j reads source layer j alone: no per-reference source masks (same order as below)
+            for j, term in enumerate(layer.terms):
+                pending[term.sources[0]].append((rows, ref_col[cols * layer.k + j]))
+            continue
         if isinstance(layer, ProductLayer):
             k = layer.k
             ref = (cols.unsqueeze(1) * k + torch.arange(k, device=dev)).reshape(-1)
@@ -131,24 +145,33 @@ def downward(
             start = 0
             for bi, blk in enumerate(layer.blocks):
                 size = blk.num_groups * blk.num_nodes
-                sel = (cols >= start) & (cols < start + size)
-                r, node = rows[sel], cols[sel] - start
+                if len(layer.blocks) == 1:  # every active node is in the one block
+                    r, node = rows, cols
+                else:
+                    sel = (cols >= start) & (cols < start + size)
+                    r, node = rows[sel], cols[sel] - start
                 start += size
                 if r.numel() == 0:
                     continue
                 chosen = _choose(circuit, li, bi, blk, ch, lw, row_source[r], node, mode, generator)
                 if record_choices:
                     choices[(li, bi)] = (r, node, chosen)
-                g = torch.div(node, blk.num_nodes, rounding_mode="floor")
-                base = g * blk.k if blk.dense else node * blk.k
-                ref_parts.append(blk.ref_offset + base + chosen)
+                if blk.dense and blk.num_groups == 1:
+                    ref_parts.append(chosen + blk.ref_offset)
+                else:
+                    g = torch.div(node, blk.num_nodes, rounding_mode="floor")
+                    base = g * blk.k if blk.dense else node * blk.k
+                    ref_parts.append(blk.ref_offset + base + chosen)
                 row_parts.append(r)
             if not ref_parts:
                 continue
-            ref = torch.cat(ref_parts)
-            ref_rows = torch.cat(row_parts)
-        src = ref_layer[ref]
+            ref = torch.cat(ref_parts) if len(ref_parts) > 1 else ref_parts[0]
+            ref_rows = torch.cat(row_parts) if len(row_parts) > 1 else row_parts[0]
         col = ref_col[ref]
+        if len(layer.gather.sources) == 1 and not layer.gather.pad:  # no reference to the zero pad
+            pending[layer.gather.sources[0]].append((ref_rows, col))
+            continue
+        src = ref_layer[ref]
         for s in layer.gather.sources:
             sel = src == s
             pending[s].append((ref_rows[sel], col[sel]))
@@ -160,6 +183,12 @@ def downward(
     else:
         leaf_rows = leaf_cols = torch.zeros(0, dtype=torch.long, device=dev)
     return Selection(leaf_rows, leaf_cols, choices)
+
+
+def _one_source_per_term(layer: ProductLayer) -> bool:
+    """Whether every child slot of ``layer`` reads one source layer (no pad), each slot a different one."""
+    sources = [t.sources[0] for t in layer.terms if len(t.sources) == 1 and not t.pad]
+    return len(sources) == len(layer.terms) and len(set(sources)) == len(sources)
 
 
 def _choose(
@@ -176,6 +205,12 @@ def _choose(
 ) -> torch.Tensor:
     """Child slot ``[A]`` chosen by the active nodes ``node [A]`` of one sum block."""
     n, k = blk.num_nodes, blk.k
+    if blk.dense and blk.num_groups == 1:  # one group (a chain's layer): contiguous reads
+        slot = blk.slot_start if blk.slot_start is not None else int(blk.slots[0])
+        child = ch[:, blk.ref_offset : blk.ref_offset + k].index_select(0, src_rows)  # [A, k]
+        w = lw[blk.bank][slot].index_select(0, node)  # [A, k]
+        logits = child + w.to(child.dtype)
+        return logits.argmax(-1) if mode == "argmax" else _gumbel_argmax(logits, generator)
     g = torch.div(node, n, rounding_mode="floor")
     j = node - g * n
     ar = torch.arange(k, device=node.device)
@@ -240,11 +275,16 @@ def fill_leaves(
         r, g, j, var, er = r[keep], g[keep], j[keep], var[keep], er[keep]
         if r.numel() == 0:
             continue
-        block_params = circuit.params[blk.bank].detach().index_select(0, circuit._get(f"leaf{i}_slots"))  # [G, n, P]
+        block_params = circuit.leaf_block_params(i, circuit.params[blk.bank].detach())  # [G or 1, n, P]
+        if block_params.shape[0] == 1:
+            g = torch.zeros_like(g)  # every group reads the one shared slot
         soft = None
         if ev.soft_evidence is not None and blk.dist.discrete:
             soft = ev.soft_evidence[er, var, : blk.dist.num_cats]
-        if isinstance(blk.dist, DiscreteDistribution):
+        if isinstance(blk.dist, DiscreteDistribution) and mode == "mode" and soft is None:
+            # the same mode for every row that selects a leaf: one argmax per leaf node, then a lookup
+            values = blk.dist.log_table(block_params).argmax(-1)[g, j]
+        elif isinstance(blk.dist, DiscreteDistribution):
             logits = blk.dist.log_table(block_params)[g, j]  # [M, C]
             if mode == "sample" and temperature != 1.0:
                 logits = logits / temperature
