@@ -46,7 +46,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise ValueError(f"path: directory {directory!r} does not exist")
     if os.path.isdir(target):
         raise ValueError(f"path: {os.fspath(path)!r} is a directory, expected a file path")
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {os.fspath(path)!r} ({e.strerror})") from None
     try:
         encoding = None if mode == "wb" else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as f:

@@ -320,7 +320,9 @@ def _open_safetensors(f: BinaryIO, size: int) -> tuple[dict[str, str], dict[str,
         raise _Invalid("too short to be a circuit file")
     (n,) = struct.unpack("<Q", _read_exact(f, 8))
     if not 2 <= n <= min(MAX_HEADER_BYTES, size - 8):
-        raise _Invalid(f"header length {n} is outside 2..{min(MAX_HEADER_BYTES, size - 8)}")
+        raise _Invalid(
+            f"not a safetensors file (its first 8 bytes give a header length of {n}, outside 2..{min(MAX_HEADER_BYTES, size - 8)})"
+        )
     try:
         table = json.loads(_read_exact(f, n).decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -502,7 +504,11 @@ def _bank_problem(circuit: TensorCircuit, name: str, v: torch.Tensor) -> str | N
     if isinstance(dist, DiscreteDistribution):
         table = dist.log_table(v.double())
         return None if bool(torch.isfinite(table).any(-1).all()) else "a leaf has no category of positive probability"
-    return None if bool(torch.isfinite(v).all()) else f"{type(dist).__name__} parameters must be finite"
+    try:
+        dist.check_params(v.to(circuit.params[name].dtype), "values")
+    except (TypeError, ValueError) as e:
+        return str(e)
+    return None
 
 
 def _check_extras(extras: dict[str, _Member]) -> dict[str, torch.Tensor]:

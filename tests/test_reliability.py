@@ -142,6 +142,8 @@ CASES: list[Case] = [
         "value",
         lambda m: m.circuit.set_group_parameters(m.gauss, torch.tensor([[0.0, 1e39], [0.0, 0.0]], dtype=torch.float64)),
     ),
+    ("gaussian-std-underflows", ValueError, "value", lambda m: m.circuit.set_group_parameters(m.gauss, torch.tensor([[0.0, -1000.0], [0.0, 0.0]]))),
+    ("gaussian-std-overflows", ValueError, "value", lambda m: m.circuit.set_group_parameters(m.gauss, torch.tensor([[0.0, 1000.0], [0.0, 0.0]]))),
     (
         "indicator-changed",  # the other value of the binary variable
         ValueError,
@@ -187,6 +189,8 @@ CASES: list[Case] = [
     ("learn-spn-time-budget-nan", ValueError, "time_budget", lambda m: learn_spn(_binary_data(), time_budget=NAN)),
     # --- evidence of queries
     ("prepare-wrong-columns", ValueError, "x", lambda m: m.circuit.prepare(torch.zeros(2, 3))),
+    ("prepare-gaussian-overflows-float32", ValueError, "x", lambda m: m.circuit.prepare(_with(m.x.double(), (0, 2), 1e200))),
+    ("prepare-category-past-int64", ValueError, "x", lambda m: m.circuit.prepare(_with(m.x.double(), (0, 0), 1e300))),
     ("prepare-list", TypeError, "x", lambda m: m.circuit.prepare([[0, 1, 0.5, 1]])),
     ("prepare-complex", TypeError, "x", lambda m: m.circuit.prepare(m.x.to(torch.complex64))),
     ("prepare-category-out-of-range", ValueError, "x", lambda m: m.circuit.prepare(_with(m.x, (0, 0), 3.0))),
@@ -217,6 +221,7 @@ CASES: list[Case] = [
     ("multiply-not-decomposable", ValueError, "children", lambda m: pc.multiply(m.cat, pc.inputs(0, 2, pc.Bernoulli()))),
     ("multiply-float-edges", ValueError, "edges", lambda m: pc.multiply(m.cat, m.bern, edges=torch.zeros(2, 2))),
     ("compile-bad-backend", ValueError, "backend", lambda m: pc.compile(m.root, backend="cuda")),
+    ("compile-float-seed", TypeError, "seed", lambda m: pc.compile(m.root, seed=1.5)),
     # --- CoDD prior queries
     ("prior-marginals-nan-logits", ValueError, "logits", lambda m: m.prior.marginals(m.px, _bad_logits(m, NAN), m.masked)),
     ("prior-sample-inf-logits", ValueError, "logits", lambda m: m.prior.sample(m.px, _bad_logits(m, INF), m.masked)),

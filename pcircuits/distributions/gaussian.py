@@ -41,13 +41,21 @@ class Gaussian(Distribution):
         return torch.stack([mean, log_std], -1)
 
     def check_params(self, params, name="params"):
-        """Mean and log std must be finite (so the std is positive and finite)."""
+        """Mean and log std must be finite, and the std and its inverse positive and finite in ``params``' dtype."""
         _check_last_dim(params, 2, name, self)
         for j, what in enumerate(("mean", "log std")):
             col = params[..., j]
             bad = ~torch.isfinite(col)
             if bool(bad.any()):
                 raise ValueError(f"{name}: Gaussian {what} must be finite, got {_first_bad(col, bad)}")
+        log_std = params[..., 1]
+        std, inv = torch.exp(log_std), torch.exp(-log_std)
+        bad = ~torch.isfinite(std) | ~torch.isfinite(inv) | (std == 0) | (inv == 0)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{name}: Gaussian log std {_first_bad(log_std, bad)} makes the std underflow or overflow in "
+                f"{params.dtype}; the std must be positive and finite"
+            )
 
     def log_prob(self, params, x, missing, soft_evidence, slots=None):
         if slots is not None:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .. import kernels
+from .._index import as_int
 from ..kernels import torch_ops
 from ..nodes import NodeGroup
 from .layout import Gather, Layout, ProductLayer, SumBlock, SumLayer, build_layout
@@ -74,7 +75,7 @@ class TensorCircuit(nn.Module):
         )
         self.has_continuous = bool(self._continuous.any())
 
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(as_int(seed, "seed", 0))
         self.params = nn.ParameterDict()
         for name, spec in lay.banks.items():
             if spec.kind == "leaf":
@@ -348,6 +349,12 @@ class TensorCircuit(nn.Module):
             if bool((xd != torch.round(xd)).any()):
                 b, v = (xd != torch.round(xd)).nonzero()[0].tolist()
                 raise ValueError(f"x holds a non-integer value {x[b, v].item()} for discrete variable {v} (row {b})")
+            huge = check & (xd.abs() > 2**62)  # would wrap around when cast to int64
+            if bool(huge.any()):
+                b, v = huge.nonzero()[0].tolist()
+                raise ValueError(
+                    f"x has category {x[b, v].item():g} for variable {v} (row {b}), outside 0..{int(self._var_cats[v]) - 1}"
+                )
             x_disc = xd.long()
         elif x.dtype.is_complex:
             raise TypeError(f"x must be a real or integer tensor, got {x.dtype}")
@@ -363,6 +370,13 @@ class TensorCircuit(nn.Module):
         x_cont = None
         if self.has_continuous:
             x_cont = torch.where(observed & self._continuous.unsqueeze(0), x.to(dt), torch.zeros((), dtype=dt, device=dev))
+            overflow = ~torch.isfinite(x_cont)
+            if bool(overflow.any()):
+                b, v = overflow.nonzero()[0].tolist()
+                raise ValueError(
+                    f"x has {x[b, v].item():g} at row {b}, variable {v}, which overflows the circuit's dtype {dt}; "
+                    "rescale the data or cast the circuit to float64"
+                )
         if soft_evidence is not None:
             soft_evidence = _as_tensor(soft_evidence, "soft_evidence")
             expected = (B, self.num_vars, self.max_cats)
