@@ -440,13 +440,13 @@ def test_eb_sampler_counts_satisfy_the_bound(rule, gamma, block):
 
 def test_eb_sampler_extremes(random_backbone):
     prompt = _prompts()
-    out, trace = generate(random_backbone, prompt, gen_length=16, steps=16, block_length=8, entropy_bound=1e9,
+    _, trace = generate(random_backbone, prompt, gen_length=16, steps=16, block_length=8, entropy_bound=1e9,
                           return_trace=True)
     assert trace.forward_passes == 2  # a huge bound: each block in one step
     assert (trace.commit_step[:, :8] == trace.commit_step[:, :1]).all()
     assert (trace.commit_step[:, 8:] == trace.commit_step[:, 8:9]).all()
-    out0, trace0 = generate(random_backbone, prompt, gen_length=16, steps=16, block_length=8, entropy_bound=0.0,
-                            return_trace=True)
+    _, trace0 = generate(random_backbone, prompt, gen_length=16, steps=16, block_length=8, entropy_bound=0.0,
+                         return_trace=True)
     assert trace0.forward_passes == 16  # bound 0 with positive entropies: one token per step
     for row in trace0.commit_step:
         assert sorted(row.tolist()) == list(range(16))
