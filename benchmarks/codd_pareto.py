@@ -196,8 +196,7 @@ def run_synthetic(a) -> dict:
     info.pop("train_loss_ema_per_100_steps", None)
     res["trained"] = {"backbone": info, **_synthetic_backbone(teacher, bb, a, rng)}
     res["seconds"] = time.perf_counter() - T0
-    _write(res, "synthetic", [("oracle backbone", res["oracle"]), ("trained backbone", res["trained"])],
-           "teacher log-likelihood of a sample", ref)
+    _write(res, "synthetic")
     return res
 
 
@@ -325,7 +324,7 @@ def run_gsm8k(a) -> dict:
                             "copy_minus_fixed_k_ci": boot_ratio(r["copy"], r["total"], rng, (base["copy"], base["total"]))})
     res["matched"] = matched
     res["seconds"] = time.perf_counter() - T0
-    _write(res, "gsm8k", [(f"GSM8K ({len(test)} test questions)", res)], "annotation validity", None, key="validity")
+    _write(res, "gsm8k")
     return res
 
 
@@ -334,10 +333,22 @@ STYLE = {"factorized": ("o-", "tab:blue"), "factorized T=tau": ("o:", "tab:gray"
          "CoDD+EB": ("s--", "tab:red"), "CoDD latent_tempered": ("^:", "tab:brown")}
 
 
-def _write(res: dict, task: str, panels: list, ylabel: str, ref: float | None, key: str = "loglik") -> None:
+def _panels(res: dict, task: str) -> list[tuple[str, dict, str, str, float | None]]:
+    """``(title, results, key, y label, reference line)`` per panel of the plot."""
+    if task == "synthetic":
+        ll, ref = "teacher log-likelihood of a sample", res["teacher_samples_loglik"]
+        return [("oracle backbone", res["oracle"], "loglik", ll, ref), ("trained backbone", res["trained"], "loglik", ll, ref)]
+    n = res["setup"]["questions"]
+    return [(f"GSM8K, {n} test questions", res, "validity", "annotation validity", None),
+            (f"GSM8K, {n} test questions", res, "copy_consistency", "copy consistency of the annotations", None)]
+
+
+def _write(res: dict, task: str, json_too: bool = True) -> None:
+    """Writes the JSON (``json_too``) and the plot of a run."""
     RESULTS.mkdir(exist_ok=True)
-    with atomic_write(RESULTS / f"codd_pareto_{task}.json", "w") as f:
-        f.write(json.dumps(res, indent=2))
+    if json_too:
+        with atomic_write(RESULTS / f"codd_pareto_{task}.json", "w") as f:
+            f.write(json.dumps(res, indent=2))
     try:
         import matplotlib
 
@@ -345,8 +356,9 @@ def _write(res: dict, task: str, panels: list, ylabel: str, ref: float | None, k
         import matplotlib.pyplot as plt
     except ImportError:
         return
+    panels = _panels(res, task)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    for ax, (title, r) in zip(axes[0], panels):
+    for ax, (title, r, key, ylabel, ref) in zip(axes[0], panels):
         for method, (fmt, color) in STYLE.items():
             pts = sorted((p for p in r["points"] if p["method"] == method), key=lambda p: p["calls"])
             if not pts:
@@ -363,8 +375,8 @@ def _write(res: dict, task: str, panels: list, ylabel: str, ref: float | None, k
         ax.set_xscale("log", base=2)
         ax.set_xlabel("backbone calls per sequence")
         ax.set_title(title)
+        ax.set_ylabel(ylabel + " (95% bootstrap CI)")
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel(ylabel + " (95% bootstrap CI)")
     fig.tight_layout()
     import io
 
@@ -411,22 +423,25 @@ def tables(task: str) -> str:
         head = (f"tau = {res['tau']} (validation: "
                 + ", ".join(f"{t}: validity {v['validity']:.3f}" for t, v in res["tau_validation"].items()) + ")")
         out += [head, "",
-                "| method | k / gamma | calls per sequence | annotation validity (valid/total) | 95% CI | copy consistent "
-                "| arithmetic holds | exact match | CoDD minus factorized, validity (95% CI) |",
-                "|---|---|---|---|---|---|---|---|---|"]
+                ("| method | k / gamma | calls per sequence | annotation validity (valid/total) | 95% CI | copy consistent "
+                 "| arithmetic holds | exact match | CoDD minus factorized: validity (95% CI) | copy consistency (95% CI) |"),
+                "|---|---|---|---|---|---|---|---|---|---|"]
         for p in res["points"]:
             knob = f"k={p['k']}" if "k" in p else f"gamma={p['gamma']}"
             d = _ci(p["validity_minus_factorized_ci"]) + " " + _sig(p["validity_minus_factorized_ci"]) \
                 if "validity_minus_factorized_ci" in p else ""
+            dc = _ci(p["copy_minus_factorized_ci"]) + " " + _sig(p["copy_minus_factorized_ci"]) \
+                if "copy_minus_factorized_ci" in p else ""
             out.append(f"| {p['method']} | {knob} | {p['calls']:.1f} | {p['validity']:.3f} ({p['valid']}/{p['annotations']}) "
                        f"| {_ci(p['validity_ci'])} | {p['copy_consistency']:.3f} | {p['arith_holds']:.3f} "
-                       f"| {p['exact_match']:.3f} | {d} |")
-        out += ["", "| budget (calls) | method | gamma (validation) | calls | validity minus fixed-k (95% CI) | significant "
-                "| copy consistency minus fixed-k (95% CI) |", "|---|---|---|---|---|---|---|"]
+                       f"| {p['exact_match']:.3f} | {d} | {dc} |")
+        out += ["", ("| budget (calls) | method | gamma (validation) | calls | validity minus fixed-k (95% CI) | significant "
+                     "| copy consistency minus fixed-k (95% CI) |"), "|---|---|---|---|---|---|---|"]
         for m in res["matched"]:
             out.append(f"| {m['budget_calls']:g} | {m['method']} vs {m['fixed_k']} | {m['gamma']} | {m['calls']:.1f} "
                        f"| {_ci(m['validity_minus_fixed_k_ci'])} | {_sig(m['validity_minus_fixed_k_ci'])} "
                        f"| {_ci(m['copy_minus_fixed_k_ci'])} |")
+    _write(res, task, json_too=False)  # the plot, redrawn from the JSON
     text = "\n".join(out) + "\n"
     with atomic_write(RESULTS / f"codd_pareto_{task}.md", "w") as f:
         f.write(text)
