@@ -18,6 +18,19 @@ proposed token; ``margin``: top-1 minus top-2 probability; ``entropy``:
 negative entropy; ``random``: uniform noise) and the best-scored positions are
 committed, the rest stay masked.
 
+Entropy-bounded unmasking (EB-Sampler, Ben-Hamu et al. 2025, arXiv
+2505.24857; the acceptance rule of DiffusionGemma): with
+``entropy_bound=gamma`` the number of tokens committed at a step is not
+fixed by the schedule. The masked positions of the active block are sorted
+by the remasking score (best first) and the step commits the longest
+prefix ``U`` with ``sum_{i in U} H_i - max_{i in U} H_i <= gamma``, where
+``H_i`` is the entropy of position ``i``'s distribution (`token_entropy`;
+with a CoDD prior, of ``p_hat``'s exact marginal in the windows where the
+prior is active). The left side bounds the mutual information that a
+factorized draw of ``U`` ignores; a one-token prefix always satisfies it,
+so every step commits at least one token. ``steps`` then caps the calls
+per block (the block's last allowed step commits everything left).
+
 Joint draws (hook for a CoDD circuit prior): the proposals above are a
 *factorized* draw, each position independent given the current ids. A
 `JointDraw` passed as ``joint_draw=`` is called, once per step and after
@@ -57,6 +70,8 @@ __all__ = [
     "JointDraw",
     "FactorizedDraw",
     "num_transfer_tokens",
+    "token_entropy",
+    "entropy_bounded_count",
     "dream_transfer_count",
     "sample_tokens",
     "confidence_scores",
@@ -228,6 +243,48 @@ class FactorizedDraw:
         return torch.where(commit, tokens, ids), conf
 
 
+def token_entropy(logits: torch.Tensor, temperature: float = 0.0) -> torch.Tensor:
+    """Entropy (nats) of ``softmax(logits)`` per position (of ``softmax(logits / temperature)`` when ``temperature > 0``).
+
+    Args:
+        logits: ``FloatTensor[..., V]`` (``-inf`` entries allowed).
+        temperature: 0 (greedy decoding: the untempered distribution) or the sampling temperature.
+
+    Returns:
+        ``FloatTensor[...]``.
+    """
+    z = logits.float() if logits.dtype != torch.float64 else logits
+    if temperature > 0.0:
+        z = z / temperature
+    logp = F.log_softmax(z, -1)
+    return -(logp.exp() * logp.clamp_min(-1e30)).nan_to_num(0.0).sum(-1)
+
+
+def entropy_bounded_count(
+    score: torch.Tensor, entropy: torch.Tensor, candidates: torch.Tensor, bound: float
+) -> torch.Tensor:
+    """EB-Sampler's per-row count: the longest score-ordered prefix whose entropy sum minus its max is ``<= bound``.
+
+    Args:
+        score: ``FloatTensor[B, L]`` remasking scores (higher = commit first).
+        entropy: ``FloatTensor[B, L]`` per-position entropies.
+        candidates: ``BoolTensor[B, L]`` positions that may be committed (the block's masked ones).
+        bound: gamma ``>= 0``.
+
+    Returns:
+        ``LongTensor[B]``: tokens to commit per row, at least 1 where a row has
+        a candidate (0 where it has none).
+    """
+    s = score.masked_fill(~candidates, float("-inf"))
+    order = s.argsort(dim=1, descending=True, stable=True)
+    valid = candidates.gather(1, order)  # [B, L] candidates first
+    h = entropy.gather(1, order).double()
+    total = torch.where(valid, h, torch.zeros_like(h)).cumsum(1)
+    top = torch.where(valid, h, torch.full_like(h, -math.inf)).cummax(1).values
+    ok = valid & (total - top <= bound)  # sum - max never decreases along the prefix, so ok is a prefix
+    return ok.sum(1).clamp_min(1) * candidates.any(1)
+
+
 def num_transfer_tokens(mask_count: torch.Tensor, steps: int) -> torch.Tensor:
     """LLaDA's uniform schedule: split each row's masked count over ``steps``.
 
@@ -336,6 +393,7 @@ def _validate(
     temperature: float,
     top_p: float,
     schedule: str,
+    entropy_bound: float | None = None,
 ) -> tuple[int, int, int]:
     check_token_ids(prompt_ids, backbone.vocab_size, "prompt_ids")
     if (prompt_ids == backbone.mask_token_id).any():
@@ -363,6 +421,10 @@ def _validate(
         raise ValueError(f"temperature: expected a finite value >= 0, got {temperature!r}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p: expected 0 < top_p <= 1, got {top_p!r}")
+    if entropy_bound is not None and (
+        isinstance(entropy_bound, bool) or not isinstance(entropy_bound, (int, float)) or not entropy_bound >= 0.0
+    ):
+        raise ValueError(f"entropy_bound: expected None or a number >= 0 (nats), got {entropy_bound!r}")
     return block_length, num_blocks, steps // num_blocks
 
 
@@ -385,6 +447,7 @@ def generate(
     pc_temperature: float = 1.0,
     sampler: str = "latent",
     attention_mask: torch.Tensor | None = None,
+    entropy_bound: float | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, GenerationTrace]:
     """Generate ``gen_length`` tokens after each prompt by masked diffusion.
 
@@ -394,7 +457,10 @@ def generate(
             lengths differ, with ``attention_mask``); never changed.
         gen_length: tokens to generate ``L``.
         steps: total denoising steps (backbone calls); ``L / steps`` tokens are
-            committed per step on average. Must be a multiple of the number of blocks.
+            committed per step on average. Must be a multiple of the number of
+            blocks. With ``entropy_bound`` it is the cap on the calls (a block
+            whose share of the steps is spent commits all it has left; pass
+            ``steps=gen_length`` for an uncapped EB-Sampler).
         block_length: block length (must divide ``gen_length``); ``None`` for
             one block over the whole window (Dream-style full-sequence diffusion).
         remasking: which proposals to commit first: ``"low_confidence"``,
@@ -413,13 +479,21 @@ def generate(
         pc_frac: gamma in ``[0, 1]``: the prior is used in a window only when
             its mask ratio is at most gamma (1: always).
         pc_temperature: tau > 0 of ``p_hat ∝ p_omega * prod p_theta^(1/tau)``.
-        sampler: the prior's sampler, ``"latent"``, ``"exact"`` or ``"any_order"``
-            (greedy decoding, ``temperature=0``, takes the MPE of ``p_hat`` instead).
+        sampler: the prior's sampler, ``"latent"`` (path under untempered
+            evidence), ``"latent_tempered"`` (the official CoDD code's step,
+            see `diffusion.codd.draw`), ``"exact"`` or ``"any_order"``
+            (greedy decoding, ``temperature=0``, takes the MPE of ``p_hat``
+            instead, except ``"latent_tempered"``: the argmax given a drawn path).
         attention_mask: ``[B, P]`` bool or 0/1 tensor, True on real prompt
             tokens and False on left padding (None: no padding). Padding is
             invisible to the backbone and the prior, so with greedy decoding
             a prompt's output is the same alone and in any batch (see the
             module docstring for the rounding caveat).
+        entropy_bound: gamma ``>= 0`` of the EB-Sampler (module docstring):
+            each step commits the longest remasking-ordered prefix of the
+            block's masked positions whose entropy sum minus its largest
+            entropy is at most gamma (at least one token); ``schedule`` is then
+            unused. None: the fixed schedule.
 
     Returns:
         ``LongTensor[B, P + L]``: prompts followed by generated tokens, with no
@@ -434,10 +508,11 @@ def generate(
             vocabulary differs from the backbone's, both ``prior`` and
             ``joint_draw``, a malformed ``attention_mask`` (see
             `diffusion.backbones.check_attention_mask`), or backbone logits with
-            NaN or ``+inf`` (or only ``-inf``) at a masked position of the active block.
+            NaN or ``+inf`` (or only ``-inf``) at a masked position of the active block,
+            or an ``entropy_bound`` that is not a number ``>= 0``.
     """
     block_length, num_blocks, steps_per_block = _validate(
-        backbone, prompt_ids, gen_length, steps, block_length, remasking, temperature, top_p, schedule
+        backbone, prompt_ids, gen_length, steps, block_length, remasking, temperature, top_p, schedule, entropy_bound
     )
     prompt_mask = check_attention_mask(attention_mask, tuple(prompt_ids.shape))
     from .codd.draw import CoDDDraw, check_codd_options
@@ -447,7 +522,10 @@ def generate(
     if prior is not None:
         if joint_draw is not None:
             raise ValueError("prior: pass either prior= or joint_draw=, not both")
-        codd = CoDDDraw(prior, backbone.vocab_size, pc_frac, pc_temperature, sampler, temperature, remasking, generator)
+        codd = CoDDDraw(
+            prior, backbone.vocab_size, pc_frac, pc_temperature, sampler, temperature, remasking, generator,
+            entropy=entropy_bound is not None,
+        )
         joint_draw = codd
     mask_id = backbone.mask_token_id
     device = backbone.device
@@ -470,7 +548,9 @@ def generate(
         for i in range(steps_per_block):
             in_block = x[:, lo:hi] == mask_id  # [B, Lb]
             n_masked = in_block.sum(1)
-            if schedule == "uniform":
+            if entropy_bound is not None:
+                k = n_masked.clone()  # the bound sets the count once the scores are known
+            elif schedule == "uniform":
                 k = torch.minimum(counts[:, i], n_masked)
             else:
                 k = dream_transfer_count(n_masked, i, steps_per_block)
@@ -494,6 +574,11 @@ def generate(
             score = confidence_scores(logp, proposal, remasking, generator)
             if codd is not None:  # joint proposals and coupled confidences from the prior
                 proposal, score = codd.rescore(x, logits, lo, hi, in_block, proposal, score, mask_id, first)
+            if entropy_bound is not None and i < steps_per_block - 1:
+                ent = token_entropy(blk_logits, temperature)  # [B, Lb]
+                if codd is not None:
+                    ent = codd.coupled_entropy(ent)
+                k = torch.minimum(entropy_bounded_count(score, ent, in_block, float(entropy_bound)), n_masked)
             score = score.masked_fill(~in_block, float("-inf"))
             order = score.argsort(dim=1, descending=True, stable=True)
             rank = torch.empty_like(order)

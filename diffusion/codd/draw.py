@@ -13,7 +13,16 @@ At every step of `diffusion.generate` with a prior:
    greedy decoding, ``temperature=0``) and the remasking confidence is
    computed from the prior's exact marginals of ``p_hat`` instead of the
    backbone's factorized ones. Other windows keep the factorized proposal
-   and confidence.
+   and confidence. ``sampler="latent_tempered"`` is the official CoDD
+   code's step instead: one latent path is drawn under the tau-tempered
+   evidence (`CoDDPrior.path_conditionals`), each position's token
+   distribution given that path, ``E_{z_i} q_i^tau`` normalised, replaces
+   its logits, the proposal is drawn from it at the generation temperature
+   (its argmax when greedy, so greedy output is random: the path is always
+   drawn) and the confidence is computed from it. With an entropy bound
+   (``generate(entropy_bound=...)``) the entropies of the active windows'
+   masked positions also come from ``p_hat``'s exact marginals
+   (`CoDDDraw.coupled_entropy`).
 2. **Drawing** (`CoDDDraw.__call__`): the committed positions take the
    joint proposal (a subset of a joint sample is a sample of the subset's
    marginal). With a block longer than the window (full-sequence diffusion),
@@ -71,11 +80,17 @@ class CoDDDraw:
         vocab_size: the backbone's vocabulary.
         pc_frac: gamma in ``[0, 1]``: the prior is used in a window whose mask ratio is ``<= gamma``.
         pc_temperature: tau > 0 of ``p_hat``.
-        sampler: ``"latent"``, ``"exact"`` or ``"any_order"``.
+        sampler: ``"latent"``, ``"latent_tempered"``, ``"exact"`` or ``"any_order"``.
         temperature: the generation temperature; 0 means greedy (the MPE of
-            ``p_hat``), any other value samples ``p_hat`` (tau is ``pc_temperature``).
-        remasking: the remasking rule (its confidence is computed from ``p_hat``'s marginals).
+            ``p_hat``; with ``"latent_tempered"`` the argmax given a drawn
+            path), any other value samples ``p_hat`` (tau is
+            ``pc_temperature``; with ``"latent_tempered"`` each token is drawn
+            from its path conditional at this temperature).
+        remasking: the remasking rule (its confidence is computed from
+            ``p_hat``'s marginals; from the path conditionals with ``"latent_tempered"``).
         generator: random generator.
+        entropy: also compute the entropies of ``p_hat``'s marginals at every
+            `rescore` (for `coupled_entropy`).
 
     Attributes:
         prior_calls: windows the prior was evaluated on.
@@ -96,6 +111,7 @@ class CoDDDraw:
         temperature: float = 1.0,
         remasking: str = "low_confidence",
         generator: torch.Generator | None = None,
+        entropy: bool = False,
     ):
         check_codd_options(pc_frac, pc_temperature, sampler)
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
@@ -115,6 +131,8 @@ class CoDDDraw:
         self.temperature = temperature
         self.remasking = remasking
         self.generator = generator
+        self.entropy = bool(entropy)
+        self._entropy: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.prior_calls = 0
         self.active_steps = 0
         self._proposal: torch.Tensor | None = None
@@ -155,11 +173,21 @@ class CoDDDraw:
         return mw_blk.any(1) & (ratio <= self.gamma)
 
     def _draw(self, xw: torch.Tensor, lw: torch.Tensor, mw: torch.Tensor) -> torch.Tensor:
+        return self._draw_cond(xw, lw, mw)[0]
+
+    def _draw_cond(
+        self, xw: torch.Tensor, lw: torch.Tensor, mw: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Joint draw ``[M, W]`` of windows, with the path conditionals ``[M, W, V]`` (``"latent_tempered"``) or None."""
         self.prior_calls += xw.shape[0]
+        if self.sampler == "latent_tempered":
+            cond = self.prior.path_conditionals(xw, lw, mw, self.tau, self.generator)
+            tok = sample_tokens(cond, self.temperature, 1.0, self.generator)
+            return torch.where(mw, tok.to(xw.device), xw), cond
         if self.temperature == 0.0:
-            return self.prior.mpe(xw, lw, mw, self.tau)
+            return self.prior.mpe(xw, lw, mw, self.tau), None
         order = self.remasking if self.remasking != "random" else "random"
-        return self.prior.sample(xw, lw, mw, self.tau, self.sampler, self.generator, order=order)
+        return self.prior.sample(xw, lw, mw, self.tau, self.sampler, self.generator, order=order), None
 
     # ------------------------------------------------------------ scoring
     def rescore(
@@ -195,6 +223,7 @@ class CoDDDraw:
         W = self.prior.window
         B, L = in_block.shape
         proposal, score = proposal.clone(), score.clone()
+        self._entropy = None
         self._first = torch.zeros(B, dtype=torch.long, device=x.device) if first is None else first.to(x.device)
         if L <= W:
             rows = torch.arange(B, device=x.device)
@@ -210,18 +239,46 @@ class CoDDDraw:
         if bool(act.any()):
             self.active_steps += 1
             r, xw, lw, mw, pos, mblk = rows[act], xw[act], lw[act], mw[act], pos[act], mblk[act]
-            tokens = self._draw(xw, lw, mw)  # [M, W]
-            post = self.prior.marginals(xw, lw, mw, self.tau)  # [M, W, V]
-            logp = torch.log(post.clamp_min(0.0)).to(score.dtype)
-            conf = confidence_scores(logp, tokens, self.remasking, self.generator)
+            tokens, cond = self._draw_cond(xw, lw, mw)  # [M, W], [M, W, V] or None
+            post = None
+            if cond is None or self.entropy:
+                post = self.prior.marginals(xw, lw, mw, self.tau)  # [M, W, V]
+            logp = cond if cond is not None else torch.log(post.clamp_min(0.0))
+            conf = confidence_scores(logp.to(score.dtype), tokens, self.remasking, self.generator)
             rr = r[:, None].expand_as(pos)[mblk]
             cc = pos[mblk] - lo
             proposal[rr, cc] = tokens[mblk]
             score[rr, cc] = conf[mblk].to(score.dtype)
+            if self.entropy:
+                p = post.clamp_min(0.0)
+                ent = -(p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))).sum(-1)  # [M, W]
+                self._entropy = (rr, cc, ent[mblk])
         self._proposal = proposal
         self._block = (lo, hi)
         self._mask_id = mask_id
         return proposal, score
+
+    def coupled_entropy(self, entropy: torch.Tensor) -> torch.Tensor:
+        """The block's per-position entropies with those of the last `rescore`'s active windows replaced.
+
+        Args:
+            entropy: ``FloatTensor[B, L]`` the backbone's (factorized) entropies of the block.
+
+        Returns:
+            ``FloatTensor[B, L]``: entropies of ``p_hat``'s exact marginals at
+            the masked positions of the windows where the prior was active
+            (the last tile's value where tiles overlap), ``entropy`` elsewhere.
+
+        Raises:
+            ValueError: the draw was built without ``entropy=True``.
+        """
+        if not self.entropy:
+            raise ValueError("entropy: build the CoDDDraw with entropy=True to get the coupled entropies")
+        out = entropy.clone()
+        if self._entropy is not None:
+            rr, cc, ent = self._entropy
+            out[rr, cc] = ent.to(out.dtype)
+        return out
 
     # ------------------------------------------------------------- drawing
     def __call__(

@@ -55,7 +55,7 @@ from ..sampling import logits_problem
 
 __all__ = ["CoDDPrior", "SAMPLE_METHODS", "ORDER_RULES"]
 
-SAMPLE_METHODS: tuple[str, ...] = ("latent", "exact", "any_order")
+SAMPLE_METHODS: tuple[str, ...] = ("latent", "latent_tempered", "exact", "any_order")
 """Accepted values of ``method`` in `CoDDPrior.sample`."""
 ORDER_RULES: tuple[str, ...] = ("low_confidence", "margin", "entropy", "random")
 """Accepted commit orders of the ``any_order`` sampler."""
@@ -725,6 +725,14 @@ class CoDDPrior:
           ``x_i | z ~ E_{z_i}(x_i) q_i^tau(x_i) / sum_c E_{z_i}(c) q_i^tau(c)``.
           So ``p_latent(x) = sum_z P(z | x_obs, q^1) prod_i E_{z_i}(x_i) q_i^tau(x_i) / N_i(z_i)``;
           at ``tau = 1`` it equals ``"exact"``.
+        * ``"latent_tempered"`` (the official CoDD code): the path is drawn
+          under the *tempered* evidence, ``P(z | x_obs, q^tau)``, then every
+          masked token from ``E_{z_i}(x_i) q_i^tau(x_i) / N_i(z_i)`` (see
+          `path_conditionals`). As a joint draw of the window this is
+          exactly ``p_hat`` (the same distribution as ``"exact"``, for every
+          tau); it differs from ``"exact"`` inside `diffusion.generate`,
+          where the per-position conditionals given the path set the
+          remasking confidence and the greedy / temperature-``T`` token.
         * ``"any_order"``: tokens committed one at a time, each from its exact
           conditional given the tokens committed before it, in the order
           ``order`` computed from the current marginals (``low_confidence``:
@@ -739,7 +747,7 @@ class CoDDPrior:
             logits: ``FloatTensor[B, W, V]`` backbone logits.
             masked: ``BoolTensor[B, W]`` positions to draw.
             temperature: ``tau > 0``.
-            method: ``"latent"``, ``"exact"`` or ``"any_order"``.
+            method: ``"latent"``, ``"latent_tempered"``, ``"exact"`` or ``"any_order"``.
             generator: random generator.
             order: commit order of ``"any_order"`` (one of `ORDER_RULES`).
 
@@ -765,7 +773,7 @@ class CoDDPrior:
                 use = torch.rand(lam.shape, generator=generator, dtype=lam.dtype, device=lam.device) < lam
             if method == "any_order":
                 out = self._sample_any_order(x, logits, masked, tau, generator, order)
-            elif method == "exact":
+            elif method in ("exact", "latent_tempered"):
                 out = self._topdown(x, logits, masked, tau, tau, generator, "sample")
             else:
                 out = self._topdown(x, logits, masked, 1.0, tau, generator, "sample")
@@ -825,11 +833,42 @@ class CoDDPrior:
         generator: torch.Generator | None,
         mode: str,
     ) -> torch.Tensor:
-        circuit = self.circuit
-        B = x.shape[0]
+        """Tokens from a selected latent path: each masked token the draw (``mode="sample"``) or argmax of its conditional."""
         out = torch.where(masked, torch.zeros_like(x), x).clone()
         if not bool(masked.any()):
             return out
+        cond, cand = self._path_leaf_logits(x, logits, masked, tau_path, tau_leaf, generator, mode)
+        pick = cond.argmax(-1) if mode == "argmax" else _gumbel_argmax(cond, generator)  # [B, W]
+        tok = pick if cand is None else cand.gather(-1, pick.unsqueeze(-1))[..., 0]
+        return torch.where(masked, tok, out)
+
+    def _path_leaf_logits(
+        self,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        masked: torch.Tensor,
+        tau_path: float,
+        tau_leaf: float,
+        generator: torch.Generator | None,
+        mode: str,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Selects a latent path and returns each position's unnormalised token log-weights given it.
+
+        The path is drawn (``mode="sample"``) from its posterior, or taken as
+        the max-product path (``mode="argmax"``), under the soft evidence
+        ``log_softmax(logits / tau_path)``; then masked position ``i`` gets
+        ``log E_{z_i}(c) + log_softmax(logits_i / tau_leaf)(c)`` over its
+        candidates ``c``.
+
+        Returns:
+            ``(cond [B, W, K], cand [B, W, K] or None)``: ``K = V`` without
+            top-k (``cand`` None); ``cond`` is 0 at observed positions.
+
+        Raises:
+            ValueError: evidence of probability 0 under the prior.
+        """
+        circuit = self.circuit
+        B = x.shape[0]
         w_path, cand = self._soft(logits, masked, tau_path, self.top_k)
         w_leaf = w_path if tau_leaf == tau_path else self._soft(logits, masked, tau_leaf, self.top_k)[0]
         semiring = "sum" if mode == "sample" else "max"
@@ -842,6 +881,7 @@ class CoDDPrior:
         row_source = torch.arange(B, device=x.device)
         sel = downward(circuit, outs, row_source, mode, generator, lw)
         tables = self._tables(detach=True)
+        cond = torch.zeros_like(w_leaf)  # [B, W, K]
         rows, cols = sel.leaf_rows, sel.leaf_cols
         for i, (blk, table) in enumerate(zip(circuit.layout.leaf_blocks, tables)):
             size = len(blk.groups) * blk.num_nodes
@@ -857,14 +897,77 @@ class CoDDPrior:
             slot = circuit._get(f"leaf{i}_slots")[g]
             if cand is None:
                 lg = table[slot, j] + w_leaf[r, var]  # [M, V]
-                tok = lg.argmax(-1) if mode == "argmax" else _gumbel_argmax(lg, generator)
             else:
-                c = cand[r, var]  # [M, K]
-                lg = table[slot.unsqueeze(1), j.unsqueeze(1), c] + w_leaf[r, var]
-                pick = lg.argmax(-1) if mode == "argmax" else _gumbel_argmax(lg, generator)
-                tok = c.gather(1, pick.unsqueeze(1))[:, 0]
-            out[r, var] = tok
-        return out
+                lg = table[slot.unsqueeze(1), j.unsqueeze(1), cand[r, var]] + w_leaf[r, var]  # [M, K]
+            cond[r, var] = lg.to(cond.dtype)
+        return cond, cand
+
+    def path_conditionals(
+        self,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        masked: torch.Tensor,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Per-position token distributions given one latent path drawn under tempered evidence.
+
+        The step of the official CoDD code (``sampler="latent_tempered"`` of
+        `diffusion.generate`): the latent path ``z`` (for an HMM the hidden
+        states) is drawn from ``P(z | x_obs, q^tau) ∝ p_omega(z, x_obs)
+        prod_{i masked} sum_c E_{z_i}(c) q_i^tau(c)`` (``q_i^tau =
+        softmax(logits_i / tau)``), and position ``i`` gets
+        ``p(x_i = c | z) = E_{z_i}(c) q_i^tau(c) / sum_c' E_{z_i}(c') q_i^tau(c')``.
+        Drawing every masked token from these conditionals samples ``p_hat``
+        exactly (the same distribution as ``method="exact"``); the generation
+        loop instead uses them as the step's logits: the remasking confidence
+        is ``p(x_i | z)`` and the token is drawn from them at the generation
+        temperature ``T`` (argmax at ``T = 0``), i.e. from
+        ``sum_z P(z | x_obs, q^tau) prod_i p(x_i | z)^(1/T) / sum_c p(c | z)^(1/T)``.
+
+        With a backoff each row keeps, with probability ``1 - lambda``, the
+        factorized component: ``q_i^tau`` itself.
+
+        Args:
+            x: ``LongTensor[B, W]`` current tokens (masked entries are ignored).
+            logits: ``FloatTensor[B, W, V]`` backbone logits.
+            masked: ``BoolTensor[B, W]``.
+            temperature: ``tau > 0``.
+            generator: random generator (the path draw).
+
+        Returns:
+            ``FloatTensor[B, W, V]`` log-probabilities: ``log p(x_i | z)`` at
+            masked positions (``-inf`` outside the top-``k`` candidates), the
+            one-hot of ``x_i`` (0 / ``-inf``) at observed ones.
+
+        Raises:
+            TypeError: ``x`` not integer or ``logits`` not float.
+            ValueError: mismatched shapes, ``tau <= 0``, logits with NaN,
+                ``+inf`` or only ``-inf`` at a masked position, or evidence of
+                probability 0.
+        """
+        tau = _check_temperature(temperature)
+        x, logits, masked = self._check(x, logits, masked)
+        B, W = x.shape
+        V = self.vocab_size
+        with torch.no_grad():
+            use = None
+            if self.backoff is not None:
+                lam = self.mix_weight(masked)
+                use = torch.rand(lam.shape, generator=generator, dtype=lam.dtype, device=lam.device) < lam
+            if bool(masked.any()):
+                cond, cand = self._path_leaf_logits(x, logits, masked, tau, tau, generator, "sample")
+            else:
+                cond, cand = self._soft(logits, masked, tau, self.top_k)
+            if use is not None:
+                w, _ = self._soft(logits, masked, tau, self.top_k)
+                cond = torch.where(use.view(B, 1, 1), cond, w)
+            cond = F.log_softmax(cond, -1)
+            if cand is not None:
+                cond = torch.full((B, W, V), -math.inf, dtype=cond.dtype, device=cond.device).scatter(-1, cand, cond)
+            onehot = torch.full((B, W, V), -math.inf, dtype=cond.dtype, device=cond.device)
+            onehot.scatter_(-1, torch.where(masked, torch.zeros_like(x), x).unsqueeze(-1), 0.0)
+            return torch.where(masked.unsqueeze(-1), cond, onehot)
 
     def _sample_any_order(
         self,

@@ -355,3 +355,133 @@ def test_llada_and_dream_wrappers_forward_their_masks():
     assert torch.equal(pair[:, 0], mask[:, :, None] & mask[:, None, :])
     assert out[0, 3].argmax() == 5 and bool((out[0, :2] == 0).all())  # shifted logits, zero at padding
     assert dream(ids).shape == (2, 4, 20) and dream.model.calls[-1]["attention_mask"] is None
+
+
+# ----------------------------------------------------------------- EB-Sampler
+class _Logged(nn.Module):
+    """Wraps a model and keeps every call's ids and logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.calls = model, []
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids)
+        self.calls.append((input_ids.clone(), out.detach().clone()))
+        return out
+
+
+def _eb_prefix(score: list[float], ent: list[float], gamma: float) -> int:
+    """The longest prefix in score order (best first, ties by position) with sum(H) - max(H) <= gamma, recomputed by hand."""
+    order = sorted(range(len(score)), key=lambda j: (-score[j], j))
+    best = 1
+    for k in range(1, len(order) + 1):
+        hs = [ent[j] for j in order[:k]]
+        if sum(hs) - max(hs) <= gamma:
+            best = k
+        else:
+            break
+    return best
+
+
+def _score_and_entropy(logits: torch.Tensor, rule: str) -> tuple[list[float], list[float]]:
+    """Greedy-proposal scores and entropies of ``logits [n, V]`` (mask column already -inf), by hand."""
+    p = torch.softmax(logits.double(), -1)
+    ent = [float(-sum(pi * math.log(pi) for pi in row.tolist() if pi > 0)) for row in p]
+    top = p.topk(2, -1).values
+    if rule == "low_confidence":
+        score = torch.log(top[:, 0]).tolist()
+    elif rule == "margin":
+        score = (top[:, 0] - top[:, 1]).tolist()
+    else:
+        score = [-h for h in ent]
+    return score, ent
+
+
+def _check_steps(calls, out, p: int, block: int, gamma: float, entropies=None, rule="low_confidence") -> int:
+    """Recomputes every step's count from the logged logits; returns the number of steps checked."""
+    states = [ids for ids, _ in calls[1:]] + [out]
+    for s, ((ids, logits), after) in enumerate(zip(calls, states)):
+        first = (ids[:, p:] == MASK).long().argmax(1)  # every row shares the block loop: the batch's earliest block
+        lo = p + int(first[(ids[:, p:] == MASK).any(1)].min()) // block * block
+        for b in range(ids.shape[0]):
+            cols = [c for c in range(lo, lo + block) if ids[b, c] == MASK]  # the active block's masked positions
+            if not cols:  # this row is done with the block and waits for the others
+                assert torch.equal(after[b], ids[b])
+                continue
+            lg = logits[b, cols].clone()
+            lg[:, MASK] = -math.inf
+            score, ent = _score_and_entropy(lg, rule)
+            if entropies is not None:
+                ent = entropies(s, b, cols)
+                score = [-h for h in ent] if rule == "entropy" else score
+            committed = [c for c in cols if after[b, c] != MASK]
+            assert len(committed) >= 1
+            hs = [ent[cols.index(c)] for c in committed]
+            assert sum(hs) - max(hs) <= gamma + 1e-9  # the bound holds
+            assert len(committed) == _eb_prefix(score, ent, gamma)  # and the prefix is the longest one
+            order = sorted(range(len(cols)), key=lambda j: (-score[j], j))
+            assert sorted(committed) == sorted(cols[j] for j in order[: len(committed)])
+    return len(calls)
+
+
+@pytest.mark.parametrize("rule", ["low_confidence", "margin", "entropy"])
+@pytest.mark.parametrize(("gamma", "block"), [(0.5, 8), (2.0, 8), (1.0, 16)])
+def test_eb_sampler_counts_satisfy_the_bound(rule, gamma, block):
+    model = _Logged(RandomModel(20, seed=1))
+    bb = MaskedLMBackbone(model, mask_token_id=MASK, vocab_size=20)
+    prompt = _prompts()
+    out, trace = generate(bb, prompt, gen_length=16, steps=16, block_length=block, remasking=rule, entropy_bound=gamma,
+                          return_trace=True)
+    assert not (out == MASK).any() and torch.equal(out[:, :5], prompt)
+    assert _check_steps(model.calls, out, 5, block, gamma, rule=rule) == trace.forward_passes
+    assert trace.forward_passes < 16  # the bound let some steps commit several tokens
+
+
+def test_eb_sampler_extremes(random_backbone):
+    prompt = _prompts()
+    _, trace = generate(random_backbone, prompt, gen_length=16, steps=16, block_length=8, entropy_bound=1e9,
+                          return_trace=True)
+    assert trace.forward_passes == 2  # a huge bound: each block in one step
+    assert (trace.commit_step[:, :8] == trace.commit_step[:, :1]).all()
+    assert (trace.commit_step[:, 8:] == trace.commit_step[:, 8:9]).all()
+    _, trace0 = generate(random_backbone, prompt, gen_length=16, steps=16, block_length=8, entropy_bound=0.0,
+                         return_trace=True)
+    assert trace0.forward_passes == 16  # bound 0 with positive entropies: one token per step
+    for row in trace0.commit_step:
+        assert sorted(row.tolist()) == list(range(16))
+    capped = generate(random_backbone, prompt, gen_length=16, steps=4, block_length=8, entropy_bound=0.0, return_trace=True)[1]
+    assert capped.forward_passes == 4  # steps caps the calls; the block's last step commits what is left
+
+
+def test_eb_sampler_with_a_prior_uses_the_coupled_entropies():
+    from diffusion import CoDDPrior
+
+    model = _Logged(RandomModel(20, seed=2))
+    bb = MaskedLMBackbone(model, mask_token_id=MASK, vocab_size=20)
+    prior = CoDDPrior.hmm(8, 3, 20, seed=0).to(torch.float64)
+    prompt = _prompts(b=2)
+    gamma, tau = 1.0, 0.7
+    out, trace = generate(bb, prompt, gen_length=8, steps=8, block_length=8, remasking="entropy", entropy_bound=gamma,
+                          prior=prior, pc_temperature=tau, return_trace=True)
+
+    def coupled(s, b, cols):  # entropies of p_hat's marginals on the window (the whole block), by the prior
+        ids, logits = model.calls[s]
+        win = ids[b : b + 1, 5:13]
+        masked = win == MASK
+        lg = logits[b : b + 1, 5:13].double().clone()
+        lg[..., MASK] = -math.inf
+        post = prior.marginals(win.masked_fill(masked, 0), lg, masked, tau)[0]
+        return [float(-(post[c - 5] * torch.log(post[c - 5].clamp_min(1e-300))).sum()) for c in cols]
+
+    assert _check_steps(model.calls, out, 5, 8, gamma, entropies=coupled, rule="entropy") == trace.forward_passes
+    # the coupled entropies are not the backbone's: the counts differ from EB without the prior
+    plain = generate(bb, prompt, gen_length=8, steps=8, block_length=8, remasking="entropy", entropy_bound=gamma,
+                     return_trace=True)[1]
+    assert not torch.equal(plain.commit_step, trace.commit_step)
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), "1", True])
+def test_eb_sampler_bad_bound(random_backbone, bad):
+    with pytest.raises(ValueError, match="entropy_bound"):
+        generate(random_backbone, _prompts(), gen_length=8, steps=8, block_length=8, entropy_bound=bad)
