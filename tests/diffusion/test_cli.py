@@ -10,6 +10,7 @@ import pytest
 from diffusion.cli import main
 from diffusion.data import BUNDLED_DATA_DIR
 from diffusion.demo import run_demo
+from tests.diffusion.fixtures import directory_naming_code, tiny_bert
 
 
 @pytest.mark.parametrize("cmd", [[], ["train-backbone"], ["generate"], ["evaluate"], ["train-prior"]])
@@ -80,9 +81,7 @@ def test_demo_runs(tiny_model, capsys):
 
 
 def test_generate_with_hf_masked_lm_directory(tmp_path, capsys):
-    from .test_backbones import _tiny_bert
-
-    path, _ = _tiny_bert(tmp_path)
+    path, _ = tiny_bert(tmp_path)
     assert main(["generate", str(path), "--prompt", "the cat", "--prompt", "a dog sat", "--gen-length", "4",
                  "--block-length", "2", "--tokens-per-step", "2"]) == 0
     out = capsys.readouterr().out
@@ -163,12 +162,10 @@ def snapshot(folder):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A plain masked-LM directory, one whose tokenizer config names code, an existing output and a data folder."""
-    from .test_backbones import _directory_naming_code, _tiny_bert
-
     d = tmp_path_factory.mktemp("codd_errors")
-    _tiny_bert(d)
+    tiny_bert(d)
     (d / "code").mkdir()
-    code_dir, marker = _directory_naming_code(d / "code", "tokenizer_config.json")
+    code_dir, marker = directory_naming_code(d / "code", "tokenizer_config.json")
     assert code_dir == d / "code" / "bert" and marker == d / "code" / "marker.txt"
     (d / "old.json").write_text('{"existing": "output"}')
     (d / "prompts.txt").write_text("the cat\n")
@@ -290,9 +287,7 @@ def test_entry_point_prints_one_line_without_traceback(workdir):
 
 
 def test_trust_remote_code_flag_reaches_the_loader(tmp_path, capsys):
-    from .test_backbones import _directory_naming_code
-
-    path, marker = _directory_naming_code(tmp_path, "tokenizer_config.json")
+    path, marker = directory_naming_code(tmp_path, "tokenizer_config.json")
     argv = ["generate", str(path), "--prompt", "the cat", "--gen-length", "2", "--block-length", "2"]
     assert main(argv) == 2 and not marker.exists()
     assert main([*argv, "--trust-remote-code"]) == 0

@@ -20,6 +20,7 @@ import torch
 
 import pcircuits as pc
 from pcircuits.io import load_with_extras
+from tests.pcircuits.fixtures import save_v1
 from tests.pcircuits.random_circuits import random_circuit, random_evidence
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,20 +56,6 @@ def assert_same(a: pc.TensorCircuit, b: pc.TensorCircuit) -> None:
     for name in a.params:
         assert a.params[name].dtype == b.params[name].dtype
         assert torch.equal(a.params[name].detach(), b.params[name].detach()), name
-
-
-def save_v1(circuit: pc.TensorCircuit, path: Path) -> None:
-    """The writer of format version 1 (pcircuits before safetensors), kept here to test reading old files."""
-    from pcircuits.io import structure_to_json
-
-    structure, arrays = structure_to_json(circuit.root)
-    header = {"format": "pcircuits", "version": 1, "structure": structure, "backend": circuit.backend}
-    payload = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
-    payload.update(arrays)
-    for name, p in circuit.params.items():
-        payload[f"param/{name}"] = p.detach().cpu().numpy()
-    with open(path, "wb") as f:
-        np.savez(f, **payload)
 
 
 def read_v2(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffusion import CoDDPrior
-from tests.diffusion.codd.test_prior import V, W, _brute, _case, _prior, _tv
+from tests.diffusion.fixtures import V, W, brute_posterior as _brute, random_case as _case, tiny_prior as _prior, total_variation as _tv
 
 
 def _mixture(prior: CoDDPrior, x, logits, masked, tau: float) -> dict[tuple[int, ...], float]:

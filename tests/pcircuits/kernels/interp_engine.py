@@ -7,7 +7,7 @@ import torch
 
 import pcircuits as pc
 from pcircuits.learning.em import expected_statistics
-from tests.pcircuits.kernels._interp_common import assert_close
+from tests.pcircuits.kernels.interp_common import assert_close
 from tests.pcircuits.random_circuits import random_circuit, random_evidence
 
 

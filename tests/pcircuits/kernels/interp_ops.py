@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tests.pcircuits.kernels._interp_common import assert_close, torch_ops, triton_ops
+from tests.pcircuits.kernels.interp_common import assert_close, torch_ops, triton_ops
 
 SHAPES = [(1, 1, 1, 1), (5, 3, 7, 4), (3, 2, 70, 19), (70, 1, 20, 3)]  # (B, G, K, n); last two cross tile edges
 
