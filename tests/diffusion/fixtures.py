@@ -166,13 +166,13 @@ def brute_posterior(prior: CoDDPrior, x, logits, masked, tau: float = 1.0) -> di
     keys, vals = [], []
     for vs in itertools.product(range(prior.vocab_size), repeat=len(pos)):
         xx = x.clone()
-        for i, v in zip(pos, vs):
+        for i, v in zip(pos, vs, strict=True):
             xx[i] = v
         keys.append(tuple(xx.tolist()))
         vals.append(prior.circuit(xx[None])[0] + sum(w[i, xx[i]] for i in pos))
     t = torch.stack(vals)
     p = (t - torch.logsumexp(t, 0)).exp()
-    return dict(zip(keys, p.tolist()))
+    return dict(zip(keys, p.tolist(), strict=True))
 
 
 def total_variation(samples: torch.Tensor, dist: dict) -> float:

@@ -56,8 +56,8 @@ def test_generate_and_evaluate(tiny_model, tmp_path, capsys):
     assert "gen_length" in capsys.readouterr().err
     out = tmp_path / "res.json"
     assert main(["evaluate", str(tiny_model), "--data", str(BUNDLED_DATA_DIR), "--examples", "3", "--questions", "2",
-                 "--gen-length", "16", "--block-length", "8", "--tokens-per-step", "1", "8", "--max-answer-tokens", "200",
-                 "--output", str(out)]) == 0
+                 "--gen-length", "16", "--block-length", "8", "--tokens-per-step", "1", "8",
+                 "--max-answer-tokens", "200", "--output", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["elbo"]["ppl_bound"] > 1
     assert [g["tokens_per_step"] for g in res["generation"]] == [1, 8]
@@ -136,8 +136,8 @@ def test_generate_prints_the_same_answer_alone_and_with_other_prompts(tmp_path, 
                            cls_token_id=tok.bos_id, sep_token_id=tok.sep_id, mask_token_id=tok.mask_id,
                            initializer_range=0.5)  # large weights: answers depend on the prompt
     torch.manual_seed(0)
-    path = save_backbone(MaskedLMBackbone(AutoModelForMaskedLM.from_config(cfg).eval(), tok.mask_id, tok.vocab_size, tok),
-                         tmp_path / "model")
+    model = AutoModelForMaskedLM.from_config(cfg).eval()
+    path = save_backbone(MaskedLMBackbone(model, tok.mask_id, tok.vocab_size, tok), tmp_path / "model")
     prompts = ["A shop sells 12 pens.", "hi?", "what is 7 times 8?"]
     for mode in (["--block-length", "4"], ["--mode", "full"]):
         common = ["--gen-length", "8", "--tokens-per-step", "2", *mode]

@@ -89,7 +89,8 @@ def _bernoulli() -> LeafCase:
         one = 1.0 / (1.0 + np.exp(-p[:, 0]))  # [n]
         return np.where(x[:, None] == 1, one, 1.0 - one)
 
-    return LeafCase(pc.Bernoulli(), torch.tensor([[-1.5], [0.3], [2.0]], dtype=torch.float64), prob, same=pc.Bernoulli())
+    params = torch.tensor([[-1.5], [0.3], [2.0]], dtype=torch.float64)
+    return LeafCase(pc.Bernoulli(), params, prob, same=pc.Bernoulli())
 
 
 def _gaussian() -> LeafCase:
@@ -100,7 +101,7 @@ def _gaussian() -> LeafCase:
 
     params = torch.tensor([[0.0, 0.0], [1.5, math.log(0.5)], [-2.0, math.log(2.0)]], dtype=torch.float64)
     # min_std bounds what EM may learn, so groups that differ in it must not share one bank
-    return LeafCase(pc.Gaussian(min_std=0.01), params, prob, same=pc.Gaussian(min_std=0.01), different=[pc.Gaussian(0.1)])
+    return LeafCase(pc.Gaussian(0.01), params, prob, same=pc.Gaussian(min_std=0.01), different=[pc.Gaussian(0.1)])
 
 
 def _indicator() -> LeafCase:
@@ -111,7 +112,11 @@ def _indicator() -> LeafCase:
         lambda p, x: (x[:, None] == p[:, 0]).astype(float),
         same=pc.Indicator(list(values), num_cats=3),
         # the indicated values are the distribution: [X = 2] is not [X = 1]
-        different=[pc.Indicator([0, 2, 2], num_cats=3), pc.Indicator([1, 2, 1], num_cats=3), pc.Indicator(values, num_cats=4)],
+        different=[
+            pc.Indicator([0, 2, 2], num_cats=3),
+            pc.Indicator([1, 2, 1], num_cats=3),
+            pc.Indicator(values, num_cats=4),
+        ],
     )
 
 
@@ -158,7 +163,8 @@ def _values(case: LeafCase) -> torch.Tensor:
 def test_every_registered_family_has_a_factory():
     missing = sorted(set(DISTRIBUTIONS) - set(FACTORIES))
     assert not missing, f"registered distributions without a contract factory in {__name__}.FACTORIES: {missing}"
-    assert set(FACTORIES) <= set(DISTRIBUTIONS), f"factories for unregistered names: {sorted(set(FACTORIES) - set(DISTRIBUTIONS))}"
+    unknown = sorted(set(FACTORIES) - set(DISTRIBUTIONS))
+    assert not unknown, f"factories for unregistered names: {unknown}"
 
 
 def test_a_family_without_a_factory_fails_by_name(monkeypatch):
@@ -474,7 +480,7 @@ def _engine_check(groups: list[tuple[Distribution, torch.Tensor, Reference]], x:
     circuit = pc.compile(root).to(torch.float64)
     weights = np.arange(1.0, n + 1) / np.arange(1.0, n + 1).sum()
     circuit.set_group_parameters(root, torch.from_numpy(weights)[None])
-    for leaf, (_, params, _) in zip(leaves, groups):
+    for leaf, (_, params, _) in zip(leaves, groups, strict=True):
         circuit.set_group_parameters(leaf, params)
     per_node = np.ones((x.shape[0], n))
     for v, (_, params, prob) in enumerate(groups):

@@ -95,7 +95,8 @@ def test_em_on_two_gloo_processes_equals_one_process(tmp_path):
         for key in ("full_ll", "mini_ll", "resumed_ll"):
             np.testing.assert_allclose(meta[key], ref[key], rtol=1e-9, err_msg=f"rank {rank} {key}")
     assert meta["files"] == ref["files"] == ["circuit-000002.safetensors", "em_state.json"]
-    assert json.loads((tmp_path / "rank0.json").read_text())["bad_data"] == "checking data failed on rank 1 (see that rank's error)"
+    bad_data = json.loads((tmp_path / "rank0.json").read_text())["bad_data"]
+    assert bad_data == "checking data failed on rank 1 (see that rank's error)"
     assert "rows 101..200" in meta["bad_data"], meta["bad_data"]
     # the resumed run equals the uninterrupted one
     for k, v in ref["mini"].items():
