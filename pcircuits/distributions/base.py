@@ -3,7 +3,7 @@
 A distribution object describes a *family* (``Categorical(5)``); an input
 group holds ``num_nodes`` members of it, each with its own raw parameter
 vector of length ``num_params``. The engine stacks the parameters of ``G``
-groups with equal signatures into one tensor ``[G, n, P]`` and calls the
+groups with equal fold keys into one tensor ``[G, n, P]`` and calls the
 methods below on whole blocks, so every method is batched.
 
 Shapes used throughout:
@@ -62,8 +62,23 @@ class Distribution:
         return {}
 
     def signature(self) -> tuple:
-        """Groups with equal signatures (and sizes) are computed as one block."""
+        """Identity of the distribution: equal signatures mean equal distributions for equal parameters.
+
+        Includes every constructor argument that changes the distribution or
+        its learning; groups may be tied (share parameters) only when their
+        signatures are equal.
+        """
         return (type(self).__name__, tuple(sorted(self.config().items())))
+
+    def fold_key(self) -> tuple:
+        """Groups with equal fold keys (and sizes) are computed as one block.
+
+        The block calls the first group's object on every member's parameter
+        rows, so the key must include everything the methods read from the
+        object itself. The default is :meth:`signature`; a family whose
+        arguments live in its parameters (an Indicator's values) folds more.
+        """
+        return self.signature()
 
     def check_num_nodes(self, num_nodes: int) -> None:
         """Raises ``ValueError`` if this family cannot fill a group of ``num_nodes`` nodes."""

@@ -60,6 +60,9 @@ class Indicator(DiscreteDistribution):
         return {"value": value, "num_cats": self._num_cats}
 
     def signature(self):
+        return ("Indicator", self._num_cats, tuple(self._values))  # [X = 1] is not [X = 2]: never tied together
+
+    def fold_key(self):
         return ("Indicator", self._num_cats)  # values live in the parameters: all indicators fold together
 
     def check_num_nodes(self, num_nodes):

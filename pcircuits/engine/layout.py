@@ -64,7 +64,7 @@ def _range_start(ix: torch.Tensor) -> int | None:
 
 @dataclass
 class LeafBlock:
-    """Input groups with equal distribution signature and size, computed together."""
+    """Input groups with equal distribution fold key (:meth:`Distribution.fold_key`) and size, computed together."""
 
     dist: Distribution
     num_nodes: int  # n, nodes per group
@@ -238,7 +238,7 @@ def build_layout(root: NodeGroup) -> Layout:
     block_of: dict[tuple, list[InputGroup]] = {}
     for g in groups:
         if isinstance(g, InputGroup):
-            block_of.setdefault((g.dist.signature(), g.num_nodes), []).append(g)
+            block_of.setdefault((g.dist.fold_key(), g.num_nodes), []).append(g)
     leaf_blocks: list[LeafBlock] = []
     offset = 0
     for i, ((_, n), members) in enumerate(block_of.items()):
@@ -246,7 +246,7 @@ def build_layout(root: NodeGroup) -> Layout:
         bank = f"leaf{i}"
         spec = BankSpec("leaf", (n, dist.num_params), dist=dist)
         slots = [slot(g, bank, spec) for g in members]
-        # tied groups of other blocks cannot exist: ties need equal signature and size
+        # tied groups of other blocks cannot exist: ties need equal signature (hence fold key) and size
         for j, g in enumerate(members):
             location[id(g)] = (0, offset + j * n)
         leaf_blocks.append(

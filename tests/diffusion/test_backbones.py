@@ -19,6 +19,7 @@ from diffusion.backbones import (
     MaskedLMBackbone,
     load_backbone,
 )
+from tests.diffusion.fixtures import directory_naming_code, tiny_bert
 
 
 class PositionModel(nn.Module):
@@ -65,25 +66,8 @@ def test_out_of_vocab_ids_rejected():
         backbone(torch.tensor([1.0, 2.0]))
 
 
-def _tiny_bert(tmp_path: Path, with_tokenizer: bool = True) -> Path:
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
-
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "a", "dog"]
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(words) + "\n")
-    cfg = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=32)
-    torch.manual_seed(0)
-    model = BertForMaskedLM(cfg).eval()
-    out = tmp_path / "bert"
-    model.save_pretrained(out)
-    if with_tokenizer:
-        BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(out)
-    return out, model
-
-
 def test_load_hf_masked_lm_directory(tmp_path):
-    path, model = _tiny_bert(tmp_path)
+    path, model = tiny_bert(tmp_path)
     backbone = load_backbone(path)
     assert isinstance(backbone, MaskedLMBackbone)
     assert backbone.mask_token_id == 4 and backbone.vocab_size == 12
@@ -95,7 +79,7 @@ def test_load_hf_masked_lm_directory(tmp_path):
 
 
 def test_hf_directory_without_mask_id(tmp_path):
-    path, _ = _tiny_bert(tmp_path, with_tokenizer=False)
+    path, _ = tiny_bert(tmp_path, with_tokenizer=False)
     with pytest.raises(ValueError, match="mask_token_id"):
         load_backbone(path)
     assert load_backbone(path, mask_token_id=4).mask_token_id == 4
@@ -107,7 +91,7 @@ def test_missing_or_incomplete_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_backbone(tmp_path / "empty")
-    path, _ = _tiny_bert(tmp_path)
+    path, _ = tiny_bert(tmp_path)
     (path / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="weights"):
         load_backbone(path)
@@ -214,45 +198,9 @@ def test_llada_dream_need_the_opt_in(tmp_path, name, model_type):
         load_backbone(path, mask_token_id=39, trust_remote_code="yes")
 
 
-_MARKER_TOKENIZER_SRC = """
-from pathlib import Path
-
-from transformers import BertTokenizer
-
-Path({marker!r}).write_text("imported")
-
-
-class MarkerTokenizer(BertTokenizer):
-    pass
-"""
-
-_MARKER_MODEL_SRC = """
-from pathlib import Path
-
-Path({marker!r}).write_text("imported")
-"""
-
-
-def _directory_naming_code(tmp_path: Path, where: str) -> tuple[Path, Path]:
-    """A plain BERT masked-LM directory whose ``where`` JSON file has an ``auto_map`` naming a Python
-    file that writes a marker file when it is imported."""
-    path, _ = _tiny_bert(tmp_path)
-    marker = tmp_path / "marker.txt"
-    if where == "tokenizer_config.json":
-        (path / "marker_tokenizer.py").write_text(_MARKER_TOKENIZER_SRC.format(marker=str(marker)))
-        auto_map = {"AutoTokenizer": ["marker_tokenizer.MarkerTokenizer", None]}
-    else:
-        (path / "marker_model.py").write_text(_MARKER_MODEL_SRC.format(marker=str(marker)))
-        auto_map = {"AutoConfig": "marker_model.MarkerConfig", "AutoModelForMaskedLM": "marker_model.MarkerModel"}
-    cfg = json.loads((path / where).read_text())
-    cfg["auto_map"] = auto_map
-    (path / where).write_text(json.dumps(cfg))
-    return path, marker
-
-
 @pytest.mark.parametrize("where", ["tokenizer_config.json", "config.json"])
 def test_no_code_from_the_directory_runs_without_the_opt_in(tmp_path, where):
-    path, marker = _directory_naming_code(tmp_path, where)
+    path, marker = directory_naming_code(tmp_path, where)
     before = {p.name: p.read_bytes() for p in path.iterdir()}
     with pytest.raises(ValueError, match="trust_remote_code") as e:
         load_backbone(path)
@@ -262,7 +210,7 @@ def test_no_code_from_the_directory_runs_without_the_opt_in(tmp_path, where):
 
 
 def test_tokenizer_code_runs_with_the_opt_in(tmp_path):
-    path, marker = _directory_naming_code(tmp_path, "tokenizer_config.json")
+    path, marker = directory_naming_code(tmp_path, "tokenizer_config.json")
     backbone = load_backbone(path, trust_remote_code=True)
     assert marker.read_text() == "imported"
     assert type(backbone.tokenizer).__name__ == "MarkerTokenizer"
@@ -270,7 +218,7 @@ def test_tokenizer_code_runs_with_the_opt_in(tmp_path):
 
 
 def test_unreadable_tokenizer_config_is_refused(tmp_path):
-    path, _ = _tiny_bert(tmp_path)
+    path, _ = tiny_bert(tmp_path)
     (path / "tokenizer_config.json").write_text("{not json")
     with pytest.raises(ValueError, match="tokenizer_config.json"):
         load_backbone(path)

@@ -10,6 +10,7 @@ import pytest
 from diffusion.cli import main
 from diffusion.data import BUNDLED_DATA_DIR
 from diffusion.demo import run_demo
+from tests.diffusion.fixtures import directory_naming_code, tiny_bert
 
 
 @pytest.mark.parametrize("cmd", [[], ["train-backbone"], ["generate"], ["evaluate"], ["train-prior"]])
@@ -55,8 +56,8 @@ def test_generate_and_evaluate(tiny_model, tmp_path, capsys):
     assert "gen_length" in capsys.readouterr().err
     out = tmp_path / "res.json"
     assert main(["evaluate", str(tiny_model), "--data", str(BUNDLED_DATA_DIR), "--examples", "3", "--questions", "2",
-                 "--gen-length", "16", "--block-length", "8", "--tokens-per-step", "1", "8", "--max-answer-tokens", "200",
-                 "--output", str(out)]) == 0
+                 "--gen-length", "16", "--block-length", "8", "--tokens-per-step", "1", "8",
+                 "--max-answer-tokens", "200", "--output", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["elbo"]["ppl_bound"] > 1
     assert [g["tokens_per_step"] for g in res["generation"]] == [1, 8]
@@ -80,9 +81,7 @@ def test_demo_runs(tiny_model, capsys):
 
 
 def test_generate_with_hf_masked_lm_directory(tmp_path, capsys):
-    from .test_backbones import _tiny_bert
-
-    path, _ = _tiny_bert(tmp_path)
+    path, _ = tiny_bert(tmp_path)
     assert main(["generate", str(path), "--prompt", "the cat", "--prompt", "a dog sat", "--gen-length", "4",
                  "--block-length", "2", "--tokens-per-step", "2"]) == 0
     out = capsys.readouterr().out
@@ -137,8 +136,8 @@ def test_generate_prints_the_same_answer_alone_and_with_other_prompts(tmp_path, 
                            cls_token_id=tok.bos_id, sep_token_id=tok.sep_id, mask_token_id=tok.mask_id,
                            initializer_range=0.5)  # large weights: answers depend on the prompt
     torch.manual_seed(0)
-    path = save_backbone(MaskedLMBackbone(AutoModelForMaskedLM.from_config(cfg).eval(), tok.mask_id, tok.vocab_size, tok),
-                         tmp_path / "model")
+    model = AutoModelForMaskedLM.from_config(cfg).eval()
+    path = save_backbone(MaskedLMBackbone(model, tok.mask_id, tok.vocab_size, tok), tmp_path / "model")
     prompts = ["A shop sells 12 pens.", "hi?", "what is 7 times 8?"]
     for mode in (["--block-length", "4"], ["--mode", "full"]):
         common = ["--gen-length", "8", "--tokens-per-step", "2", *mode]
@@ -163,12 +162,10 @@ def snapshot(folder):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A plain masked-LM directory, one whose tokenizer config names code, an existing output and a data folder."""
-    from .test_backbones import _directory_naming_code, _tiny_bert
-
     d = tmp_path_factory.mktemp("codd_errors")
-    _tiny_bert(d)
+    tiny_bert(d)
     (d / "code").mkdir()
-    code_dir, marker = _directory_naming_code(d / "code", "tokenizer_config.json")
+    code_dir, marker = directory_naming_code(d / "code", "tokenizer_config.json")
     assert code_dir == d / "code" / "bert" and marker == d / "code" / "marker.txt"
     (d / "old.json").write_text('{"existing": "output"}')
     (d / "prompts.txt").write_text("the cat\n")
@@ -290,9 +287,7 @@ def test_entry_point_prints_one_line_without_traceback(workdir):
 
 
 def test_trust_remote_code_flag_reaches_the_loader(tmp_path, capsys):
-    from .test_backbones import _directory_naming_code
-
-    path, marker = _directory_naming_code(tmp_path, "tokenizer_config.json")
+    path, marker = directory_naming_code(tmp_path, "tokenizer_config.json")
     argv = ["generate", str(path), "--prompt", "the cat", "--gen-length", "2", "--block-length", "2"]
     assert main(argv) == 2 and not marker.exists()
     assert main([*argv, "--trust-remote-code"]) == 0

@@ -19,7 +19,7 @@ from diffusion.evaluation import (
 )
 from diffusion.tokenizers import build_char_tokenizer
 
-from .conftest import SHARED_DATA
+from tests.diffusion.fixtures import SHARED_DATA
 
 
 def test_annotation_stats():

@@ -20,7 +20,7 @@ from diffusion.sampling import (
     num_transfer_tokens,
 )
 
-from .conftest import RandomModel, table_backbone
+from tests.diffusion.fixtures import RandomModel, table_backbone
 
 MASK = 19
 

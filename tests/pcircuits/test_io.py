@@ -20,6 +20,7 @@ import torch
 
 import pcircuits as pc
 from pcircuits.io import load_with_extras
+from tests.pcircuits.fixtures import save_v1
 from tests.pcircuits.random_circuits import random_circuit, random_evidence
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,24 +58,10 @@ def assert_same(a: pc.TensorCircuit, b: pc.TensorCircuit) -> None:
         assert torch.equal(a.params[name].detach(), b.params[name].detach()), name
 
 
-def save_v1(circuit: pc.TensorCircuit, path: Path) -> None:
-    """The writer of format version 1 (pcircuits before safetensors), kept here to test reading old files."""
-    from pcircuits.io import structure_to_json
-
-    structure, arrays = structure_to_json(circuit.root)
-    header = {"format": "pcircuits", "version": 1, "structure": structure, "backend": circuit.backend}
-    payload = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
-    payload.update(arrays)
-    for name, p in circuit.params.items():
-        payload[f"param/{name}"] = p.detach().cpu().numpy()
-    with open(path, "wb") as f:
-        np.savez(f, **payload)
-
-
 def read_v2(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     with safetensors.safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict: no `in`)
     return json.loads(meta["header"]), tensors, meta
 
 
@@ -320,9 +307,15 @@ V2_CASES = {
     "csv": lambda h, t, m: b"a,b,c\n1,2,3\n4,5,6\n",
     "huge_header_length": lambda h, t, m: struct.pack("<Q", 2**62) + b"{}",
     "header_not_json": lambda h, t, m: struct.pack("<Q", 8) + b"{nojson}",
-    "header_deeply_nested": lambda h, t, m: safetensors.torch.save(t, metadata={**m, "header": "[" * 100_000 + "]" * 100_000}),
-    "header_duplicate_keys": lambda h, t, m: safetensors.torch.save(t, metadata={**m, "header": '{"backend": "auto", "backend": "torch"}'}),
-    "too_many_categories": _structure(lambda g: g[0].update(dist={"type": "Indicator", "config": {"value": 0, "num_cats": 10**12}})),
+    "header_deeply_nested": lambda h, t, m: safetensors.torch.save(
+        t, metadata={**m, "header": "[" * 100_000 + "]" * 100_000}
+    ),
+    "header_duplicate_keys": lambda h, t, m: safetensors.torch.save(
+        t, metadata={**m, "header": '{"backend": "auto", "backend": "torch"}'}
+    ),
+    "too_many_categories": _structure(
+        lambda g: g[0].update(dist={"type": "Indicator", "config": {"value": 0, "num_cats": 10**12}})
+    ),
     "header_not_utf8": lambda h, t, m: struct.pack("<Q", 4) + b"\xff\xfe\xfd\xfc",
     "huge_declared_tensor": lambda h, t, m: _huge_tensor_header(),
     "wrong_version": lambda h, t, m: m.update(version="3"),
@@ -341,8 +334,12 @@ V2_CASES = {
     "unexpected_member": lambda h, t, m: t.update({"code/x": torch.zeros(3)}),
     "missing_param": lambda h, t, m: t.pop(next(k for k in t if k.startswith("param/"))),
     "missing_edges": lambda h, t, m: t.pop(next(k for k in t if k.startswith("edges/"))),
-    "param_wrong_shape": lambda h, t, m: t.update({k: v[..., :1].contiguous() for k, v in t.items() if k.startswith("param/sum")}),
-    "param_transposed": lambda h, t, m: t.update({_bank("sum_dense"): t[_bank("sum_dense")].transpose(1, 2).contiguous()}),
+    "param_wrong_shape": lambda h, t, m: t.update(
+        {k: v[..., :1].contiguous() for k, v in t.items() if k.startswith("param/sum")}
+    ),
+    "param_transposed": lambda h, t, m: t.update(
+        {_bank("sum_dense"): t[_bank("sum_dense")].transpose(1, 2).contiguous()}
+    ),
     "param_renamed": lambda h, t, m: t.update({"param/leaf99": t.pop(_bank("Categorical"))}),
     "param_int_dtype": lambda h, t, m: t.update({k: v.long() for k, v in t.items() if k.startswith("param/sum")}),
     "mixed_param_dtypes": lambda h, t, m: t.update({k: v.double() for k, v in t.items() if k.startswith("param/sum")}),
@@ -352,7 +349,10 @@ V2_CASES = {
     "edges_name_not_a_group": lambda h, t, m: t.update({"edges/99": torch.zeros(2, 1, dtype=torch.long)}),
     "extra_declared_missing": lambda h, t, m: h.update(extras={"lam": [2]}),
     "extra_bad_name": lambda h, t, m: h.update(extras={"../x": [1]}),
-    "extra_nan": lambda h, t, m: (h.update(extras={"lam": [1]}), t.update({"extra/lam": torch.tensor([float("nan")], dtype=torch.float64)})),
+    "extra_nan": lambda h, t, m: (
+        h.update(extras={"lam": [1]}),
+        t.update({"extra/lam": torch.tensor([float("nan")], dtype=torch.float64)}),
+    ),
     "bad_backend": lambda h, t, m: h.update(backend="cuda-magic"),
     "structure_missing": lambda h, t, m: h.pop("structure"),
     "groups_empty": lambda h, t, m: h["structure"].update(groups=[]),
@@ -367,7 +367,9 @@ V2_CASES = {
     "var_negative": _structure(lambda g: g[0].update(var=-1)),
     "var_beyond_inputs": _structure(lambda g: g[0].update(var=10**12)),
     "unknown_distribution": _structure(lambda g: g[0].update(dist={"type": "os.system", "config": {}})),
-    "bad_distribution_args": _structure(lambda g: g[0].update(dist={"type": "Categorical", "config": {"num_cats": -3}})),
+    "bad_distribution_args": _structure(
+        lambda g: g[0].update(dist={"type": "Categorical", "config": {"num_cats": -3}})
+    ),
     "unexpected_distribution_arg": _structure(lambda g: g[0].update(dist={"type": "Categorical", "config": {"x": 1}})),
     "tie_to_product": _structure(lambda g: g[-1].update(tie=g.index(_first(g, "product")))),
     "tie_forward": _structure(lambda g: g[0].update(tie=5)),
@@ -526,7 +528,8 @@ def _simple_file(tmp_path: Path, edit_groups) -> Path:
 
 def _huge_structure_file(tmp_path: Path) -> Path:
     # a group of 2**26 nodes over 1000 categories: 6.7e10 parameters the file does not hold
-    return _simple_file(tmp_path, lambda g: g[0].update(num_nodes=2**26, dist={"type": "Categorical", "config": {"num_cats": 1000}}))
+    big = {"type": "Categorical", "config": {"num_cats": 1000}}
+    return _simple_file(tmp_path, lambda g: g[0].update(num_nodes=2**26, dist=big))
 
 
 def _huge_ties_file(tmp_path: Path) -> Path:
@@ -560,10 +563,12 @@ def test_huge_declared_arrays_are_refused_fast_without_allocating(tmp_path):
     _replace_member(paths["v1_member"], name, _npy_bytes("(100000, 100000, 10)"))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     args = [str(paths[k]) for k in EXPECTED_REFUSAL]
-    out = subprocess.run([sys.executable, "-c", HUGE_SCRIPT, *args], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", HUGE_SCRIPT, *args], capture_output=True, text=True, env=env, timeout=120
+    )
     lines = out.stdout.splitlines()
     assert len(lines) == len(EXPECTED_REFUSAL), out.stdout + out.stderr
-    for kind, line in zip(EXPECTED_REFUSAL, lines):
+    for kind, line in zip(EXPECTED_REFUSAL, lines, strict=True):
         assert line.startswith("VALUEERROR"), line
         _, seconds, peak, message = line.split(" ", 3)
         assert EXPECTED_REFUSAL[kind] in message and str(paths[kind]) in message, message

@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from diffusion import CoDDPrior
-from tests.diffusion.codd.test_prior import V, W, _brute, _case, _prior, _tv
+from tests.diffusion.fixtures import V, W
+from tests.diffusion.fixtures import brute_posterior as _brute
+from tests.diffusion.fixtures import random_case as _case
+from tests.diffusion.fixtures import tiny_prior as _prior
+from tests.diffusion.fixtures import total_variation as _tv
 
 
 def _mixture(prior: CoDDPrior, x, logits, masked, tau: float) -> dict[tuple[int, ...], float]:

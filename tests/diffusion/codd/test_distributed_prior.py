@@ -29,7 +29,7 @@ from diffusion import CoDDPrior
 from diffusion.cli import main
 from diffusion.codd.training import fit_prior
 from diffusion.data import BUNDLED_DATA_DIR
-from tests.pcircuits.learning.test_distributed import TIMEOUT_S, WORLD, spawn
+from tests.pcircuits.fixtures import TIMEOUT_S, WORLD, spawn
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 

@@ -14,7 +14,7 @@ import torch
 
 import pcircuits as pc
 from diffusion.codd.prior import CoDDPrior
-from tests.pcircuits.test_io import save_v1
+from tests.pcircuits.fixtures import save_v1
 
 ROOT = Path(__file__).resolve().parents[3]
 BACKOFF = [0.25, 0.5, 0.875, 1.0]

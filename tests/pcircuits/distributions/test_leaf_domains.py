@@ -38,7 +38,8 @@ def test_xor_likelihood_marginals_mpe_and_sampling():
     assert torch.allclose(got[0, 1], torch.tensor([0.0, 1.0], dtype=torch.float64))
     assert torch.allclose(got[1], torch.full((2, 2), 0.5, dtype=torch.float64))
     # MPE completes X1 = not X0
-    got, logp = pc.mpe(circuit, torch.tensor([[0, 0], [1, 0]]), torch.tensor([[False, True], [False, True]]), return_log_prob=True)
+    miss = torch.tensor([[False, True], [False, True]])
+    got, logp = pc.mpe(circuit, torch.tensor([[0, 0], [1, 0]]), miss, return_log_prob=True)
     assert torch.equal(got, torch.tensor([[0, 1], [1, 0]]))
     assert torch.allclose(logp, torch.full((2,), math.log(0.5), dtype=torch.float64))
     # samples: only 01 and 10, half each

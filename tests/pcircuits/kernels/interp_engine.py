@@ -1,4 +1,7 @@
-"""Compiled circuits on the triton backend against the torch backend (run with TRITON_INTERPRET=1; see test_triton_backend.py)."""
+"""Compiled circuits on the triton backend against the torch backend.
+
+Run with TRITON_INTERPRET=1; see test_triton_backend.py.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import torch
 
 import pcircuits as pc
 from pcircuits.learning.em import expected_statistics
-from tests.pcircuits.kernels._interp_common import assert_close
+from tests.pcircuits.kernels.interp_common import assert_close
 from tests.pcircuits.random_circuits import random_circuit, random_evidence
 
 
@@ -54,7 +57,7 @@ def test_likelihood_em_statistics_gradients_and_mpe_match_torch(seed):
         g = torch.autograd.grad(top[fin].sum(), list(lw.values()), allow_unused=True) if fin.any() else [None] * len(lw)
         outs.append((top, g))
     assert_close(outs[1][0], outs[0][0])
-    for ga, gb in zip(outs[0][1], outs[1][1]):
+    for ga, gb in zip(outs[0][1], outs[1][1], strict=True):
         if ga is not None and gb is not None:
             assert_close(gb, ga, atol=1e-7)
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tests.pcircuits.kernels._interp_common import assert_close, torch_ops, triton_ops
+from tests.pcircuits.kernels.interp_common import assert_close, torch_ops, triton_ops
 
 SHAPES = [(1, 1, 1, 1), (5, 3, 7, 4), (3, 2, 70, 19), (70, 1, 20, 3)]  # (B, G, K, n); last two cross tile edges
 
@@ -31,7 +31,7 @@ def test_dense_sum_forward_backward(shape, semiring):
     c, w, dy = _inputs(*shape, seed=sum(shape))
     got = _grads(triton_ops.dense_sum, c, w, dy, semiring)
     want = _grads(torch_ops.dense_sum, c, w, dy, semiring)
-    for g, r in zip(got, want):
+    for g, r in zip(got, want, strict=True):
         assert_close(g, r)
 
 
@@ -40,7 +40,7 @@ def test_dense_sum_float64():
     got = _grads(triton_ops.dense_sum, c, w, dy, "sum")
     want = _grads(torch_ops.dense_sum, c, w, dy, "sum")
     assert got[0].dtype == torch.float64
-    for g, r in zip(got, want):
+    for g, r in zip(got, want, strict=True):
         assert_close(g, r, rtol=1e-12)
 
 
@@ -51,7 +51,7 @@ def test_dense_sum_stable_at_large_magnitudes(offset):
     got = _grads(triton_ops.dense_sum, c, w, dy, "sum")
     want = _grads(torch_ops.dense_sum, c, w, dy, "sum")
     assert torch.isfinite(got[0]).all()
-    for g, r in zip(got, want):
+    for g, r in zip(got, want, strict=True):
         assert_close(g, r)
 
 
@@ -105,7 +105,7 @@ def test_soft_evidence_forward_backward(shared):
     for f, t in ((triton_ops.soft_evidence_lse, table), (torch_ops.soft_evidence_lse, table.expand(G, -1, -1))):
         y = f(ev, t)
         outs.append((y, *torch.autograd.grad(y, (ev, table), dy)))
-    for g, r in zip(*outs):
+    for g, r in zip(*outs, strict=True):
         assert_close(g, r)
     assert torch.isneginf(outs[0][0][0, 1]).all()
     assert (outs[0][1][0, 1] == 0).all()
@@ -115,7 +115,8 @@ def test_soft_evidence_recomputes_underflowing_entries_exactly():
     gen = torch.Generator().manual_seed(9)
     B, G, n, C = 2, 1, 3, 50
     ev = torch.randn(B, G, C, generator=gen) * 1e4  # peaked evidence ...
-    table = torch.log_softmax(-ev[0:1].clone() + torch.randn(1, n, C, generator=gen), -1)  # ... that disagrees with the table
+    # ... that disagrees with the table
+    table = torch.log_softmax(-ev[0:1].clone() + torch.randn(1, n, C, generator=gen), -1)
     got = triton_ops.soft_evidence_lse(ev, table)
     want = torch.logsumexp(ev.unsqueeze(2).double() + table.unsqueeze(0).double(), -1)
     assert torch.isfinite(got).all()

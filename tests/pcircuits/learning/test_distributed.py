@@ -5,21 +5,16 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import pcircuits as pc
 from pcircuits import distributed as pdist
-from tests.pcircuits.learning.test_em import _nltcs
-
-WORLD = 2
-TIMEOUT_S = 120
+from tests.pcircuits.fixtures import TIMEOUT_S, WORLD, nltcs, spawn
 
 
 def _circuit(seed: int) -> pc.TensorCircuit:
@@ -31,7 +26,7 @@ def _circuit(seed: int) -> pc.TensorCircuit:
 
 def _data() -> tuple[torch.Tensor, torch.Tensor]:
     """201 NLTCS rows (odd, so shares and the last mini-batch of 50 are uneven) and 10% missing entries."""
-    x = _nltcs(201)
+    x = nltcs(201)
     g = torch.Generator().manual_seed(3)
     return x, torch.rand(x.shape, generator=g) < 0.1
 
@@ -84,18 +79,6 @@ def _worker(rank: int, store: str, outdir: str) -> None:
         dist.destroy_process_group()
 
 
-def spawn(fn, args: tuple, timeout_s: float = TIMEOUT_S) -> None:
-    """Runs ``fn(rank, *args)`` on ``WORLD`` spawned processes; fails on an error or after ``timeout_s``."""
-    ctx = mp.start_processes(fn, args=args, nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout_s
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"distributed workers did not finish within {timeout_s} s")
-
-
 def test_em_on_two_gloo_processes_equals_one_process(tmp_path):
     spawn(_worker, (str(tmp_path / "store"), str(tmp_path)))
     ref_dir = tmp_path / "single"
@@ -112,7 +95,8 @@ def test_em_on_two_gloo_processes_equals_one_process(tmp_path):
         for key in ("full_ll", "mini_ll", "resumed_ll"):
             np.testing.assert_allclose(meta[key], ref[key], rtol=1e-9, err_msg=f"rank {rank} {key}")
     assert meta["files"] == ref["files"] == ["circuit-000002.safetensors", "em_state.json"]
-    assert json.loads((tmp_path / "rank0.json").read_text())["bad_data"] == "checking data failed on rank 1 (see that rank's error)"
+    bad_data = json.loads((tmp_path / "rank0.json").read_text())["bad_data"]
+    assert bad_data == "checking data failed on rank 1 (see that rank's error)"
     assert "rows 101..200" in meta["bad_data"], meta["bad_data"]
     # the resumed run equals the uninterrupted one
     for k, v in ref["mini"].items():

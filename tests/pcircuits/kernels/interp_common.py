@@ -8,7 +8,9 @@ import sys
 import pytest
 
 if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("triton was imported without TRITON_INTERPRET=1; run through test_triton_backend.py", allow_module_level=True)
+    pytest.skip(
+        "triton was imported without TRITON_INTERPRET=1; run through test_triton_backend.py", allow_module_level=True
+    )
 os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
