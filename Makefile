@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m pcircuits.demo
+	$(PY) demo.py
 
 test: $(VENV)/.installed
 	$(PY) -m pytest tests -q

@@ -34,7 +34,7 @@ import torch
 
 import pcircuits as pc
 from pcircuits.datasets import DEBD_DATASETS, load_debd
-from pcircuits.learning.chow_liu import learn_hclt
+from pcircuits.learning.hclt import learn_hclt
 from pcircuits.learning.learnspn import learn_spn
 
 #: Test log-likelihoods of HCLT (Liu & Van den Broeck, NeurIPS 2021), nats per example.

@@ -620,48 +620,70 @@ def load_backbone(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if is_diffusion_gemma_dir(path):
         return load_diffusion_gemma(path, device=device, dtype=dtype)
-    from transformers import AutoModel, AutoModelForMaskedLM
-
     kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
-
     if (path / BACKBONE_META_FILE).is_file():
-        meta = json.loads((path / BACKBONE_META_FILE).read_text())
-        if not isinstance(meta, dict) or (mask_token_id is None and not isinstance(meta.get("mask_token_id"), int)):
-            raise ValueError(f"path: {path / BACKBONE_META_FILE} must be a JSON object with an integer mask_token_id")
-        tokenizer = load_tokenizer(path) if (path / TOKENIZER_META_FILE).is_file() else None
-        model = _from_pretrained(AutoModelForMaskedLM, path, **kwargs)
-        mid = mask_token_id if mask_token_id is not None else meta["mask_token_id"]
-        backbone: Backbone = MaskedLMBackbone(model, mid, meta.get("vocab_size"), tokenizer)
+        backbone = _load_project_backbone(path, mask_token_id, kwargs)
     else:
         kind = _kind_of(config)
         tokenizer = _load_hf_tokenizer(path, trust_remote_code)
         if kind in ("llada", "dream"):
-            auto_map = config.get("auto_map", {})
-            if not auto_map:
-                raise FileNotFoundError(f"incomplete {kind} directory {path}: config.json has no auto_map for remote code")
-            for ref in auto_map.values():
-                ref = ref[0] if isinstance(ref, (list, tuple)) else ref
-                if ref and "--" not in ref:
-                    module_file = path / (ref.rsplit(".", 1)[0] + ".py")
-                    if not module_file.is_file():
-                        raise FileNotFoundError(f"incomplete {kind} directory {path}: missing {module_file.name}")
-            model = _from_pretrained(AutoModel, path, **kwargs)
-            cls = LLaDABackbone if kind == "llada" else DreamBackbone
-            default = LLADA_MASK_TOKEN_ID if kind == "llada" else DREAM_MASK_TOKEN_ID
-            backbone = cls(model, mask_token_id if mask_token_id is not None else default, None, tokenizer)
+            backbone = _load_remote_code_backbone(path, kind, config, tokenizer, mask_token_id, kwargs)
         else:
-            model = _from_pretrained(AutoModelForMaskedLM, path, **kwargs)
-            mid = mask_token_id
-            if mid is None and tokenizer is not None:
-                mid = getattr(tokenizer, "mask_token_id", None)
-            if mid is None:
-                mid = config.get("mask_token_id")
-            if mid is None:
-                raise ValueError(
-                    f"mask_token_id: {path} names no mask token (no tokenizer with a mask token, "
-                    "no mask_token_id in config.json); pass mask_token_id"
-                )
-            backbone = MaskedLMBackbone(model, mid, None, tokenizer)
+            backbone = _load_masked_lm(path, config, tokenizer, mask_token_id, kwargs)
     return backbone.to(device).eval()
+
+
+def _load_project_backbone(path: Path, mask_token_id: int | None, kwargs: dict[str, Any]) -> Backbone:
+    """The project's own model (``codd_backbone.json``), with its tokenizer when it has one."""
+    from transformers import AutoModelForMaskedLM
+
+    meta = json.loads((path / BACKBONE_META_FILE).read_text())
+    if not isinstance(meta, dict) or (mask_token_id is None and not isinstance(meta.get("mask_token_id"), int)):
+        raise ValueError(f"path: {path / BACKBONE_META_FILE} must be a JSON object with an integer mask_token_id")
+    tokenizer = load_tokenizer(path) if (path / TOKENIZER_META_FILE).is_file() else None
+    model = _from_pretrained(AutoModelForMaskedLM, path, **kwargs)
+    mid = mask_token_id if mask_token_id is not None else meta["mask_token_id"]
+    return MaskedLMBackbone(model, mid, meta.get("vocab_size"), tokenizer)
+
+
+def _load_remote_code_backbone(
+    path: Path, kind: str, config: dict, tokenizer: Any, mask_token_id: int | None, kwargs: dict[str, Any]
+) -> Backbone:
+    """A LLaDA or Dream directory (``kind``), whose model code the ``auto_map`` of ``config`` names."""
+    from transformers import AutoModel
+
+    auto_map = config.get("auto_map", {})
+    if not auto_map:
+        raise FileNotFoundError(f"incomplete {kind} directory {path}: config.json has no auto_map for remote code")
+    for ref in auto_map.values():
+        ref = ref[0] if isinstance(ref, (list, tuple)) else ref
+        if ref and "--" not in ref:
+            module_file = path / (ref.rsplit(".", 1)[0] + ".py")
+            if not module_file.is_file():
+                raise FileNotFoundError(f"incomplete {kind} directory {path}: missing {module_file.name}")
+    model = _from_pretrained(AutoModel, path, **kwargs)
+    cls = LLaDABackbone if kind == "llada" else DreamBackbone
+    default = LLADA_MASK_TOKEN_ID if kind == "llada" else DREAM_MASK_TOKEN_ID
+    return cls(model, mask_token_id if mask_token_id is not None else default, None, tokenizer)
+
+
+def _load_masked_lm(
+    path: Path, config: dict, tokenizer: Any, mask_token_id: int | None, kwargs: dict[str, Any]
+) -> Backbone:
+    """Any other ``AutoModelForMaskedLM`` directory; the mask id comes from the argument, the tokenizer or ``config``."""
+    from transformers import AutoModelForMaskedLM
+
+    model = _from_pretrained(AutoModelForMaskedLM, path, **kwargs)
+    mid = mask_token_id
+    if mid is None and tokenizer is not None:
+        mid = getattr(tokenizer, "mask_token_id", None)
+    if mid is None:
+        mid = config.get("mask_token_id")
+    if mid is None:
+        raise ValueError(
+            f"mask_token_id: {path} names no mask token (no tokenizer with a mask token, "
+            "no mask_token_id in config.json); pass mask_token_id"
+        )
+    return MaskedLMBackbone(model, mid, None, tokenizer)

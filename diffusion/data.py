@@ -42,7 +42,7 @@ __all__ = [
     "encode_prompts",
 ]
 
-BUNDLED_DATA_DIR = Path(__file__).resolve().parent / "data"
+BUNDLED_DATA_DIR = Path(__file__).resolve().parent / "bundled"
 """Small GSM8K subset shipped with the package (``gsm8k_train.jsonl``, ``gsm8k_test.jsonl``, MIT ``LICENSE``)."""
 
 

@@ -80,36 +80,13 @@ def run_demo(
     if threads:
         torch.set_num_threads(threads)
     start = time.perf_counter()
-    if model_dir is None and (SHIPPED_BACKBONE_DIR / "codd_backbone.json").is_file():
-        model_dir = SHIPPED_BACKBONE_DIR
-    if model_dir is not None:
-        backbone = load_backbone(model_dir)
-        source = str(model_dir)
-    else:
-        backbone = _tiny_backbone(train_seconds, log)
-        source = "tiny backbone trained on the bundled data"
+    backbone, source = _demo_backbone(model_dir, train_seconds, log)
     tok = backbone.tokenizer
     test = load_gsm8k("test", BUNDLED_DATA_DIR)
     fits = [e for e in test if len(tok.encode(e.answer)) < gen_length]
     held = (fits or sorted(test, key=lambda e: len(tok.encode(e.answer))))[:questions]
     prompts = encode_prompts([e.question for e in held], tok)
-    results: dict[int, dict[str, Any]] = {}
-    for k in (1, 8):
-        t0 = time.perf_counter()
-        out = generate(backbone, prompts, gen_length=gen_length, steps=gen_length // k, block_length=block_length,
-                       attention_mask=left_padding_mask(prompts, tok.pad_id))
-        seconds = time.perf_counter() - t0
-        answers = []
-        valid = total = 0
-        for row in out[:, prompts.shape[1] :].tolist():
-            if tok.eos_id in row:
-                row = row[: row.index(tok.eos_id)]
-            text = tok.decode(row)
-            st = annotation_stats(text)
-            valid += st["valid"]
-            total += st["total"]
-            answers.append(text)
-        results[k] = {"answers": answers, "valid": valid, "total": total, "seconds": seconds}
+    results = {k: _answer(backbone, prompts, k, gen_length, block_length) for k in (1, 8)}
     log(f"model: {source}")
     for i, ex in enumerate(held):
         log(f"\nQ: {ex.question}")
@@ -120,3 +97,34 @@ def run_demo(
         log(f"\n{k} token(s)/step: {r['valid']}/{r['total']} valid calculator annotations, {r['seconds']:.1f}s")
     log(f"demo finished in {time.perf_counter() - start:.1f}s")
     return {"model": source, "results": results}
+
+
+def _demo_backbone(
+    model_dir: str | Path | None, train_seconds: float, log: Callable[[str], Any]
+) -> tuple[Backbone, str]:
+    """The backbone of ``model_dir``, else the shipped one, else a tiny one trained now; and where it came from."""
+    if model_dir is None and (SHIPPED_BACKBONE_DIR / "codd_backbone.json").is_file():
+        model_dir = SHIPPED_BACKBONE_DIR
+    if model_dir is not None:
+        return load_backbone(model_dir), str(model_dir)
+    return _tiny_backbone(train_seconds, log), "tiny backbone trained on the bundled data"
+
+
+def _answer(backbone: Backbone, prompts: torch.Tensor, k: int, gen_length: int, block_length: int) -> dict[str, Any]:
+    """Answers to ``prompts`` ``[B, P]`` at ``k`` tokens per step, with their annotation counts and the time taken."""
+    tok = backbone.tokenizer
+    t0 = time.perf_counter()
+    out = generate(backbone, prompts, gen_length=gen_length, steps=gen_length // k, block_length=block_length,
+                   attention_mask=left_padding_mask(prompts, tok.pad_id))  # [B, P + gen_length]
+    seconds = time.perf_counter() - t0
+    answers = []
+    valid = total = 0
+    for row in out[:, prompts.shape[1] :].tolist():
+        if tok.eos_id in row:
+            row = row[: row.index(tok.eos_id)]
+        text = tok.decode(row)
+        st = annotation_stats(text)
+        valid += st["valid"]
+        total += st["total"]
+        answers.append(text)
+    return {"answers": answers, "valid": valid, "total": total, "seconds": seconds}

@@ -10,7 +10,12 @@
   annotations).
 * `evaluate_generation`: few-step generation on held-out questions at
   several tokens-per-step settings, with exact match, annotation validity and
-  tokens per second.
+  tokens per second; `GenerationEvalConfig` holds its settings. Per setting
+  it runs two phases: *generation* (`_generate_answers`) and *scoring*
+  (`_score_answers`, `_generation_record`).
+* `evaluate_backbone`: all of the above on one held-out set.
+
+Shapes: ``B`` sequences per batch, ``P`` prompt tokens, ``G`` generated tokens.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ import math
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from pcircuits.learning.checks import build_config
 
 from .backbones import Backbone
 from .data import EncodedExample, QAExample, collate, encode_prompts, encode_qa
@@ -33,6 +41,7 @@ __all__ = [
     "loglik_by_mask_ratio",
     "extract_final_answer",
     "annotation_stats",
+    "GenerationEvalConfig",
     "evaluate_generation",
     "evaluate_backbone",
     "DEFAULT_BINS",
@@ -225,18 +234,51 @@ def annotation_stats(text: str) -> dict[str, int]:
     return {"total": total, "wellformed": wellformed, "valid": valid, "arith_ok": arith_ok, "copy_ok": copy_ok}
 
 
+@dataclass
+class GenerationEvalConfig:
+    """Settings of `evaluate_generation` (each can also be passed to it as a keyword).
+
+    Attributes:
+        tokens_per_step: tokens committed per step ``k`` (each must divide ``block_length``).
+        gen_length: generated tokens per question.
+        block_length: semi-autoregressive block length.
+        remasking: remasking rule (see `diffusion.generate`).
+        temperature: sampling temperature (0: greedy).
+        batch_size: questions per generation batch.
+        seed: sampling seed.
+        keep_samples: decoded samples kept per setting for inspection.
+        progress: print progress lines.
+
+    Raises:
+        ValueError: ``tokens_per_step`` holds a value that is not a positive
+            int or does not divide ``block_length``.
+    """
+
+    tokens_per_step: Sequence[int] = (1, 2, 4, 8)
+    gen_length: int = 128
+    block_length: int = 32
+    remasking: str = "low_confidence"
+    temperature: float = 0.0
+    batch_size: int = 50
+    seed: int = 0
+    keep_samples: int = 3
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        for k in self.tokens_per_step:
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise ValueError(f"tokens_per_step: expected positive ints, got {k!r}")
+        for k in self.tokens_per_step:
+            if self.block_length % k:
+                raise ValueError(f"tokens_per_step: {k} does not divide block_length={self.block_length}")
+
+
 def evaluate_generation(
     backbone: Backbone,
     examples: Sequence[QAExample],
-    tokens_per_step: Sequence[int] = (1, 2, 4, 8),
-    gen_length: int = 128,
-    block_length: int = 32,
-    remasking: str = "low_confidence",
-    temperature: float = 0.0,
-    batch_size: int = 50,
-    seed: int = 0,
-    keep_samples: int = 3,
-    progress: bool = False,
+    *,
+    config: GenerationEvalConfig | None = None,
+    **options: Any,
 ) -> list[dict[str, Any]]:
     """Few-step generation quality and speed on held-out questions.
 
@@ -247,15 +289,9 @@ def evaluate_generation(
     Args:
         backbone: a backbone with a project tokenizer attached.
         examples: held-out question-answer pairs.
-        tokens_per_step: tokens committed per step ``k`` (must divide ``block_length``).
-        gen_length: generated tokens per question.
-        block_length: semi-autoregressive block length.
-        remasking: remasking rule (see `diffusion.generate`).
-        temperature: sampling temperature (0: greedy).
-        batch_size: questions per generation batch.
-        seed: sampling seed.
-        keep_samples: decoded samples kept per setting for inspection.
-        progress: print progress lines.
+        config: the settings (``None``: the defaults of `GenerationEvalConfig`).
+        **options: fields of `GenerationEvalConfig` replacing those of ``config``,
+            e.g. ``evaluate_generation(bb, ex, tokens_per_step=(1, 8))``.
 
     Returns:
         One dict per ``k``: ``tokens_per_step``, ``steps``, ``exact_match``,
@@ -265,80 +301,97 @@ def evaluate_generation(
         ``annotations_valid``, ``answers_all_valid``
         (fraction of answers with at least one annotation, all valid),
         ``tokens_per_second``, ``seconds``, ``samples``.
-    """
-    from .sampling import generate, left_padding_mask
 
+    Raises:
+        ValueError: no examples, or a bad ``tokens_per_step``.
+        TypeError: an option that is not a field of `GenerationEvalConfig`.
+    """
     if not examples:
         raise ValueError("examples: no questions to generate for")
-    for k in tokens_per_step:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"tokens_per_step: expected positive ints, got {k!r}")
-    tok = backbone.tokenizer
+    cfg = build_config(GenerationEvalConfig, config, options, "evaluate_generation")
     results = []
-    for k in tokens_per_step:
-        if block_length % k:
-            raise ValueError(f"tokens_per_step: {k} does not divide block_length={block_length}")
-        steps = gen_length // k
-        texts: list[str] = []
+    for k in cfg.tokens_per_step:
         t0 = time.perf_counter()
-        for s in range(0, len(examples), batch_size):
-            chunk = examples[s : s + batch_size]
-            prompts = encode_prompts([e.question for e in chunk], tok).to(backbone.device)
-            out = generate(
-                backbone,
-                prompts,
-                attention_mask=left_padding_mask(prompts, tok.pad_id),
-                gen_length=gen_length,
-                steps=steps,
-                block_length=block_length,
-                remasking=remasking,
-                temperature=temperature,
-                generator=torch.Generator().manual_seed(seed + s),
-            )
-            for row in out[:, prompts.shape[1] :].tolist():
-                if tok.eos_id in row:
-                    row = row[: row.index(tok.eos_id)]
-                texts.append(tok.decode(row))
+        texts = _generate_answers(backbone, examples, cfg.gen_length // k, cfg)
         seconds = time.perf_counter() - t0
-        em = ann_total = ann_wf = ann_valid = ann_arith = ann_copy = all_valid = 0
-        for text, ex in zip(texts, examples):
-            ref = extract_final_answer(ex.answer)
-            pred = extract_final_answer(text)
-            em += ref is not None and pred is not None and _close(ref, pred)
-            st = annotation_stats(text)
-            ann_total += st["total"]
-            ann_wf += st["wellformed"]
-            ann_valid += st["valid"]
-            ann_arith += st["arith_ok"]
-            ann_copy += st["copy_ok"]
-            all_valid += st["total"] > 0 and st["valid"] == st["total"]
-        n = len(examples)
-        rec = {
-            "tokens_per_step": k,
-            "steps": steps,
-            "exact_match": em / n,
-            "annotation_validity": ann_valid / max(ann_total, 1),
-            "arith_ok_rate": ann_arith / max(ann_total, 1),
-            "copy_ok_rate": ann_copy / max(ann_total, 1),
-            "annotations_per_answer": ann_total / n,
-            "wellformed_per_answer": ann_wf / n,
-            "wellformed_rate": ann_wf / max(ann_total, 1),
-            "valid_per_answer": ann_valid / n,
-            "annotations_total": ann_total,
-            "annotations_valid": ann_valid,
-            "answers_all_valid": all_valid / n,
-            "tokens_per_second": n * gen_length / seconds,
-            "seconds": seconds,
-            "samples": texts[:keep_samples],
-        }
-        if progress:
+        rec = _generation_record(k, cfg.gen_length // k, _score_answers(texts, examples), texts, seconds, cfg)
+        if cfg.progress:
             print(
-                f"k={k} steps={steps} EM={rec['exact_match']:.3f} validity={rec['annotation_validity']:.3f} "
-                f"({ann_valid}/{ann_total}) tok/s={rec['tokens_per_second']:.1f}",
+                f"k={k} steps={rec['steps']} EM={rec['exact_match']:.3f} validity={rec['annotation_validity']:.3f} "
+                f"({rec['annotations_valid']}/{rec['annotations_total']}) tok/s={rec['tokens_per_second']:.1f}",
                 flush=True,
             )
         results.append(rec)
     return results
+
+
+def _generate_answers(
+    backbone: Backbone, examples: Sequence[QAExample], steps: int, cfg: GenerationEvalConfig
+) -> list[str]:
+    """Generation phase: the decoded answers (up to their first ``[EOS]``) in ``steps`` steps, batch by batch."""
+    from .sampling import generate, left_padding_mask
+
+    tok = backbone.tokenizer
+    texts: list[str] = []
+    for s in range(0, len(examples), cfg.batch_size):
+        chunk = examples[s : s + cfg.batch_size]
+        prompts = encode_prompts([e.question for e in chunk], tok).to(backbone.device)  # [B, P]
+        out = generate(
+            backbone,
+            prompts,
+            attention_mask=left_padding_mask(prompts, tok.pad_id),
+            gen_length=cfg.gen_length,
+            steps=steps,
+            block_length=cfg.block_length,
+            remasking=cfg.remasking,
+            temperature=cfg.temperature,
+            generator=torch.Generator().manual_seed(cfg.seed + s),
+        )  # [B, P + G]
+        for row in out[:, prompts.shape[1] :].tolist():
+            if tok.eos_id in row:
+                row = row[: row.index(tok.eos_id)]
+            texts.append(tok.decode(row))
+    return texts
+
+
+def _score_answers(texts: Sequence[str], examples: Sequence[QAExample]) -> dict[str, int]:
+    """Scoring phase: counts of exact matches, annotations by kind, and answers whose annotations are all valid."""
+    counts = dict.fromkeys(("em", "total", "wellformed", "valid", "arith_ok", "copy_ok", "all_valid"), 0)
+    for text, ex in zip(texts, examples, strict=True):
+        ref = extract_final_answer(ex.answer)
+        pred = extract_final_answer(text)
+        counts["em"] += ref is not None and pred is not None and _close(ref, pred)
+        st = annotation_stats(text)
+        for key in ("total", "wellformed", "valid", "arith_ok", "copy_ok"):
+            counts[key] += st[key]
+        counts["all_valid"] += st["total"] > 0 and st["valid"] == st["total"]
+    return counts
+
+
+def _generation_record(
+    k: int, steps: int, c: dict[str, int], texts: list[str], seconds: float, cfg: GenerationEvalConfig
+) -> dict[str, Any]:
+    """The result of one tokens-per-step setting from the counts ``c`` of `_score_answers`."""
+    n = len(texts)
+    total = max(c["total"], 1)
+    return {
+        "tokens_per_step": k,
+        "steps": steps,
+        "exact_match": c["em"] / n,
+        "annotation_validity": c["valid"] / total,
+        "arith_ok_rate": c["arith_ok"] / total,
+        "copy_ok_rate": c["copy_ok"] / total,
+        "annotations_per_answer": c["total"] / n,
+        "wellformed_per_answer": c["wellformed"] / n,
+        "wellformed_rate": c["wellformed"] / total,
+        "valid_per_answer": c["valid"] / n,
+        "annotations_total": c["total"],
+        "annotations_valid": c["valid"],
+        "answers_all_valid": c["all_valid"] / n,
+        "tokens_per_second": n * cfg.gen_length / seconds,
+        "seconds": seconds,
+        "samples": texts[: cfg.keep_samples],
+    }
 
 
 def evaluate_backbone(
@@ -346,16 +399,12 @@ def evaluate_backbone(
     heldout: Sequence[QAExample],
     examples: int = 200,
     questions: int = 50,
-    tokens_per_step: Sequence[int] = (1, 2, 4, 8),
-    gen_length: int = 128,
-    block_length: int = 32,
-    remasking: str = "low_confidence",
-    temperature: float = 0.0,
-    batch_size: int = 50,
-    seed: int = 0,
     max_length: int = 256,
     max_answer_tokens: int | None = None,
     progress: bool = True,
+    *,
+    config: GenerationEvalConfig | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Full evaluation of a project backbone on held-out question-answer pairs.
 
@@ -369,33 +418,28 @@ def evaluate_backbone(
         heldout: held-out pairs.
         examples: pairs for `elbo_bound` and `loglik_by_mask_ratio`.
         questions: questions for `evaluate_generation`.
-        tokens_per_step: tokens committed per step settings.
-        gen_length: generated tokens per question.
-        block_length: block length of the sampler.
-        remasking: remasking rule.
-        temperature: sampling temperature.
-        batch_size: generation batch size.
-        seed: seed.
         max_length: length filter of the likelihood examples.
         max_answer_tokens: answer length filter of the generation questions.
-        progress: print progress lines.
+        progress: print progress lines (it replaces ``config.progress``).
+        config: the generation settings (``None``: the defaults of `GenerationEvalConfig`).
+        **options: fields of `GenerationEvalConfig` replacing those of ``config``
+            (``tokens_per_step``, ``gen_length``, ``block_length``, ``remasking``,
+            ``temperature``, ``batch_size``, ``seed``).
 
     Returns:
         A JSON-serialisable dict with ``elbo``, ``loglik_by_mask_ratio``,
         ``generation`` and ``settings``.
     """
+    cfg = build_config(GenerationEvalConfig, config, {**options, "progress": progress}, "evaluate_backbone")
     tok = backbone.tokenizer
     enc = [e for e in encode_qa(heldout, tok, 10**9) if len(e.prompt) + len(e.target) <= max_length][:examples]
     elbo = elbo_bound(backbone, enc, num_samples=4)
     if progress:
         print(f"heldout nll<={elbo['nll']:.4f} ppl_bound={elbo['ppl_bound']:.3f} ({elbo['tokens']} tokens)", flush=True)
     bins = loglik_by_mask_ratio(backbone, enc)
-    limit = max_answer_tokens if max_answer_tokens is not None else gen_length
+    limit = max_answer_tokens if max_answer_tokens is not None else cfg.gen_length
     fit = [ex for ex in heldout if len(tok.encode(ex.answer)) + 1 <= limit][:questions]
-    gen = evaluate_generation(
-        backbone, fit, tokens_per_step, gen_length, block_length, remasking, temperature, batch_size, seed,
-        progress=progress,
-    )
+    gen = evaluate_generation(backbone, fit, config=cfg)
     return {
         "elbo": elbo,
         "loglik_by_mask_ratio": bins,
@@ -403,10 +447,10 @@ def evaluate_backbone(
         "settings": {
             "likelihood_examples": len(enc),
             "questions": len(fit),
-            "gen_length": gen_length,
-            "block_length": block_length,
-            "remasking": remasking,
-            "temperature": temperature,
+            "gen_length": cfg.gen_length,
+            "block_length": cfg.block_length,
+            "remasking": cfg.remasking,
+            "temperature": cfg.temperature,
             "max_length": max_length,
             "max_answer_tokens": limit,
         },

@@ -10,6 +10,15 @@ and checkpoints (model + tokenizer + ``training_log.json``) in ``output_dir``.
 Training can be bounded by epochs, steps or wall-clock minutes; the schedule
 follows whichever budget is closest to running out, so a time-bounded run
 still ends with a decayed learning rate.
+
+`train_backbone` runs four named phases: *data* (`_prepare_data`: corpus,
+tokenizer, encoded splits), *model* (`_prepare_model`: a new or continued
+backbone on its device), *loop* (`_Trainer.run`: optimiser steps with the
+schedule and budgets) and *evaluation* (`_Trainer.evaluate` /
+`_Trainer.save`: the held-out bound and checkpoints, during and after the
+loop).
+
+Shapes: ``B`` sequences per batch, ``L`` tokens per sequence.
 """
 
 from __future__ import annotations
@@ -193,6 +202,24 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
         (with the final held-out bound) and ``training_log.json`` are saved in
         ``config.output_dir``.
     """
+    device = _check_config(config)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    out_dir = Path(config.output_dir)
+    data = _prepare_data(config)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
+    log(f"tokenizer={data.tokenizer.kind} vocab={data.tokenizer.vocab_size} "
+        f"train={len(data.train_set)} heldout={len(data.held_set)}")
+    backbone = _prepare_model(config, data, device, log)
+    trainer = _Trainer(config, data, backbone, device, out_dir, log)
+    trainer.run()
+    return trainer.finish()
+
+
+def _check_config(config: TrainConfig) -> torch.device:
+    """The training device, once the settings that the data and model phases do not check are valid."""
     if config.tokenizer not in ("bpe", "char"):
         raise ValueError(f"tokenizer: expected 'bpe' or 'char', got {config.tokenizer!r}")
     if config.precision not in ("fp32", "bf16"):
@@ -204,52 +231,65 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
         raise ValueError(f"device: {config.device!r} requested but CUDA is not available")
     if config.precision == "bf16" and device.type != "cuda":
         raise ValueError("precision: 'bf16' autocast is only supported on CUDA devices")
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    out_dir = Path(config.output_dir)
+    return device
 
-    kind, train_raw, held_raw = load_corpus(config.data)
-    if kind == "qa":
-        texts = [e.question + "\n" + e.answer for e in train_raw]  # type: ignore[union-attr]
-    else:
-        texts = [train_raw]  # type: ignore[list-item]
+
+@dataclass
+class _TrainData:
+    """The data phase's output: the corpus kind (``"qa"`` or ``"text"``), the tokenizer, the encoded
+    training and held-out examples, and the backbone to continue from (``init_from``) if any."""
+
+    kind: str
     tokenizer: TextTokenizer
-    init: MaskedLMBackbone | None = None
+    train_set: list[EncodedExample]
+    held_set: list[EncodedExample]
+    init: MaskedLMBackbone | None
+
+
+def _prepare_data(config: TrainConfig) -> _TrainData:
+    """Data phase: loads the corpus, builds (or reuses) the tokenizer and encodes both splits."""
+    kind, train_raw, held_raw = load_corpus(config.data)
+    texts = [e.question + "\n" + e.answer for e in train_raw] if kind == "qa" else [train_raw]  # type: ignore[union-attr]
+    init, tokenizer = _tokenizer(config, texts)  # type: ignore[arg-type]
+    train_set = _encode(kind, train_raw, tokenizer, config)
+    if config.train_limit is not None:
+        train_set = train_set[: config.train_limit]
+    held_set = _encode(kind, held_raw, tokenizer, config)[: config.eval_examples]
+    if not train_set:
+        raise ValueError("data: no training examples after tokenization (check max_length)")
+    return _TrainData(kind, tokenizer, train_set, held_set, init)
+
+
+def _tokenizer(config: TrainConfig, texts: list[str]) -> tuple[MaskedLMBackbone | None, TextTokenizer]:
+    """The ``init_from`` backbone and its tokenizer, or ``None`` and a new tokenizer trained on ``texts``."""
     if config.init_from is not None:
         loaded = load_backbone(config.init_from, trust_remote_code=config.trust_remote_code)
         if not isinstance(loaded, MaskedLMBackbone) or not isinstance(loaded.tokenizer, TextTokenizer):
             raise ValueError(f"init_from: {config.init_from} is not a backbone saved by train_backbone")
-        init, tokenizer = loaded, loaded.tokenizer
-    elif config.tokenizer == "char":
-        tokenizer = build_char_tokenizer(texts)
-    else:
-        tokenizer = train_bpe_tokenizer(texts, vocab_size=config.vocab_size)
+        return loaded, loaded.tokenizer
+    if config.tokenizer == "char":
+        return None, build_char_tokenizer(texts)
+    return None, train_bpe_tokenizer(texts, vocab_size=config.vocab_size)
 
-    def encode(raw: Any) -> list[EncodedExample]:
-        if kind == "text":
-            return encode_text_chunks(raw, tokenizer, config.max_length)
-        if config.skip_long:
-            enc = encode_qa(raw, tokenizer, 10**9)
-            return [e for e in enc if len(e.prompt) + len(e.target) <= config.max_length]
-        return encode_qa(raw, tokenizer, config.max_length)
 
-    train_set = encode(train_raw)
-    if config.train_limit is not None:
-        train_set = train_set[: config.train_limit]
-    held_set = encode(held_raw)[: config.eval_examples]
-    if not train_set:
-        raise ValueError("data: no training examples after tokenization (check max_length)")
-    out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
-    log(f"tokenizer={tokenizer.kind} vocab={tokenizer.vocab_size} train={len(train_set)} heldout={len(held_set)}")
+def _encode(kind: str, raw: Any, tokenizer: TextTokenizer, config: TrainConfig) -> list[EncodedExample]:
+    """Text chunks, or question-answer pairs truncated (or, with ``skip_long``, dropped) to ``max_length``."""
+    if kind == "text":
+        return encode_text_chunks(raw, tokenizer, config.max_length)
+    if config.skip_long:
+        enc = encode_qa(raw, tokenizer, 10**9)
+        return [e for e in enc if len(e.prompt) + len(e.target) <= config.max_length]
+    return encode_qa(raw, tokenizer, config.max_length)
 
-    if init is not None:
-        backbone = init.train()
+
+def _prepare_model(config: TrainConfig, data: _TrainData, device: torch.device, log: Any) -> MaskedLMBackbone:
+    """Model phase: the ``init_from`` backbone in training mode, or a new one, on ``device``."""
+    if data.init is not None:
+        backbone = data.init.train()
         log(f"continuing from {config.init_from}")
     else:
         backbone = build_backbone(
-            tokenizer,
+            data.tokenizer,
             hidden_size=config.hidden_size,
             num_layers=config.num_layers,
             num_heads=config.num_heads,
@@ -257,104 +297,146 @@ def train_backbone(config: TrainConfig, log: Any = print) -> TrainResult:
             max_length=max(config.max_length, 512),
             dropout=config.dropout,
         )
-    backbone = backbone.to(device)
-    n_params = sum(p.numel() for p in backbone.parameters())
-    log(f"parameters={n_params / 1e6:.2f}M")
-    decay = [p for n, p in backbone.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in backbone.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-        betas=(0.9, 0.98),
-    )
-    batches_per_epoch = math.ceil(len(train_set) / config.batch_size)
-    total_steps = config.epochs * batches_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    budget_s = config.max_minutes * 60.0 if config.max_minutes else None
-    gen = torch.Generator().manual_seed(config.seed)
+    return backbone.to(device)
 
-    heldout: list[dict[str, float]] = []
-    train_log: list[dict[str, float]] = []
-    start = time.time()
-    step = 0
-    done = False
-    ema = None
-    best_nll = math.inf
 
-    def evaluate(epoch: float) -> bool:
+class _Trainer:
+    """The loop and evaluation phases of `train_backbone` over one backbone, with their running state."""
+
+    def __init__(
+        self, config: TrainConfig, data: _TrainData, backbone: MaskedLMBackbone, device: torch.device,
+        out_dir: Path, log: Any,
+    ) -> None:
+        self.config, self.data, self.backbone, self.device, self.out_dir, self.log = (
+            config, data, backbone, device, out_dir, log
+        )
+        self.n_params = sum(p.numel() for p in backbone.parameters())
+        log(f"parameters={self.n_params / 1e6:.2f}M")
+        decay = [p for n, p in backbone.named_parameters() if p.dim() >= 2]
+        no_decay = [p for n, p in backbone.named_parameters() if p.dim() < 2]
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr,
+            betas=(0.9, 0.98),
+        )
+        self.batches_per_epoch = math.ceil(len(data.train_set) / config.batch_size)
+        total = config.epochs * self.batches_per_epoch
+        self.total_steps = total if config.max_steps is None else min(total, config.max_steps)
+        self.budget_s = config.max_minutes * 60.0 if config.max_minutes else None
+        self.gen = torch.Generator().manual_seed(config.seed)
+        self.heldout: list[dict[str, float]] = []
+        self.train_log: list[dict[str, float]] = []
+        self.start = time.time()
+        self.step = 0
+        self.ema: float | None = None
+        self.best_nll = math.inf
+
+    # ---------------------------------------------------------------- loop
+
+    def run(self) -> None:
+        """Epochs of optimiser steps until an epoch, step or time budget ends, evaluating at every epoch end."""
+        config = self.config
+        bar = tqdm(total=self.total_steps, disable=not config.progress, desc="train", mininterval=5.0)
+        self.backbone.train()
+        for epoch in range(config.epochs):
+            if not self._epoch(epoch, bar):
+                break
+            self.save(self.evaluate(float(epoch + 1)))
+        bar.close()
+        if not self.heldout or self.heldout[-1]["step"] != self.step:
+            self.save(self.evaluate(self.step / self.batches_per_epoch))
+        else:
+            self.save(not config.keep_best)
+
+    def _epoch(self, epoch: int, bar: Any) -> bool:
+        """One epoch of steps; returns False once a budget is spent (the epoch then ends early)."""
+        config = self.config
+        pad_to = config.min_target_length if self.data.kind == "qa" else None
+        batches = iterate_batches(
+            self.data.train_set, self.data.tokenizer, config.batch_size, shuffle=True, seed=config.seed + epoch,
+            pad_to=pad_to,
+        )
+        for batch in batches:
+            progress = self._progress()
+            if progress is None:
+                return False
+            self._step(batch, progress, bar)
+            if config.eval_every and self.step % config.eval_every == 0:
+                self.save(self.evaluate(self.step / self.batches_per_epoch))
+        return True
+
+    def _progress(self) -> float | None:
+        """Fraction of the closest budget spent, or ``None`` once the step or time budget is spent."""
+        elapsed = time.time() - self.start
+        progress = self.step / max(self.total_steps, 1)
+        if self.budget_s:
+            progress = max(progress, elapsed / self.budget_s)
+        if self.step >= self.total_steps or (self.budget_s is not None and elapsed >= self.budget_s):
+            return None
+        return progress
+
+    def _step(self, batch: Any, progress: float, bar: Any) -> None:
+        """One optimiser step on ``batch`` (``input_ids`` ``[B, L]``) at the scheduled learning rate."""
+        config, opt = self.config, self.opt
+        for g in opt.param_groups:
+            g["lr"] = config.lr * _lr_factor(self.step, progress, config.warmup_steps)
+        ids, maskable = batch.input_ids.to(self.device), (~batch.prompt_mask).to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            out = masked_diffusion_loss(self.backbone, ids, self.data.tokenizer.mask_id, maskable, generator=self.gen)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.backbone.parameters(), 1.0)
+        opt.step()
+        self.step += 1
+        val = float(out.loss.detach())
+        self.ema = val if self.ema is None else 0.98 * self.ema + 0.02 * val
+        lr = opt.param_groups[0]["lr"]
+        if self.step % 10 == 0:
+            self.train_log.append({"step": self.step, "loss": val, "ema": self.ema, "lr": lr})
+        bar.update(1)
+        bar.set_postfix(loss=f"{self.ema:.3f}", lr=f"{lr:.2e}", refresh=False)
+
+    # ---------------------------------------------------------------- evaluation
+
+    def evaluate(self, epoch: float) -> bool:
         """Held-out bound; returns whether it is the best so far."""
-        nonlocal best_nll
+        backbone = self.backbone
         backbone.eval()
-        res = elbo_bound(backbone, held_set, batch_size=32, num_samples=2, seed=1234)
+        res = elbo_bound(backbone, self.data.held_set, batch_size=32, num_samples=2, seed=1234)
         backbone.train()
-        rec = {"step": step, "epoch": epoch, "nll": res["nll"], "ppl_bound": res["ppl_bound"], "minutes": (time.time() - start) / 60}
-        heldout.append(rec)
-        log(f"[heldout] step={step} epoch={epoch:.2f} nll<={res['nll']:.4f} ppl<={res['ppl_bound']:.3f}")
-        improved = res["nll"] < best_nll
-        best_nll = min(best_nll, res["nll"])
+        minutes = (time.time() - self.start) / 60
+        rec = {"step": self.step, "epoch": epoch, "nll": res["nll"], "ppl_bound": res["ppl_bound"], "minutes": minutes}
+        self.heldout.append(rec)
+        self.log(f"[heldout] step={self.step} epoch={epoch:.2f} nll<={res['nll']:.4f} ppl<={res['ppl_bound']:.3f}")
+        improved = res["nll"] < self.best_nll
+        self.best_nll = min(self.best_nll, res["nll"])
         return improved
 
-    def save(improved: bool = True) -> None:
+    def save(self, improved: bool = True) -> None:
         """Writes the log; the model too unless ``keep_best`` is set and it did not improve."""
-        with atomic_write(out_dir / "training_log.json", "w") as f:
-            f.write(json.dumps({"config": asdict(config), "heldout": heldout, "train": train_log}, indent=1))
+        config = self.config
+        log_record = {"config": asdict(config), "heldout": self.heldout, "train": self.train_log}
+        with atomic_write(self.out_dir / "training_log.json", "w") as f:
+            f.write(json.dumps(log_record, indent=1))
         if config.keep_best and not improved:
             return
-        save_backbone(
-            backbone,
-            out_dir,
-            extra={
-                "train_config": asdict(config),
-                "steps": step,
-                "heldout": heldout[-1] if heldout else None,
-                "parameters": n_params,
-            },
-        )
+        extra = {
+            "train_config": asdict(config),
+            "steps": self.step,
+            "heldout": self.heldout[-1] if self.heldout else None,
+            "parameters": self.n_params,
+        }
+        save_backbone(self.backbone, self.out_dir, extra=extra)
 
-    bar = tqdm(total=total_steps, disable=not config.progress, desc="train", mininterval=5.0)
-    backbone.train()
-    for epoch in range(config.epochs):
-        pad_to = config.min_target_length if kind == "qa" else None
-        for batch in iterate_batches(
-            train_set, tokenizer, config.batch_size, shuffle=True, seed=config.seed + epoch, pad_to=pad_to
-        ):
-            elapsed = time.time() - start
-            progress = step / max(total_steps, 1)
-            if budget_s:
-                progress = max(progress, elapsed / budget_s)
-            if step >= total_steps or (budget_s is not None and elapsed >= budget_s):
-                done = True
-                break
-            for g in opt.param_groups:
-                g["lr"] = config.lr * _lr_factor(step, progress, config.warmup_steps)
-            ids, maskable = batch.input_ids.to(device), (~batch.prompt_mask).to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-                out = masked_diffusion_loss(backbone, ids, tokenizer.mask_id, maskable, generator=gen)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(backbone.parameters(), 1.0)
-            opt.step()
-            step += 1
-            val = float(out.loss.detach())
-            ema = val if ema is None else 0.98 * ema + 0.02 * val
-            if step % 10 == 0:
-                train_log.append({"step": step, "loss": val, "ema": ema, "lr": opt.param_groups[0]["lr"]})
-            bar.update(1)
-            bar.set_postfix(loss=f"{ema:.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}", refresh=False)
-            if config.eval_every and step % config.eval_every == 0:
-                save(evaluate(step / batches_per_epoch))
-        if done:
-            break
-        save(evaluate(float(epoch + 1)))
-    bar.close()
-    if not heldout or heldout[-1]["step"] != step:
-        save(evaluate(step / batches_per_epoch))
-    else:
-        save(not config.keep_best)
-    if config.keep_best:
-        backbone = load_backbone(out_dir, device=device, trust_remote_code=config.trust_remote_code)
-    backbone.eval()
-    kept = f" (kept the best checkpoint, step {min(heldout, key=lambda r: r['nll'])['step']})" if config.keep_best else ""
-    log(f"saved to {out_dir} after {step} steps ({(time.time() - start) / 60:.1f} min){kept}")
-    return TrainResult(backbone, out_dir, step, heldout, train_log)
+    def finish(self) -> TrainResult:
+        """The result: the best checkpoint reloaded with ``keep_best``, else the trained backbone, in eval mode."""
+        config, backbone = self.config, self.backbone
+        if config.keep_best:
+            backbone = load_backbone(self.out_dir, device=self.device, trust_remote_code=config.trust_remote_code)
+        backbone.eval()
+        kept = ""
+        if config.keep_best:
+            kept = f" (kept the best checkpoint, step {min(self.heldout, key=lambda r: r['nll'])['step']})"
+        minutes = (time.time() - self.start) / 60
+        self.log(f"saved to {self.out_dir} after {self.step} steps ({minutes:.1f} min){kept}")
+        return TrainResult(backbone, self.out_dir, self.step, self.heldout, self.train_log)

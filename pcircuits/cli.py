@@ -269,7 +269,7 @@ def _write_table(path: str, arr: np.ndarray) -> None:
 
 def _fit(args: argparse.Namespace) -> int:
     from .io import save
-    from .learning.chow_liu import learn_hclt
+    from .learning.hclt import learn_hclt
     from .learning.learnspn import learn_spn
 
     check_output(args.out, "--out", [args.data, args.valid], args.force)

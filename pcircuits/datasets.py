@@ -45,38 +45,56 @@ def read_data_file(path: str | os.PathLike) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"path: no such file {os.fspath(path)!r}")
+    name = os.fspath(path)
+    if p.suffix == ".npy":
+        return _read_npy(p, name)
+    return _parse_rows(_read_text(p, name), name)
+
+
+_READ_ERRORS = (OSError, UnicodeDecodeError, EOFError, gzip.BadGzipFile)
+
+
+def _read_npy(p: Path, name: str) -> np.ndarray:
+    """The ``[N, V]`` array of a ``.npy`` file (``name``: the path as given): integers as int64, floats kept."""
     try:
-        if p.suffix == ".npy":
-            arr = np.load(p, allow_pickle=False)
-            if arr.ndim != 2:
-                raise ValueError(f"path: {os.fspath(path)!r} holds an array of shape {arr.shape}, expected [N, V]")
-            if arr.dtype.kind in "iub":
-                arr = arr.astype(np.int64)
-            elif arr.dtype.kind != "f":
-                raise ValueError(f"path: {os.fspath(path)!r} holds dtype {arr.dtype}, expected integers or floats")
-            if arr.shape[0] == 0:
-                raise ValueError(f"path: {os.fspath(path)!r} holds no examples")
-            return arr
-        opener = gzip.open if p.suffix == ".gz" else open
+        arr = np.load(p, allow_pickle=False)
+    except _READ_ERRORS as e:
+        raise ValueError(f"path: cannot read {name!r} ({type(e).__name__}: {e})") from None
+    if arr.ndim != 2:
+        raise ValueError(f"path: {name!r} holds an array of shape {arr.shape}, expected [N, V]")
+    if arr.dtype.kind in "iub":
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind != "f":
+        raise ValueError(f"path: {name!r} holds dtype {arr.dtype}, expected integers or floats")
+    if arr.shape[0] == 0:
+        raise ValueError(f"path: {name!r} holds no examples")
+    return arr
+
+
+def _read_text(p: Path, name: str) -> str:
+    """The ASCII text of a plain or gzipped (``.gz``) file (``name``: the path as given)."""
+    opener = gzip.open if p.suffix == ".gz" else open
+    try:
         with opener(p, "rb") as f:
             raw = f.read()
-        text = raw.decode("ascii")
-    except ValueError:
-        raise
-    except (OSError, UnicodeDecodeError, EOFError, gzip.BadGzipFile) as e:
-        raise ValueError(f"path: cannot read {os.fspath(path)!r} ({type(e).__name__}: {e})") from None
+        return raw.decode("ascii")
+    except _READ_ERRORS as e:
+        raise ValueError(f"path: cannot read {name!r} ({type(e).__name__}: {e})") from None
+
+
+def _parse_rows(text: str, name: str) -> np.ndarray:
+    """The ``[N, V]`` int64 array of comma-separated integer lines (blank lines skipped)."""
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
-        raise ValueError(f"path: {os.fspath(path)!r} holds no examples")
+        raise ValueError(f"path: {name!r} holds no examples")
     width = lines[0].count(",") + 1
     for i, ln in enumerate(lines):
         if ln.count(",") + 1 != width:
-            raise ValueError(f"path: line {i + 1} of {os.fspath(path)!r} has {ln.count(',') + 1} values, expected {width}")
+            raise ValueError(f"path: line {i + 1} of {name!r} has {ln.count(',') + 1} values, expected {width}")
     try:
-        arr = np.loadtxt(io.StringIO("\n".join(lines)), delimiter=",", dtype=np.int64, ndmin=2)
+        return np.loadtxt(io.StringIO("\n".join(lines)), delimiter=",", dtype=np.int64, ndmin=2)
     except ValueError as e:
-        raise ValueError(f"path: {os.fspath(path)!r} is not comma-separated integers ({e})") from None
-    return arr
+        raise ValueError(f"path: {name!r} is not comma-separated integers ({e})") from None
 
 
 def _find(data_dir: Path, name: str, split: str) -> Path | None:

@@ -1,8 +1,9 @@
-"""The CPU demo: build, train with EM, evaluate, query, save and reload a circuit.
+"""The circuits demo: build, train with EM, evaluate, query, save and reload a circuit.
 
-Run with ``make demo`` or ``python -m pcircuits.demo``. It uses the NLTCS
-data bundled with the package (16 binary variables), then runs the short CoDD
-demo of the ``diffusion`` package.
+Run with ``python -m pcircuits.demo``. It uses the NLTCS data bundled with the
+package (16 binary variables). ``make demo`` runs the repository's ``demo.py``,
+which sits above both packages: this demo, then the short demos of the
+``diffusion`` package.
 """
 
 from __future__ import annotations
@@ -26,12 +27,20 @@ def load_bundled(split: str) -> torch.Tensor:
 
 
 def main() -> None:
+    """Runs the demo: data, structure, EM, queries, then saving and reloading."""
     # the demo's tensors are small: one thread avoids OpenMP overhead (and stalls on a busy machine)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     train, valid, test = (load_bundled(s) for s in ("train", "valid", "test"))
-    print(f"NLTCS: {train.shape[0]} train / {valid.shape[0]} valid / {test.shape[0]} test examples, {train.shape[1]} variables")
+    sizes = f"{train.shape[0]} train / {valid.shape[0]} valid / {test.shape[0]} test examples"
+    print(f"NLTCS: {sizes}, {train.shape[1]} variables")
+    circuit = _train(train, valid, test)
+    _query(circuit, train, test)
+    _save_and_reload(circuit, test)
 
+
+def _train(train: torch.Tensor, valid: torch.Tensor, test: torch.Tensor) -> pc.TensorCircuit:
+    """An HCLT over the Chow-Liu tree of ``train`` ``[N, 16]``, trained with mini-batch then full-batch EM."""
     from pcircuits.structures import hclt
 
     root = hclt(train, num_latents=16)
@@ -44,9 +53,13 @@ def main() -> None:
     with torch.no_grad():
         lls = {name: float(circuit(d).mean()) for name, d in (("train", train), ("valid", valid), ("test", test))}
     print(f"EM ({time.perf_counter() - t0:.1f} s): full-batch train LL per epoch {[round(h, 3) for h in history]}")
-    print("log-likelihood per example: " + ", ".join(f"{k} {v:.3f}" for k, v in lls.items()) + " (reference HCLT: test -6.00)")
+    per_split = ", ".join(f"{k} {v:.3f}" for k, v in lls.items())
+    print(f"log-likelihood per example: {per_split} (reference HCLT: test -6.00)")
+    return circuit
 
-    # queries: conditionals, MPE completion and samples under missing values
+
+def _query(circuit: pc.TensorCircuit, train: torch.Tensor, test: torch.Tensor) -> None:
+    """Conditionals, an MPE completion and samples, with the last 8 variables missing."""
     x = test[:3].clone()
     missing = torch.zeros_like(x, dtype=torch.bool)
     missing[:, 8:] = True
@@ -56,20 +69,15 @@ def main() -> None:
     samples = pc.sample(circuit, num_samples=5000, seed=0)
     print(f"5000 samples: mean of X_0 {samples[:, 0].float().mean():.3f} vs data {train[:, 0].float().mean():.3f}")
 
+
+def _save_and_reload(circuit: pc.TensorCircuit, test: torch.Tensor) -> None:
+    """Saves the circuit to a temporary file, reloads it and compares the outputs on ``test``."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "nltcs_hclt.safetensors"
         pc.save(circuit, path)
         loaded = pc.load(path)
         same = torch.equal(loaded(test), circuit(test))
         print(f"saved {path.stat().st_size / 1024:.0f} KiB; reloaded outputs bit-identical: {same}")
-
-    print("\n== Masked diffusion LM: few-step generation on GSM8K questions ==")
-    from diffusion.codd.demo import run_codd_demo
-    from diffusion.demo import run_demo
-
-    run_demo()
-    print("\n== CoDD: factorized vs circuit-coupled sampling on a synthetic task ==")
-    run_codd_demo()
 
 
 if __name__ == "__main__":

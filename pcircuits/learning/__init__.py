@@ -1,7 +1,19 @@
-"""Parameter learning (EM, gradients) and structure learning."""
+"""Parameter learning (EM, gradients) and structure learning (HCLT, LearnSPN)."""
 
-from .chow_liu import FitResult, chow_liu_tree, learn_hclt, mutual_information
+from ..region_graphs.chow_liu_tree import chow_liu_tree, mutual_information
 from .em import apply_statistics, em, expected_statistics
-from .learnspn import learn_spn
+from .hclt import FitResult, HCLTConfig, learn_hclt
+from .learnspn import LearnSPNConfig, learn_spn
 
-__all__ = ["em", "expected_statistics", "apply_statistics", "FitResult", "chow_liu_tree", "learn_hclt", "learn_spn", "mutual_information"]
+__all__ = [
+    "FitResult",
+    "HCLTConfig",
+    "LearnSPNConfig",
+    "apply_statistics",
+    "chow_liu_tree",
+    "em",
+    "expected_statistics",
+    "learn_hclt",
+    "learn_spn",
+    "mutual_information",
+]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
+from typing import Any, TypeVar
 
-__all__ = ["check_int", "check_real"]
+__all__ = ["build_config", "check_int", "check_real"]
+
+C = TypeVar("C")
 
 
 def check_int(value: object, name: str, minimum: int | None = None) -> int:
@@ -56,3 +60,23 @@ def check_real(
     if high is not None and (out > high or (high_open and out == high)):
         raise ValueError(f"{name} must be {wanted}, got {out}")
     return out
+
+
+def build_config(cls: type[C], config: C | None, options: dict[str, Any], owner: str) -> C:
+    """``config`` (or ``cls()``) with the keyword ``options`` of ``owner`` replacing its fields.
+
+    This lets a learner take either ``config=cls(...)`` or the fields as keywords.
+
+    Raises:
+        TypeError: ``config`` is not a ``cls``, or an option is not a field of ``cls``.
+        ValueError: a field value is refused by ``cls``'s checks.
+    """
+    if config is None:
+        config = cls()
+    elif not isinstance(config, cls):
+        raise TypeError(f"config must be a {cls.__name__}, got {type(config).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"{owner}() got unexpected keyword arguments {unknown}; expected fields of {cls.__name__}")
+    return dataclasses.replace(config, **options) if options else config  # type: ignore[type-var]

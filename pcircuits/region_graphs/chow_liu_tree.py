@@ -3,6 +3,10 @@
 :func:`chow_liu_tree` estimates the mutual information from smoothed counts
 and returns the tree; :func:`pcircuits.region_graphs.chow_liu` turns it into a
 region graph and :func:`pcircuits.learning.learn_hclt` into a hidden Chow-Liu tree.
+:func:`as_category_array`, :func:`check_num_cats` and :func:`one_hot` are the
+checks and encodings of discrete data that the structure learners share.
+
+Shapes: ``N`` examples, ``V`` variables, ``C`` the largest number of categories.
 """
 
 from __future__ import annotations
@@ -14,10 +18,16 @@ import numpy as np
 import torch
 from scipy.sparse.csgraph import minimum_spanning_tree
 
-__all__ = ["chow_liu_tree", "infer_num_cats", "mutual_information"]
+__all__ = ["as_category_array", "check_num_cats", "chow_liu_tree", "infer_num_cats", "mutual_information", "one_hot"]
 
 
-def _as_array(data: np.ndarray | torch.Tensor, name: str = "data") -> np.ndarray:
+def as_category_array(data: np.ndarray | torch.Tensor, name: str = "data") -> np.ndarray:
+    """``data`` ``[N, V]`` as an int64 array of category indices.
+
+    Raises:
+        ValueError: not an array or tensor, not 2-D with ``N, V >= 1``, or
+            values that are not non-negative integers; the message names ``name``.
+    """
     if isinstance(data, torch.Tensor):
         data = data.detach().cpu().numpy()
     if not isinstance(data, np.ndarray):
@@ -37,11 +47,20 @@ def _as_array(data: np.ndarray | torch.Tensor, name: str = "data") -> np.ndarray
 
 def infer_num_cats(data: np.ndarray | torch.Tensor) -> list[int]:
     """Categories per variable: ``max(data[:, v]) + 1``, at least 2. Returns a list of ``V`` ints."""
-    arr = _as_array(data)
+    arr = as_category_array(data)
     return [max(2, int(m) + 1) for m in arr.max(0)]
 
 
-def _cats_list(num_cats: int | Sequence[int] | None, arr: np.ndarray) -> list[int]:
+def check_num_cats(num_cats: int | Sequence[int] | None, arr: np.ndarray) -> list[int]:
+    """Categories per variable of ``arr`` ``[N, V]``: ``num_cats`` checked against the data, or inferred.
+
+    Returns:
+        ``V`` ints, each at least 2 and above every value of its column.
+
+    Raises:
+        ValueError: ``num_cats`` has the wrong length, a value below 2, or
+            a value not above its column's largest category.
+    """
     V = arr.shape[1]
     if num_cats is None:
         return infer_num_cats(arr)
@@ -54,7 +73,8 @@ def _cats_list(num_cats: int | Sequence[int] | None, arr: np.ndarray) -> list[in
     return cats
 
 
-def _one_hot(arr: np.ndarray, cats: list[int]) -> tuple[np.ndarray, int]:
+def one_hot(arr: np.ndarray, cats: list[int]) -> tuple[np.ndarray, int]:
+    """One-hot encoding of ``arr`` ``[N, V]``: ``([N, V, C] float64, C)`` with ``C = max(cats)``."""
     C = max(cats)
     N, V = arr.shape
     oh = np.zeros((N, V, C), dtype=np.float64)
@@ -80,15 +100,15 @@ def mutual_information(
     Returns:
         ``[V, V]`` symmetric matrix with zeros on the diagonal.
     """
-    arr = _as_array(data)
-    cats = _cats_list(num_cats, arr)
+    arr = as_category_array(data)
+    cats = check_num_cats(num_cats, arr)
     if pseudocount < 0:
         raise ValueError(f"pseudocount must be non-negative, got {pseudocount}")
     N, V = arr.shape
     w = np.ones(N) if weights is None else np.asarray(weights, dtype=np.float64)
     if w.shape != (N,) or (w < 0).any():
         raise ValueError(f"weights must be a non-negative array of shape [{N}]")
-    oh, C = _one_hot(arr, cats)
+    oh, C = one_hot(arr, cats)
     flat = oh.reshape(N, V * C)
     joint = ((flat * w[:, None]).T @ flat).reshape(V, C, V, C).transpose(0, 2, 1, 3)  # [V, V, C, C]
     valid = np.zeros((V, C), dtype=bool)
@@ -135,6 +155,6 @@ def chow_liu_tree(
     cost = (mi.max() + 1.0) - mi  # all off-diagonal costs positive: zeros would mean "no edge"
     np.fill_diagonal(cost, 0.0)
     mst = minimum_spanning_tree(cost).tocoo()
-    for i, j in zip(mst.row.tolist(), mst.col.tolist()):
+    for i, j in zip(mst.row.tolist(), mst.col.tolist(), strict=True):
         tree.add_edge(int(i), int(j), weight=float(mi[i, j]))
     return tree

@@ -1,4 +1,11 @@
-"""Hidden Chow-Liu trees (HCLT): a Chow-Liu tree with a latent variable per data variable."""
+"""Hidden Chow-Liu trees (HCLT): a Chow-Liu tree with a latent variable per data variable.
+
+The template :func:`hclt` estimates the Chow-Liu tree
+(:func:`~pcircuits.region_graphs.chow_liu_tree.chow_liu_tree`) and builds
+the HCLT over it with :func:`~pcircuits.learning.hclt.hclt_from_tree`; both
+live in lower layers because the learner :func:`pcircuits.learning.learn_hclt`
+needs them too. Shapes: ``N`` examples, ``V`` variables.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,9 @@ import numpy as np
 import torch
 
 from .._index import as_int
-from ..learning.chow_liu import chow_liu_tree, infer_num_cats
-from ..learning.hclt_structure import HCLTGroups, hclt_from_tree
+from ..learning.hclt import HCLTGroups, hclt_from_tree
 from ..nodes import SumGroup
+from ..region_graphs.chow_liu_tree import chow_liu_tree, infer_num_cats
 from ..region_graphs.constructors import tree_center
 
 __all__ = ["HCLTGroups", "hclt", "hclt_from_tree", "tree_center"]

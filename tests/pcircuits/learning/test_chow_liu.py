@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pcircuits.learning.chow_liu import chow_liu_tree, infer_num_cats, kmeans, learn_hclt, softened_evidence
+from pcircuits.learning.hclt import kmeans, learn_hclt, softened_evidence
+from pcircuits.region_graphs.chow_liu_tree import chow_liu_tree, infer_num_cats
 
 
 def mixture_data(n, V=8, seed=0):

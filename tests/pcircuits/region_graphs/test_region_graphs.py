@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pcircuits import region_graphs as R
-from pcircuits.learning.chow_liu import chow_liu_tree, mutual_information
+from pcircuits.region_graphs.chow_liu_tree import chow_liu_tree, mutual_information
 
 
 def chain_data(n=4000, V=5, flip=0.1, seed=0):

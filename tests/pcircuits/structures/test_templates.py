@@ -126,7 +126,7 @@ def test_hmm_matches_forward_algorithm():
 
 def test_hclt_structure():
     data = binary_data(V=7)
-    groups = S.hclt_from_tree(pc.learning.chow_liu.chow_liu_tree(data), num_latents=5, num_cats=2)
+    groups = S.hclt_from_tree(pc.learning.chow_liu_tree(data), num_latents=5, num_cats=2)
     assert sorted(groups.leaves) == list(range(7))
     assert all(g.num_nodes == 5 for g in groups.leaves.values())
     assert len(groups.sums) == 6 and groups.root_var not in groups.sums
