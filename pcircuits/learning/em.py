@@ -10,6 +10,8 @@ and over tied groups, so per-example edge flows are never stored.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -24,10 +26,13 @@ __all__ = ["em", "expected_statistics", "apply_statistics", "Statistics"]
 Statistics = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
 
 
-def expected_statistics(circuit: TensorCircuit, ev: Evidence) -> tuple[torch.Tensor, Statistics]:
+def expected_statistics(
+    circuit: TensorCircuit, ev: Evidence, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, Statistics]:
     """Log-likelihoods ``[B]`` and EM statistics summed over the batch.
 
     Examples with log-likelihood ``-inf`` (impossible evidence) contribute nothing.
+    With ``weights [B]`` (non-negative), example ``b``'s statistics count ``weights[b]`` times.
     """
     with torch.no_grad():
         lw = {k: v.detach().requires_grad_() for k, v in circuit.sum_log_weights().items()}
@@ -35,7 +40,8 @@ def expected_statistics(circuit: TensorCircuit, ev: Evidence) -> tuple[torch.Ten
     with torch.enable_grad():
         ll = circuit.upward(ev, log_weights=lw, leaf_outputs=leaves)[-1][:, 0]
         finite = torch.isfinite(ll)
-        total = torch.where(finite, ll, torch.zeros_like(ll)).sum()
+        kept = torch.where(finite, ll, torch.zeros_like(ll))
+        total = (kept if weights is None else kept * weights.to(kept)).sum()
         inputs = list(lw.values()) + leaves
         grads = torch.autograd.grad(total, inputs, allow_unused=True)
     sum_flows = {k: (g if g is not None else torch.zeros_like(v)) for (k, v), g in zip(lw.items(), grads)}
@@ -229,6 +235,43 @@ def em(
     seed = check_int(seed, "seed")
     if batch_size is not None:
         batch_size = check_int(batch_size, "batch_size", 1)
+    data, missing, soft_evidence = _checked_inputs(circuit, data, missing, soft_evidence, chunk_size)
+    n = data.shape[0]
+    full = batch_size is None or batch_size >= n
+    with all_or_nothing(circuit):
+        return _run_em(
+            circuit, data, missing, soft_evidence, epochs, batch_size, full, step_size, pseudocount, shuffle, seed,
+            chunk_size, progress,
+        )
+
+
+@contextmanager
+def all_or_nothing(circuit: TensorCircuit) -> Iterator[None]:
+    """Restores every parameter of ``circuit`` when the block raises (a failed run leaves it as it was)."""
+    saved = {k: v.detach().clone() for k, v in circuit.params.items()}
+    try:
+        yield
+    except BaseException:
+        with torch.no_grad():
+            for k, v in saved.items():
+                circuit.params[k].copy_(v)
+        raise
+
+
+def _checked_inputs(
+    circuit: TensorCircuit,
+    data: torch.Tensor | np.ndarray,
+    missing: torch.Tensor | np.ndarray | None,
+    soft_evidence: torch.Tensor | np.ndarray | None,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``data [N, V]``, ``missing [N, V]`` and ``soft_evidence [N, V, C]`` as tensors, all rows checked by ``prepare``.
+
+    Raises:
+        TypeError: inputs that are neither tensors nor numpy arrays.
+        ValueError: ``missing``/``soft_evidence`` without one row per example, or evidence
+            :meth:`~pcircuits.TensorCircuit.prepare` refuses (the message prefixed with ``data``).
+    """
     if isinstance(data, np.ndarray):
         data = torch.from_numpy(data)
     if not isinstance(data, torch.Tensor):
@@ -243,19 +286,7 @@ def em(
         if t is not None and (t.dim() < 2 or data.dim() < 1 or t.shape[0] != data.shape[0]):
             raise ValueError(f"{name} must have one row per example of data ({data.shape[0]}), got shape {tuple(t.shape)}")
     _check_data(circuit, data, missing, soft_evidence, chunk_size)
-    n = data.shape[0]
-    full = batch_size is None or batch_size >= n
-    saved = {k: v.detach().clone() for k, v in circuit.params.items()}
-    try:
-        return _run_em(
-            circuit, data, missing, soft_evidence, epochs, batch_size, full, step_size, pseudocount, shuffle, seed,
-            chunk_size, progress,
-        )
-    except Exception:
-        with torch.no_grad():  # all or nothing: a failed run leaves the circuit as it was
-            for k, v in saved.items():
-                circuit.params[k].copy_(v)
-        raise
+    return data, missing, soft_evidence
 
 
 def _run_em(
