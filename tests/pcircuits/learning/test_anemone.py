@@ -32,7 +32,7 @@ def _tiny():
     circuit.set_group_parameters(root, torch.tensor(W[None]))
     for k in range(2):
         for v in range(2):
-            circuit.set_group_parameters(leaves[k][v], torch.tensor([np.log(THETA[k][v])]))
+            circuit.set_group_parameters(leaves[k][v], torch.from_numpy(np.log(THETA[k][v])[None]))
     return circuit, root, leaves
 
 
