@@ -6,10 +6,11 @@ maximises the conditional log-likelihood
 
 ``log p_hat(x0_masked | x0_observed, logits) = log Z(x0, all observed) + sum_i log q_i(x0_i) - log Z(x0_observed, q)``
 
-with Adam on the circuit's unconstrained logits. EM is not used for this
-objective: its monotone guarantee holds for the (marginal) joint likelihood
-``log p_omega(x)``, not for a ratio of two partition functions. A few epochs of
-`pcircuits.em` on the windows' clean tokens can initialise the prior.
+with Adam on the circuit's unconstrained logits, or with Anemone's conditional
+update (``optimizer="anemone"``, `pcircuits.learning.anemone_step`). Plain EM is
+not used for this objective: its monotone guarantee holds for the (marginal)
+joint likelihood ``log p_omega(x)``, not for a ratio of two partition functions.
+A few epochs of `pcircuits.em` on the windows' clean tokens can initialise the prior.
 """
 
 from __future__ import annotations
@@ -346,6 +347,31 @@ def _batch_ll(
     return prior._conditional_ll(x0, masked, w, cand, detach=not grad)
 
 
+def _anemone_batch(
+    prior: CoDDPrior,
+    x0: torch.Tensor,
+    masked: torch.Tensor,
+    logits: torch.Tensor,
+    candidates: torch.Tensor | None,
+    temperature: float,
+    step_size: float,
+    weighting: str,
+) -> None:
+    """One Anemone step of the conditional objective on windows ``x0 [B, W]`` (dense ``[B, W, V]`` soft evidence)."""
+    dev = prior.device
+    x0, masked, logits = x0.to(dev), masked.to(dev), logits.to(dev)
+    if candidates is None and prior.top_k is not None:
+        logits, candidates = topk_with_target(logits, x0, prior.top_k)
+    x0, masked, w, cand = prior._evidence(x0, logits, masked, temperature, candidates)
+    if cand is not None:  # -inf off the candidates; amax keeps the target's value when it is listed twice
+        full = torch.full((*w.shape[:2], prior.vocab_size), -math.inf, dtype=w.dtype, device=dev)
+        w = full.scatter_reduce(-1, cand, w, "amax")
+    w = torch.where(masked.unsqueeze(-1), w, torch.zeros_like(w))
+    n = masked.sum(1).to(w.dtype)
+    weights = None if weighting == "token" else torch.where(n > 0, 1 / n.clamp_min(1), torch.zeros_like(n))
+    pc.learning.anemone_step(prior.circuit, x0, masked, w, step_size=step_size, objective="conditional", weights=weights)
+
+
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     perm = torch.randperm(n, generator=generator)
     for s in range(0, n, batch_size):
@@ -370,8 +396,9 @@ def fit_prior(
     callback: Callable[[int, float], None] | None = None,
     weighting: str = "token",
     distributed: bool | None = None,
+    optimizer: str = "adam",
 ) -> list[float]:
-    """Fits ``prior`` to maximise ``log p_hat(x0_masked | observed, logits)`` with Adam.
+    """Fits ``prior`` to maximise ``log p_hat(x0_masked | observed, logits)`` with Adam or Anemone.
 
     Two weightings of the windows in the objective:
 
@@ -392,8 +419,8 @@ def fit_prior(
         logits: ``FloatTensor[M, W, V]`` cached backbone logits, or
             ``[M, W, K]`` values of ``candidates``.
         epochs: passes over the training windows.
-        batch_size: windows per Adam step.
-        lr: Adam learning rate (on the circuit's logits).
+        batch_size: windows per Adam step or Anemone update.
+        lr: Adam learning rate (on the circuit's logits), or Anemone's step size in ``(0, 1]``.
         temperature: ``tau`` used in training.
         valid_frac: share of windows held out for the per-epoch NLL (0: report the train NLL).
         em_epochs: epochs of full-batch `pcircuits.em` on the training windows' clean tokens first.
@@ -411,6 +438,9 @@ def fit_prior(
             normaliser) and the gradients are summed over ranks before each
             Adam step, so the steps are the single-process ones; the held-out
             NLL is sharded too, and only rank 0 writes ``checkpoint``.
+        optimizer: ``"adam"`` or ``"anemone"`` (the conditional update of
+            `pcircuits.learning.anemone_step`; it builds ``[batch_size, W, V]``
+            dense soft evidence per batch).
 
     Returns:
         Held-out (or train) conditional NLL per masked token (``"token"``) or
@@ -418,10 +448,15 @@ def fit_prior(
 
     Raises:
         ValueError: mismatched shapes, ``valid_frac`` outside ``[0, 1)``,
-            nothing masked, an unknown ``weighting``, or a prior with backoff weights.
+            nothing masked, an unknown ``weighting`` or ``optimizer``, ``lr`` outside
+            ``(0, 1]`` with Anemone, or a prior with backoff weights.
     """
     if weighting not in ("token", "window"):
         raise ValueError(f"weighting: expected 'token' or 'window', got {weighting!r}")
+    if optimizer not in ("adam", "anemone"):
+        raise ValueError(f"optimizer: expected 'adam' or 'anemone', got {optimizer!r}")
+    if optimizer == "anemone" and not 0.0 < lr <= 1.0:
+        raise ValueError(f"lr: Anemone's step size must lie in (0, 1], got {lr!r}")
     M = x0.shape[0]
     if tuple(masked.shape) != tuple(x0.shape) or logits.shape[:2] != x0.shape:
         raise ValueError("x0, masked and logits must agree on [M, W]")
@@ -440,6 +475,8 @@ def fit_prior(
     n_val = int(round(valid_frac * M)) if valid_frac > 0 else 0
     val, tr = perm[:n_val], perm[n_val:]
     on = pdist.active(distributed)
+    if on and optimizer != "adam":
+        raise ValueError(f"optimizer: data-parallel training supports 'adam' only, got {optimizer!r}")
     if em_epochs > 0:
         pc.em(prior.circuit, x0[tr].to(prior.device), epochs=em_epochs, progress=False, distributed=on)
     if on:
@@ -454,7 +491,7 @@ def fit_prior(
         xb, mb, lb, cb = take(idx)
         return mean_nll(conditional_nll(prior, xb, mb, lb, cb, temperature, batch_size=max(batch_size, 256)), mb, weighting)
 
-    opt = torch.optim.Adam(prior.circuit.parameters(), lr=lr)
+    opt = torch.optim.Adam(prior.circuit.parameters(), lr=lr) if optimizer == "adam" else None
     history: list[float] = []
     best = math.inf
     bar = tqdm(range(epochs), desc="prior epochs", disable=progress is False or pdist.rank(on) != 0)
@@ -464,6 +501,9 @@ def fit_prior(
                 _sharded_step(prior, opt, take, tr[idx], temperature, weighting)
                 continue
             xb, mb, lb, cb = take(tr[idx])
+            if opt is None:
+                _anemone_batch(prior, xb, mb, lb, cb, temperature, lr, weighting)
+                continue
             ll = _batch_ll(prior, xb, mb, lb, cb, temperature, grad=True)
             ll = torch.where(torch.isfinite(ll), ll, torch.zeros_like(ll))
             if weighting == "window":

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 import os
 from pathlib import Path
 
@@ -29,10 +31,13 @@ __all__ = ["em", "expected_statistics", "apply_statistics", "Statistics"]
 Statistics = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
 
 
-def expected_statistics(circuit: TensorCircuit, ev: Evidence) -> tuple[torch.Tensor, Statistics]:
+def expected_statistics(
+    circuit: TensorCircuit, ev: Evidence, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, Statistics]:
     """Log-likelihoods ``[B]`` and EM statistics summed over the batch.
 
     Examples with log-likelihood ``-inf`` (impossible evidence) contribute nothing.
+    With ``weights [B]`` (non-negative), example ``b``'s statistics count ``weights[b]`` times.
     """
     with torch.no_grad():
         lw = {k: v.detach().requires_grad_() for k, v in circuit.sum_log_weights().items()}
@@ -40,7 +45,8 @@ def expected_statistics(circuit: TensorCircuit, ev: Evidence) -> tuple[torch.Ten
     with torch.enable_grad():
         ll = circuit.upward(ev, log_weights=lw, leaf_outputs=leaves)[-1][:, 0]
         finite = torch.isfinite(ll)
-        total = torch.where(finite, ll, torch.zeros_like(ll)).sum()
+        kept = torch.where(finite, ll, torch.zeros_like(ll))
+        total = (kept if weights is None else kept * weights.to(kept)).sum()
         inputs = list(lw.values()) + leaves
         grads = torch.autograd.grad(total, inputs, allow_unused=True)
     sum_flows = {k: (g if g is not None else torch.zeros_like(v)) for (k, v), g in zip(lw.items(), grads)}
@@ -263,19 +269,7 @@ def em(
     seed = check_int(seed, "seed")
     if batch_size is not None:
         batch_size = check_int(batch_size, "batch_size", 1)
-    if isinstance(data, np.ndarray):
-        data = torch.from_numpy(data)
-    if not isinstance(data, torch.Tensor):
-        raise TypeError(f"data must be a torch.Tensor or numpy array, got {type(data).__name__}")
-    if isinstance(missing, np.ndarray):
-        missing = torch.from_numpy(missing)
-    if isinstance(soft_evidence, np.ndarray):
-        soft_evidence = torch.from_numpy(soft_evidence)
-    for name, t in (("missing", missing), ("soft_evidence", soft_evidence)):
-        if t is not None and not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(t).__name__}")
-        if t is not None and (t.dim() < 2 or data.dim() < 1 or t.shape[0] != data.shape[0]):
-            raise ValueError(f"{name} must have one row per example of data ({data.shape[0]}), got shape {tuple(t.shape)}")
+    data, missing, soft_evidence = _as_tensors(data, missing, soft_evidence)
     if not isinstance(resume, bool):
         raise TypeError(f"resume must be a bool, got {resume!r}")
     if resume and checkpoint is None:
@@ -290,10 +284,9 @@ def em(
         error = err
     pdist.agree_on_failure(error, "checking data", on)
     full = batch_size is None or batch_size >= n
-    saved = {k: v.detach().clone() for k, v in circuit.params.items()}
     settings = {"examples": n, "batch_size": None if full else batch_size, "shuffle": shuffle, "seed": seed,
                 "step_size": step_size, "pseudocount": pseudocount}
-    try:
+    with all_or_nothing(circuit):  # a failed run leaves the circuit as it was
         start, history = (0, [])
         if resume:
             start, history = _resume(circuit, Path(checkpoint), settings, epochs, on)
@@ -304,11 +297,59 @@ def em(
             chunk_size, progress, on=on, start=start, history=history,
             checkpoint=None if checkpoint is None else Path(checkpoint), settings=settings,
         )
-    except Exception:
-        with torch.no_grad():  # all or nothing: a failed run leaves the circuit as it was
+
+
+@contextmanager
+def all_or_nothing(circuit: TensorCircuit) -> Iterator[None]:
+    """Restores every parameter of ``circuit`` when the block raises (a failed run leaves it as it was)."""
+    saved = {k: v.detach().clone() for k, v in circuit.params.items()}
+    try:
+        yield
+    except BaseException:
+        with torch.no_grad():
             for k, v in saved.items():
                 circuit.params[k].copy_(v)
         raise
+
+
+def _as_tensors(
+    data: torch.Tensor | np.ndarray,
+    missing: torch.Tensor | np.ndarray | None,
+    soft_evidence: torch.Tensor | np.ndarray | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``data [N, V]``, ``missing [N, V]`` and ``soft_evidence [N, V, C]`` as tensors with one row per example.
+
+    Raises:
+        TypeError: inputs that are neither tensors nor numpy arrays.
+        ValueError: ``missing``/``soft_evidence`` without one row per example.
+    """
+    if isinstance(data, np.ndarray):
+        data = torch.from_numpy(data)
+    if not isinstance(data, torch.Tensor):
+        raise TypeError(f"data must be a torch.Tensor or numpy array, got {type(data).__name__}")
+    if isinstance(missing, np.ndarray):
+        missing = torch.from_numpy(missing)
+    if isinstance(soft_evidence, np.ndarray):
+        soft_evidence = torch.from_numpy(soft_evidence)
+    for name, t in (("missing", missing), ("soft_evidence", soft_evidence)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(t).__name__}")
+        if t is not None and (t.dim() < 2 or data.dim() < 1 or t.shape[0] != data.shape[0]):
+            raise ValueError(f"{name} must have one row per example of data ({data.shape[0]}), got shape {tuple(t.shape)}")
+    return data, missing, soft_evidence
+
+
+def _checked_inputs(
+    circuit: TensorCircuit,
+    data: torch.Tensor | np.ndarray,
+    missing: torch.Tensor | np.ndarray | None,
+    soft_evidence: torch.Tensor | np.ndarray | None,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Like `_as_tensors`, with every row checked by ``prepare`` (messages prefixed with ``data``)."""
+    data, missing, soft_evidence = _as_tensors(data, missing, soft_evidence)
+    _check_data(circuit, data, missing, soft_evidence, chunk_size)
+    return data, missing, soft_evidence
 
 
 def _run_em(
