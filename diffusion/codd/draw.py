@@ -46,7 +46,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..sampling import REMASKING_RULES, confidence_scores, logits_problem, sample_tokens
+from ..proposals import REMASKING_RULES, confidence_scores, logits_problem, sample_tokens
 from .prior import SAMPLE_METHODS, CoDDPrior
 
 __all__ = ["CoDDDraw", "check_codd_options"]
@@ -73,7 +73,7 @@ def check_codd_options(pc_frac: float, pc_temperature: float, sampler: str) -> N
 
 
 class CoDDDraw:
-    """The CoDD `diffusion.sampling.JointDraw` (see the module docstring).
+    """The CoDD `diffusion.proposals.JointDraw` (see the module docstring).
 
     Args:
         prior: the prior (its vocabulary must equal the backbone's).
