@@ -160,7 +160,8 @@ def confidence_scores(
         p = logp.exp()
         return (p * logp.clamp_min(-1e30)).nan_to_num(0.0).sum(-1)
     if rule == "random":
-        return torch.rand(tokens.shape, generator=generator, device="cpu" if generator is None else generator.device).to(logp.device)
+        device = "cpu" if generator is None else generator.device
+        return torch.rand(tokens.shape, generator=generator, device=device).to(logp.device)
     raise ValueError(f"remasking: unknown rule {rule!r}; expected one of {', '.join(REMASKING_RULES)}")
 
 

@@ -90,7 +90,7 @@ SCHEDULES: tuple[str, ...] = ("uniform", "dream")
 
 
 def token_entropy(logits: torch.Tensor, temperature: float = 0.0) -> torch.Tensor:
-    """Entropy (nats) of ``softmax(logits)`` per position (of ``softmax(logits / temperature)`` when ``temperature > 0``).
+    """Entropy (nats) of ``softmax(logits)`` per position (``softmax(logits / temperature)`` when ``temperature > 0``).
 
     Args:
         logits: ``FloatTensor[..., V]`` (``-inf`` entries allowed).
@@ -195,7 +195,9 @@ def left_padding_mask(prompt_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
     return mask
 
 
-def _step_logits(backbone: Backbone, x: torch.Tensor, attention_mask: torch.Tensor | None, mask_id: int) -> torch.Tensor:
+def _step_logits(
+    backbone: Backbone, x: torch.Tensor, attention_mask: torch.Tensor | None, mask_id: int
+) -> torch.Tensor:
     """Backbone logits of the current ids, where logits enter the sampler.
 
     Args:
@@ -302,12 +304,14 @@ class GenerationConfig:
         num_blocks = self.gen_length // block_length
         if self.steps % num_blocks:
             raise ValueError(
-                f"steps: {self.steps} is not a multiple of the number of blocks ({num_blocks} = gen_length / block_length)"
+                f"steps: {self.steps} is not a multiple of the number of blocks "
+                f"({num_blocks} = gen_length / block_length)"
             )
 
     def _check_rules(self) -> None:
         if self.remasking not in REMASKING_RULES:
-            raise ValueError(f"remasking: unknown rule {self.remasking!r}; expected one of {', '.join(REMASKING_RULES)}")
+            rules = ", ".join(REMASKING_RULES)
+            raise ValueError(f"remasking: unknown rule {self.remasking!r}; expected one of {rules}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule: unknown schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}")
         if not self.temperature >= 0.0 or math.isinf(self.temperature):
@@ -352,7 +356,9 @@ class _Canvas:
     step: int = 0
 
     @classmethod
-    def start(cls, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor | None, gen_length: int, mask_id: int) -> _Canvas:
+    def start(
+        cls, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor | None, gen_length: int, mask_id: int
+    ) -> _Canvas:
         """The prompts ``[B, P]`` (on the backbone's device) followed by ``gen_length`` mask ids."""
         device = prompt_ids.device
         b, p = prompt_ids.shape
@@ -367,7 +373,10 @@ class _Canvas:
         return cls(x, full_mask, first, commit_step, p, mask_id)
 
     def write(self, lo: int, hi: int, commit_blk: torch.Tensor, new_blk: torch.Tensor) -> None:
-        """Writes ``new_blk [B, hi - lo]`` at the committed positions ``commit_blk [B, hi - lo]`` of columns ``lo:hi``."""
+        """Writes ``new_blk [B, hi - lo]`` in columns ``lo:hi`` where ``commit_blk [B, hi - lo]`` is True.
+
+        The commit step of those positions is the current step.
+        """
         p = self.prompt_width
         self.x[:, lo:hi] = torch.where(commit_blk, new_blk, self.x[:, lo:hi])
         step = torch.full_like(commit_blk, self.step, dtype=torch.long)
@@ -441,7 +450,8 @@ def _check_step_logits(blk_logits: torch.Tensor, in_block: torch.Tensor, step: i
     if problem is not None:
         (what, (row, col)) = problem
         raise ValueError(
-            f"backbone returned non-finite logits at denoising step {step}: {what} at batch row {row}, position {lo + col}"
+            f"backbone returned non-finite logits at denoising step {step}: {what} "
+            f"at batch row {row}, position {lo + col}"
         )
 
 
@@ -535,7 +545,10 @@ def _decode_block(
     draws: tuple[CoDDDraw | None, JointDraw | None],
     generator: torch.Generator | None,
 ) -> None:
-    """Decodes the columns ``lo:hi`` in the block's share of the steps (a step with nothing to commit calls no backbone)."""
+    """Decodes the columns ``lo:hi`` in the block's share of the steps.
+
+    A step with nothing to commit calls no backbone (but counts as a step).
+    """
     steps = cfg.blocks[2]
     counts = num_transfer_tokens((canvas.x[:, lo:hi] == canvas.mask_id).sum(1), steps)  # [B, steps]
     for i in range(steps):

@@ -1,4 +1,4 @@
-"""Keyword overrides of the settings dataclasses (`diffusion.sampling.GenerationConfig`, `diffusion.codd.PriorTrainConfig`, ...).
+"""Keyword overrides of settings dataclasses (`diffusion.sampling.GenerationConfig`, `diffusion.codd.PriorTrainConfig`).
 
 A function with many knobs takes one settings object and still accepts the
 knobs as keywords: ``f(data, config, epochs=3)`` is

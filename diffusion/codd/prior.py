@@ -634,18 +634,7 @@ class CoDDPrior:
         except Exception:
             self.backoff = saved
             raise
-        lc_t, lf_t, m_t = torch.cat(lc), torch.cat(lf), torch.cat(mk)
-        idx = ((m_t.sum(1).double() / m_t.shape[1]) * bins).floor().long().clamp(0, bins - 1)
-        grid = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)
-        out = []
-        for b in range(bins):
-            sel = (idx == b) & m_t.any(1)
-            if not bool(sel.any()):
-                out.append(1.0)
-                continue
-            obj = torch.logaddexp(torch.log(grid)[:, None] + lc_t[sel][None], torch.log1p(-grid)[:, None] + lf_t[sel][None])
-            obj = torch.where(torch.isnan(obj), torch.full_like(obj, -math.inf), obj).sum(1)
-            out.append(float(grid[int(obj.argmax())]))
+        out = _best_mix_weights(torch.cat(lc), torch.cat(lf), torch.cat(mk), bins)
         self.set_backoff(out)
         return out
 
@@ -1020,6 +1009,33 @@ class CoDDPrior:
             left[rows[active], pos[active]] = False
         return out
 
+
+def _best_mix_weights(lp_codd: torch.Tensor, lp_fact: torch.Tensor, masked: torch.Tensor, bins: int) -> list[float]:
+    """Per mask-ratio bin, the ``lambda`` on a 0.001 grid of ``[0, 1]`` maximising the mixture's log-likelihood.
+
+    Args:
+        lp_codd: ``FloatTensor[M]`` ``log p_hat`` of each window.
+        lp_fact: ``FloatTensor[M]`` factorized log-probability of each window.
+        masked: ``BoolTensor[M, W]``.
+        bins: equal-width bins of the mask ratio.
+
+    Returns:
+        ``bins`` weights (1.0 for a bin without windows).
+    """
+    idx = ((masked.sum(1).double() / masked.shape[1]) * bins).floor().long().clamp(0, bins - 1)
+    grid = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)
+    out = []
+    for b in range(bins):
+        sel = (idx == b) & masked.any(1)
+        if not bool(sel.any()):
+            out.append(1.0)
+            continue
+        obj = torch.logaddexp(
+            torch.log(grid)[:, None] + lp_codd[sel][None], torch.log1p(-grid)[:, None] + lp_fact[sel][None]
+        )
+        obj = torch.where(torch.isnan(obj), torch.full_like(obj, -math.inf), obj).sum(1)
+        out.append(float(grid[int(obj.argmax())]))
+    return out
 
 def order_scores(post: torch.Tensor, rule: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """Commit-order scores from marginals (higher first), independent of any draw.

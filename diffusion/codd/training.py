@@ -71,7 +71,7 @@ def make_windows(
         position of each window and its mask (at least one masked position).
     """
     N, L = tokens.shape
-    if L < window:
+    if window > L:
         raise ValueError(f"tokens: sequences of length {L} are shorter than the window {window}")
     M = N if num_windows is None else num_windows
     if maskable is None:
@@ -215,42 +215,53 @@ def answer_window_logits(
     N, L = tokens.shape
     if tuple(answer.shape) != (N, L):
         raise ValueError(f"answer: expected BoolTensor[{N}, {L}] like tokens, got {tuple(answer.shape)}")
-    if L < window:
+    if window > L:
         raise ValueError(f"tokens: sequences of length {L} are shorter than the window {window}")
     if not isinstance(draws, int) or draws < 1:
         raise ValueError(f"draws: expected a positive int, got {draws!r}")
-    eos = getattr(backbone.tokenizer, "eos_id", None)
-    span = answer.clone()
-    if eos is not None:  # keep the answer up to and including its first EOS
-        after = (tokens == eos) & answer
-        first = torch.where(after.any(1), after.float().argmax(1), torch.full((N,), L - 1))
-        span &= torch.arange(L)[None, :] <= first[:, None]
+    span = _answer_span(tokens, answer, getattr(backbone.tokenizer, "eos_id", None))
     seqs = torch.arange(N).repeat(draws)
     xs, ms, ls = [], [], []
     for s in tqdm(range(0, len(seqs), batch_size), desc="backbone logits", disable=progress is False, leave=False):
         r = seqs[s : s + batch_size]
         ids, sp = tokens[r], span[r]
-        b = len(r)
-        m = mask_exact_ratio(sp, torch.rand(b, generator=generator), generator)
+        m = mask_exact_ratio(sp, torch.rand(len(r), generator=generator), generator)
         inp = torch.where(m, torch.full_like(ids, backbone.mask_token_id), ids)
         lg = backbone(inp.to(backbone.device)).float().cpu()
         lg[..., backbone.mask_token_id] = -math.inf
-        rows_l, starts_l = [], []
-        for i in range(b):
-            idx = sp[i].nonzero(as_tuple=True)[0]
-            if idx.numel() == 0:
-                continue
-            for s0, _ in answer_tiles(int(idx[0]), int(idx[-1]) + 1, window):
-                rows_l.append(i)
-                starts_l.append(min(s0, L - window))
-        rows_t = torch.tensor(rows_l, dtype=torch.long)
-        pos = torch.tensor(starts_l, dtype=torch.long)[:, None] + torch.arange(window)
-        mw = m[rows_t[:, None], pos]
+        rows, pos = _span_tiles(sp, window)
+        mw = m[rows[:, None], pos]
         keep = mw.any(1)
-        xs.append(ids[rows_t[:, None], pos][keep])
+        xs.append(ids[rows[:, None], pos][keep])
         ms.append(mw[keep])
-        ls.append(lg[rows_t[:, None], pos][keep])
+        ls.append(lg[rows[:, None], pos][keep])
     return torch.cat(xs), torch.cat(ms), torch.cat(ls)
+
+
+def _answer_span(tokens: torch.Tensor, answer: torch.Tensor, eos: int | None) -> torch.Tensor:
+    """``BoolTensor[N, L]``: the answer positions ``answer [N, L]`` up to and including the first EOS of each row."""
+    N, L = tokens.shape
+    span = answer.clone()
+    if eos is not None:
+        after = (tokens == eos) & answer
+        first = torch.where(after.any(1), after.float().argmax(1), torch.full((N,), L - 1))
+        span &= torch.arange(L)[None, :] <= first[:, None]
+    return span
+
+
+def _span_tiles(span: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows tiling each row's span (`answer_tiles`): ``(rows [M], positions [M, W])`` of ``span [b, L]``."""
+    L = span.shape[1]
+    rows_l, starts_l = [], []
+    for i in range(span.shape[0]):
+        idx = span[i].nonzero(as_tuple=True)[0]
+        if idx.numel() == 0:
+            continue
+        for s0, _ in answer_tiles(int(idx[0]), int(idx[-1]) + 1, window):
+            rows_l.append(i)
+            starts_l.append(min(s0, L - window))
+    rows = torch.tensor(rows_l, dtype=torch.long)
+    return rows, torch.tensor(starts_l, dtype=torch.long)[:, None] + torch.arange(window)
 
 
 def topk_with_target(logits: torch.Tensor, x0: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -399,7 +410,12 @@ class PriorTrainConfig:
 
 @dataclass(frozen=True)
 class _Windows:
-    """Training windows: ``x0 [M, W]``, ``masked [M, W]``, ``logits [M, W, V or K]``, ``candidates [M, W, K]`` or None."""
+    """Training windows.
+
+    Attributes:
+        x0: ``LongTensor[M, W]``; masked: ``BoolTensor[M, W]``; logits:
+        ``FloatTensor[M, W, V]`` or ``[M, W, K]``; candidates: ``LongTensor[M, W, K]`` or None.
+    """
 
     x0: torch.Tensor
     masked: torch.Tensor
@@ -423,7 +439,9 @@ def _check_fit_inputs(prior: CoDDPrior, data: _Windows) -> None:
     if not bool(masked.any()):
         raise ValueError("masked: no masked position to learn from")
     if prior.backoff is not None:
-        raise ValueError("prior: has backoff weights; train the circuit first (prior.set_backoff(None)), then fit_backoff")
+        raise ValueError(
+            "prior: has backoff weights; train the circuit first (prior.set_backoff(None)), then fit_backoff"
+        )
 
 
 def _split(m: int, valid_frac: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ from diffusion import CoDDPrior, generate
 from diffusion.backbones import MaskedLMBackbone
 from diffusion.sampling import sample_tokens
 
-from ..conftest import TableModel
+from ..fixtures import TableModel
 
 torch.set_num_threads(1)
 W, H, V = 3, 3, 4
