@@ -31,14 +31,22 @@ factorized draw of ``U`` ignores; a one-token prefix always satisfies it,
 so every step commits at least one token. ``steps`` then caps the calls
 per block (the block's last allowed step commits everything left).
 
-Joint draws (hook for a CoDD circuit prior): the proposals above are a
-*factorized* draw, each position independent given the current ids. A
-`JointDraw` passed as ``joint_draw=`` is called, once per step and after
-the positions to commit have been chosen, with ``(ids, logits, window,
-commit)`` and returns the tokens (and confidences) to write at the committed
-positions, so a joint output layer can replace the per-position draw for the
-positions committed together. `FactorizedDraw` is the default
-behaviour written as a ``JointDraw``.
+Joint draws: the proposals above are a *factorized* draw, each position
+independent given the current ids. A `JointDraw` passed as ``joint_draw=``
+is called, once per step and after the positions to commit have been
+chosen, with ``(ids, logits, window, commit)`` and returns the tokens (and
+confidences) to write at the committed positions, so a joint output layer
+can replace the per-position draw for the positions committed together.
+`FactorizedDraw` is the default behaviour written as a ``JointDraw``;
+``prior=`` builds the CoDD draw (`diffusion.codd.CoDDDraw`), which also
+rescores the proposals. The protocol and the per-position proposals live in
+`diffusion.proposals`, below both this loop and the CoDD prior.
+
+Settings: the knobs from ``gen_length`` to ``sampler`` form a
+`GenerationConfig`, passed whole or as keywords of `generate`. The loop is
+cut into phases: `_Canvas.start` (prompts and the masked window),
+`_decode_block` (the block's steps and their schedule), `_decode_step` (one
+backbone call: `_propose`, `_commit_positions`, the joint draw, the write).
 
 Batches of prompts: prompts of different lengths are left-padded to a common
 length ``P`` and described by ``attention_mask`` (``BoolTensor[B, P]``, True

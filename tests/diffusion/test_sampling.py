@@ -136,11 +136,12 @@ def test_temperature_and_top_p():
     table[:, 3] = 2.0
     backbone = table_backbone(table, MASK)
     prompt = torch.zeros(4, 1, dtype=torch.long)
-    a = generate(backbone, prompt, gen_length=8, steps=8, block_length=8, temperature=1.0, generator=torch.Generator().manual_seed(0))
-    b = generate(backbone, prompt, gen_length=8, steps=8, block_length=8, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    kw = dict(gen_length=8, steps=8, block_length=8, temperature=1.0)
+    a = generate(backbone, prompt, generator=torch.Generator().manual_seed(0), **kw)
+    b = generate(backbone, prompt, generator=torch.Generator().manual_seed(0), **kw)
     assert torch.equal(a, b)
     assert len(set(a[:, 1:].flatten().tolist())) > 1  # sampling draws more than the argmax
-    c = generate(backbone, prompt, gen_length=8, steps=8, block_length=8, temperature=1.0, top_p=0.1, generator=torch.Generator().manual_seed(0))
+    c = generate(backbone, prompt, top_p=0.1, generator=torch.Generator().manual_seed(0), **kw)
     assert (c[:, 1:] == 3).all()  # nucleus of mass 0.1 holds only the top token
 
 
@@ -226,7 +227,8 @@ def test_config_and_keywords_give_the_same_output(random_backbone):
                  generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, c)
     greedy = generate(random_backbone, prompt, cfg, temperature=0.0)
-    assert torch.equal(greedy, generate(random_backbone, prompt, gen_length=8, steps=4, block_length=4, remasking="margin"))
+    plain = generate(random_backbone, prompt, gen_length=8, steps=4, block_length=4, remasking="margin")
+    assert torch.equal(greedy, plain)
     assert cfg.temperature == 0.7
 
 
