@@ -2,7 +2,7 @@
 
 Backbones (token ids in, per-position logits out), the MDLM / LLaDA training
 objective, block and full-sequence diffusion samplers with a joint-draw hook
-for a later CoDD circuit prior, evaluation on GSM8K, and the ``codd`` CLI.
+(used by the CoDD circuit prior), evaluation on GSM8K, and the ``codd`` CLI.
 """
 
 from .backbones import (
@@ -19,10 +19,10 @@ from .backbones import (
 from .data import QAExample, encode_prompts, load_gsm8k
 from .evaluation import annotation_stats, elbo_bound, evaluate_generation, extract_final_answer, loglik_by_mask_ratio
 from .masking import mask_tokens, masked_diffusion_loss, sample_times
-from .sampling import REMASKING_RULES, FactorizedDraw, JointDraw, generate
+from .sampling import REMASKING_RULES, FactorizedDraw, GenerationConfig, JointDraw, generate
 from .tokenizers import BPETokenizer, CharTokenizer, TextTokenizer, load_tokenizer, train_bpe_tokenizer
 from .training import TrainConfig, train_backbone
-from .codd import CoDDDraw, CoDDPrior, fit_prior
+from .codd import CoDDDraw, CoDDPrior, PriorTrainConfig, fit_prior
 
 __all__ = [
     "Backbone",
@@ -41,6 +41,7 @@ __all__ = [
     "mask_tokens",
     "masked_diffusion_loss",
     "generate",
+    "GenerationConfig",
     "JointDraw",
     "FactorizedDraw",
     "REMASKING_RULES",
@@ -59,4 +60,5 @@ __all__ = [
     "CoDDPrior",
     "CoDDDraw",
     "fit_prior",
+    "PriorTrainConfig",
 ]

@@ -46,7 +46,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..sampling import REMASKING_RULES, confidence_scores, logits_problem, sample_tokens
+from ..proposals import REMASKING_RULES, confidence_scores, logits_problem, sample_tokens
 from .prior import SAMPLE_METHODS, CoDDPrior
 
 __all__ = ["CoDDDraw", "check_codd_options"]
@@ -73,7 +73,7 @@ def check_codd_options(pc_frac: float, pc_temperature: float, sampler: str) -> N
 
 
 class CoDDDraw:
-    """The CoDD `diffusion.sampling.JointDraw` (see the module docstring).
+    """The CoDD `diffusion.proposals.JointDraw` (see the module docstring).
 
     Args:
         prior: the prior (its vocabulary must equal the backbone's).
@@ -142,7 +142,14 @@ class CoDDDraw:
 
     # ----------------------------------------------------------- windows
     def _window_inputs(
-        self, x: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor, starts: torch.Tensor, lo: int, hi: int, mask_id: int
+        self,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        rows: torch.Tensor,
+        starts: torch.Tensor,
+        lo: int,
+        hi: int,
+        mask_id: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Prior inputs of windows ``(rows [M], starts [M])``.
 
@@ -178,7 +185,11 @@ class CoDDDraw:
     def _draw_cond(
         self, xw: torch.Tensor, lw: torch.Tensor, mw: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Joint draw ``[M, W]`` of windows, with the path conditionals ``[M, W, V]`` (``"latent_tempered"``) or None."""
+        """Joint draw ``[M, W]`` of windows, with the path conditionals ``[M, W, V]`` (``"latent_tempered"``) or None.
+
+        Args:
+            xw, lw, mw: ``[M, W]``, ``[M, W, V]``, ``[M, W]`` window inputs (`_window_inputs`).
+        """
         self.prior_calls += xw.shape[0]
         if self.sampler == "latent_tempered":
             cond = self.prior.path_conditionals(xw, lw, mw, self.tau, self.generator)
@@ -220,43 +231,68 @@ class CoDDDraw:
             ``(proposal, score)`` for the block, ``[B, L]`` each, replaced in
             the windows where the prior is active.
         """
-        W = self.prior.window
-        B, L = in_block.shape
+        B = in_block.shape[0]
         proposal, score = proposal.clone(), score.clone()
         self._entropy = None
         self._first = torch.zeros(B, dtype=torch.long, device=x.device) if first is None else first.to(x.device)
-        if L <= W:
-            rows = torch.arange(B, device=x.device)
-            starts = self._first.clamp_min(hi - W)  # never before the row's first real token
-        else:
-            starts_1 = list(range(lo, hi, W))
-            starts_1[-1] = hi - W  # the last tile ends at the block's end
-            rows = torch.arange(B, device=x.device).repeat_interleave(len(starts_1))
-            starts = torch.tensor(starts_1, device=x.device).repeat(B)
+        rows, starts = self._block_windows(in_block.shape, lo, hi, x.device)
         xw, lw, mw, pos, mblk = self._window_inputs(x, logits, rows, starts, lo, hi, mask_id)
         in_count = ((pos >= lo) & (pos < hi)).sum(1)
         act = self._active(mblk, in_count)
         if bool(act.any()):
             self.active_steps += 1
-            r, xw, lw, mw, pos, mblk = rows[act], xw[act], lw[act], mw[act], pos[act], mblk[act]
-            tokens, cond = self._draw_cond(xw, lw, mw)  # [M, W], [M, W, V] or None
-            post = None
-            if cond is None or self.entropy:
-                post = self.prior.marginals(xw, lw, mw, self.tau)  # [M, W, V]
-            logp = cond if cond is not None else torch.log(post.clamp_min(0.0))
-            conf = confidence_scores(logp.to(score.dtype), tokens, self.remasking, self.generator)
-            rr = r[:, None].expand_as(pos)[mblk]
-            cc = pos[mblk] - lo
-            proposal[rr, cc] = tokens[mblk]
-            score[rr, cc] = conf[mblk].to(score.dtype)
-            if self.entropy:
-                p = post.clamp_min(0.0)
-                ent = -(p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))).sum(-1)  # [M, W]
-                self._entropy = (rr, cc, ent[mblk])
+            win = (rows[act], xw[act], lw[act], mw[act], pos[act], mblk[act])
+            self._rescore_windows(win, lo, proposal, score)
         self._proposal = proposal
         self._block = (lo, hi)
         self._mask_id = mask_id
         return proposal, score
+
+    def _block_windows(
+        self, shape: tuple[int, int], lo: int, hi: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rows [M], starts [M])`` of the windows covering the block ``lo:hi`` of ``shape = (B, L)``.
+
+        One window per row when ``L <= W`` (ending at the block's end, never
+        starting before the row's first real token), else ``ceil(L / W)``
+        tiles per row (the last one ending at the block's end).
+        """
+        W = self.prior.window
+        B, L = shape
+        if L <= W:
+            return torch.arange(B, device=device), self._first.clamp_min(hi - W)
+        starts_1 = list(range(lo, hi, W))
+        starts_1[-1] = hi - W
+        rows = torch.arange(B, device=device).repeat_interleave(len(starts_1))
+        return rows, torch.tensor(starts_1, device=device).repeat(B)
+
+    def _rescore_windows(
+        self,
+        win: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+        lo: int,
+        proposal: torch.Tensor,
+        score: torch.Tensor,
+    ) -> None:
+        """Writes the active windows' joint proposals and coupled confidences into ``proposal``, ``score`` ``[B, L]``.
+
+        ``win = (rows [M], xw [M, W], lw [M, W, V], mw [M, W], pos [M, W], mblk [M, W])``
+        as from `_window_inputs`, for the active windows only.
+        """
+        r, xw, lw, mw, pos, mblk = win
+        tokens, cond = self._draw_cond(xw, lw, mw)  # [M, W], [M, W, V] or None
+        post = None
+        if cond is None or self.entropy:
+            post = self.prior.marginals(xw, lw, mw, self.tau)  # [M, W, V]
+        logp = cond if cond is not None else torch.log(post.clamp_min(0.0))
+        conf = confidence_scores(logp.to(score.dtype), tokens, self.remasking, self.generator)
+        rr = r[:, None].expand_as(pos)[mblk]
+        cc = pos[mblk] - lo
+        proposal[rr, cc] = tokens[mblk]
+        score[rr, cc] = conf[mblk].to(score.dtype)
+        if self.entropy:
+            p = post.clamp_min(0.0)
+            ent = -(p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))).sum(-1)  # [M, W]
+            self._entropy = (rr, cc, ent[mblk])
 
     def coupled_entropy(self, entropy: torch.Tensor) -> torch.Tensor:
         """The block's per-position entropies with those of the last `rescore`'s active windows replaced.

@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -51,7 +51,7 @@ from pcircuits.engine.downward import _gumbel_argmax, downward
 from pcircuits.io import load_with_extras
 from pcircuits.nodes import NodeGroup
 
-from ..sampling import logits_problem
+from ..proposals import logits_problem
 
 __all__ = ["CoDDPrior", "SAMPLE_METHODS", "ORDER_RULES"]
 
@@ -306,14 +306,27 @@ class CoDDPrior:
         w = torch.where(masked.unsqueeze(-1), w, torch.zeros((), dtype=w.dtype, device=w.device))
         return w, cand
 
-    def _evidence(
+    def evidence(
         self, x0: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, tau: float, candidates: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Inputs on the prior's device with their soft evidence ``(x0, masked, w, cand)``.
+        """Checked inputs on the prior's device with their soft evidence.
 
-        ``candidates=None``: ``logits`` are ``[B, W, V]`` (checked, top-``k``
-        applied as in `_soft`); otherwise ``logits`` are the ``[B, W, K]``
-        values of the ``candidates`` token ids.
+        Args:
+            x0: ``LongTensor[B, W]`` tokens (those at masked positions are scored).
+            logits: ``FloatTensor[B, W, V]`` backbone logits (``candidates=None``;
+                the prior's ``top_k`` is applied), or ``[B, W, K]`` values of
+                the ``candidates`` token ids.
+            masked: ``BoolTensor[B, W]``.
+            tau: the temperature ``> 0`` of the soft evidence.
+            candidates: ``LongTensor[B, W, K]`` token ids of ``logits``, or None.
+
+        Returns:
+            ``(x0 [B, W], masked [B, W], w [B, W, K], cand [B, W, K] or None)``:
+            ``w = log_softmax(logits / tau)`` over the kept candidates (0 at
+            observed positions), the inputs of `conditional_ll`.
+
+        Raises:
+            TypeError, ValueError: inputs of the wrong type, shape or range.
         """
         if candidates is None:
             x0, logits, masked = self._check(x0, logits, masked, "x0")
@@ -485,12 +498,21 @@ class CoDDPrior:
             raise ValueError(f"x0: ids must lie in [0, {self.vocab_size})")
         with torch.set_grad_enabled(requires_grad):
             w, cand = self._soft(logits, masked, tau, self.top_k)
-            return self._conditional_ll(x0, masked, w, cand, detach=not requires_grad)
+            return self.conditional_ll(x0, masked, w, cand, detach=not requires_grad)
 
-    def _conditional_ll(
+    def conditional_ll(
         self, x0: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None, detach: bool
     ) -> torch.Tensor:
-        """``log p_hat(x0_masked | x0_observed)`` ``[B]`` from soft evidence ``w`` (and candidates), backoff mixed in."""
+        """``log p_hat(x0_masked | x0_observed)`` from soft evidence, backoff mixed in (no input checks).
+
+        Args:
+            x0, masked, w, cand: ``[B, W]``, ``[B, W]``, ``[B, W, K]`` and
+                ``[B, W, K]`` or None, as returned by `evidence`.
+            detach: False keeps the graph to the circuit's parameters (training).
+
+        Returns:
+            ``FloatTensor[B]``.
+        """
         wx = self._factorized_ll(x0, masked, w, cand)
         nothing = torch.zeros_like(masked)
         num = self._upward(x0, nothing, torch.zeros_like(w), cand, detach=detach)[-1][:, 0]
@@ -605,25 +627,14 @@ class CoDDPrior:
                 for s in range(0, x0.shape[0], batch_size):
                     sl = slice(s, s + batch_size)
                     cb = None if candidates is None else candidates[sl]
-                    xb, mb, w, cand = self._evidence(x0[sl], logits[sl], masked[sl], tau, cb)
-                    lc.append(self._conditional_ll(xb, mb, w, cand, detach=True).double().cpu())
+                    xb, mb, w, cand = self.evidence(x0[sl], logits[sl], masked[sl], tau, cb)
+                    lc.append(self.conditional_ll(xb, mb, w, cand, detach=True).double().cpu())
                     lf.append(self._factorized_ll(xb, mb, w, cand).double().cpu())
                     mk.append(mb.cpu())
         except Exception:
             self.backoff = saved
             raise
-        lc_t, lf_t, m_t = torch.cat(lc), torch.cat(lf), torch.cat(mk)
-        idx = ((m_t.sum(1).double() / m_t.shape[1]) * bins).floor().long().clamp(0, bins - 1)
-        grid = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)
-        out = []
-        for b in range(bins):
-            sel = (idx == b) & m_t.any(1)
-            if not bool(sel.any()):
-                out.append(1.0)
-                continue
-            obj = torch.logaddexp(torch.log(grid)[:, None] + lc_t[sel][None], torch.log1p(-grid)[:, None] + lf_t[sel][None])
-            obj = torch.where(torch.isnan(obj), torch.full_like(obj, -math.inf), obj).sum(1)
-            out.append(float(grid[int(obj.argmax())]))
+        out = _best_mix_weights(torch.cat(lc), torch.cat(lf), torch.cat(mk), bins)
         self.set_backoff(out)
         return out
 
@@ -820,7 +831,7 @@ class CoDDPrior:
                 return out
             w, cand = self._soft(logits, masked, tau, self.top_k)
             alt = self._factorized_draw(x, masked, w, cand, False)
-            better = self._conditional_ll(alt, masked, w, cand, True) > self._conditional_ll(out, masked, w, cand, True)
+            better = self.conditional_ll(alt, masked, w, cand, True) > self.conditional_ll(out, masked, w, cand, True)
             return torch.where(better.unsqueeze(1), alt, out)
 
     def _topdown(
@@ -998,41 +1009,33 @@ class CoDDPrior:
             left[rows[active], pos[active]] = False
         return out
 
-    # --------------------------------------------------------------- training
-    def fit(
-        self,
-        x0: torch.Tensor,
-        masked: torch.Tensor,
-        logits: torch.Tensor,
-        epochs: int = 5,
-        batch_size: int = 64,
-        lr: float = 0.05,
-        temperature: float = 1.0,
-        valid_frac: float = 0.1,
-        em_epochs: int = 0,
-        candidates: torch.Tensor | None = None,
-        checkpoint: str | Path | None = None,
-        seed: int = 0,
-        progress: bool | None = None,
-        callback: Callable[[int, float], None] | None = None,
-        weighting: str = "token",
-    ) -> list[float]:
-        """Trains the circuit to maximise the conditional log-likelihood.
 
-        See `diffusion.codd.training.fit_prior` (this is a shortcut to it).
+def _best_mix_weights(lp_codd: torch.Tensor, lp_fact: torch.Tensor, masked: torch.Tensor, bins: int) -> list[float]:
+    """Per mask-ratio bin, the ``lambda`` on a 0.001 grid of ``[0, 1]`` maximising the mixture's log-likelihood.
 
-        Returns:
-            The held-out conditional NLL per masked token after each epoch
-            (the train NLL when ``valid_frac=0``).
-        """
-        from .training import fit_prior
+    Args:
+        lp_codd: ``FloatTensor[M]`` ``log p_hat`` of each window.
+        lp_fact: ``FloatTensor[M]`` factorized log-probability of each window.
+        masked: ``BoolTensor[M, W]``.
+        bins: equal-width bins of the mask ratio.
 
-        return fit_prior(
-            self, x0, masked, logits, epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature,
-            valid_frac=valid_frac, em_epochs=em_epochs, candidates=candidates, checkpoint=checkpoint, seed=seed,
-            progress=progress, callback=callback, weighting=weighting,
+    Returns:
+        ``bins`` weights (1.0 for a bin without windows).
+    """
+    idx = ((masked.sum(1).double() / masked.shape[1]) * bins).floor().long().clamp(0, bins - 1)
+    grid = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)
+    out = []
+    for b in range(bins):
+        sel = (idx == b) & masked.any(1)
+        if not bool(sel.any()):
+            out.append(1.0)
+            continue
+        obj = torch.logaddexp(
+            torch.log(grid)[:, None] + lp_codd[sel][None], torch.log1p(-grid)[:, None] + lp_fact[sel][None]
         )
-
+        obj = torch.where(torch.isnan(obj), torch.full_like(obj, -math.inf), obj).sum(1)
+        out.append(float(grid[int(obj.argmax())]))
+    return out
 
 def order_scores(post: torch.Tensor, rule: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """Commit-order scores from marginals (higher first), independent of any draw.

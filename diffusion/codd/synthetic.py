@@ -18,6 +18,9 @@
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,9 +31,10 @@ from pcircuits.structures import hmm
 
 from ..backbones import MaskedLMBackbone, build_backbone
 from ..masking import masked_diffusion_loss
-from ..sampling import generate
+from ..sampling import GenerationConfig, generate
+from ..settings import with_overrides
 from .prior import CoDDPrior
-from .training import fit_prior
+from .training import PriorTrainConfig, fit_prior
 
 __all__ = [
     "OracleModel",
@@ -40,10 +44,13 @@ __all__ = [
     "teacher_windows",
     "train_synthetic_prior",
     "train_teacher_backbone",
+    "TeacherBackboneConfig",
 ]
 
 
-def make_teacher(length: int = 16, states: int = 8, vocab: int = 12, seed: int = 0, fan_out: int = 2, emit: int = 3) -> TensorCircuit:
+def make_teacher(
+    length: int = 16, states: int = 8, vocab: int = 12, seed: int = 0, fan_out: int = 2, emit: int = 3
+) -> TensorCircuit:
     """A random sparse HMM teacher (float64).
 
     Args:
@@ -133,67 +140,73 @@ class _MaskExcluded(nn.Module):
         return lg
 
 
-def train_teacher_backbone(
-    teacher: TensorCircuit,
-    num_train: int = 20000,
-    steps: int = 2500,
-    batch_size: int = 128,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    intermediate_size: int = 128,
-    lr: float = 3e-3,
-    warmup_steps: int = 100,
-    seed: int = 0,
-    num_heldout: int = 1000,
-) -> tuple[MaskedLMBackbone, dict]:
-    """Trains a tiny bidirectional transformer on teacher samples (masked diffusion).
+@dataclass(frozen=True)
+class TeacherBackboneConfig:
+    """The settings of `train_teacher_backbone` (each may also be passed to it as a keyword).
 
-    Vocabulary: the teacher's ``V`` tokens plus the mask id ``V``; inputs are a
-    one-token prompt (token 0, never masked) followed by the ``L`` positions,
-    exactly what `sample_and_score` feeds a backbone. Optimised with AdamW,
-    linear warm-up and cosine decay (as `diffusion.training.train_backbone`)
-    on the MDLM / LLaDA loss `masked_diffusion_loss`.
-
-    Returns:
-        ``(backbone, info)``: the backbone in eval mode (vocabulary ``V + 1``,
-        mask column of the logits at ``-inf``), and ``info`` with the settings,
-        the parameter count, the training-loss curve, the held-out bound
-        (nats per token) on fresh teacher samples and the training seconds.
+    Attributes:
+        num_train: teacher samples to train on.
+        steps: optimiser steps.
+        batch_size: sequences per step.
+        hidden_size, num_layers, num_heads, intermediate_size: the transformer
+            (`diffusion.backbones.build_backbone`).
+        lr: peak learning rate.
+        warmup_steps: linear warm-up steps.
+        seed: seed of the samples, the initialisation and the masks.
+        num_heldout: fresh teacher samples of the held-out bound.
     """
-    import time
 
-    from ..training import _lr_factor
+    num_train: int = 20000
+    steps: int = 2500
+    batch_size: int = 128
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 128
+    lr: float = 3e-3
+    warmup_steps: int = 100
+    seed: int = 0
+    num_heldout: int = 1000
 
-    start = time.time()
-    V, L = teacher.max_cats, teacher.num_vars
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    data = pc.sample(teacher, num_train, generator=g).long()
-    held = pc.sample(teacher, num_heldout, generator=torch.Generator().manual_seed(seed + 10_000)).long()
 
-    def with_prompt(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.zeros(x.shape[0], 1, dtype=torch.long), x], dim=1)
+def _with_prompt(x: torch.Tensor) -> torch.Tensor:
+    """``x [B, L]`` after a one-token prompt (token 0): ``[B, L + 1]``."""
+    return torch.cat([torch.zeros(x.shape[0], 1, dtype=torch.long), x], dim=1)
 
+
+def _student(vocab: int, cfg: TeacherBackboneConfig) -> tuple[MaskedLMBackbone, torch.optim.Optimizer]:
+    """A fresh transformer over ``vocab + 1`` ids and its AdamW (weight decay on matrices only)."""
     bb = build_backbone(
-        _TeacherVocab(V), hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
-        intermediate_size=intermediate_size, max_length=64,
+        _TeacherVocab(vocab), hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size, max_length=64,
     )  # type: ignore[arg-type]
-    n_params = sum(p.numel() for p in bb.parameters())
     decay = [p for p in bb.parameters() if p.dim() >= 2]
     no_decay = [p for p in bb.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.98))
-    maskable = torch.ones(batch_size, L + 1, dtype=torch.bool)
+    groups = [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}]
+    return bb, torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
+
+
+def _train_student(
+    bb: MaskedLMBackbone,
+    opt: torch.optim.Optimizer,
+    data: torch.Tensor,
+    mask_id: int,
+    cfg: TeacherBackboneConfig,
+    generator: torch.Generator,
+) -> list[float]:
+    """Trains ``bb`` on teacher samples ``data [n, L]``; returns the loss EMA every 100 steps."""
+    from ..training import _lr_factor
+
+    maskable = torch.ones(cfg.batch_size, data.shape[1] + 1, dtype=torch.bool)
     maskable[:, 0] = False
     losses = []
     ema = None
     bb.train()
-    for step in range(steps):
+    for step in range(cfg.steps):
         for grp in opt.param_groups:
-            grp["lr"] = lr * _lr_factor(step, step / steps, warmup_steps)
-        idx = torch.randint(num_train, (batch_size,), generator=g)
-        out = masked_diffusion_loss(bb, with_prompt(data[idx]), V, maskable, generator=g)
+            grp["lr"] = cfg.lr * _lr_factor(step, step / cfg.steps, cfg.warmup_steps)
+        idx = torch.randint(cfg.num_train, (cfg.batch_size,), generator=generator)
+        out = masked_diffusion_loss(bb, _with_prompt(data[idx]), mask_id, maskable, generator=generator)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(bb.parameters(), 1.0)
@@ -203,21 +216,67 @@ def train_teacher_backbone(
         if (step + 1) % 100 == 0:
             losses.append(ema)
     bb.eval()
-    # held-out bound: average of the masked-diffusion loss over 4 draws of t / masks
+    return losses
+
+
+@torch.no_grad()
+def _heldout_bound(bb: MaskedLMBackbone, held: torch.Tensor, mask_id: int, seed: int) -> float:
+    """The masked-diffusion bound (nats per token) on ``held [n, L]``, averaged over 4 draws of ``t`` and masks."""
     hg = torch.Generator().manual_seed(seed + 20_000)
-    hm = torch.ones(num_heldout, L + 1, dtype=torch.bool)
+    hm = torch.ones(held.shape[0], held.shape[1] + 1, dtype=torch.bool)
     hm[:, 0] = False
-    with torch.no_grad():
-        bound = sum(float(masked_diffusion_loss(bb, with_prompt(held), V, hm, generator=hg).loss) for _ in range(4)) / 4
-    model = _MaskExcluded(bb.model, V).eval()
+    x = _with_prompt(held)
+    return sum(float(masked_diffusion_loss(bb, x, mask_id, hm, generator=hg).loss) for _ in range(4)) / 4
+
+
+def train_teacher_backbone(
+    teacher: TensorCircuit, config: TeacherBackboneConfig | None = None, **settings: Any
+) -> tuple[MaskedLMBackbone, dict]:
+    """Trains a tiny bidirectional transformer on teacher samples (masked diffusion).
+
+    Vocabulary: the teacher's ``V`` tokens plus the mask id ``V``; inputs are a
+    one-token prompt (token 0, never masked) followed by the ``L`` positions,
+    exactly what `sample_and_score` feeds a backbone. Optimised with AdamW,
+    linear warm-up and cosine decay (as `diffusion.training.train_backbone`)
+    on the MDLM / LLaDA loss `masked_diffusion_loss`.
+
+    Phases: teacher samples, the student and its optimiser, the training
+    loop, the held-out bound.
+
+    Args:
+        teacher: the teacher circuit over ``L`` variables and ``V`` tokens.
+        config: the settings (`TeacherBackboneConfig`; default ``TeacherBackboneConfig()``).
+        **settings: fields of `TeacherBackboneConfig`, overriding those of ``config``.
+
+    Returns:
+        ``(backbone, info)``: the backbone in eval mode (vocabulary ``V + 1``,
+        mask column of the logits at ``-inf``), and ``info`` with the settings,
+        the parameter count, the training-loss curve, the held-out bound
+        (nats per token) on fresh teacher samples and the training seconds.
+
+    Raises:
+        TypeError: ``config`` not a `TeacherBackboneConfig` or a keyword that is not a setting.
+    """
+    cfg = with_overrides(TeacherBackboneConfig, config, settings, "train_teacher_backbone")
+    start = time.time()
+    V, L = teacher.max_cats, teacher.num_vars
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    data = pc.sample(teacher, cfg.num_train, generator=g).long()
+    held = pc.sample(teacher, cfg.num_heldout, generator=torch.Generator().manual_seed(cfg.seed + 10_000)).long()
+    bb, opt = _student(V, cfg)
+    n_params = sum(p.numel() for p in bb.parameters())
+    losses = _train_student(bb, opt, data, V, cfg, g)
+    bound = _heldout_bound(bb, held, V, cfg.seed)
     info = {
-        "hidden_size": hidden_size, "num_layers": num_layers, "num_heads": num_heads,
-        "intermediate_size": intermediate_size, "parameters": n_params, "train_sequences": num_train,
-        "steps": steps, "batch_size": batch_size, "lr": lr, "train_loss_ema_per_100_steps": losses,
+        "hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers, "num_heads": cfg.num_heads,
+        "intermediate_size": cfg.intermediate_size, "parameters": n_params, "train_sequences": cfg.num_train,
+        "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "train_loss_ema_per_100_steps": losses,
         "heldout_bound_nats_per_token": bound, "teacher_entropy_nats_per_token": None, "seconds": time.time() - start,
     }
     with torch.no_grad():
         info["teacher_entropy_nats_per_token"] = -float(teacher(held).mean()) / L
+    model = _MaskExcluded(bb.model, V).eval()
     return MaskedLMBackbone(model, mask_token_id=V, vocab_size=V + 1), info
 
 
@@ -261,7 +320,8 @@ def train_synthetic_prior(
 
     x0, masked, logits = teacher_windows(teacher, backbone, num_windows, seed)
     prior = CoDDPrior.hmm(teacher.num_vars, states, backbone.vocab_size, seed=seed)
-    hist = fit_prior(prior, x0, masked, logits, epochs=epochs, batch_size=64, lr=lr, valid_frac=0.1, seed=seed, progress=progress)
+    settings = PriorTrainConfig(epochs=epochs, batch_size=64, lr=lr, valid_frac=0.1, seed=seed, progress=progress)
+    hist = fit_prior(prior, x0, masked, logits, settings)
     xv, mv, lv = teacher_windows(teacher, backbone, 500, seed + 1)
     n = mv.sum()
     nll = {
@@ -293,9 +353,10 @@ def sample_and_score(
     L = teacher.num_vars
     prompt = torch.zeros(num_samples, 1, dtype=torch.long)
     g = torch.Generator().manual_seed(seed)
-    out = generate(
-        backbone, prompt, gen_length=L, steps=L // tokens_per_step, block_length=L, remasking=remasking,
-        temperature=temperature, generator=g, prior=prior, pc_frac=pc_frac, pc_temperature=pc_temperature, sampler=sampler,
+    settings = GenerationConfig(
+        gen_length=L, steps=L // tokens_per_step, block_length=L, remasking=remasking, temperature=temperature,
+        pc_frac=pc_frac, pc_temperature=pc_temperature, sampler=sampler,
     )
+    out = generate(backbone, prompt, settings, generator=g, prior=prior)
     with torch.no_grad():
         return teacher(out[:, 1:]).float()

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -25,12 +27,16 @@ from tqdm.auto import tqdm
 import pcircuits as pc
 from pcircuits import distributed as pdist
 
-from ..backbones import Backbone
+from ..backbones import Backbone, load_backbone
 from ..masking import mask_exact_ratio
+from ..settings import with_overrides
 from .prior import CoDDPrior
 
 __all__ = [
+    "PriorTrainConfig",
     "fit_prior",
+    "PriorJobConfig",
+    "train_prior_cli",
     "make_windows",
     "backbone_window_logits",
     "answer_tiles",
@@ -66,7 +72,7 @@ def make_windows(
         position of each window and its mask (at least one masked position).
     """
     N, L = tokens.shape
-    if L < window:
+    if window > L:
         raise ValueError(f"tokens: sequences of length {L} are shorter than the window {window}")
     M = N if num_windows is None else num_windows
     if maskable is None:
@@ -210,42 +216,53 @@ def answer_window_logits(
     N, L = tokens.shape
     if tuple(answer.shape) != (N, L):
         raise ValueError(f"answer: expected BoolTensor[{N}, {L}] like tokens, got {tuple(answer.shape)}")
-    if L < window:
+    if window > L:
         raise ValueError(f"tokens: sequences of length {L} are shorter than the window {window}")
     if not isinstance(draws, int) or draws < 1:
         raise ValueError(f"draws: expected a positive int, got {draws!r}")
-    eos = getattr(backbone.tokenizer, "eos_id", None)
-    span = answer.clone()
-    if eos is not None:  # keep the answer up to and including its first EOS
-        after = (tokens == eos) & answer
-        first = torch.where(after.any(1), after.float().argmax(1), torch.full((N,), L - 1))
-        span &= torch.arange(L)[None, :] <= first[:, None]
+    span = _answer_span(tokens, answer, getattr(backbone.tokenizer, "eos_id", None))
     seqs = torch.arange(N).repeat(draws)
     xs, ms, ls = [], [], []
     for s in tqdm(range(0, len(seqs), batch_size), desc="backbone logits", disable=progress is False, leave=False):
         r = seqs[s : s + batch_size]
         ids, sp = tokens[r], span[r]
-        b = len(r)
-        m = mask_exact_ratio(sp, torch.rand(b, generator=generator), generator)
+        m = mask_exact_ratio(sp, torch.rand(len(r), generator=generator), generator)
         inp = torch.where(m, torch.full_like(ids, backbone.mask_token_id), ids)
         lg = backbone(inp.to(backbone.device)).float().cpu()
         lg[..., backbone.mask_token_id] = -math.inf
-        rows_l, starts_l = [], []
-        for i in range(b):
-            idx = sp[i].nonzero(as_tuple=True)[0]
-            if idx.numel() == 0:
-                continue
-            for s0, _ in answer_tiles(int(idx[0]), int(idx[-1]) + 1, window):
-                rows_l.append(i)
-                starts_l.append(min(s0, L - window))
-        rows_t = torch.tensor(rows_l, dtype=torch.long)
-        pos = torch.tensor(starts_l, dtype=torch.long)[:, None] + torch.arange(window)
-        mw = m[rows_t[:, None], pos]
+        rows, pos = _span_tiles(sp, window)
+        mw = m[rows[:, None], pos]
         keep = mw.any(1)
-        xs.append(ids[rows_t[:, None], pos][keep])
+        xs.append(ids[rows[:, None], pos][keep])
         ms.append(mw[keep])
-        ls.append(lg[rows_t[:, None], pos][keep])
+        ls.append(lg[rows[:, None], pos][keep])
     return torch.cat(xs), torch.cat(ms), torch.cat(ls)
+
+
+def _answer_span(tokens: torch.Tensor, answer: torch.Tensor, eos: int | None) -> torch.Tensor:
+    """``BoolTensor[N, L]``: the answer positions ``answer [N, L]`` up to and including the first EOS of each row."""
+    N, L = tokens.shape
+    span = answer.clone()
+    if eos is not None:
+        after = (tokens == eos) & answer
+        first = torch.where(after.any(1), after.float().argmax(1), torch.full((N,), L - 1))
+        span &= torch.arange(L)[None, :] <= first[:, None]
+    return span
+
+
+def _span_tiles(span: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows tiling each row's span (`answer_tiles`): ``(rows [M], positions [M, W])`` of ``span [b, L]``."""
+    L = span.shape[1]
+    rows_l, starts_l = [], []
+    for i in range(span.shape[0]):
+        idx = span[i].nonzero(as_tuple=True)[0]
+        if idx.numel() == 0:
+            continue
+        for s0, _ in answer_tiles(int(idx[0]), int(idx[-1]) + 1, window):
+            rows_l.append(i)
+            starts_l.append(min(s0, L - window))
+    rows = torch.tensor(rows_l, dtype=torch.long)
+    return rows, torch.tensor(starts_l, dtype=torch.long)[:, None] + torch.arange(window)
 
 
 def topk_with_target(logits: torch.Tensor, x0: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -343,8 +360,131 @@ def _batch_ll(
         return prior.log_prob(x0, logits, masked, temperature, requires_grad=grad)
     if candidates is None:
         logits, candidates = topk_with_target(logits, x0, prior.top_k)
-    x0, masked, w, cand = prior._evidence(x0, logits, masked, temperature, candidates)
-    return prior._conditional_ll(x0, masked, w, cand, detach=not grad)
+    x0, masked, w, cand = prior.evidence(x0, logits, masked, temperature, candidates)
+    return prior.conditional_ll(x0, masked, w, cand, detach=not grad)
+
+
+# ----------------------------------------------------------------------------------------- fit_prior
+@dataclass(frozen=True)
+class PriorTrainConfig:
+    """The settings of `fit_prior` (each may also be passed to `fit_prior` as a keyword).
+
+    Attributes:
+        epochs: passes over the training windows.
+        batch_size: windows per Adam step.
+        lr: Adam learning rate (on the circuit's logits).
+        temperature: ``tau`` used in training.
+        valid_frac: share of windows held out for the per-epoch NLL (0: report the train NLL).
+        em_epochs: epochs of full-batch `pcircuits.em` on the training windows' clean tokens first.
+        checkpoint: file path; the prior with the best held-out NLL is saved there (`CoDDPrior.save`, atomic).
+        seed: seed of the split and the shuffling.
+        progress: tqdm progress bar (``None``: on a terminal only).
+        callback: called as ``callback(epoch, nll)`` after every epoch.
+        weighting: ``"token"`` or ``"window"`` (see `fit_prior`); the same
+            weighting defines the held-out NLL that picks the checkpoint.
+        distributed: data-parallel over ``torch.distributed`` (see
+            `fit_prior`; ``None``: when a group of several ranks is initialised).
+        optimizer: ``"adam"`` or ``"anemone"`` (the conditional update of
+            `pcircuits.learning.anemone_step`, single-process; ``lr`` is then its
+            step size in ``(0, 1]``, and each batch builds ``[batch_size, W, V]``
+            dense soft evidence).
+
+    Raises:
+        ValueError: an unknown ``weighting`` or ``optimizer``, ``valid_frac``
+            outside ``[0, 1)``, or ``lr`` outside ``(0, 1]`` with Anemone.
+    """
+
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 0.05
+    temperature: float = 1.0
+    valid_frac: float = 0.1
+    em_epochs: int = 0
+    checkpoint: str | Path | None = None
+    seed: int = 0
+    progress: bool | None = None
+    callback: Callable[[int, float], None] | None = None
+    weighting: str = "token"
+    distributed: bool | None = None
+    optimizer: str = "adam"
+
+    def __post_init__(self) -> None:
+        if self.weighting not in ("token", "window"):
+            raise ValueError(f"weighting: expected 'token' or 'window', got {self.weighting!r}")
+        if self.optimizer not in ("adam", "anemone"):
+            raise ValueError(f"optimizer: expected 'adam' or 'anemone', got {self.optimizer!r}")
+        if self.optimizer == "anemone" and not 0.0 < self.lr <= 1.0:
+            raise ValueError(f"lr: Anemone's step size must lie in (0, 1], got {self.lr!r}")
+        if not 0.0 <= self.valid_frac < 1.0:
+            raise ValueError(f"valid_frac: expected a value in [0, 1), got {self.valid_frac}")
+
+
+@dataclass(frozen=True)
+class _Windows:
+    """Training windows.
+
+    Attributes:
+        x0: ``LongTensor[M, W]``; masked: ``BoolTensor[M, W]``; logits:
+        ``FloatTensor[M, W, V]`` or ``[M, W, K]``; candidates: ``LongTensor[M, W, K]`` or None.
+    """
+
+    x0: torch.Tensor
+    masked: torch.Tensor
+    logits: torch.Tensor
+    candidates: torch.Tensor | None
+
+    def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The windows ``idx [b]``: ``(x0, masked, logits, candidates)``."""
+        cand = None if self.candidates is None else self.candidates[idx]
+        return self.x0[idx], self.masked[idx], self.logits[idx], cand
+
+
+def _check_fit_inputs(prior: CoDDPrior, data: _Windows) -> None:
+    x0, masked, logits = data.x0, data.masked, data.logits
+    if tuple(masked.shape) != tuple(x0.shape) or logits.shape[:2] != x0.shape:
+        raise ValueError("x0, masked and logits must agree on [M, W]")
+    if x0.shape[1] != prior.window:
+        raise ValueError(f"x0: windows of length {x0.shape[1]}, the prior's window is {prior.window}")
+    if data.candidates is None and logits.shape[-1] != prior.vocab_size:
+        raise ValueError(f"logits: vocabulary {logits.shape[-1]}, the prior's is {prior.vocab_size}")
+    if not bool(masked.any()):
+        raise ValueError("masked: no masked position to learn from")
+    if prior.backoff is not None:
+        raise ValueError(
+            "prior: has backoff weights; train the circuit first (prior.set_backoff(None)), then fit_backoff"
+        )
+
+
+def _split(m: int, valid_frac: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(held-out [n_val], train [m - n_val])`` window indices of a random split."""
+    perm = torch.randperm(m, generator=generator)
+    n_val = int(round(valid_frac * m)) if valid_frac > 0 else 0
+    return perm[:n_val], perm[n_val:]
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    perm = torch.randperm(n, generator=generator)
+    for s in range(0, n, batch_size):
+        yield perm[s : s + batch_size]
+
+
+def _denominator(mb: torch.Tensor, weighting: str) -> torch.Tensor:
+    """The normaliser of a batch's loss: its masked tokens (``"token"``) or its windows with a mask (``"window"``)."""
+    if weighting == "window":
+        return (mb.sum(1) > 0).sum().clamp_min(1)
+    return mb.sum().clamp_min(1)
+
+
+def _batch_loss(ll: torch.Tensor, mb: torch.Tensor, denominator: torch.Tensor, weighting: str) -> torch.Tensor:
+    """Loss of windows with log-likelihoods ``ll [b]`` and masks ``mb [b, W]``, over a given normaliser.
+
+    ``"token"``: ``-sum(ll) / denominator`` (masked tokens of the whole batch);
+    ``"window"``: ``-sum(ll / n) / denominator`` (windows of the whole batch with ``n > 0`` masks).
+    """
+    ll = torch.where(torch.isfinite(ll), ll, torch.zeros_like(ll))
+    if weighting == "window":
+        return -(ll / mb.sum(1).to(ll.device).clamp_min(1)).sum() / denominator
+    return -ll.sum() / denominator
 
 
 def _anemone_batch(
@@ -362,7 +502,7 @@ def _anemone_batch(
     x0, masked, logits = x0.to(dev), masked.to(dev), logits.to(dev)
     if candidates is None and prior.top_k is not None:
         logits, candidates = topk_with_target(logits, x0, prior.top_k)
-    x0, masked, w, cand = prior._evidence(x0, logits, masked, temperature, candidates)
+    x0, masked, w, cand = prior.evidence(x0, logits, masked, temperature, candidates)
     if cand is not None:  # -inf off the candidates; amax keeps the target's value when it is listed twice
         full = torch.full((*w.shape[:2], prior.vocab_size), -math.inf, dtype=w.dtype, device=dev)
         w = full.scatter_reduce(-1, cand, w, "amax")
@@ -372,10 +512,70 @@ def _anemone_batch(
     pc.learning.anemone_step(prior.circuit, x0, masked, w, step_size=step_size, objective="conditional", weights=weights)
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    perm = torch.randperm(n, generator=generator)
-    for s in range(0, n, batch_size):
-        yield perm[s : s + batch_size]
+def _adam_step(
+    prior: CoDDPrior, opt: torch.optim.Optimizer, data: _Windows, rows: torch.Tensor, cfg: PriorTrainConfig, on: bool
+) -> None:
+    """One Adam step on the windows ``rows [b]`` (the same on every rank).
+
+    Data-parallel (``on``), this rank differentiates the loss of its share of
+    ``rows`` scaled by the whole batch's normaliser, and the gradients are
+    summed over ranks, so every rank takes the single-process step of the
+    whole batch.
+    """
+    denominator = _denominator(data.masked[rows], cfg.weighting)
+    mine = rows[pdist.shard(len(rows), pdist.rank(), pdist.world_size())] if on else rows
+    opt.zero_grad()
+    if len(mine):  # a rank with no window of this batch contributes no gradient
+        xb, mb, lb, cb = data.take(mine)
+        ll = _batch_ll(prior, xb, mb, lb, cb, cfg.temperature, grad=True)
+        _batch_loss(ll, mb, denominator.to(ll.device), cfg.weighting).backward()
+    if on:
+        pdist.all_reduce_gradients(prior.circuit.parameters())
+    opt.step()
+
+
+def _heldout_nll(prior: CoDDPrior, data: _Windows, rows: torch.Tensor, cfg: PriorTrainConfig, on: bool) -> float:
+    """`mean_nll` of the windows ``rows`` (sharded over ranks and all-reduced when ``on``)."""
+    batch_size = max(cfg.batch_size, 256)
+    if on:
+        return _sharded_mean_nll(prior, data, rows, cfg.temperature, batch_size, cfg.weighting)
+    xb, mb, lb, cb = data.take(rows)
+    return mean_nll(conditional_nll(prior, xb, mb, lb, cb, cfg.temperature, batch_size=batch_size), mb, cfg.weighting)
+
+
+def _sharded_mean_nll(
+    prior: CoDDPrior, data: _Windows, rows: torch.Tensor, temperature: float, batch_size: int, weighting: str
+) -> float:
+    """`mean_nll` of the windows ``rows [b]``, each rank scoring its share and the sums all-reduced."""
+    mine = rows[pdist.shard(len(rows), pdist.rank(), pdist.world_size())]
+    sums = torch.zeros(2, dtype=torch.float64, device=pdist.control_device())
+    if len(mine):
+        xb, mb, lb, cb = data.take(mine)
+        nll = conditional_nll(prior, xb, mb, lb, cb, temperature, batch_size=batch_size)
+        n = mb.sum(1).to(nll.device, torch.float64)
+        if weighting == "window":
+            sums[0], sums[1] = (nll[n > 0] / n[n > 0]).sum(), (n > 0).sum()
+        else:
+            sums[0], sums[1] = nll.sum(), n.sum()
+    pdist.all_reduce_sum([sums])
+    return float(sums[0] / sums[1])
+
+
+def _initialise(prior: CoDDPrior, x0_train: torch.Tensor, cfg: PriorTrainConfig, on: bool) -> None:
+    """EM on the clean training windows ``x0_train [m, W]`` (``em_epochs > 0``); rank 0's parameters everywhere."""
+    if cfg.em_epochs > 0:
+        pc.em(prior.circuit, x0_train.to(prior.device), epochs=cfg.em_epochs, progress=False, distributed=on)
+    if on:
+        pdist.broadcast_tensors(prior.circuit.parameters())
+
+
+def _keep_best(prior: CoDDPrior, nll: float, best: float, cfg: PriorTrainConfig, on: bool) -> float:
+    """Saves the prior at ``cfg.checkpoint`` when ``nll`` beats ``best`` (one writer); returns the new best."""
+    if cfg.checkpoint is not None and nll < best:
+        with pdist.rank_zero_writes(on) as writer:  # one writer; the other ranks wait
+            if writer:
+                prior.save(cfg.checkpoint)
+    return min(best, nll)
 
 
 def fit_prior(
@@ -383,20 +583,10 @@ def fit_prior(
     x0: torch.Tensor,
     masked: torch.Tensor,
     logits: torch.Tensor,
-    epochs: int = 5,
-    batch_size: int = 64,
-    lr: float = 0.05,
-    temperature: float = 1.0,
-    valid_frac: float = 0.1,
-    em_epochs: int = 0,
+    config: PriorTrainConfig | None = None,
+    *,
     candidates: torch.Tensor | None = None,
-    checkpoint: str | Path | None = None,
-    seed: int = 0,
-    progress: bool | None = None,
-    callback: Callable[[int, float], None] | None = None,
-    weighting: str = "token",
-    distributed: bool | None = None,
-    optimizer: str = "adam",
+    **settings: Any,
 ) -> list[float]:
     """Fits ``prior`` to maximise ``log p_hat(x0_masked | observed, logits)`` with Adam or Anemone.
 
@@ -412,183 +602,65 @@ def fit_prior(
       low mask ratios, where the backbone alone is already sharp, from being
       traded for gains at high ones.
 
+    Data-parallel (``distributed``, see `pcircuits.distributed`): every rank
+    passes the same windows; each computes the loss of its share of every
+    batch (scaled by the whole batch's normaliser) and the gradients are
+    summed over ranks before each Adam step, so the steps are the
+    single-process ones; the held-out NLL is sharded too, and only rank 0
+    writes ``checkpoint``.
+
+    Phases: check the inputs, split off the held-out windows, initialise
+    (EM, broadcast), then per epoch the Adam steps, the held-out NLL, the
+    checkpoint and the callback.
+
     Args:
         prior: the prior (trained in place).
         x0: ``LongTensor[M, W]`` clean windows.
         masked: ``BoolTensor[M, W]`` masked positions of each window.
         logits: ``FloatTensor[M, W, V]`` cached backbone logits, or
             ``[M, W, K]`` values of ``candidates``.
-        epochs: passes over the training windows.
-        batch_size: windows per Adam step or Anemone update.
-        lr: Adam learning rate (on the circuit's logits), or Anemone's step size in ``(0, 1]``.
-        temperature: ``tau`` used in training.
-        valid_frac: share of windows held out for the per-epoch NLL (0: report the train NLL).
-        em_epochs: epochs of full-batch `pcircuits.em` on the training windows' clean tokens first.
+        config: the settings (`PriorTrainConfig`; default ``PriorTrainConfig()``).
         candidates: ``LongTensor[M, W, K]`` token ids of ``logits`` (top-``k`` caches).
-        checkpoint: file path; the prior with the best held-out NLL is saved there (`CoDDPrior.save`, atomic).
-        seed: seed of the split and the shuffling.
-        progress: tqdm progress bar (``None``: on a terminal only).
-        callback: called as ``callback(epoch, nll)`` after every epoch.
-        weighting: ``"token"`` or ``"window"`` (see above); the same weighting
-            defines the held-out NLL that picks the checkpoint.
-        distributed: data-parallel over ``torch.distributed`` (see
-            `pcircuits.distributed`; ``None``: when a group of several ranks is
-            initialised). Every rank passes the same windows; each computes
-            the loss of its share of every batch (scaled by the whole batch's
-            normaliser) and the gradients are summed over ranks before each
-            Adam step, so the steps are the single-process ones; the held-out
-            NLL is sharded too, and only rank 0 writes ``checkpoint``.
-        optimizer: ``"adam"`` or ``"anemone"`` (the conditional update of
-            `pcircuits.learning.anemone_step`; it builds ``[batch_size, W, V]``
-            dense soft evidence per batch).
+        **settings: fields of `PriorTrainConfig` (``epochs``, ``batch_size``,
+            ``lr``, ``temperature``, ``valid_frac``, ``em_epochs``,
+            ``checkpoint``, ``seed``, ``progress``, ``callback``,
+            ``weighting``, ``distributed``, ``optimizer``), overriding those of ``config``.
 
     Returns:
         Held-out (or train) conditional NLL per masked token (``"token"``) or
         mean per-window NLL per masked token (``"window"``), one value per epoch.
 
     Raises:
+        TypeError: ``config`` not a `PriorTrainConfig` or a keyword that is not a setting.
         ValueError: mismatched shapes, ``valid_frac`` outside ``[0, 1)``,
-            nothing masked, an unknown ``weighting`` or ``optimizer``, ``lr`` outside
-            ``(0, 1]`` with Anemone, or a prior with backoff weights.
+            nothing masked, an unknown ``weighting``, or a prior with backoff weights.
     """
-    if weighting not in ("token", "window"):
-        raise ValueError(f"weighting: expected 'token' or 'window', got {weighting!r}")
-    if optimizer not in ("adam", "anemone"):
-        raise ValueError(f"optimizer: expected 'adam' or 'anemone', got {optimizer!r}")
-    if optimizer == "anemone" and not 0.0 < lr <= 1.0:
-        raise ValueError(f"lr: Anemone's step size must lie in (0, 1], got {lr!r}")
-    M = x0.shape[0]
-    if tuple(masked.shape) != tuple(x0.shape) or logits.shape[:2] != x0.shape:
-        raise ValueError("x0, masked and logits must agree on [M, W]")
-    if x0.shape[1] != prior.window:
-        raise ValueError(f"x0: windows of length {x0.shape[1]}, the prior's window is {prior.window}")
-    if candidates is None and logits.shape[-1] != prior.vocab_size:
-        raise ValueError(f"logits: vocabulary {logits.shape[-1]}, the prior's is {prior.vocab_size}")
-    if not 0.0 <= valid_frac < 1.0:
-        raise ValueError(f"valid_frac: expected a value in [0, 1), got {valid_frac}")
-    if not bool(masked.any()):
-        raise ValueError("masked: no masked position to learn from")
-    if prior.backoff is not None:
-        raise ValueError("prior: has backoff weights; train the circuit first (prior.set_backoff(None)), then fit_backoff")
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(M, generator=gen)
-    n_val = int(round(valid_frac * M)) if valid_frac > 0 else 0
-    val, tr = perm[:n_val], perm[n_val:]
-    on = pdist.active(distributed)
-    if on and optimizer != "adam":
-        raise ValueError(f"optimizer: data-parallel training supports 'adam' only, got {optimizer!r}")
-    if em_epochs > 0:
-        pc.em(prior.circuit, x0[tr].to(prior.device), epochs=em_epochs, progress=False, distributed=on)
-    if on:
-        pdist.broadcast_tensors(prior.circuit.parameters())
-
-    def take(idx: torch.Tensor) -> tuple:
-        return x0[idx], masked[idx], logits[idx], (None if candidates is None else candidates[idx])
-
-    def evaluate(idx: torch.Tensor) -> float:
-        if on:
-            return _sharded_mean_nll(prior, take, idx, temperature, max(batch_size, 256), weighting)
-        xb, mb, lb, cb = take(idx)
-        return mean_nll(conditional_nll(prior, xb, mb, lb, cb, temperature, batch_size=max(batch_size, 256)), mb, weighting)
-
-    opt = torch.optim.Adam(prior.circuit.parameters(), lr=lr) if optimizer == "adam" else None
+    cfg = with_overrides(PriorTrainConfig, config, settings, "fit_prior")
+    data = _Windows(x0, masked, logits, candidates)
+    _check_fit_inputs(prior, data)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    val, tr = _split(x0.shape[0], cfg.valid_frac, gen)
+    on = pdist.active(cfg.distributed)
+    if on and cfg.optimizer != "adam":
+        raise ValueError(f"optimizer: data-parallel training supports 'adam' only, got {cfg.optimizer!r}")
+    _initialise(prior, x0[tr], cfg, on)
+    opt = torch.optim.Adam(prior.circuit.parameters(), lr=cfg.lr) if cfg.optimizer == "adam" else None
     history: list[float] = []
     best = math.inf
-    bar = tqdm(range(epochs), desc="prior epochs", disable=progress is False or pdist.rank(on) != 0)
+    bar = tqdm(range(cfg.epochs), desc="prior epochs", disable=cfg.progress is False or pdist.rank(on) != 0)
     for ep in bar:
-        for idx in _batches(len(tr), batch_size, gen):
-            if on:
-                _sharded_step(prior, opt, take, tr[idx], temperature, weighting)
-                continue
-            xb, mb, lb, cb = take(tr[idx])
+        for idx in _batches(len(tr), cfg.batch_size, gen):
             if opt is None:
-                _anemone_batch(prior, xb, mb, lb, cb, temperature, lr, weighting)
-                continue
-            ll = _batch_ll(prior, xb, mb, lb, cb, temperature, grad=True)
-            ll = torch.where(torch.isfinite(ll), ll, torch.zeros_like(ll))
-            if weighting == "window":
-                n = mb.sum(1).to(ll.device)
-                loss = -(ll / n.clamp_min(1)).sum() / (n > 0).sum().clamp_min(1)
+                _anemone_batch(prior, *data.take(tr[idx]), cfg.temperature, cfg.lr, cfg.weighting)
             else:
-                loss = -ll.sum() / mb.sum().clamp_min(1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        nll = evaluate(val if n_val else tr)
+                _adam_step(prior, opt, data, tr[idx], cfg, on)
+        nll = _heldout_nll(prior, data, val if len(val) else tr, cfg, on)
         history.append(nll)
         bar.set_postfix(nll=f"{nll:.4f}")
-        if checkpoint is not None and nll < best:
-            with pdist.rank_zero_writes(on) as writer:  # one writer; the other ranks wait
-                if writer:
-                    prior.save(checkpoint)
-        best = min(best, nll)
-        if callback is not None:
-            callback(ep, nll)
+        best = _keep_best(prior, nll, best, cfg, on)
+        if cfg.callback is not None:
+            cfg.callback(ep, nll)
     return history
-
-
-def _batch_loss(ll: torch.Tensor, mb: torch.Tensor, denominator: torch.Tensor, weighting: str) -> torch.Tensor:
-    """Loss of windows with log-likelihoods ``ll [b]`` and masks ``mb [b, W]``, over a given normaliser.
-
-    ``"token"``: ``-sum(ll) / denominator`` (masked tokens of the whole batch);
-    ``"window"``: ``-sum(ll / n) / denominator`` (windows of the whole batch with ``n > 0`` masks).
-    """
-    ll = torch.where(torch.isfinite(ll), ll, torch.zeros_like(ll))
-    if weighting == "window":
-        return -(ll / mb.sum(1).to(ll.device).clamp_min(1)).sum() / denominator
-    return -ll.sum() / denominator
-
-
-def _sharded_step(
-    prior: CoDDPrior,
-    opt: torch.optim.Optimizer,
-    take: Callable[[torch.Tensor], tuple],
-    rows: torch.Tensor,
-    temperature: float,
-    weighting: str,
-) -> None:
-    """One data-parallel Adam step on the windows ``rows [b]`` (the same on every rank).
-
-    This rank differentiates the loss of its share of ``rows`` scaled by the
-    whole batch's normaliser, and the gradients are summed over ranks, so
-    every rank takes the single-process step of the whole batch.
-    """
-    mb_all = take(rows)[1]
-    if weighting == "window":
-        denominator = (mb_all.sum(1) > 0).sum().clamp_min(1)
-    else:
-        denominator = mb_all.sum().clamp_min(1)
-    mine = rows[pdist.shard(len(rows), pdist.rank(), pdist.world_size())]
-    opt.zero_grad()
-    if len(mine):  # a rank with no window of this batch contributes no gradient
-        xb, mb, lb, cb = take(mine)
-        ll = _batch_ll(prior, xb, mb, lb, cb, temperature, grad=True)
-        _batch_loss(ll, mb, denominator.to(ll.device), weighting).backward()
-    pdist.all_reduce_gradients(prior.circuit.parameters())
-    opt.step()
-
-
-def _sharded_mean_nll(
-    prior: CoDDPrior,
-    take: Callable[[torch.Tensor], tuple],
-    rows: torch.Tensor,
-    temperature: float,
-    batch_size: int,
-    weighting: str,
-) -> float:
-    """`mean_nll` of the windows ``rows [b]``, each rank scoring its share and the sums all-reduced."""
-    mine = rows[pdist.shard(len(rows), pdist.rank(), pdist.world_size())]
-    sums = torch.zeros(2, dtype=torch.float64, device=pdist.control_device())
-    if len(mine):
-        xb, mb, lb, cb = take(mine)
-        nll = conditional_nll(prior, xb, mb, lb, cb, temperature, batch_size=batch_size)
-        n = mb.sum(1).to(nll.device, torch.float64)
-        if weighting == "window":
-            sums[0], sums[1] = (nll[n > 0] / n[n > 0]).sum(), (n > 0).sum()
-        else:
-            sums[0], sums[1] = nll.sum(), n.sum()
-    pdist.all_reduce_sum([sums])
-    return float(sums[0] / sums[1])
 
 
 def qa_token_matrix(examples: list, tokenizer: object, max_length: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -629,26 +701,121 @@ def _init_torchrun_group() -> None:
         atexit.register(torch.distributed.destroy_process_group)
 
 
+# ----------------------------------------------------------------------------------- train_prior_cli
+@dataclass(frozen=True)
+class PriorJobConfig:
+    """The settings of `train_prior_cli` (``codd train-prior``; each may also be passed as a keyword).
+
+    Attributes:
+        window: window length ``W`` of the prior.
+        states: hidden states of its HMM.
+        num_windows: windows drawn (``mask_scope="window"``).
+        top_k: candidates kept per position (None: the whole vocabulary).
+        examples: use the first N QA pairs (None: all).
+        mask_scope: ``"window"`` (`make_windows`) or ``"answer"`` (`answer_window_logits`).
+        draws: whole-answer mask draws per QA pair (``mask_scope="answer"``).
+        backoff_bins: mask-ratio bins of the backoff weights (0: none).
+        trust_remote_code: passed to `diffusion.backbones.load_backbone`.
+        epochs, batch_size, lr, em_epochs, progress, weighting: those of `PriorTrainConfig`.
+        seed: seed of the data split, the windows, the prior's initialisation and the training.
+
+    Raises:
+        ValueError: an unknown ``mask_scope`` or ``weighting``.
+    """
+
+    window: int = 16
+    states: int = 64
+    num_windows: int = 2000
+    top_k: int | None = 64
+    examples: int | None = None
+    mask_scope: str = "window"
+    draws: int = 4
+    backoff_bins: int = 0
+    trust_remote_code: bool = False
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 0.05
+    em_epochs: int = 0
+    seed: int = 0
+    progress: bool | None = None
+    weighting: str = "token"
+
+    def __post_init__(self) -> None:
+        if self.mask_scope not in ("window", "answer"):
+            raise ValueError(f"mask_scope: expected 'window' or 'answer', got {self.mask_scope!r}")
+        if self.weighting not in ("token", "window"):
+            raise ValueError(f"weighting: expected 'token' or 'window', got {self.weighting!r}")
+
+    def train_config(self, checkpoint: str | Path) -> PriorTrainConfig:
+        """The `fit_prior` settings of this job, saving the best prior at ``checkpoint``."""
+        return PriorTrainConfig(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, em_epochs=self.em_epochs,
+            checkpoint=checkpoint, seed=self.seed, progress=self.progress, weighting=self.weighting,
+        )
+
+
+def _load_qa(data: str, examples: int | None) -> list:
+    """QA pairs of ``data``: ``"gsm8k"`` (the train split), a GSM8K folder, or a JSONL file."""
+    from ..data import load_gsm8k, read_jsonl_qa
+
+    if data == "gsm8k":
+        return load_gsm8k("train", limit=examples)
+    if Path(data).is_dir():
+        return load_gsm8k("train", data, limit=examples)
+    return read_jsonl_qa(data)[:examples]
+
+
+def _hold_out(qa: list, job: PriorJobConfig, generator: torch.Generator) -> tuple[list, list]:
+    """``(held-out, training)`` QA pairs: 10% held out for the backoff weights when ``backoff_bins > 0``."""
+    if not job.backoff_bins:
+        return [], qa
+    perm = torch.randperm(len(qa), generator=generator).tolist()
+    n_held = max(1, round(0.1 * len(qa)))
+    return [qa[i] for i in perm[:n_held]], [qa[i] for i in perm[n_held:]]
+
+
+def _qa_windows(
+    backbone: Backbone, examples: list, n: int, job: PriorJobConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(x0 [M, W], masked [M, W], logits [M, W, V or K], candidates [M, W, K] or None)`` of the QA pairs."""
+    tokens, answer = qa_token_matrix(examples, backbone.tokenizer)
+    if job.mask_scope == "window":
+        rows, starts, masked = make_windows(tokens, job.window, answer, n, generator)
+        x0, logits, cand = backbone_window_logits(
+            backbone, tokens, rows, starts, masked, top_k=job.top_k, progress=job.progress
+        )
+        return x0, masked, logits, cand
+    x0, masked, logits = answer_window_logits(
+        backbone, tokens, answer, job.window, job.draws, generator, progress=job.progress
+    )
+    if job.top_k is None:
+        return x0, masked, logits, None
+    logits, cand = topk_with_target(logits, x0, job.top_k)
+    return x0, masked, logits, cand
+
+
+def _fit_saved_backoff(
+    backbone: Backbone, output: str, held: list, n: int, job: PriorJobConfig, generator: torch.Generator
+) -> list[float]:
+    """Fits the backoff weights of the prior saved at ``output`` on ``n`` windows of ``held`` and saves it again.
+
+    One reader and writer (rank 0); the weights are broadcast to the other ranks.
+    """
+    on = pdist.active(None)
+    backoff = None
+    with pdist.rank_zero_writes(on) as writer:  # the other ranks wait
+        if writer:
+            prior = CoDDPrior.load(output, job.top_k)  # the best held-out epoch
+            hx, hm, hl, hc = _qa_windows(backbone, held, n, job, generator)
+            backoff = prior.fit_backoff(hx, hl, hm, bins=job.backoff_bins, candidates=hc)
+            prior.save(output)
+    if on:
+        backoff = pdist.broadcast_object(backoff)
+    return backoff
+
+
 def train_prior_cli(
-    model: str,
-    data: str,
-    output: str,
-    window: int = 16,
-    states: int = 64,
-    num_windows: int = 2000,
-    top_k: int | None = 64,
-    epochs: int = 5,
-    batch_size: int = 64,
-    lr: float = 0.05,
-    em_epochs: int = 0,
-    examples: int | None = None,
-    seed: int = 0,
-    progress: bool | None = None,
-    weighting: str = "token",
-    mask_scope: str = "window",
-    draws: int = 4,
-    backoff_bins: int = 0,
-    trust_remote_code: bool = False,
+    model: str, data: str, output: str, config: PriorJobConfig | None = None, **settings: Any
 ) -> dict:
     """``codd train-prior``: windows of QA answers, cached backbone logits, `fit_prior`, `pcircuits.save`.
 
@@ -666,57 +833,34 @@ def train_prior_cli(
     (`fit_prior`); every rank caches the same windows' logits, rank 0 alone
     fits the backoff and writes ``output``.
 
+    Args:
+        model: a saved backbone with a project tokenizer.
+        data: ``"gsm8k"``, a GSM8K folder or a JSONL file of QA pairs.
+        output: the prior file.
+        config: the settings (`PriorJobConfig`; default ``PriorJobConfig()``).
+        **settings: fields of `PriorJobConfig`, overriding those of ``config``.
+
     Returns:
         ``{"output": ..., "heldout_nll": [...], "backoff": [...] or None}``.
-    """
-    if mask_scope not in ("window", "answer"):
-        raise ValueError(f"mask_scope: expected 'window' or 'answer', got {mask_scope!r}")
-    from ..backbones import load_backbone
-    from ..data import load_gsm8k, read_jsonl_qa
 
+    Raises:
+        TypeError: ``config`` not a `PriorJobConfig` or a keyword that is not a setting.
+        ValueError: a bad setting, or a model without a project tokenizer.
+    """
+    job = with_overrides(PriorJobConfig, config, settings, "train_prior_cli")
     _init_torchrun_group()
-    backbone = load_backbone(model, trust_remote_code=trust_remote_code)
+    backbone = load_backbone(model, trust_remote_code=job.trust_remote_code)
     tok = backbone.tokenizer
     if tok is None or not hasattr(tok, "eos_id"):
         raise ValueError(f"model: {model} has no project tokenizer (train it with 'codd train-backbone')")
-    if data == "gsm8k":
-        qa = load_gsm8k("train", limit=examples)
-    elif Path(data).is_dir():
-        qa = load_gsm8k("train", data, limit=examples)
-    else:
-        qa = read_jsonl_qa(data)[:examples]
-    g = torch.Generator().manual_seed(seed)
-    held: list = []
-    if backoff_bins:
-        perm = torch.randperm(len(qa), generator=g).tolist()
-        n_held = max(1, round(0.1 * len(qa)))
-        held, qa = [qa[i] for i in perm[:n_held]], [qa[i] for i in perm[n_held:]]
-
-    def windows(examples: list, n: int) -> tuple:
-        tokens, answer = qa_token_matrix(examples, tok)
-        if mask_scope == "window":
-            rows, starts, masked = make_windows(tokens, window, answer, n, g)
-            x0, logits, cand = backbone_window_logits(backbone, tokens, rows, starts, masked, top_k=top_k, progress=progress)
-            return x0, masked, logits, cand
-        x0, masked, logits = answer_window_logits(backbone, tokens, answer, window, draws, g, progress=progress)
-        if top_k is None:
-            return x0, masked, logits, None
-        logits, cand = topk_with_target(logits, x0, top_k)
-        return x0, masked, logits, cand
-
-    x0, masked, logits, cand = windows(qa, num_windows)
-    prior = CoDDPrior.hmm(window, states, backbone.vocab_size, seed=seed, top_k=top_k)
-    hist = fit_prior(prior, x0, masked, logits, epochs=epochs, batch_size=batch_size, lr=lr, em_epochs=em_epochs,
-                     candidates=cand, checkpoint=output, seed=seed, progress=progress, weighting=weighting)
+    qa = _load_qa(data, job.examples)
+    g = torch.Generator().manual_seed(job.seed)
+    held, qa = _hold_out(qa, job, g)
+    x0, masked, logits, cand = _qa_windows(backbone, qa, job.num_windows, job, g)
+    prior = CoDDPrior.hmm(job.window, job.states, backbone.vocab_size, seed=job.seed, top_k=job.top_k)
+    hist = fit_prior(prior, x0, masked, logits, job.train_config(output), candidates=cand)
     backoff = None
-    if backoff_bins:
-        on = pdist.active(None)  # one reader and writer of the saved prior; the others wait
-        with pdist.rank_zero_writes(on) as writer:
-            if writer:
-                prior = CoDDPrior.load(output, top_k)  # the best held-out epoch
-                hx, hm, hl, hc = windows(held, max(1, round(num_windows * len(held) / len(qa))))
-                backoff = prior.fit_backoff(hx, hl, hm, bins=backoff_bins, candidates=hc)
-                prior.save(output)
-        if on:
-            backoff = pdist.broadcast_object(backoff)
+    if job.backoff_bins:
+        n_held = max(1, round(job.num_windows * len(held) / len(qa)))
+        backoff = _fit_saved_backoff(backbone, output, held, n_held, job, g)
     return {"output": str(output), "heldout_nll": hist, "backoff": backoff}

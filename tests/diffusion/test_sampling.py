@@ -13,6 +13,7 @@ from diffusion.backbones import DreamBackbone, LLaDABackbone, MaskedLMBackbone, 
 from diffusion.sampling import (
     REMASKING_RULES,
     FactorizedDraw,
+    GenerationConfig,
     JointDraw,
     dream_transfer_count,
     generate,
@@ -135,18 +136,19 @@ def test_temperature_and_top_p():
     table[:, 3] = 2.0
     backbone = table_backbone(table, MASK)
     prompt = torch.zeros(4, 1, dtype=torch.long)
-    a = generate(backbone, prompt, 8, 8, 8, temperature=1.0, generator=torch.Generator().manual_seed(0))
-    b = generate(backbone, prompt, 8, 8, 8, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    kw = dict(gen_length=8, steps=8, block_length=8, temperature=1.0)
+    a = generate(backbone, prompt, generator=torch.Generator().manual_seed(0), **kw)
+    b = generate(backbone, prompt, generator=torch.Generator().manual_seed(0), **kw)
     assert torch.equal(a, b)
     assert len(set(a[:, 1:].flatten().tolist())) > 1  # sampling draws more than the argmax
-    c = generate(backbone, prompt, 8, 8, 8, temperature=1.0, top_p=0.1, generator=torch.Generator().manual_seed(0))
+    c = generate(backbone, prompt, top_p=0.1, generator=torch.Generator().manual_seed(0), **kw)
     assert (c[:, 1:] == 3).all()  # nucleus of mass 0.1 holds only the top token
 
 
 def test_factorized_draw_is_default(random_backbone):
     prompt = _prompts()
-    a = generate(random_backbone, prompt, 16, 8, 8)
-    b = generate(random_backbone, prompt, 16, 8, 8, joint_draw=FactorizedDraw())
+    a = generate(random_backbone, prompt, gen_length=16, steps=8, block_length=8)
+    b = generate(random_backbone, prompt, gen_length=16, steps=8, block_length=8, joint_draw=FactorizedDraw())
     assert torch.equal(a, b)
     assert isinstance(FactorizedDraw(), JointDraw)
 
@@ -160,7 +162,7 @@ def test_joint_draw_hook_receives_window_and_commit(random_backbone):
             return torch.full_like(ids, 7), torch.zeros(ids.shape)
 
     prompt = _prompts(2, 4)
-    out = generate(random_backbone, prompt, 8, 4, 4, joint_draw=Constant())
+    out = generate(random_backbone, prompt, gen_length=8, steps=4, block_length=4, joint_draw=Constant())
     assert (out[:, 4:] == 7).all()
     assert len(calls) == 4
     for step, (ids, shape, window, commit) in enumerate(calls):
@@ -177,7 +179,7 @@ def test_joint_draw_hook_receives_window_and_commit(random_backbone):
 def test_joint_draw_returning_mask_is_rejected(random_backbone):
     bad = lambda ids, logits, window, commit: (torch.full_like(ids, MASK), torch.zeros(ids.shape))  # noqa: E731
     with pytest.raises(ValueError, match="joint_draw"):
-        generate(random_backbone, _prompts(), 8, 4, 4, joint_draw=bad)
+        generate(random_backbone, _prompts(), gen_length=8, steps=4, block_length=4, joint_draw=bad)
 
 
 @pytest.mark.parametrize(
@@ -197,18 +199,58 @@ def test_bad_arguments_raise(random_backbone, kwargs, name):
         generate(random_backbone, _prompts(), **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        (dict(gen_length=10, block_length=4), "gen_length"),
+        (dict(gen_length=16, steps=6, block_length=4), "steps"),
+        (dict(remasking="topk"), "remasking"),
+        (dict(entropy_bound=-1.0), "entropy_bound"),
+        (dict(pc_frac=1.5), "pc_frac"),
+        (dict(sampler="beam"), "sampler"),
+    ],
+)
+def test_a_bad_config_fails_when_built(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        GenerationConfig(**kwargs)
+
+
+def test_config_and_keywords_give_the_same_output(random_backbone):
+    prompt = _prompts()
+    kw = dict(gen_length=8, steps=4, block_length=4, remasking="margin", temperature=0.7, top_p=0.9)
+    cfg = GenerationConfig(**kw)
+    a = generate(random_backbone, prompt, generator=torch.Generator().manual_seed(2), **kw)
+    b = generate(random_backbone, prompt, cfg, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+    # a keyword overrides the config's field; the config itself is unchanged
+    c = generate(random_backbone, prompt, GenerationConfig(**{**kw, "steps": 8}), steps=4,
+                 generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, c)
+    greedy = generate(random_backbone, prompt, cfg, temperature=0.0)
+    plain = generate(random_backbone, prompt, gen_length=8, steps=4, block_length=4, remasking="margin")
+    assert torch.equal(greedy, plain)
+    assert cfg.temperature == 0.7
+
+
+def test_settings_by_position_or_unknown_name_are_refused(random_backbone):
+    with pytest.raises(TypeError, match="config: expected a GenerationConfig"):
+        generate(random_backbone, _prompts(), 8)
+    with pytest.raises(TypeError, match="num_steps"):
+        generate(random_backbone, _prompts(), num_steps=8)
+
+
 def test_prompt_with_mask_or_out_of_vocab(random_backbone):
     p = _prompts()
     p[0, 1] = MASK
     with pytest.raises(ValueError, match="prompt_ids.*mask"):
-        generate(random_backbone, p, 8, 8, 8)
+        generate(random_backbone, p, gen_length=8, steps=8, block_length=8)
     p = _prompts()
     p[1, 0] = 20
     with pytest.raises(ValueError, match="prompt_ids"):
-        generate(random_backbone, p, 8, 8, 8)
+        generate(random_backbone, p, gen_length=8, steps=8, block_length=8)
     p[1, 0] = -1
     with pytest.raises(ValueError, match="prompt_ids"):
-        generate(random_backbone, p, 8, 8, 8)
+        generate(random_backbone, p, gen_length=8, steps=8, block_length=8)
 
 
 def test_schedule_counts_at_8_tokens_per_step_math():
@@ -323,7 +365,7 @@ def test_left_padding_mask_and_mask_validation(random_backbone):
     }
     for msg, m in bad.items():
         with pytest.raises(ValueError, match=msg):
-            generate(random_backbone, prompts, 4, 2, 2, attention_mask=m)
+            generate(random_backbone, prompts, gen_length=4, steps=2, block_length=2, attention_mask=m)
     assert torch.equal(check_attention_mask(torch.tensor([[0, 1]]), (1, 2)), torch.tensor([[False, True]]))
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from diffusion import CoDDPrior
+from diffusion import CoDDPrior, fit_prior
 from tests.diffusion.fixtures import V, W
 from tests.diffusion.fixtures import brute_posterior as _brute
 from tests.diffusion.fixtures import random_case as _case
@@ -117,4 +117,4 @@ def test_backoff_errors():
         prior.fit_backoff(x, logits, masked, bins=0)
     prior.set_backoff([0.5])
     with pytest.raises(ValueError, match="backoff"):
-        prior.fit(x, masked, logits, epochs=1)
+        fit_prior(prior, x, masked, logits, epochs=1)

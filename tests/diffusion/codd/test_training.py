@@ -109,3 +109,41 @@ def test_answer_window_logits_masks_whole_answers():
         answer_window_logits(bb, tokens, answer, W, draws=0)
     with pytest.raises(ValueError, match="answer"):
         answer_window_logits(bb, tokens, answer[:, :5], W)
+
+
+def test_config_and_keywords_train_the_same_prior(tmp_path):
+    from diffusion.codd import PriorTrainConfig
+
+    x0, masked, logits = _windows(n=40, seed=2)
+    kw = dict(epochs=2, batch_size=8, lr=0.05, valid_frac=0.25, seed=3, progress=False, weighting="window")
+    a = CoDDPrior.hmm(4, 3, 5, seed=0).to(torch.float64)
+    b = CoDDPrior.hmm(4, 3, 5, seed=0).to(torch.float64)
+    seen = []
+    ha = fit_prior(a, x0, masked, logits, **kw)
+    cfg = PriorTrainConfig(**{**kw, "epochs": 7}, callback=lambda ep, nll: seen.append((ep, nll)))
+    hb = fit_prior(b, x0, masked, logits, cfg, epochs=2, checkpoint=tmp_path / "p")  # keywords override the config
+    assert ha == hb and seen == list(enumerate(hb))
+    for pa, pb in zip(a.circuit.parameters(), b.circuit.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert (tmp_path / "p").is_file() and cfg.epochs == 7
+
+
+def test_bad_settings_name_themselves():
+    from diffusion.codd import PriorJobConfig, PriorTrainConfig
+
+    x0, masked, logits = _windows()
+    prior = CoDDPrior.hmm(4, 3, 5)
+    with pytest.raises(ValueError, match="valid_frac"):
+        PriorTrainConfig(valid_frac=1.0)
+    with pytest.raises(TypeError, match="config: expected a PriorTrainConfig"):
+        fit_prior(prior, x0, masked, logits.float(), 3)
+    with pytest.raises(TypeError, match="learning_rate"):
+        fit_prior(prior, x0, masked, logits.float(), learning_rate=0.1)
+    with pytest.raises(ValueError, match="mask_scope"):
+        PriorJobConfig(mask_scope="sentence")
+    job = PriorJobConfig(epochs=3, lr=0.2, em_epochs=1, seed=5, weighting="window", batch_size=7)
+    train = job.train_config("out.prior")
+    assert (train.epochs, train.lr, train.em_epochs, train.seed, train.weighting, train.batch_size) == (
+        3, 0.2, 1, 5, "window", 7,
+    )
+    assert train.checkpoint == "out.prior" and train.valid_frac == PriorTrainConfig().valid_frac
