@@ -194,7 +194,9 @@ def main() -> None:
 
     names = list(timings)
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.barh(names, [timings[n] * 1000 for n in names], color=["#888", "#888", "#1f77b4", "#2ca02c", "#d62728", "#9467bd"])
+    ax.barh(
+        names, [timings[n] * 1000 for n in names], color=["#888", "#888", "#1f77b4", "#2ca02c", "#d62728", "#9467bd"]
+    )
     ax.invert_yaxis()
     ax.set_xlabel(f"milliseconds (median {'wall-clock' if which == 0 else 'process CPU'} time)")
     ax.set_title(f"Queries on an HCLT ({args.vars} vars, {args.latents} latents), batch {args.batch}, {dev}")

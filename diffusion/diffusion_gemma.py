@@ -132,12 +132,18 @@ class DiffusionGemmaOutput:
     def tokens_per_call(self, prompt_length: int, pad_token_id: int | None = None) -> torch.Tensor:
         """``FloatTensor[B]``: generated tokens (pads excluded) per decoder pass."""
         new = self.sequences[:, prompt_length:]
-        count = (new != pad_token_id).sum(-1) if pad_token_id is not None else torch.full_like(self.decoder_calls, new.shape[1])
+        count = (
+            (new != pad_token_id).sum(-1)
+            if pad_token_id is not None
+            else torch.full_like(self.decoder_calls, new.shape[1])
+        )
         return count / self.decoder_calls.clamp_min(1)
 
 
 # ------------------------------------------------------------------ the draw, step by step
-def step_temperature(step: int, steps: int, t_min: float, t_max: float, device: torch.device | None = None) -> torch.Tensor:
+def step_temperature(
+    step: int, steps: int, t_min: float, t_max: float, device: torch.device | None = None
+) -> torch.Tensor:
     """The linear temperature schedule ``T(s) = t_min + (t_max - t_min) * s / S``.
 
     ``s`` counts the steps *left* (``S`` at the first step, 1 at the last). The
@@ -289,7 +295,12 @@ def _decoder_masks(model: nn.Module, canvas: torch.Tensor, cache: Any, mask: tor
 
 
 def _decode(
-    model: nn.Module, canvas: torch.Tensor, cache: Any, masks: dict, positions: torch.Tensor, sc_logits: torch.Tensor | None
+    model: nn.Module,
+    canvas: torch.Tensor,
+    cache: Any,
+    masks: dict,
+    positions: torch.Tensor,
+    sc_logits: torch.Tensor | None,
 ) -> torch.Tensor:
     """``FloatTensor[B, L, V]`` (float32, soft-capped) logits of ``canvas [B, L]``."""
     out = model(
@@ -680,7 +691,9 @@ def load_diffusion_gemma(
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"path: {path} has no config.json")
     if not is_diffusion_gemma_dir(path):
-        raise ValueError(f"path: {path}/config.json does not name a DiffusionGemma model (model_type 'diffusion_gemma')")
+        raise ValueError(
+            f"path: {path}/config.json does not name a DiffusionGemma model (model_type 'diffusion_gemma')"
+        )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import DiffusionGemmaForBlockDiffusion
 

@@ -203,7 +203,9 @@ def _check_group(i: int, item: Any, earlier: list[_GroupSpec]) -> _GroupSpec:
     if not isinstance(children, list) or not all(_is_int(c) and 0 <= c < i for c in children):
         raise _Invalid(f"group {i}: children must be a list of indices of earlier groups (0..{i - 1})")
     if (kind == "input") != (len(children) == 0):
-        raise _Invalid(f"group {i}: {'an input group has no' if kind == 'input' else 'a ' + kind + ' group needs'} children")
+        raise _Invalid(
+            f"group {i}: {'an input group has no' if kind == 'input' else 'a ' + kind + ' group needs'} children"
+        )
     spec = _GroupSpec(kind, n, children, name)
     if kind == "input":
         spec.var = item.get("var")
@@ -347,7 +349,9 @@ def _open_safetensors(f: BinaryIO, size: int) -> tuple[dict[str, str], dict[str,
         if not 0 <= start <= end <= data_len or end - start != math.prod(shape) * dtype.itemsize:
             raise _Invalid(f"tensor {name!r}: data_offsets {offsets} do not fit its shape {shape} or the file")
         spans.append((start, end))
-        members[name] = _Member(dtype, tuple(shape), _safetensors_reader(f, base + start, end - start, dtype, tuple(shape)))
+        members[name] = _Member(
+            dtype, tuple(shape), _safetensors_reader(f, base + start, end - start, dtype, tuple(shape))
+        )
     spans.sort()
     covered = 0
     for start, end in spans:
@@ -437,7 +441,9 @@ def _check_members(
         elif kind == "edges" and key.isdigit() and int(key) < len(specs) and str(int(key)) == key:
             spec = specs[int(key)]
             if m.dtype != torch.int64 or not _edge_shape_ok(spec, specs, m.shape):
-                raise _Invalid(f"tensor {name!r}: dtype {m.dtype} / shape {list(m.shape)} do not fit group {key} ({spec.kind})")
+                raise _Invalid(
+                    f"tensor {name!r}: dtype {m.dtype} / shape {list(m.shape)} do not fit group {key} ({spec.kind})"
+                )
             edges[name] = m.read()
         elif kind == "extra" and key in extras_declared:
             if m.dtype != torch.float64 or m.shape != extras_declared[key]:
@@ -473,7 +479,9 @@ def _check_banks(circuit: TensorCircuit, params: dict[str, _Member], version: in
         raise _Invalid(f"parameter banks do not match the structure (unexpected {extra}, missing {absent})")
     for name, shape in expected.items():
         if params[name].shape != shape:
-            raise _Invalid(f"parameter {name!r} has shape {list(params[name].shape)}, the structure needs {list(shape)}")
+            raise _Invalid(
+                f"parameter {name!r} has shape {list(params[name].shape)}, the structure needs {list(shape)}"
+            )
     values = {}
     for name, m in params.items():
         values[name] = v = m.read()
@@ -531,7 +539,11 @@ def _check_header(header: Any, version: int) -> tuple[dict, str, dict[str, tuple
         raise _Invalid("extras must be an object")
     extras = {}
     for key, shape in declared.items():
-        if not _EXTRA_NAME.match(str(key)) or not isinstance(shape, list) or not all(_is_int(d) and d >= 1 for d in shape):
+        if (
+            not _EXTRA_NAME.match(str(key))
+            or not isinstance(shape, list)
+            or not all(_is_int(d) and d >= 1 for d in shape)
+        ):
             raise _Invalid(f"extra {key!r}: expected a lower-case name and a shape of positive ints")
         if math.prod(shape) > LIMITS["extra_elements"]:
             raise _Invalid(f"extra {key!r}: more than {LIMITS['extra_elements']} elements")
@@ -582,7 +594,9 @@ def save(
     header = {"structure": structure, "backend": circuit.backend, "extras": declared}
     meta = {"format": _MAGIC_V2, "version": str(FORMAT_VERSION), "header": json.dumps(header, separators=(",", ":"))}
     if len(meta["header"]) > MAX_HEADER_BYTES // 2:
-        raise ValueError(f"circuit: its structure needs {len(meta['header'])} bytes of JSON, over {MAX_HEADER_BYTES // 2}")
+        raise ValueError(
+            f"circuit: its structure needs {len(meta['header'])} bytes of JSON, over {MAX_HEADER_BYTES // 2}"
+        )
     data = safetensors.torch.save(tensors, metadata=meta)
     with atomic_write(path) as f:
         f.write(data)
@@ -596,7 +610,9 @@ def _check_extra_value(key: Any, value: Any) -> torch.Tensor:
     except (TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"extras: {key!r} is not numeric ({_one_line(e)})") from None
     if t.dim() == 0 or t.numel() == 0 or t.numel() > LIMITS["extra_elements"] or not bool(torch.isfinite(t).all()):
-        raise ValueError(f"extras: {key!r} must be a non-empty finite tensor of at most {LIMITS['extra_elements']} elements")
+        raise ValueError(
+            f"extras: {key!r} must be a non-empty finite tensor of at most {LIMITS['extra_elements']} elements"
+        )
     return t
 
 
@@ -653,7 +669,9 @@ def _load_v1(zf: zipfile.ZipFile, size: int) -> tuple[TensorCircuit, dict[str, t
     if not isinstance(header, dict) or header.get("format") != _MAGIC_V1:
         raise _Invalid("wrong format marker")
     if header.get("version") != 1:
-        raise _Invalid(f"written in format version {header.get('version')!r}; this pcircuits reads versions 1 and {FORMAT_VERSION}")
+        raise _Invalid(
+            f"written in format version {header.get('version')!r}; this pcircuits reads versions 1 and {FORMAT_VERSION}"
+        )
     return _build(header, members, 1)
 
 
@@ -661,7 +679,9 @@ def _load_v2(meta: dict[str, str], members: dict[str, _Member]) -> tuple[TensorC
     if meta.get("format") != _MAGIC_V2:
         raise _Invalid("wrong format marker")
     if meta.get("version") != str(FORMAT_VERSION):
-        raise _Invalid(f"written in format version {meta.get('version')!r}; this pcircuits reads versions 1 and {FORMAT_VERSION}")
+        raise _Invalid(
+            f"written in format version {meta.get('version')!r}; this pcircuits reads versions 1 and {FORMAT_VERSION}"
+        )
     if set(meta) != {"format", "version", "header"}:
         raise _Invalid(f"unexpected metadata keys {sorted(set(meta) - {'format', 'version', 'header'})}")
     try:

@@ -196,7 +196,9 @@ class InputGroup(NodeGroup):
     ):
         var = as_int(var, "var", minimum=0)
         if not isinstance(dist, Distribution):
-            raise TypeError(f"dist must be a pcircuits distribution (e.g. pc.Categorical(3)), got {type(dist).__name__}")
+            raise TypeError(
+                f"dist must be a pcircuits distribution (e.g. pc.Categorical(3)), got {type(dist).__name__}"
+            )
         super().__init__(num_nodes, (), name)
         num_nodes = self.num_nodes
         self._scope = Scope.single(var)

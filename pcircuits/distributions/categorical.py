@@ -46,7 +46,9 @@ class Categorical(DiscreteDistribution):
         dead = ~torch.isfinite(params).any(-1)
         if bool(dead.any()):
             idx = tuple(int(i) for i in dead.nonzero()[0])
-            raise ValueError(f"{name}: {self!r} node at index {idx} has every logit -inf (no category has probability > 0)")
+            raise ValueError(
+                f"{name}: {self!r} node at index {idx} has every logit -inf (no category has probability > 0)"
+            )
 
     def em_update(self, params, stats, pseudocount, step_size):
         old = torch.softmax(params, -1)

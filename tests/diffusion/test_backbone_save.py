@@ -70,7 +70,11 @@ def test_failed_backbone_save_leaves_previous_directory_loadable(tmp_path, monke
 
 @pytest.mark.parametrize("kind", ["char", "bpe"])
 def test_tokenizer_save_round_trip_is_atomic_per_file(tmp_path, kind):
-    tok = build_char_tokenizer(TEXTS) if kind == "char" else train_bpe_tokenizer(TEXTS * 20, vocab_size=300, min_frequency=1)
+    tok = (
+        build_char_tokenizer(TEXTS)
+        if kind == "char"
+        else train_bpe_tokenizer(TEXTS * 20, vocab_size=300, min_frequency=1)
+    )
     tok.save(tmp_path / "t")
     again = load_tokenizer(tmp_path / "t")
     assert again.vocab_size == tok.vocab_size

@@ -44,7 +44,9 @@ def reports(tmp_path_factory):
     (site / "index.html").write_text(f"<!doctype html><title>home</title>{NO_ICON}<p>home</p>")
     for name, body in PAGES.items():
         (site / name).mkdir()
-        (site / name / "index.html").write_text(f"<!doctype html><html><head><title>{name}</title>{NO_ICON}</head><body>{body}</body></html>")
+        (site / name / "index.html").write_text(
+            f"<!doctype html><html><head><title>{name}</title>{NO_ICON}</head><body>{body}</body></html>"
+        )
     paths = [f"{name}/" for name in PAGES] + ["does-not-exist/"]
     found = check_site(site, pages=paths, math_pages={"good/", "no_katex/"}, fail_on_roles=True)
     return {r.path.rstrip("/"): r for r in found}

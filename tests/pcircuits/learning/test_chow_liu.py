@@ -78,7 +78,9 @@ def test_separate_mixture_is_the_equal_mixture_of_hclts_learned_alone():
 
 def test_patience_stops_once_validation_stalls():
     train, valid = mixture_data(600), mixture_data(200, seed=1)
-    res = learn_hclt(train, 4, valid=valid, minibatch_epochs=1, fullbatch_epochs=60, pseudocount=0.0, patience=3, progress=False)
+    res = learn_hclt(
+        train, 4, valid=valid, minibatch_epochs=1, fullbatch_epochs=60, pseudocount=0.0, patience=3, progress=False
+    )
     best = int(np.argmax(res.valid_ll))
     assert res.info["epochs"] == best + 4 < 61
     assert all(v <= res.valid_ll[best] for v in res.valid_ll[best + 1 :])
