@@ -91,7 +91,7 @@ def _nll_pairs(tok, a) -> list:
     """The held-out pairs of step (b): the first ``--nll-examples`` test pairs that fit 256 tokens."""
     test = load_gsm8k("test")
     keep = [len(e.prompt) + len(e.target) <= 256 for e in encode_qa(test, tok, 10**9)]
-    return [ex for ex, k in zip(test, keep) if k][: a.nll_examples]
+    return [ex for ex, k in zip(test, keep, strict=True) if k][: a.nll_examples]
 
 
 def _generation_splits(tok, a) -> tuple[list, list]:
@@ -305,7 +305,7 @@ def run_generation(backbone, questions, k: int, a, prior=None, timer=None, gamma
             texts.append(tok.decode(row))
     seconds = time.perf_counter() - t0
     em = tot = valid = arith = copy = 0
-    for text, ex in zip(texts, questions):
+    for text, ex in zip(texts, questions, strict=True):
         ref, pred = extract_final_answer(ex.answer), extract_final_answer(text)
         em += ref is not None and pred is not None and _close(ref, pred)
         st = annotation_stats(text)
@@ -430,7 +430,7 @@ def _table(res: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     g = res["generation"]
-    for f, c in zip(g["factorized"], g["codd"]):
+    for f, c in zip(g["factorized"], g["codd"], strict=True):
         for name, r in (("factorized", f), ("CoDD", c)):
             L.append(
                 f"| {r['tokens_per_step']} | {r['steps']} | {name} | {r['exact_match']:.3f} "

@@ -143,7 +143,7 @@ def _synthetic_backbone(teacher, bb, a, rng) -> dict:
     configs += [("CoDD latent_tempered", dict(k=k, prior=prior, tau=tau, sampler="latent_tempered")) for k in a.ks]
     points, raw = [], {}
     for name, cfg in configs:
-        lls, calls = zip(*(_synthetic_run(teacher, bb, a.samples, s, **cfg) for s in a.seeds))
+        lls, calls = zip(*(_synthetic_run(teacher, bb, a.samples, s, **cfg) for s in a.seeds), strict=True)
         ll, c = np.concatenate(lls), np.concatenate(calls)
         knob = {"k": cfg["k"]} if "k" in cfg else {"gamma": cfg["gamma"]}
         pt = {"method": name, **knob, "calls": float(c.mean()), "calls_ci": boot_mean(c, rng),
@@ -249,7 +249,7 @@ def _gsm8k_run(
                 row = row[: row.index(tok.eos_id)]
             texts.append(tok.decode(row))
     rec = {"calls": np.array(calls), "total": [], "valid": [], "arith": [], "copy": [], "em": []}
-    for text, ex in zip(texts, questions):
+    for text, ex in zip(texts, questions, strict=True):
         st = annotation_stats(text)
         ref, pred = extract_final_answer(ex.answer), extract_final_answer(text)
         rec["total"].append(st["total"])
@@ -404,7 +404,7 @@ def _write(res: dict, task: str, json_too: bool = True) -> None:
         return
     panels = _panels(res, task)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    for ax, (title, r, key, ylabel, ref) in zip(axes[0], panels):
+    for ax, (title, r, key, ylabel, ref) in zip(axes[0], panels, strict=True):
         for method, (fmt, color) in STYLE.items():
             pts = sorted((p for p in r["points"] if p["method"] == method), key=lambda p: p["calls"])
             if not pts:

@@ -94,7 +94,7 @@ def main(length: int = 16, teacher_states: int = 8, vocab: int = 12, prior_state
 
         ks = [1, 2, 4, 8]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-        for ax, (name, r) in zip(axes, (("oracle backbone", res), ("trained backbone", trained))):
+        for ax, (name, r) in zip(axes, (("oracle backbone", res), ("trained backbone", trained)), strict=True):
             rows, tau = r["by_tokens_per_step"], r["tau"]
             ax.plot(ks, [rows[str(k)]["factorized"] for k in ks], "o-", label="factorized (T=1)")
             for m in ("latent", "exact", "any_order"):

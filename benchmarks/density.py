@@ -251,7 +251,7 @@ def write_outputs(results: dict, meta: dict, args: argparse.Namespace) -> None:
             page.write_text(f"{head}{BEGIN}\n{table}{END}{tail}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -313,27 +313,61 @@ def main(argv: list[str] | None = None) -> int:
         "--redo", action="store_true", help="retrain the --datasets already in the JSON file (the other rows are kept)"
     )
     p.add_argument("--progress", action="store_true", help="show tqdm bars")
+    return p
+
+
+def _earlier_results(json_path: Path, args: argparse.Namespace) -> tuple[dict, list, dict]:
+    """``(results, earlier runs, replaced rows)`` kept from an existing ``density.json`` (empty when none)."""
+    results, earlier, replaced = {}, [], {}
+    if not json_path.exists():
+        return results, earlier, replaced
+    old = json.loads(json_path.read_text())
+    results = old.get("results", {})
+    if "meta" in old:  # keep how the data sets already done were run
+        prev = dict(old["meta"])
+        earlier = prev.pop("earlier_runs", [])
+        replaced = prev.pop("replaced_results", {})
+        prev["datasets_done"] = sorted(results)
+        earlier.append(prev)
+    if args.redo:  # retrain only the data sets asked for; keep a summary of the rows they replace
+        for name in args.datasets:
+            if name in results:
+                r = results.pop(name)
+                keep = ("model", "train_ll", "valid_ll", "test_ll", "wall_seconds", "trials", "grid", "schedule")
+                replaced.setdefault(name, []).append({k: r[k] for k in keep if k in r})
+    return results, earlier, replaced
+
+
+def _run_pool(todo: list[str], args: argparse.Namespace, results: dict, meta: dict) -> None:
+    """Trains the data sets ``todo`` in ``args.jobs`` processes, writing the outputs after each one ends."""
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(
+        args.jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=torch.set_num_threads,
+        initargs=(args.threads,),
+    ) as pool:
+        running = {pool.submit(run_dataset, name, args): name for name in todo}
+        for future in as_completed(running):
+            name = running[future]
+            results[name] = r = future.result()
+            print(
+                f"{name}: test {r['test_ll']:.3f} (reference {r['reference_test_ll']}) in {r['wall_seconds']:.0f}s",
+                flush=True,
+            )
+            meta["run_wall_seconds"] = time.perf_counter() - t0
+            write_outputs(results, meta, args)
+    meta["run_wall_seconds"] = time.perf_counter() - t0
+    write_outputs(results, meta, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not Path(args.data_dir).is_dir():
         p.error(f"--data-dir: no such folder {args.data_dir!r}")
-    json_path = Path(args.out_dir) / "density.json"
-    results, earlier, replaced = {}, [], {}
-    if json_path.exists():
-        old = json.loads(json_path.read_text())
-        results = old.get("results", {})
-        if "meta" in old:  # keep how the data sets already done were run
-            prev = dict(old["meta"])
-            earlier = prev.pop("earlier_runs", [])
-            replaced = prev.pop("replaced_results", {})
-            prev["datasets_done"] = sorted(results)
-            earlier.append(prev)
-        if args.redo:  # retrain only the data sets asked for; keep a summary of the rows they replace
-            for name in args.datasets:
-                if name in results:
-                    r = results.pop(name)
-                    keep = ("model", "train_ll", "valid_ll", "test_ll", "wall_seconds", "trials", "grid", "schedule")
-                    replaced.setdefault(name, []).append({k: r[k] for k in keep if k in r})
+    results, earlier, replaced = _earlier_results(Path(args.out_dir) / "density.json", args)
     meta = {
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         "torch": torch.__version__,
@@ -356,25 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--jobs must be at least 1, got {args.jobs}")
     # the largest training files first, so the longest data sets do not start last
     todo.sort(key=lambda n: -sum(f.stat().st_size for f in (Path(args.data_dir) / n).glob("*.train.data")))
-    t0 = time.perf_counter()
-    with ProcessPoolExecutor(
-        args.jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=torch.set_num_threads,
-        initargs=(args.threads,),
-    ) as pool:
-        running = {pool.submit(run_dataset, name, args): name for name in todo}
-        for future in as_completed(running):
-            name = running[future]
-            results[name] = r = future.result()
-            print(
-                f"{name}: test {r['test_ll']:.3f} (reference {r['reference_test_ll']}) in {r['wall_seconds']:.0f}s",
-                flush=True,
-            )
-            meta["run_wall_seconds"] = time.perf_counter() - t0
-            write_outputs(results, meta, args)
-    meta["run_wall_seconds"] = time.perf_counter() - t0
-    write_outputs(results, meta, args)
+    _run_pool(todo, args, results, meta)
     print(f"{len(todo)} data sets in {meta['run_wall_seconds'] / 60:.1f} min ({args.jobs} jobs)", flush=True)
     return 0
 

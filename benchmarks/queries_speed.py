@@ -23,7 +23,8 @@ match its marginal ``p(X_v = 1)``.
 
 Usage::
 
-    python benchmarks/queries_speed.py [--vars 100] [--latents 32] [--batch 10000] [--repeats 5] [--out benchmarks/results]
+    python benchmarks/queries_speed.py [--vars 100] [--latents 32] [--batch 10000] [--repeats 5] \\
+        [--out benchmarks/results]
 
 Writes ``queries_speed.json``, ``queries_speed.png`` and ``queries_speed.md``
 (the table shown in ``docs/benchmarks/queries.md``).
@@ -178,7 +179,8 @@ def main() -> None:
         "|---|---:|---:|",
         f"| forward, complete evidence | {timings['forward']:.4f} | 1.00 |",
         f"| forward, 50% missing | {timings['forward_missing']:.4f} | 1.00 |",
-        f"| marginals (50% missing) | {timings['marginals']:.4f} | {ratios['marginals / forward_missing']:.2f} (target ≤ 3) |",
+        f"| marginals (50% missing) | {timings['marginals']:.4f} "
+        f"| {ratios['marginals / forward_missing']:.2f} (target ≤ 3) |",
         f"| MPE (50% missing) | {timings['mpe']:.4f} | {ratios['mpe / forward_missing']:.2f} |",
         f"| {args.batch} joint samples | {timings['sample']:.4f} | {ratios['sample / forward']:.2f} (target ≤ 5) |",
         f"| one conditional sample per example | {timings['sample_conditional']:.4f} | "

@@ -695,7 +695,10 @@ def _load_remote_code_backbone(
 def _load_masked_lm(
     path: Path, config: dict, tokenizer: Any, mask_token_id: int | None, kwargs: dict[str, Any]
 ) -> Backbone:
-    """Any other ``AutoModelForMaskedLM`` directory; the mask id comes from the argument, the tokenizer or ``config``."""
+    """Any other ``AutoModelForMaskedLM`` directory.
+
+    The mask id comes from the argument, the tokenizer or ``config``.
+    """
     from transformers import AutoModelForMaskedLM
 
     model = _from_pretrained(AutoModelForMaskedLM, path, **kwargs)

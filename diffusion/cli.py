@@ -124,7 +124,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
         help="generate answers with a saved backbone",
-        description="Generate with block diffusion. Prompts come from --prompt (repeatable) or --prompts-file (one per line).",
+        description="Generate with block diffusion. "
+        "Prompts come from --prompt (repeatable) or --prompts-file (one per line).",
     )
     p.add_argument("model", help="backbone directory (project model, HF masked LM, LLaDA or Dream)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (question); repeatable")
@@ -332,7 +333,7 @@ def _cmd_generate(a: argparse.Namespace) -> int:
         generator=torch.Generator().manual_seed(a.seed),
         attention_mask=mask,
     )
-    for p, row in zip(prompts, out[:, ids.shape[1] :].tolist()):
+    for p, row in zip(prompts, out[:, ids.shape[1] :].tolist(), strict=True):
         if eos is not None and eos in row:
             row = row[: row.index(eos)]
         print(f"### {p}\n{tok.decode(row, skip_special_tokens=True)}\n")

@@ -325,7 +325,8 @@ def _fit(args: argparse.Namespace) -> int:
         tr = float(c(torch.from_numpy(train)).double().mean())
         va = float(c(torch.from_numpy(valid)).double().mean()) if valid is not None else None
     print(
-        f"saved {args.out}: {args.learner}, {c.num_nodes} nodes, {c.num_edges} edges, {c.num_parameters} parameters, {res.seconds:.1f}s"
+        f"saved {args.out}: {args.learner}, {c.num_nodes} nodes, {c.num_edges} edges, "
+        f"{c.num_parameters} parameters, {res.seconds:.1f}s"
     )
     print(f"train LL {tr:.4f}" + (f", valid LL {va:.4f}" if va is not None else ""))
     return 0

@@ -160,7 +160,7 @@ def all_reduce_gradients(params: Iterable[torch.Tensor]) -> None:
         return
     has = torch.tensor([p.grad is not None for p in params], dtype=torch.long, device=control_device())
     dist.all_reduce(has, op=dist.ReduceOp.MAX)
-    used = [p for p, h in zip(params, has.tolist()) if h]
+    used = [p for p, h in zip(params, has.tolist(), strict=True) if h]
     for p in used:
         if p.grad is None:
             p.grad = torch.zeros_like(p)

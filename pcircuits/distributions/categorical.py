@@ -38,7 +38,10 @@ class Categorical(DiscreteDistribution):
         return torch.log_softmax(params, -1)
 
     def check_params(self, params, name="params"):
-        """Logits may be ``-inf`` (a category of probability 0), never NaN or ``+inf``; each node needs one finite logit."""
+        """Logits may be ``-inf`` (a category of probability 0), never NaN or ``+inf``.
+
+        Each node needs one finite logit.
+        """
         _check_last_dim(params, self._num_cats, name, self)
         bad = torch.isnan(params) | (params == math.inf)
         if bool(bad.any()):

@@ -25,7 +25,8 @@ NO_ICON = '<link rel="icon" href="data:,">'  # else the browser asks for /favico
 INIT = '<script src="/assets/javascripts/katex-init.js"></script>'
 PAGES = {
     "good": f'{HEAD}<p>Inline <span class="arithmatex">\\(x^2\\)</span>.</p>'
-    f'<div class="arithmatex">\\[\\sum_i \\frac{{1}}{{t_i}}\\]</div><pre><code>re.sub(r"\\(", "", s)</code></pre>{INIT}',
+    f'<div class="arithmatex">\\[\\sum_i \\frac{{1}}{{t_i}}\\]</div>'
+    f'<pre><code>re.sub(r"\\(", "", s)</code></pre>{INIT}',
     "no_katex": '<p>Math <span class="arithmatex">\\(x^2\\)</span> left raw.</p>',
     "bad_tex": f'{HEAD}<div class="arithmatex">\\[\\frac{{1}}\\]</div>{INIT}',
     "console": "<p>fine</p><script>console.error('boom')</script>",

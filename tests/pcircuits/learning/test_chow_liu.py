@@ -36,7 +36,7 @@ def test_learn_hclt_beats_independent_model_and_normalises():
     assert len(res.train_ll) == 10 and len(res.valid_ll) == 10
     # full-batch EM never lowers the train log-likelihood
     fb = res.train_ll[2:]
-    assert all(b >= a - 1e-4 for a, b in zip(fb, fb[1:]))
+    assert all(b >= a - 1e-4 for a, b in itertools.pairwise(fb))
 
 
 def test_kmeans_initialisation_starts_better_than_random():
