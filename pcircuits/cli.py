@@ -192,8 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(prog="pcircuits", description="Learn, evaluate and sample probabilistic circuits.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    _add_fit_parser(sub)
+    _add_eval_parser(sub)
+    if _sampler() is not None:
+        _add_sample_parser(sub)
+    return p
 
+
+def _add_fit_parser(sub: "argparse._SubParsersAction") -> None:
+    """The ``fit`` subcommand: learner choice and the knobs of HCLT and LearnSPN."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
     f = sub.add_parser("fit", help="learn a structure and parameters from a data file", formatter_class=fmt,
                        description="Learn a circuit (structure and parameters) from a data file and save it.")
     f.add_argument("data", help="training data: comma-separated 0/1 (or category) file, .gz, or .npy")
@@ -230,10 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_eval_parser(sub: "argparse._SubParsersAction") -> None:
+    """The ``eval`` subcommand: mean (and optionally per-example) log-likelihood of a data file."""
     e = sub.add_parser(
         "eval",
         help="log-likelihood of a saved circuit on a data file",
-        formatter_class=fmt,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Print the mean log-likelihood (nats per example) of a data file under a saved circuit.",
     )
     e.add_argument(
@@ -246,15 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="overwrite --per-example if it exists")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    if _sampler() is not None:
-        s = sub.add_parser("sample", help="draw samples from a saved circuit", formatter_class=fmt,
-                           description="Draw independent samples from a saved circuit.")
-        s.add_argument("model", help="a saved circuit (.safetensors or a version-1 .npz)")
-        s.add_argument("--num-samples", "-n", type=positive_int, default=10, help="number of samples")
-        s.add_argument("--out", "-o", help="write samples here (.npy, or comma-separated text); default: print them")
-        s.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-        s.add_argument("--seed", type=nonnegative_int, default=0)
-    return p
+
+def _add_sample_parser(sub: "argparse._SubParsersAction") -> None:
+    """The ``sample`` subcommand: independent samples from a saved circuit."""
+    s = sub.add_parser("sample", help="draw samples from a saved circuit",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Draw independent samples from a saved circuit.")
+    s.add_argument("model", help="a saved circuit (.safetensors or a version-1 .npz)")
+    s.add_argument("--num-samples", "-n", type=positive_int, default=10, help="number of samples")
+    s.add_argument("--out", "-o", help="write samples here (.npy, or comma-separated text); default: print them")
+    s.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    s.add_argument("--seed", type=nonnegative_int, default=0)
 
 
 def _load_data(path: str, arg: str) -> np.ndarray:
