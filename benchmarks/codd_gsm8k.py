@@ -91,7 +91,7 @@ def _nll_pairs(tok, a) -> list:
     """The held-out pairs of step (b): the first ``--nll-examples`` test pairs that fit 256 tokens."""
     test = load_gsm8k("test")
     keep = [len(e.prompt) + len(e.target) <= 256 for e in encode_qa(test, tok, 10**9)]
-    return [ex for ex, k in zip(test, keep) if k][: a.nll_examples]
+    return [ex for ex, k in zip(test, keep, strict=True) if k][: a.nll_examples]
 
 
 def _generation_splits(tok, a) -> tuple[list, list]:
@@ -156,10 +156,23 @@ def train_prior(backbone, a) -> tuple[CoDDPrior, dict]:
     val = perm[: int(round(0.1 * len(x0)))]
     fact = mean_nll(conditional_nll(None, x0[val], masked[val], logits[val]), masked[val], a.weighting)
     info = {
-        "prior_data": a.prior_data, "mask_scope": a.mask_scope, "train_examples": n_examples, "windows": len(x0), "window": a.window, "states": a.states,
-        "vocab": backbone.vocab_size, "epochs": a.epochs, "em_epochs": a.em_epochs, "lr": a.lr,
-        "batch_size": a.prior_batch, "weighting": a.weighting, "heldout_window_nll_per_epoch": hist,
-        "heldout_window_nll_factorized": fact, "best_epoch": int(min(range(len(hist)), key=hist.__getitem__)), "logit_cache_seconds": t_logits, "fit_seconds": t_fit,
+        "prior_data": a.prior_data,
+        "mask_scope": a.mask_scope,
+        "train_examples": n_examples,
+        "windows": len(x0),
+        "window": a.window,
+        "states": a.states,
+        "vocab": backbone.vocab_size,
+        "epochs": a.epochs,
+        "em_epochs": a.em_epochs,
+        "lr": a.lr,
+        "batch_size": a.prior_batch,
+        "weighting": a.weighting,
+        "heldout_window_nll_per_epoch": hist,
+        "heldout_window_nll_factorized": fact,
+        "best_epoch": int(min(range(len(hist)), key=hist.__getitem__)),
+        "logit_cache_seconds": t_logits,
+        "fit_seconds": t_fit,
     }
     ckpt.with_suffix(".json").write_text(json.dumps(info, indent=1))
     return prior, info
@@ -273,9 +286,18 @@ def run_generation(backbone, questions, k: int, a, prior=None, timer=None, gamma
         chunk = questions[s : s + a.batch_size]
         prompts = encode_prompts([e.question for e in chunk], tok)
         kw = {} if prior is None else {"prior": prior, "pc_frac": gamma, "pc_temperature": tau, "sampler": "latent"}
-        out = generate(backbone, prompts, gen_length=a.gen_length, steps=steps, block_length=a.block_length,
-                       remasking="low_confidence", temperature=0.0, attention_mask=left_padding_mask(prompts, tok.pad_id),
-                       generator=torch.Generator().manual_seed(a.seed + s), **kw)
+        out = generate(
+            backbone,
+            prompts,
+            gen_length=a.gen_length,
+            steps=steps,
+            block_length=a.block_length,
+            remasking="low_confidence",
+            temperature=0.0,
+            attention_mask=left_padding_mask(prompts, tok.pad_id),
+            generator=torch.Generator().manual_seed(a.seed + s),
+            **kw,
+        )
         n_batches += 1
         for row in out[:, prompts.shape[1] :].tolist():
             if tok.eos_id in row:
@@ -283,7 +305,7 @@ def run_generation(backbone, questions, k: int, a, prior=None, timer=None, gamma
             texts.append(tok.decode(row))
     seconds = time.perf_counter() - t0
     em = tot = valid = arith = copy = 0
-    for text, ex in zip(texts, questions):
+    for text, ex in zip(texts, questions, strict=True):
         ref, pred = extract_final_answer(ex.answer), extract_final_answer(text)
         em += ref is not None and pred is not None and _close(ref, pred)
         st = annotation_stats(text)
@@ -331,7 +353,9 @@ def _plot(res: dict, path: Path) -> None:
     ax = axes[1]
     g = res["generation"]
     ks = [r["tokens_per_step"] for r in g["factorized"]]
-    ax.plot(ks, [r["annotation_validity"] for r in g["factorized"]], "o-", color="tab:blue", label="validity, factorized")
+    ax.plot(
+        ks, [r["annotation_validity"] for r in g["factorized"]], "o-", color="tab:blue", label="validity, factorized"
+    )
     ax.plot(ks, [r["annotation_validity"] for r in g["codd"]], "o-", color="tab:orange", label="validity, CoDD")
     ax.plot(ks, [r["exact_match"] for r in g["factorized"]], "s--", color="tab:blue", label="exact match, factorized")
     ax.plot(ks, [r["exact_match"] for r in g["codd"]], "s--", color="tab:orange", label="exact match, CoDD")
@@ -353,7 +377,8 @@ def _table(res: dict) -> str:
         line = (
             f"Prior: homogeneous HMM, window {p['window']}, {p['states']} states, vocabulary {p['vocab']}, "
             f"{p['windows']} train windows from {p['train_examples']} GSM8K train answers, {p['epochs']} epochs "
-            f"(best epoch {p['best_epoch'] + 1}: held-out train-window NLL/token {min(p['heldout_window_nll_per_epoch']):.4f} vs factorized "
+            f"(best epoch {p['best_epoch'] + 1}: held-out train-window NLL/token "
+            f"{min(p['heldout_window_nll_per_epoch']):.4f} vs factorized "
             f"{p['heldout_window_nll_factorized']:.4f}); fit {p['fit_seconds']:.0f} s."
         )
     else:
@@ -368,7 +393,8 @@ def _table(res: dict) -> str:
     L = [
         line,
         "",
-        f"**Held-out conditional NLL** (nats per masked answer token, {s['nll_examples']} GSM8K test pairs, one mask draw per pair and bin, tau = 1):",
+        f"**Held-out conditional NLL** (nats per masked answer token, {s['nll_examples']} GSM8K test pairs, "
+        "one mask draw per pair and bin, tau = 1):",
         "",
         "| mask ratio | factorized | CoDD | difference (+- standard error) | masked tokens |",
         "|---|---|---|---|---|",
@@ -388,8 +414,10 @@ def _table(res: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for r in sw["grid"]:
-        L.append(f"| {r['gamma']} | {r['tau']} | {r['annotation_validity']:.3f} | {r['valid_annotations']}/{r['annotations']} "
-                 f"| {r['exact_match']:.3f} |")
+        L.append(
+            f"| {r['gamma']} | {r['tau']} | {r['annotation_validity']:.3f} "
+            f"| {r['valid_annotations']}/{r['annotations']} | {r['exact_match']:.3f} |"
+        )
     L += [
         "",
         f"Chosen: gamma = {sw['chosen']['gamma']}, tau = {sw['chosen']['tau']}.",
@@ -402,10 +430,11 @@ def _table(res: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     g = res["generation"]
-    for f, c in zip(g["factorized"], g["codd"]):
+    for f, c in zip(g["factorized"], g["codd"], strict=True):
         for name, r in (("factorized", f), ("CoDD", c)):
             L.append(
-                f"| {r['tokens_per_step']} | {r['steps']} | {name} | {r['exact_match']:.3f} | {r['annotation_validity']:.3f} "
+                f"| {r['tokens_per_step']} | {r['steps']} | {name} | {r['exact_match']:.3f} "
+                f"| {r['annotation_validity']:.3f} "
                 f"| {r['valid_annotations']}/{r['annotations']} | {r['arith_ok_rate']:.3f} | {r['copy_ok_rate']:.3f} "
                 f"| {r['seconds_per_step']:.3f} | {r.get('prior_seconds_per_step', 0.0):.3f} |"
             )
@@ -423,13 +452,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--em-epochs", type=int, default=0)
     p.add_argument("--prior-data", choices=["train", "test-rest"], default="train",
                    help="answers the prior is trained on (see prior_examples)")
-    p.add_argument("--mask-scope", choices=["window", "answer"], default="window",
-                   help="window: only the window is masked (make_windows); answer: the whole answer (answer_window_logits)")
+    p.add_argument(
+        "--mask-scope",
+        choices=["window", "answer"],
+        default="window",
+        help="window: only the window is masked (make_windows); answer: the whole answer (answer_window_logits)",
+    )
     p.add_argument("--draws", type=int, default=8, help="mask draws per answer with --mask-scope answer")
     p.add_argument("--backoff-bins", type=int, default=0,
                    help="with --prior: fit its backoff weights in this many mask-ratio bins on the windows of "
                    "--prior-data / --mask-scope (0: none)")
-    p.add_argument("--window-cache", default=None, help="file keeping the prior's windows and logits (reused when present)")
+    p.add_argument(
+        "--window-cache", default=None, help="file keeping the prior's windows and logits (reused when present)"
+    )
     p.add_argument("--weighting", choices=["token", "window"], default="token",
                    help="window weighting of the prior's objective (see diffusion.codd.training.fit_prior)")
     p.add_argument("--lr", type=float, default=0.1)
@@ -467,9 +502,17 @@ def main(argv: list[str] | None = None) -> int:
     res: dict = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["python benchmarks/codd_gsm8k.py", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "device": a.device, **({"gpu": torch.cuda.get_device_name()} if a.device.startswith("cuda") else {})},
-        "backbone": {"path": str(a.model), **{k: meta.get(k) for k in ("steps", "parameters", "vocab_size", "heldout")}},
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": a.device,
+            **({"gpu": torch.cuda.get_device_name()} if a.device.startswith("cuda") else {}),
+        },
+        "backbone": {
+            "path": str(a.model),
+            **{k: meta.get(k) for k in ("steps", "parameters", "vocab_size", "heldout")},
+        },
         "complete": False,
     }
     out_json = RESULTS / f"{a.out}.json"
@@ -549,7 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     res["targets"] = {
         "nll_codd_below_factorized_all_bins_below_0.8": all(b["nll_codd"] < b["nll_factorized"] for b in lt08),
         "validity_8tps_codd_above_factorized": (
-            None if not k8 else gen["codd"][k8[0]]["annotation_validity"] > gen["factorized"][k8[0]]["annotation_validity"]
+            None
+            if not k8
+            else gen["codd"][k8[0]]["annotation_validity"] > gen["factorized"][k8[0]]["annotation_validity"]
         ),
     }
     res["complete"] = True

@@ -81,7 +81,10 @@ def boot_diff(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, paired: bo
 
 
 def boot_ratio(num: np.ndarray, den: np.ndarray, rng: np.random.Generator, base: tuple | None = None) -> list[float]:
-    """Bootstrap 95% interval of ``sum(num) / sum(den)`` over items (minus the same ratio of ``base`` on the same resample)."""
+    """Bootstrap 95% interval of ``sum(num) / sum(den)`` over items.
+
+    With ``base``, of the difference to the same ratio of ``base`` on the same resample.
+    """
     idx = rng.integers(0, len(num), size=(BOOT, len(num)))
     r = num[idx].sum(1) / np.maximum(den[idx].sum(1), 1)
     if base is not None:
@@ -96,9 +99,18 @@ def _synthetic_run(teacher, bb, n: int, seed: int, k: int | None = None, gamma: 
     """``(teacher log-likelihoods [n], calls [n])`` of one configuration."""
     L = teacher.num_vars
     kw = {} if prior is None else {"prior": prior, "pc_temperature": tau, "sampler": sampler}
-    out, trace = generate(bb, torch.zeros(n, 1, dtype=torch.long), gen_length=L, steps=L if gamma is not None else L // k,
-                          block_length=L, temperature=temperature, generator=torch.Generator().manual_seed(seed),
-                          entropy_bound=gamma, return_trace=True, **kw)
+    out, trace = generate(
+        bb,
+        torch.zeros(n, 1, dtype=torch.long),
+        gen_length=L,
+        steps=L if gamma is not None else L // k,
+        block_length=L,
+        temperature=temperature,
+        generator=torch.Generator().manual_seed(seed),
+        entropy_bound=gamma,
+        return_trace=True,
+        **kw,
+    )
     with torch.no_grad():
         ll = teacher(out[:, 1:]).double().numpy()
     return ll, calls_per_row(trace)
@@ -113,7 +125,9 @@ def _synthetic_backbone(teacher, bb, a, rng) -> dict:
     val_seeds = [100 + s for s in range(len(a.seeds))]
 
     def val(tau):
-        return float(np.mean([_synthetic_run(teacher, bb, a.samples, s, k=4, prior=prior, tau=tau)[0].mean() for s in val_seeds]))
+        return float(
+            np.mean([_synthetic_run(teacher, bb, a.samples, s, k=4, prior=prior, tau=tau)[0].mean() for s in val_seeds])
+        )
 
     sweep = {tau: val(tau) for tau in a.taus}
     tau = max(sweep, key=sweep.get)
@@ -129,7 +143,7 @@ def _synthetic_backbone(teacher, bb, a, rng) -> dict:
     configs += [("CoDD latent_tempered", dict(k=k, prior=prior, tau=tau, sampler="latent_tempered")) for k in a.ks]
     points, raw = [], {}
     for name, cfg in configs:
-        lls, calls = zip(*(_synthetic_run(teacher, bb, a.samples, s, **cfg) for s in a.seeds))
+        lls, calls = zip(*(_synthetic_run(teacher, bb, a.samples, s, **cfg) for s in a.seeds), strict=True)
         ll, c = np.concatenate(lls), np.concatenate(calls)
         knob = {"k": cfg["k"]} if "k" in cfg else {"gamma": cfg["gamma"]}
         pt = {"method": name, **knob, "calls": float(c.mean()), "calls_ci": boot_mean(c, rng),
@@ -201,7 +215,9 @@ def run_synthetic(a) -> dict:
 
 
 # --------------------------------------------------------------------- gsm8k
-def _gsm8k_run(bb, questions, a, k: int | None = None, gamma: float | None = None, prior=None, tau: float = 1.0) -> dict:
+def _gsm8k_run(
+    bb, questions, a, k: int | None = None, gamma: float | None = None, prior=None, tau: float = 1.0
+) -> dict:
     """Per-question arrays of one configuration."""
     from diffusion.data import encode_prompts
     from diffusion.evaluation import _close, annotation_stats, extract_final_answer
@@ -214,17 +230,26 @@ def _gsm8k_run(bb, questions, a, k: int | None = None, gamma: float | None = Non
         chunk = questions[s : s + a.batch_size]
         prompts = encode_prompts([e.question for e in chunk], tok)
         kw = {} if prior is None else {"prior": prior, "pc_temperature": tau, "sampler": "latent"}
-        out, trace = generate(bb, prompts, gen_length=a.gen_length, steps=a.gen_length if gamma is not None else a.gen_length // k,
-                              block_length=a.block_length, remasking="low_confidence", temperature=0.0,
-                              attention_mask=left_padding_mask(prompts, tok.pad_id), entropy_bound=gamma,
-                              return_trace=True, **kw)
+        out, trace = generate(
+            bb,
+            prompts,
+            gen_length=a.gen_length,
+            steps=a.gen_length if gamma is not None else a.gen_length // k,
+            block_length=a.block_length,
+            remasking="low_confidence",
+            temperature=0.0,
+            attention_mask=left_padding_mask(prompts, tok.pad_id),
+            entropy_bound=gamma,
+            return_trace=True,
+            **kw,
+        )
         calls.extend(calls_per_row(trace).tolist())
         for row in out[:, prompts.shape[1] :].tolist():
             if tok.eos_id in row:
                 row = row[: row.index(tok.eos_id)]
             texts.append(tok.decode(row))
     rec = {"calls": np.array(calls), "total": [], "valid": [], "arith": [], "copy": [], "em": []}
-    for text, ex in zip(texts, questions):
+    for text, ex in zip(texts, questions, strict=True):
         st = annotation_stats(text)
         ref, pred = extract_final_answer(ex.answer), extract_final_answer(text)
         rec["total"].append(st["total"])
@@ -306,8 +331,10 @@ def run_gsm8k(a) -> dict:
             pt["validity_minus_factorized_ci"] = boot_ratio(r["valid"], r["total"], rng, (base["valid"], base["total"]))
             pt["copy_minus_factorized_ci"] = boot_ratio(r["copy"], r["total"], rng, (base["copy"], base["total"]))
         points.append(pt)
-        _log(f"{name} {knob}: calls {pt['calls']:.1f} validity {pt['validity']:.3f} ({pt['valid']}/{pt['annotations']}) "
-             f"{pt['validity_ci']} copy {pt['copy_consistency']:.3f} EM {pt['exact_match']:.3f} [{r['seconds']:.0f}s]")
+        _log(
+            f"{name} {knob}: calls {pt['calls']:.1f} validity {pt['validity']:.3f} ({pt['valid']}/{pt['annotations']}) "
+            f"{pt['validity_ci']} copy {pt['copy_consistency']:.3f} EM {pt['exact_match']:.3f} [{r['seconds']:.0f}s]"
+        )
     res["points"] = points
     matched = []
     for k in a.ks:
@@ -318,10 +345,20 @@ def run_gsm8k(a) -> dict:
                 continue
             g = min(ok)
             r, base = raw[(name, g)], raw[(fixed, k)]
-            matched.append({"budget_calls": budget, "method": name, "gamma": g, "fixed_k": fixed,
-                            "calls": float(r["calls"].mean()), "validity": _validity(r),
-                            "validity_minus_fixed_k_ci": boot_ratio(r["valid"], r["total"], rng, (base["valid"], base["total"])),
-                            "copy_minus_fixed_k_ci": boot_ratio(r["copy"], r["total"], rng, (base["copy"], base["total"]))})
+            matched.append(
+                {
+                    "budget_calls": budget,
+                    "method": name,
+                    "gamma": g,
+                    "fixed_k": fixed,
+                    "calls": float(r["calls"].mean()),
+                    "validity": _validity(r),
+                    "validity_minus_fixed_k_ci": boot_ratio(
+                        r["valid"], r["total"], rng, (base["valid"], base["total"])
+                    ),
+                    "copy_minus_fixed_k_ci": boot_ratio(r["copy"], r["total"], rng, (base["copy"], base["total"])),
+                }
+            )
     res["matched"] = matched
     res["seconds"] = time.perf_counter() - T0
     _write(res, "gsm8k")
@@ -329,15 +366,24 @@ def run_gsm8k(a) -> dict:
 
 
 # ---------------------------------------------------------------------- output
-STYLE = {"factorized": ("o-", "tab:blue"), "factorized T=tau": ("o:", "tab:gray"), "EB": ("s--", "tab:cyan"), "CoDD": ("o-", "tab:orange"),
-         "CoDD+EB": ("s--", "tab:red"), "CoDD latent_tempered": ("^:", "tab:brown")}
+STYLE = {
+    "factorized": ("o-", "tab:blue"),
+    "factorized T=tau": ("o:", "tab:gray"),
+    "EB": ("s--", "tab:cyan"),
+    "CoDD": ("o-", "tab:orange"),
+    "CoDD+EB": ("s--", "tab:red"),
+    "CoDD latent_tempered": ("^:", "tab:brown"),
+}
 
 
 def _panels(res: dict, task: str) -> list[tuple[str, dict, str, str, float | None]]:
     """``(title, results, key, y label, reference line)`` per panel of the plot."""
     if task == "synthetic":
         ll, ref = "teacher log-likelihood of a sample", res["teacher_samples_loglik"]
-        return [("oracle backbone", res["oracle"], "loglik", ll, ref), ("trained backbone", res["trained"], "loglik", ll, ref)]
+        return [
+            ("oracle backbone", res["oracle"], "loglik", ll, ref),
+            ("trained backbone", res["trained"], "loglik", ll, ref),
+        ]
     n = res["setup"]["questions"]
     return [(f"GSM8K, {n} test questions", res, "validity", "annotation validity", None),
             (f"GSM8K, {n} test questions", res, "copy_consistency", "copy consistency of the annotations", None)]
@@ -358,7 +404,7 @@ def _write(res: dict, task: str, json_too: bool = True) -> None:
         return
     panels = _panels(res, task)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    for ax, (title, r, key, ylabel, ref) in zip(axes[0], panels):
+    for ax, (title, r, key, ylabel, ref) in zip(axes[0], panels, strict=True):
         for method, (fmt, color) in STYLE.items():
             pts = sorted((p for p in r["points"] if p["method"] == method), key=lambda p: p["calls"])
             if not pts:
@@ -405,38 +451,63 @@ def tables(task: str) -> str:
             r = res[name]
             head = (f"**{name} backbone** (tau = {r['tau']}, chosen on validation draws: "
                     + ", ".join(f"{t}: {v:.3f}" for t, v in r["tau_validation"].items()) + ")")
-            out += [head, "",
-                    "| method | k / gamma | calls per sequence | teacher log-likelihood | 95% CI |", "|---|---|---|---|---|"]
+            out += [
+                head,
+                "",
+                "| method | k / gamma | calls per sequence | teacher log-likelihood | 95% CI |",
+                "|---|---|---|---|---|",
+            ]
             for p in r["points"]:
                 knob = f"k={p['k']}" if "k" in p else f"gamma={p['gamma']}"
                 out.append(f"| {p['method']} | {knob} | {p['calls']:.2f} | {p['loglik']:.3f} | {_ci(p['loglik_ci'])} |")
             out += ["", "| k | CoDD minus factorized (95% CI) | significant |", "|---|---|---|"]
             for k, c in r["codd_minus_factorized"].items():
                 out.append(f"| {k} | {_ci(c)} | {_sig(c)} |")
-            out += ["", "| budget (calls) | method | gamma (validation) | calls | minus fixed-k at the budget (95% CI) | significant |",
-                    "|---|---|---|---|---|---|"]
+            out += [
+                "",
+                "| budget (calls) | method | gamma (validation) | calls "
+                "| minus fixed-k at the budget (95% CI) | significant |",
+                "|---|---|---|---|---|---|",
+            ]
             for m in r["matched"]:
-                out.append(f"| {m['budget_calls']:g} | {m['method']} vs {m['fixed_k']} | {m['gamma']} | {m['calls']:.2f} "
-                           f"| {m['minus_fixed_k']:+.3f} {_ci(m['minus_fixed_k_ci'])} | {_sig(m['minus_fixed_k_ci'])} |")
+                out.append(
+                    f"| {m['budget_calls']:g} | {m['method']} vs {m['fixed_k']} | {m['gamma']} | {m['calls']:.2f} "
+                    f"| {m['minus_fixed_k']:+.3f} {_ci(m['minus_fixed_k_ci'])} | {_sig(m['minus_fixed_k_ci'])} |"
+                )
             out.append("")
     else:
         head = (f"tau = {res['tau']} (validation: "
                 + ", ".join(f"{t}: validity {v['validity']:.3f}" for t, v in res["tau_validation"].items()) + ")")
-        out += [head, "",
-                ("| method | k / gamma | calls per sequence | annotation validity (valid/total) | 95% CI | copy consistent "
-                 "| arithmetic holds | exact match | CoDD minus factorized: validity (95% CI) | copy consistency (95% CI) |"),
-                "|---|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            head,
+            "",
+            (
+                "| method | k / gamma | calls per sequence | annotation validity (valid/total) | 95% CI "
+                "| copy consistent | arithmetic holds | exact match "
+                "| CoDD minus factorized: validity (95% CI) | copy consistency (95% CI) |"
+            ),
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for p in res["points"]:
             knob = f"k={p['k']}" if "k" in p else f"gamma={p['gamma']}"
             d = _ci(p["validity_minus_factorized_ci"]) + " " + _sig(p["validity_minus_factorized_ci"]) \
                 if "validity_minus_factorized_ci" in p else ""
             dc = _ci(p["copy_minus_factorized_ci"]) + " " + _sig(p["copy_minus_factorized_ci"]) \
                 if "copy_minus_factorized_ci" in p else ""
-            out.append(f"| {p['method']} | {knob} | {p['calls']:.1f} | {p['validity']:.3f} ({p['valid']}/{p['annotations']}) "
-                       f"| {_ci(p['validity_ci'])} | {p['copy_consistency']:.3f} | {p['arith_holds']:.3f} "
-                       f"| {p['exact_match']:.3f} | {d} | {dc} |")
-        out += ["", ("| budget (calls) | method | gamma (validation) | calls | validity minus fixed-k (95% CI) | significant "
-                     "| copy consistency minus fixed-k (95% CI) |"), "|---|---|---|---|---|---|---|"]
+            out.append(
+                f"| {p['method']} | {knob} | {p['calls']:.1f} | {p['validity']:.3f} ({p['valid']}/{p['annotations']}) "
+                f"| {_ci(p['validity_ci'])} | {p['copy_consistency']:.3f} | {p['arith_holds']:.3f} "
+                f"| {p['exact_match']:.3f} | {d} | {dc} |"
+            )
+        out += [
+            "",
+            (
+                "| budget (calls) | method | gamma (validation) | calls "
+                "| validity minus fixed-k (95% CI) | significant "
+                "| copy consistency minus fixed-k (95% CI) |"
+            ),
+            "|---|---|---|---|---|---|---|",
+        ]
         for m in res["matched"]:
             out.append(f"| {m['budget_calls']:g} | {m['method']} vs {m['fixed_k']} | {m['gamma']} | {m['calls']:.1f} "
                        f"| {_ci(m['validity_minus_fixed_k_ci'])} | {_sig(m['validity_minus_fixed_k_ci'])} "
@@ -469,7 +540,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--gen-top-k", type=int, default=64)
     g.add_argument("--ks", type=int, nargs="+", default=[2, 4, 8])
     g.add_argument("--gammas", type=float, nargs="+", default=[4.0, 8.0, 16.0, 32.0])
-    g.add_argument("--gsm8k-dir", default=None, help="directory of GSM8K train/test.jsonl (default: the project's resolution)")
+    g.add_argument(
+        "--gsm8k-dir", default=None, help="directory of GSM8K train/test.jsonl (default: the project's resolution)"
+    )
     g.add_argument("--taus", type=float, nargs="+", default=[0.5, 1.0])
     g.add_argument("--batch-size", type=int, default=32)
     t = sub.add_parser("tables", help="write the markdown tables of a finished run")

@@ -84,7 +84,8 @@ def buckets(codd: torch.Tensor, fact: torch.Tensor, masked: torch.Tensor) -> lis
         n = int(masked[sel].sum())
         d = codd[sel] - fact[sel]
         out.append({"lo": lo, "hi": hi, "windows": int(sel.sum()), "tokens": n,
-                    "nll_factorized": float(fact[sel].sum()) / max(n, 1), "nll_codd": float(codd[sel].sum()) / max(n, 1),
+                    "nll_factorized": float(fact[sel].sum()) / max(n, 1),
+                    "nll_codd": float(codd[sel].sum()) / max(n, 1),
                     "difference": float(d.sum()) / max(n, 1), "total_loss_nats": float(d.sum()),
                     "largest_window_loss_nats": float(d.max()) if len(d) else 0.0})  # fmt: skip
     return out
@@ -115,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     val, train = perm[:n_val], perm[n_val:]
     xv, mv, lv = x0[val], masked[val], logits[val]
     fact = conditional_nll(None, xv, mv, lv)
-    res: dict = {"command": " ".join(["python benchmarks/codd_prior_ablation.py", *(argv if argv is not None else sys.argv[1:])]),
+    args = argv if argv is not None else sys.argv[1:]
+    res: dict = {"command": " ".join(["python benchmarks/codd_prior_ablation.py", *args]),
                  "model": a.model, "windows": M, "validation_windows": n_val, "states": a.states, "epochs": a.epochs,
                  "lr": a.lr, "variants": {}}  # fmt: skip
     for name in a.variants:
@@ -133,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         hist = fit_prior(prior, x0[tr], masked[tr], logits[tr], epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                          valid_frac=0.1, seed=0, progress=False, checkpoint=ckpt, weighting=weighting)
         prior = CoDDPrior.load(ckpt)
-        rec = {"train_windows": len(tr), "weighting": weighting, "fit_seconds": time.perf_counter() - t0, "history": hist,
+        rec = {"train_windows": len(tr), "weighting": weighting, "fit_seconds": time.perf_counter() - t0,
+               "history": hist,
                "buckets": buckets(conditional_nll(prior, xv, mv, lv), fact, mv)}  # fmt: skip
         res["variants"][name] = rec
         _log(f"{name}: " + " | ".join(f"{b['lo']:.1f}-{b['hi']:.1f} {b['difference']:+.4f}" for b in rec["buckets"]))
@@ -141,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             for rate in a.smooth:
                 bk = buckets(conditional_nll(smoothed(prior, rate), xv, mv, lv), fact, mv)
                 res["variants"][f"token+smooth{rate}"] = {"smoothing": rate, "buckets": bk}
-                _log(f"token+smooth{rate}: " + " | ".join(f"{b['lo']:.1f}-{b['hi']:.1f} {b['difference']:+.4f}" for b in bk))
+                _log(
+                    f"token+smooth{rate}: "
+                    + " | ".join(f"{b['lo']:.1f}-{b['hi']:.1f} {b['difference']:+.4f}" for b in bk)
+                )
     res["seconds"] = time.perf_counter() - T0
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "codd_prior_ablation.json").write_text(json.dumps(res, indent=1))

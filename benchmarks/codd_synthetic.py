@@ -1,6 +1,7 @@
 """CoDD on a synthetic task with known ground truth (teacher HMM; oracle backbone and a small trained backbone).
 
-Run: ``python benchmarks/codd_synthetic.py`` (about 6 minutes on one CPU core; the trained backbone takes about 3 of them).
+Run: ``python benchmarks/codd_synthetic.py`` (about 6 minutes on one CPU core; the trained backbone takes about 3
+of them).
 Writes ``benchmarks/results/codd_synthetic.json`` and ``codd_synthetic.png``.
 """
 
@@ -31,7 +32,9 @@ def evaluate_backbone(teacher, bb, prior_states: int, samples: int) -> dict:
     # tau chosen on a validation seed at 4 tokens per step
     sweep = {}
     for tau in (1.0, 0.7, 0.5):
-        sweep[tau] = float(sample_and_score(teacher, bb, samples, 4, prior, "latent", pc_temperature=tau, seed=100).mean())
+        sweep[tau] = float(
+            sample_and_score(teacher, bb, samples, 4, prior, "latent", pc_temperature=tau, seed=100).mean()
+        )
     tau = max(sweep, key=sweep.get)
     res["tau_sweep_validation_4tps"] = {str(k): v for k, v in sweep.items()}
     res["tau"] = tau
@@ -91,7 +94,7 @@ def main(length: int = 16, teacher_states: int = 8, vocab: int = 12, prior_state
 
         ks = [1, 2, 4, 8]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-        for ax, (name, r) in zip(axes, (("oracle backbone", res), ("trained backbone", trained))):
+        for ax, (name, r) in zip(axes, (("oracle backbone", res), ("trained backbone", trained)), strict=True):
             rows, tau = r["by_tokens_per_step"], r["tau"]
             ax.plot(ks, [rows[str(k)]["factorized"] for k in ks], "o-", label="factorized (T=1)")
             for m in ("latent", "exact", "any_order"):

@@ -101,7 +101,11 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     trials, best = [], None
     # cheapest grid points first; time a point leaves unused goes to the later ones
-    grid = itertools.product(args.latents, args.components, args.pseudocounts, args.softenings) if "hclt" in args.learners else []
+    grid = (
+        itertools.product(args.latents, args.components, args.pseudocounts, args.softenings)
+        if "hclt" in args.learners
+        else []
+    )
     grid = sorted(grid, key=lambda g: (g[0] ** 2 * g[1], g))  # cost per epoch ~ components * latents^2
     spent = 0.0
     for i, (latents, comps, pcount, soft) in enumerate(grid):
@@ -148,7 +152,13 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     if "learnspn" in args.learners:
         res = learn_spn(splits["train"], time_budget=args.spn_time_budget, seed=args.seed, progress=args.progress)
         valid = mean_ll(res.circuit, splits["valid"])
-        trial = {"learner": "learnspn", "model": "LearnSPN", "valid_ll": valid, "seconds": res.seconds, **{k: res.info[k] for k in ("sum", "product", "leaf", "budget_hit")}}
+        trial = {
+            "learner": "learnspn",
+            "model": "LearnSPN",
+            "valid_ll": valid,
+            "seconds": res.seconds,
+            **{k: res.info[k] for k in ("sum", "product", "leaf", "budget_hit")},
+        }
         trials.append(trial)
         learnspn = {
             "train_ll": mean_ll(res.circuit, splits["train"]),
@@ -197,7 +207,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
 def markdown_table(results: dict) -> str:
     """The results as a markdown table (data sets in benchmark order)."""
     lines = [
-        "| data set | vars | model (chosen on valid) | train LL | valid LL | test LL | reference test LL | test - ref | LearnSPN test LL | factorized test LL | wall time (s) | nodes | edges | params |",
+        "| data set | vars | model (chosen on valid) | train LL | valid LL | test LL | reference test LL | test - ref "
+        "| LearnSPN test LL | factorized test LL | wall time (s) | nodes | edges | params |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = [n for n in DEBD_DATASETS if n in results] + sorted(set(results) - set(DEBD_DATASETS))
@@ -208,7 +219,8 @@ def markdown_table(results: dict) -> str:
         spn = "" if r.get("learnspn") is None else f"{r['learnspn']['test_ll']:.2f}"
         fact = "" if r.get("factorized") is None else f"{r['factorized']['test_ll']:.2f}"
         lines.append(
-            f"| {n} | {r['num_vars']} | {r['model']} | {r['train_ll']:.2f} | {r['valid_ll']:.2f} | {r['test_ll']:.2f} | "
+            f"| {n} | {r['num_vars']} | {r['model']} | {r['train_ll']:.2f} | {r['valid_ll']:.2f} "
+            f"| {r['test_ll']:.2f} | "
             f"{'' if ref is None else f'{ref:.2f}'} | {'' if diff is None else f'{diff:+.2f}'} | "
             f"{spn} | {fact} | {r['wall_seconds']:.0f} | "
             f"{r['num_nodes']} | {r['num_edges']} | {r['num_parameters']} |"
@@ -216,7 +228,11 @@ def markdown_table(results: dict) -> str:
     missing = [n for n in DEBD_DATASETS if n not in results]
     if missing:
         lines.append("")
-        lines.append(f"Not yet run: {', '.join(missing)} (reference test LL: " + ", ".join(f"{n} {REFERENCE[n]:.2f}" for n in missing) + ").")
+        lines.append(
+            f"Not yet run: {', '.join(missing)} (reference test LL: "
+            + ", ".join(f"{n} {REFERENCE[n]:.2f}" for n in missing)
+            + ")."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -235,55 +251,129 @@ def write_outputs(results: dict, meta: dict, args: argparse.Namespace) -> None:
             page.write_text(f"{head}{BEGIN}\n{table}{END}{tail}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data" / "debd"), help="folder with NAME/NAME.{train,valid,test}.data")
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--data-dir",
+        default=str(HERE.parent.parent / "shared" / "data" / "debd"),
+        help="folder with NAME/NAME.{train,valid,test}.data",
+    )
     p.add_argument("--datasets", nargs="+", default=list(DEBD_DATASETS), help="data sets to run, in order")
-    p.add_argument("--out-dir", default=str(HERE / "results"), help="where density.json, density.md and density_models/ go")
-    p.add_argument("--docs-page", default=str(HERE.parent / "docs" / "benchmarks" / "density.md"), help="page whose table to update ('' for none)")
-    p.add_argument("--learners", nargs="+", choices=["hclt", "learnspn"], default=["hclt", "learnspn"], help="learners competing on validation")
+    p.add_argument(
+        "--out-dir", default=str(HERE / "results"), help="where density.json, density.md and density_models/ go"
+    )
+    p.add_argument(
+        "--docs-page",
+        default=str(HERE.parent / "docs" / "benchmarks" / "density.md"),
+        help="page whose table to update ('' for none)",
+    )
+    p.add_argument(
+        "--learners",
+        nargs="+",
+        choices=["hclt", "learnspn"],
+        default=["hclt", "learnspn"],
+        help="learners competing on validation",
+    )
     p.add_argument("--spn-time-budget", type=float, default=90.0, help="seconds of LearnSPN structure learning")
     p.add_argument("--latents", type=int, nargs="+", default=[16, 32, 64], help="grid of latent states per variable")
     p.add_argument("--components", type=int, nargs="+", default=[1], help="grid of mixture sizes (HCLTs per model)")
     p.add_argument("--pseudocounts", type=float, nargs="+", default=[0.1], help="grid of EM pseudocounts")
-    p.add_argument("--softenings", type=float, nargs="+", default=[0.0], help="grid of data-softening rates (0: the data as is)")
+    p.add_argument(
+        "--softenings", type=float, nargs="+", default=[0.0], help="grid of data-softening rates (0: the data as is)"
+    )
     p.add_argument("--minibatch-epochs", type=int, default=5)
     p.add_argument("--fullbatch-epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--step-size", type=float, default=0.2)
-    p.add_argument("--time-budget", type=float, default=None, help="seconds per grid point (at most; default: no cap beyond the data set's budget)")
-    p.add_argument("--dataset-budget", type=float, default=1000.0, help="seconds of HCLT training per data set, split evenly over the grid points still to run (cheapest first, so time a point leaves unused goes to the later ones)")
-    p.add_argument("--patience", type=int, default=5, help="stop a grid point after this many epochs without a better validation log-likelihood")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="seconds per grid point (at most; default: no cap beyond the data set's budget)",
+    )
+    p.add_argument(
+        "--dataset-budget",
+        type=float,
+        default=1000.0,
+        help="seconds of HCLT training per data set, split evenly over the grid points still to run "
+        "(cheapest first, so time a point leaves unused goes to the later ones)",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=5,
+        help="stop a grid point after this many epochs without a better validation log-likelihood",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per job")
     p.add_argument("--jobs", type=int, default=2, help="data sets trained at once, one process each")
-    p.add_argument("--redo", action="store_true", help="retrain the --datasets already in the JSON file (the other rows are kept)")
+    p.add_argument(
+        "--redo", action="store_true", help="retrain the --datasets already in the JSON file (the other rows are kept)"
+    )
     p.add_argument("--progress", action="store_true", help="show tqdm bars")
+    return p
+
+
+def _earlier_results(json_path: Path, args: argparse.Namespace) -> tuple[dict, list, dict]:
+    """``(results, earlier runs, replaced rows)`` kept from an existing ``density.json`` (empty when none)."""
+    results, earlier, replaced = {}, [], {}
+    if not json_path.exists():
+        return results, earlier, replaced
+    old = json.loads(json_path.read_text())
+    results = old.get("results", {})
+    if "meta" in old:  # keep how the data sets already done were run
+        prev = dict(old["meta"])
+        earlier = prev.pop("earlier_runs", [])
+        replaced = prev.pop("replaced_results", {})
+        prev["datasets_done"] = sorted(results)
+        earlier.append(prev)
+    if args.redo:  # retrain only the data sets asked for; keep a summary of the rows they replace
+        for name in args.datasets:
+            if name in results:
+                r = results.pop(name)
+                keep = ("model", "train_ll", "valid_ll", "test_ll", "wall_seconds", "trials", "grid", "schedule")
+                replaced.setdefault(name, []).append({k: r[k] for k in keep if k in r})
+    return results, earlier, replaced
+
+
+def _run_pool(todo: list[str], args: argparse.Namespace, results: dict, meta: dict) -> None:
+    """Trains the data sets ``todo`` in ``args.jobs`` processes, writing the outputs after each one ends."""
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(
+        args.jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=torch.set_num_threads,
+        initargs=(args.threads,),
+    ) as pool:
+        running = {pool.submit(run_dataset, name, args): name for name in todo}
+        for future in as_completed(running):
+            name = running[future]
+            results[name] = r = future.result()
+            print(
+                f"{name}: test {r['test_ll']:.3f} (reference {r['reference_test_ll']}) in {r['wall_seconds']:.0f}s",
+                flush=True,
+            )
+            meta["run_wall_seconds"] = time.perf_counter() - t0
+            write_outputs(results, meta, args)
+    meta["run_wall_seconds"] = time.perf_counter() - t0
+    write_outputs(results, meta, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not Path(args.data_dir).is_dir():
         p.error(f"--data-dir: no such folder {args.data_dir!r}")
-    json_path = Path(args.out_dir) / "density.json"
-    results, earlier, replaced = {}, [], {}
-    if json_path.exists():
-        old = json.loads(json_path.read_text())
-        results = old.get("results", {})
-        if "meta" in old:  # keep how the data sets already done were run
-            prev = dict(old["meta"])
-            earlier = prev.pop("earlier_runs", [])
-            replaced = prev.pop("replaced_results", {})
-            prev["datasets_done"] = sorted(results)
-            earlier.append(prev)
-        if args.redo:  # retrain only the data sets asked for; keep a summary of the rows they replace
-            for name in args.datasets:
-                if name in results:
-                    r = results.pop(name)
-                    keep = ("model", "train_ll", "valid_ll", "test_ll", "wall_seconds", "trials", "grid", "schedule")
-                    replaced.setdefault(name, []).append({k: r[k] for k in keep if k in r})
+    results, earlier, replaced = _earlier_results(Path(args.out_dir) / "density.json", args)
     meta = {
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         "torch": torch.__version__,
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, {args.threads} torch thread(s)".strip(),
+        "machine": (
+            f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, {args.threads} torch thread(s)"
+        ).strip(),
         **run_settings(args),
     }
     if earlier:
@@ -300,17 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--jobs must be at least 1, got {args.jobs}")
     # the largest training files first, so the longest data sets do not start last
     todo.sort(key=lambda n: -sum(f.stat().st_size for f in (Path(args.data_dir) / n).glob("*.train.data")))
-    t0 = time.perf_counter()
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads, initargs=(args.threads,)) as pool:
-        running = {pool.submit(run_dataset, name, args): name for name in todo}
-        for future in as_completed(running):
-            name = running[future]
-            results[name] = r = future.result()
-            print(f"{name}: test {r['test_ll']:.3f} (reference {r['reference_test_ll']}) in {r['wall_seconds']:.0f}s", flush=True)
-            meta["run_wall_seconds"] = time.perf_counter() - t0
-            write_outputs(results, meta, args)
-    meta["run_wall_seconds"] = time.perf_counter() - t0
-    write_outputs(results, meta, args)
+    _run_pool(todo, args, results, meta)
     print(f"{len(todo)} data sets in {meta['run_wall_seconds'] / 60:.1f} min ({args.jobs} jobs)", flush=True)
     return 0
 

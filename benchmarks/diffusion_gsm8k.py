@@ -228,7 +228,14 @@ def _page(res: dict, meta: dict, cmd: str, json_name: str) -> str:
     ]
     for g in res["generation"]:
         if g["samples"]:
-            lines += [f"**{g['tokens_per_step']} token(s) per step**, first question:", "", "```text", g["samples"][0], "```", ""]
+            lines += [
+                f"**{g['tokens_per_step']} token(s) per step**, first question:",
+                "",
+                "```text",
+                g["samples"][0],
+                "```",
+                "",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -284,8 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     res["plot"] = plot_name
     res["backbone"] = {k: meta.get(k) for k in ("steps", "parameters", "vocab_size", "heldout", "train_config")}
     cfg = backbone.model.config
-    res["architecture"] = {k: getattr(cfg, k, None) for k in
-                           ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")}
+    res["architecture"] = {
+        k: getattr(cfg, k, None)
+        for k in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    }
     res["training_stages"] = [{k: v for k, v in st.items() if k != "log"} for st in stages]
     RESULTS.mkdir(parents=True, exist_ok=True)
     DOCS.mkdir(parents=True, exist_ok=True)
@@ -303,7 +312,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"copied backbone ({size / 1e6:.1f} MB) to {dest}")
         else:
             print(f"backbone is {size / 1e6:.1f} MB (> 15 MB); kept in {model}")
-    print(json.dumps({"elbo": res["elbo"], "generation": [{k: v for k, v in g.items() if k != "samples"} for g in res["generation"]]}, indent=1))
+    print(
+        json.dumps(
+            {
+                "elbo": res["elbo"],
+                "generation": [{k: v for k, v in g.items() if k != "samples"} for g in res["generation"]],
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

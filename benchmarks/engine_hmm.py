@@ -159,7 +159,7 @@ def bench_cirkit(repeats: int) -> dict:
         circuit.set_group_parameters(leaves[v], probs[f].log())
     weights = [layer.weight().detach() for layer in ck.layers if hasattr(layer, "weight") and layer.weight is not None]
     assert len(weights) == len(sums), (len(weights), len(sums))
-    for s, w in zip(sums, weights):
+    for s, w in zip(sums, weights, strict=True):
         circuit.set_group_parameters(s, w[0])
     x = torch.randint(0, C, (B, T), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -239,11 +239,11 @@ def bench_sizes(states: list[int], lengths: list[int], repeats: int, budget_s: f
                     assert err < 1e-3 * steps / 32, f"MPE values differ from Viterbi by {err}"
                     mpe_err = max(mpe_err, err)
                 fns = {
-                    "forward": lambda: circuit(x),
-                    "hand_written": lambda: hand(x),
-                    "mpe": lambda: pc.mpe(circuit, x),
-                    "forward_missing": lambda: circuit(x, miss),
-                    "mpe_missing": lambda: pc.mpe(circuit, x, miss),
+                    "forward": lambda circuit=circuit, x=x: circuit(x),
+                    "hand_written": lambda hand=hand, x=x: hand(x),
+                    "mpe": lambda circuit=circuit, x=x: pc.mpe(circuit, x),
+                    "forward_missing": lambda circuit=circuit, x=x, miss=miss: circuit(x, miss),
+                    "mpe_missing": lambda circuit=circuit, x=x, miss=miss: pc.mpe(circuit, x, miss),
                 }
                 t0 = time.perf_counter()
                 for fn in fns.values():
@@ -392,32 +392,56 @@ def main() -> None:
     }
     with atomic_write(args.out / "engine_hmm.json", "w") as f:
         f.write(json.dumps(result, indent=2))
-    a, b = result["homogeneous_vs_hand_written"], result["inhomogeneous_vs_libcirkit"]
-    ms = lambda s: f"{1000 * s:.1f} ms"  # noqa: E731
-    lines = [
-        f"Device: {result['device']}, torch {result['torch']}. Median of {args.repeats} runs, the two sides alternating.",
-        "",
-        "| comparison | pass | pcircuits | peer | ratio |",
-        "|---|---|---|---|---|",
-        f"| {a['circuit']} vs hand-written forward algorithm | forward | {ms(a['forward_s']['pcircuits'])} | {ms(a['forward_s']['hand_written'])} | {a['forward_s']['ratio']:.2f}x the time |",
-        f"| | forward+backward | {ms(a['forward_backward_s']['pcircuits'])} | {ms(a['forward_backward_s']['hand_written'])} | {a['forward_backward_s']['ratio']:.2f}x the time |",
-    ]
-    if "skipped" not in b:
-        lines += [
-            f"| {b['circuit']} vs libcirkit {b['libcirkit_version']} | forward | {ms(b['forward_s']['pcircuits'])} | {ms(b['forward_s']['libcirkit'])} | {b['forward_s']['speedup']:.2f}x faster |",
-            f"| | forward+backward | {ms(b['forward_backward_s']['pcircuits'])} | {ms(b['forward_backward_s']['libcirkit'])} | {b['forward_backward_s']['speedup']:.2f}x faster |",
-        ]
+    lines = _markdown(result, args.repeats)
     with atomic_write(args.out / "engine_hmm.md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+    _plot(result, args.out)
 
+
+def _ms(seconds: float) -> str:
+    return f"{1000 * seconds:.1f} ms"
+
+
+def _markdown_row(res: dict, key: str, label: str, peer: str, ratio: str) -> str:
+    """One table row: ``res[key]`` timed for pcircuits and ``peer``, with the ratio entry ``ratio``."""
+    r = res[key]
+    suffix = "x the time" if ratio == "ratio" else "x faster"
+    return f"| {label} | {_ms(r['pcircuits'])} | {_ms(r[peer])} | {r[ratio]:.2f}{suffix} |"
+
+
+def _markdown(result: dict, repeats: int) -> list[str]:
+    """The lines of ``engine_hmm.md``: device and the pcircuits vs peer timing table."""
+    a, b = result["homogeneous_vs_hand_written"], result["inhomogeneous_vs_libcirkit"]
+    lines = [
+        f"Device: {result['device']}, torch {result['torch']}. Median of {repeats} runs, the two sides alternating.",
+        "",
+        "| comparison | pass | pcircuits | peer | ratio |",
+        "|---|---|---|---|---|",
+        _markdown_row(a, "forward_s", f"{a['circuit']} vs hand-written forward algorithm | forward", "hand_written",
+                      "ratio"),
+        _markdown_row(a, "forward_backward_s", "| forward+backward", "hand_written", "ratio"),
+    ]
+    if "skipped" not in b:
+        lines += [
+            _markdown_row(b, "forward_s", f"{b['circuit']} vs libcirkit {b['libcirkit_version']} | forward",
+                          "libcirkit", "speedup"),
+            _markdown_row(b, "forward_backward_s", "| forward+backward", "libcirkit", "speedup"),
+        ]
+    return lines
+
+
+def _plot(result: dict, out: Path) -> None:
+    """Bar chart of the two comparisons, into ``out`` and ``docs/assets``."""
+    a, b = result["homogeneous_vs_hand_written"], result["inhomogeneous_vs_libcirkit"]
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, (title, res, peer) in zip(axes, [("homogeneous HMM", a, "hand_written"), ("inhomogeneous HMM", b, "libcirkit")]):
+    panels = [("homogeneous HMM", a, "hand_written"), ("inhomogeneous HMM", b, "libcirkit")]
+    for ax, (title, res, peer) in zip(axes, panels, strict=True):
         if "skipped" in res:
             continue
         keys = ["forward_s", "forward_backward_s"]
@@ -431,7 +455,7 @@ def main() -> None:
     fig.tight_layout()
     assets = Path(__file__).parent.parent / "docs" / "assets"
     assets.mkdir(exist_ok=True)
-    for target in (args.out / "engine_hmm.png", assets / "engine_hmm.png"):
+    for target in (out / "engine_hmm.png", assets / "engine_hmm.png"):
         with atomic_write(target) as f:
             fig.savefig(f, format="png", dpi=120)
 

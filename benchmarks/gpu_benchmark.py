@@ -169,7 +169,12 @@ def to_pyjuice(circuit: pc.TensorCircuit, root: NodeGroup) -> Any:
     for g in root:
         bs = _block_size(g.num_nodes)
         if g.kind == "input":
-            ns = juice.inputs(g.var, num_node_blocks=g.num_nodes // bs, block_size=bs, dist=dists.Categorical(num_cats=g.dist.num_cats))
+            ns = juice.inputs(
+                g.var,
+                num_node_blocks=g.num_nodes // bs,
+                block_size=bs,
+                dist=dists.Categorical(num_cats=g.dist.num_cats),
+            )
             probs = torch.softmax(circuit.group_parameters(g).detach().double(), -1).float().cpu()
             ns.set_params(probs.reshape(-1))
         elif g.kind == "product":
@@ -220,7 +225,9 @@ def _guard(fn: Callable[[], dict]) -> dict:
         return {"error": f"{type(e).__name__}: {e}"[:300], "trace": traceback.format_exc()[-1500:]}
 
 
-def bench_pcircuits(circuit: pc.TensorCircuit, x: torch.Tensor, device, warmup, repeats, soft=None, missing=None) -> dict:
+def bench_pcircuits(
+    circuit: pc.TensorCircuit, x: torch.Tensor, device, warmup, repeats, soft=None, missing=None
+) -> dict:
     ev = circuit.prepare(x, missing, soft)
     out: dict[str, Any] = {}
 
@@ -330,8 +337,17 @@ def run_structure(name: str, root: NodeGroup, batch: int, cats: int, device, bac
 
 
 def run_hmm(length: int, states: int, vocab: int, batches: list[int], topk: int, device, backends, args) -> dict:
-    """The CoDD-sized HMM: engine passes under dense and top-k soft evidence, and the leaf kernel vs a read of the emission matrix."""
-    rec: dict[str, Any] = {"name": f"HMM T={length} n={states} V={vocab}", "length": length, "states": states, "vocab": vocab, "runs": []}
+    """The CoDD-sized HMM: engine passes under dense and top-k soft evidence.
+
+    Also times the leaf kernel against one read of the emission matrix.
+    """
+    rec: dict[str, Any] = {
+        "name": f"HMM T={length} n={states} V={vocab}",
+        "length": length,
+        "states": states,
+        "vocab": vocab,
+        "runs": [],
+    }
     gen = torch.Generator().manual_seed(2)
     table = torch.log_softmax(torch.randn(1, states, vocab, generator=gen), -1).to(device)
     rec["emission_read"] = measure(lambda: table.sum(), device, args.warmup, args.repeats)
@@ -350,24 +366,31 @@ def run_hmm(length: int, states: int, vocab: int, batches: list[int], topk: int,
             run: dict[str, Any] = {"batch": B, "evidence": kind, "leaf": {}, "engine": {}}
             for b in backends:
                 mod = kernels.BACKENDS[b]
-                run["leaf"][b] = _guard(lambda: measure(lambda: mod.soft_evidence_lse(soft, table), device, args.warmup, args.repeats))
+                def leaf(mod=mod, soft=soft):
+                    return mod.soft_evidence_lse(soft, table)
+
+                run["leaf"][b] = _guard(lambda leaf=leaf: measure(leaf, device, args.warmup, args.repeats))
                 if kind != "dense" and b == backends[0]:
                     # reference for sparse evidence: gather the top-k table columns, then logsumexp
-                    def gathered():
+                    def gathered(idx=idx, soft=soft):
                         cols = table[0][:, idx]  # [n, B, T, k]
                         return torch.logsumexp(cols + soft.gather(-1, idx).unsqueeze(0), -1)
 
-                    run["leaf"]["torch_gather_topk"] = _guard(lambda: measure(gathered, device, args.warmup, args.repeats))
+                    run["leaf"]["torch_gather_topk"] = _guard(
+                        lambda gathered=gathered: measure(gathered, device, args.warmup, args.repeats)
+                    )
                 circuit.backend = b
                 x = torch.zeros(B, length, dtype=torch.long, device=device)
                 miss = torch.ones(B, length, dtype=torch.bool, device=device)
 
-                def fwd():
+                def fwd(x=x, miss=miss, soft=soft):
                     with torch.no_grad():
                         return circuit(x, miss, soft)
 
-                run["engine"][b] = _guard(lambda: measure(fwd, device, args.warmup, args.repeats))
-            print(f"[hmm] B={B} {kind}: {json.dumps({k: v.get('seconds') for k, v in run['leaf'].items()})}", flush=True)
+                run["engine"][b] = _guard(lambda fwd=fwd: measure(fwd, device, args.warmup, args.repeats))
+            print(
+                f"[hmm] B={B} {kind}: {json.dumps({k: v.get('seconds') for k, v in run['leaf'].items()})}", flush=True
+            )
             rec["runs"].append(run)
             soft = None
     circuit = None  # drop the reference (the closures above share its cell) before emptying the cache
@@ -387,74 +410,131 @@ def _fmt(r: dict | None, key: str = "seconds", scale: float = 1e3) -> str:
     return "-" if v is None else f"{v * scale:.1f}" if key == "seconds" else f"{v:.2f}"
 
 
-def write_report(res: dict, stem: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=2))
-    lines = [f"# GPU benchmark: {res['device']}", "", f"torch {res['torch']}, triton {res['triton']}, pyjuice {res['pyjuice']}; "
-             f"median of {res['repeats']} runs after {res['warmup']} warm-up runs; times in ms, peak memory in GiB above the resident circuit.", ""]  # fmt: skip
-    if res.get("pyjuice_note"):
-        lines += [f"> {res['pyjuice_note']}", ""]
-    cols = [("pcircuits", b) for b in res["backends"]] + [("pyjuice", None)]
-    head = "| structure | edges | batch | " + " | ".join(
-        f"{op} {('pc/' + b) if b else 'pyjuice'}" for op in ("fwd", "fwd+bwd", "EM") for _, b in cols
-    ) + " | peak GiB EM " + " | ".join(("pc/" + b) if b else "pyjuice" for _, b in cols) + " | max abs ll diff, backends | ll check (PyJuice) |"
-    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+def _lib_result(s: dict, lib: str, b: str | None) -> Any:
+    """The results of library ``lib`` (and backend ``b`` of pcircuits) on structure record ``s``."""
+    r = s.get(lib, {})
+    return r.get(b, {}) if b else r
+
+
+def _structure_table(res: dict, cols: list[tuple[str, str | None]]) -> list[str]:
+    """The markdown table of the structures: times per op and library, peak memory, the two checks."""
+    head = (
+        "| structure | edges | batch | "
+        + " | ".join(f"{op} {('pc/' + b) if b else 'pyjuice'}" for op in ("fwd", "fwd+bwd", "EM") for _, b in cols)
+        + " | peak GiB EM "
+        + " | ".join(("pc/" + b) if b else "pyjuice" for _, b in cols)
+        + " | max abs ll diff, backends | ll check (PyJuice) |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for s in res["structures"]:
         cells = []
         for op in ("forward", "forward_backward", "em_step"):
             for lib, b in cols:
-                r = s.get(lib, {})
-                r = r.get(b, {}) if b else r
+                r = _lib_result(s, lib, b)
                 cells.append(_fmt(r.get(op) if isinstance(r, dict) else None))
         for lib, b in cols:
-            r = s.get(lib, {})
-            r = r.get(b, {}) if b else r
+            r = _lib_result(s, lib, b)
             cells.append(_fmt(r.get("em_step") if isinstance(r, dict) else None, "peak_gib"))
         pj = s.get("pyjuice", {})
-        check = f"{pj['max_abs_ll_diff_vs_pcircuits']:.2g}" if "max_abs_ll_diff_vs_pcircuits" in pj else pj.get("error", "-")[:40]
+        check = (
+            f"{pj['max_abs_ll_diff_vs_pcircuits']:.2g}"
+            if "max_abs_ll_diff_vs_pcircuits" in pj
+            else pj.get("error", "-")[:40]
+        )
         diff = f"{s['max_abs_diff_backends']:.2g}" if "max_abs_diff_backends" in s else "-"
-        lines.append(f"| {s['name']} | {s['num_edges']:,} | {s['batch']} | " + " | ".join(cells) + f" | {diff} | {check} |")
+        lines.append(
+            f"| {s['name']} | {s['num_edges']:,} | {s['batch']} | " + " | ".join(cells) + f" | {diff} | {check} |"
+        )
+    return lines
+
+
+def _hmm_section(h: dict, backends: list[str]) -> list[str]:
+    """The section of one HMM record: the emission-read time and a table of leaf and engine times."""
+    lines = [
+        "",
+        f"## {h['name']} ({h['num_edges']:,} edges)",
+        "",
+        f"Reading the emission matrix once ({h['emission_gib']:.2f} GiB, `table.sum()`): "
+        f"{_fmt(h['emission_read'])} ms.",
+        "",
+        "| batch | evidence | " + " | ".join(f"leaf {b}" for b in backends) + " | leaf torch top-k gather | "
+        + " | ".join(f"engine fwd {b}" for b in backends) + " |",
+        "|" + "---|" * (3 + 2 * len(backends)),
+    ]
+    for r in h["runs"]:
+        leaf = " | ".join(_fmt(r["leaf"].get(b)) for b in backends)
+        engine = " | ".join(_fmt(r["engine"].get(b)) for b in backends)
+        lines.append(
+            f"| {r['batch']} | {r['evidence']} | {leaf} | {_fmt(r['leaf'].get('torch_gather_topk'))} | {engine} |"
+        )
+    return lines
+
+
+def _errors(res: dict) -> list[str]:
+    """Bullet lines of the pcircuits runs that failed (none: no lines)."""
+    errors = [
+        (s["name"], "pcircuits", b, op, r["error"])
+        for s in res["structures"]
+        for b, ops in s.get("pcircuits", {}).items()
+        for op, r in ops.items()
+        if isinstance(r, dict) and "error" in r
+    ]
+    if not errors:
+        return []
+    return ["", "Errors:", ""] + [f"- {n} {lib}/{b} {op}: {e}" for n, lib, b, op, e in errors]
+
+
+def _plot(res: dict, cols: list[tuple[str, str | None]], stem: str) -> None:
+    """Bar charts (log scale) of the three ops over the structures, one bar per library and backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ops = ("forward", "forward_backward", "em_step")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    names = [s["name"] for s in res["structures"]]
+    width = 0.8 / len(cols)
+    for ax, op in zip(axes, ops, strict=True):
+        for j, (lib, b) in enumerate(cols):
+            vals = []
+            for s in res["structures"]:
+                r = _lib_result(s, lib, b)
+                r = r.get(op, {}) if isinstance(r, dict) else {}
+                vals.append(r.get("seconds", np.nan) * 1e3 if isinstance(r, dict) and "seconds" in r else np.nan)
+            ax.bar(np.arange(len(names)) + j * width, vals, width, label=f"pcircuits/{b}" if b else "pyjuice")
+        ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=20, fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms")
+        ax.set_title(op)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{res['device']}")
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{stem}.png", dpi=110)
+
+
+def write_report(res: dict, stem: str) -> None:
+    """Writes ``{stem}.json``, ``{stem}.md`` and ``{stem}.png`` under benchmarks/results."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=2))
+    lines = [
+        f"# GPU benchmark: {res['device']}",
+        "",
+        f"torch {res['torch']}, triton {res['triton']}, pyjuice {res['pyjuice']}; "
+        f"median of {res['repeats']} runs after {res['warmup']} warm-up runs; "
+        "times in ms, peak memory in GiB above the resident circuit.",
+        "",
+    ]
+    if res.get("pyjuice_note"):
+        lines += [f"> {res['pyjuice_note']}", ""]
+    cols = [("pcircuits", b) for b in res["backends"]] + [("pyjuice", None)]
+    lines += _structure_table(res, cols)
     for h in res.get("hmm", []):
-        lines += ["", f"## {h['name']} ({h['num_edges']:,} edges)", "",
-                  f"Reading the emission matrix once ({h['emission_gib']:.2f} GiB, `table.sum()`): {_fmt(h['emission_read'])} ms.", "",
-                  "| batch | evidence | " + " | ".join(f"leaf {b}" for b in res["backends"]) + " | leaf torch top-k gather | "
-                  + " | ".join(f"engine fwd {b}" for b in res["backends"]) + " |"]  # fmt: skip
-        lines.append("|" + "---|" * (3 + 2 * len(res["backends"])))
-        for r in h["runs"]:
-            lines.append(f"| {r['batch']} | {r['evidence']} | " + " | ".join(_fmt(r["leaf"].get(b)) for b in res["backends"])
-                         + f" | {_fmt(r['leaf'].get('torch_gather_topk'))} | " + " | ".join(_fmt(r["engine"].get(b)) for b in res["backends"]) + " |")  # fmt: skip
-    errors = [(s["name"], lib, b, op, r["error"]) for s in res["structures"] for lib in ("pcircuits",)
-              for b, ops in s.get(lib, {}).items() for op, r in ops.items() if isinstance(r, dict) and "error" in r]  # fmt: skip
-    if errors:
-        lines += ["", "Errors:", ""] + [f"- {n} {lib}/{b} {op}: {e}" for n, lib, b, op, e in errors]
+        lines += _hmm_section(h, res["backends"])
+    lines += _errors(res)
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        ops = ("forward", "forward_backward", "em_step")
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-        names = [s["name"] for s in res["structures"]]
-        width = 0.8 / len(cols)
-        for ax, op in zip(axes, ops):
-            for j, (lib, b) in enumerate(cols):
-                vals = []
-                for s in res["structures"]:
-                    r = s.get(lib, {})
-                    r = r.get(b, {}) if b else r
-                    r = r.get(op, {}) if isinstance(r, dict) else {}
-                    vals.append(r.get("seconds", np.nan) * 1e3 if isinstance(r, dict) and "seconds" in r else np.nan)
-                ax.bar(np.arange(len(names)) + j * width, vals, width, label=f"pcircuits/{b}" if b else "pyjuice")
-            ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=20, fontsize=8)
-            ax.set_yscale("log")
-            ax.set_ylabel("ms")
-            ax.set_title(op)
-        axes[0].legend(fontsize=8)
-        fig.suptitle(f"{res['device']}")
-        fig.tight_layout()
-        fig.savefig(RESULTS / f"{stem}.png", dpi=110)
+        _plot(res, cols, stem)
     except Exception as e:  # noqa: BLE001
         print(f"plot skipped: {e}")
 
@@ -462,7 +542,12 @@ def write_report(res: dict, stem: str) -> None:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke test)")
-    ap.add_argument("--precision", choices=["ieee", "tf32", "bf16"], default="ieee", help="matrix-product precision of the Triton kernels")
+    ap.add_argument(
+        "--precision",
+        choices=["ieee", "tf32", "bf16"],
+        default="ieee",
+        help="matrix-product precision of the Triton kernels",
+    )
     ap.add_argument("--skip-hmm", action="store_true")
     ap.add_argument("--skip-pyjuice", action="store_true")
     ap.add_argument("--warmup", type=int, default=None)
@@ -472,7 +557,11 @@ def main(argv: list[str] | None = None) -> dict:
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
+    dev_name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()})"
+    )
     backends = ["torch"] + (["triton"] if "triton" in kernels.BACKENDS else [])
     if "triton" in backends:
         kernels.BACKENDS["triton"].set_precision(args.precision)
@@ -496,14 +585,19 @@ def main(argv: list[str] | None = None) -> dict:
                 ("PD 8x8 L=4", lambda: pd_pcircuits(8, 4, 5)[0], 16, 5)]  # fmt: skip
         hmm = (4, 16, 300, [1, 2], 8)
     else:
-        # sum edges: HCLT ~ 783 L^2 (L=56: 2.5M, L=224: 39M); PD on 28x28 with a 4-pixel grid ~ 3,185 L^2 (L=64: 13M, L=128: 52M)
+        # sum edges: HCLT ~ 783 L^2 (L=56: 2.5M, L=224: 39M);
+        # PD on 28x28 with a 4-pixel grid ~ 3,185 L^2 (L=64: 13M, L=128: 52M)
         plan = [("HCLT 2.5M", lambda: hclt_pcircuits(784, 56, 256)[0], 512, 256),
                 ("HCLT 40M", lambda: hclt_pcircuits(784, 224, 256)[0], 512, 256),
                 ("PD 13M", lambda: pd_pcircuits(28, 64, 256)[0], 512, 256),
                 ("PD 52M", lambda: pd_pcircuits(28, 128, 256)[0], 512, 256)]  # fmt: skip
         hmm = (32, 1024, 126464, [1, 16], 128)
     for name, build, batch, cats in plan:
-        rec = _guard(lambda: run_structure(name, build(), batch, cats, device, backends, args, pj is not None))
+        rec = _guard(
+            lambda name=name, build=build, batch=batch, cats=cats: run_structure(
+                name, build(), batch, cats, device, backends, args, pj is not None
+            )
+        )
         rec.setdefault("name", name)
         rec.setdefault("batch", batch)
         rec.setdefault("num_edges", 0)

@@ -23,7 +23,8 @@ match its marginal ``p(X_v = 1)``.
 
 Usage::
 
-    python benchmarks/queries_speed.py [--vars 100] [--latents 32] [--batch 10000] [--repeats 5] [--out benchmarks/results]
+    python benchmarks/queries_speed.py [--vars 100] [--latents 32] [--batch 10000] [--repeats 5] \\
+        [--out benchmarks/results]
 
 Writes ``queries_speed.json``, ``queries_speed.png`` and ``queries_speed.md``
 (the table shown in ``docs/benchmarks/queries.md``).
@@ -84,6 +85,88 @@ def timeit(fn, repeats: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
+def _check_outputs(circuit: pc.TensorCircuit, x: torch.Tensor, missing: torch.Tensor) -> None:
+    """Asserts the queries answer correctly on ``x [B, V]`` with ``missing [B, V]`` before they are timed."""
+    batch = x.shape[0]
+    with torch.no_grad():
+        m = pc.marginals(circuit, x, missing)
+        sums = m.sum(-1)[missing]
+        assert torch.allclose(sums, torch.ones_like(sums), atol=1e-4), "marginals do not sum to 1"
+        assert torch.equal(m[~missing].argmax(-1), x[~missing]), "observed marginals are not one-hot"
+        best = pc.mpe(circuit, x, missing)
+        assert torch.equal(best[~missing], x[~missing]), "MPE changed observed entries"
+        s = pc.sample(circuit, batch, seed=0)
+        assert s.shape == (batch, x.shape[1]) and s.min() >= 0 and s.max() <= 1
+        prior = pc.marginals(circuit, x[:1], torch.ones_like(x[:1], dtype=torch.bool))[0, :, 1]
+        err = (s.float().mean(0) - prior).abs().max().item()
+        assert err < 5 * 0.5 / batch**0.5 + 1e-3, f"sampled frequencies off by {err}"
+
+
+def _measure(circuit: pc.TensorCircuit, x: torch.Tensor, missing: torch.Tensor, repeats: int) -> dict:
+    """``{query: (wall seconds, CPU seconds)}``, medians of ``repeats`` runs."""
+    batch = x.shape[0]
+
+    def forward():
+        with torch.no_grad():
+            circuit(x)
+
+    def forward_missing():
+        with torch.no_grad():
+            circuit(x, missing)
+
+    return {
+        "forward": timeit(forward, repeats),
+        "forward_missing": timeit(forward_missing, repeats),
+        "marginals": timeit(lambda: pc.marginals(circuit, x, missing), repeats),
+        "mpe": timeit(lambda: pc.mpe(circuit, x, missing), repeats),
+        "sample": timeit(lambda: pc.sample(circuit, batch, seed=1), repeats),
+        "sample_conditional": timeit(lambda: pc.sample(circuit, 1, x=x, missing=missing, seed=1), repeats),
+    }
+
+
+def _markdown(args: argparse.Namespace, circuit: pc.TensorCircuit, dev: torch.device, timings: dict, ratios: dict,
+              which: int) -> list[str]:
+    """The lines of ``queries_speed.md``: the setup sentence and the table of seconds and ratios."""
+    return [
+        f"HCLT over {args.vars} binary variables with {args.latents} latent states "
+        f"({circuit.num_nodes} nodes, {circuit.num_edges} edges), batch {args.batch}, float32, "
+        f"{dev} ({torch.get_num_threads()} threads), median of {args.repeats} runs; "
+        f"seconds and ratios are {'wall-clock' if which == 0 else 'process CPU'} time "
+        f"(wall-clock for {'GPU' if which == 0 else 'CPU'} runs{'' if which == 0 else ' is in the JSON'}).",
+        "",
+        "| query | seconds | ratio to its forward pass |",
+        "|---|---:|---:|",
+        f"| forward, complete evidence | {timings['forward']:.4f} | 1.00 |",
+        f"| forward, 50% missing | {timings['forward_missing']:.4f} | 1.00 |",
+        f"| marginals (50% missing) | {timings['marginals']:.4f} "
+        f"| {ratios['marginals / forward_missing']:.2f} (target ≤ 3) |",
+        f"| MPE (50% missing) | {timings['mpe']:.4f} | {ratios['mpe / forward_missing']:.2f} |",
+        f"| {args.batch} joint samples | {timings['sample']:.4f} | {ratios['sample / forward']:.2f} (target ≤ 5) |",
+        f"| one conditional sample per example | {timings['sample_conditional']:.4f} | "
+        f"{ratios['sample_conditional / forward_missing']:.2f} |",
+        "",
+    ]
+
+
+def _plot(args: argparse.Namespace, dev: torch.device, timings: dict, which: int, out: Path) -> None:
+    """Horizontal bars of the query times, into ``out/queries_speed.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(timings)
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.barh(
+        names, [timings[n] * 1000 for n in names], color=["#888", "#888", "#1f77b4", "#2ca02c", "#d62728", "#9467bd"]
+    )
+    ax.invert_yaxis()
+    ax.set_xlabel(f"milliseconds (median {'wall-clock' if which == 0 else 'process CPU'} time)")
+    ax.set_title(f"Queries on an HCLT ({args.vars} vars, {args.latents} latents), batch {args.batch}, {dev}")
+    fig.tight_layout()
+    fig.savefig(out / "queries_speed.png", dpi=120)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vars", type=int, default=100)
@@ -103,38 +186,8 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 2, (args.batch, args.vars), generator=g).to(dev)
     missing = (torch.rand(args.batch, args.vars, generator=g) < 0.5).to(dev)
-
-    # ---- output checks ------------------------------------------------------
-    with torch.no_grad():
-        m = pc.marginals(circuit, x, missing)
-        sums = m.sum(-1)[missing]
-        assert torch.allclose(sums, torch.ones_like(sums), atol=1e-4), "marginals do not sum to 1"
-        assert torch.equal(m[~missing].argmax(-1), x[~missing]), "observed marginals are not one-hot"
-        best = pc.mpe(circuit, x, missing)
-        assert torch.equal(best[~missing], x[~missing]), "MPE changed observed entries"
-        s = pc.sample(circuit, args.batch, seed=0)
-        assert s.shape == (args.batch, args.vars) and s.min() >= 0 and s.max() <= 1
-        prior = pc.marginals(circuit, x[:1], torch.ones_like(x[:1], dtype=torch.bool))[0, :, 1]
-        err = (s.float().mean(0) - prior).abs().max().item()
-        assert err < 5 * 0.5 / args.batch**0.5 + 1e-3, f"sampled frequencies off by {err}"
-
-    # ---- timings ------------------------------------------------------------
-    def forward():
-        with torch.no_grad():
-            circuit(x)
-
-    def forward_missing():
-        with torch.no_grad():
-            circuit(x, missing)
-
-    measured = {
-        "forward": timeit(forward, args.repeats),
-        "forward_missing": timeit(forward_missing, args.repeats),
-        "marginals": timeit(lambda: pc.marginals(circuit, x, missing), args.repeats),
-        "mpe": timeit(lambda: pc.mpe(circuit, x, missing), args.repeats),
-        "sample": timeit(lambda: pc.sample(circuit, args.batch, seed=1), args.repeats),
-        "sample_conditional": timeit(lambda: pc.sample(circuit, 1, x=x, missing=missing, seed=1), args.repeats),
-    }
+    _check_outputs(circuit, x, missing)
+    measured = _measure(circuit, x, missing, args.repeats)
     which = 0 if dev.type == "cuda" else 1  # ratios from wall-clock time on GPU, CPU time on CPU
     timings = {k: v[which] for k, v in measured.items()}
     ratios = {
@@ -166,40 +219,9 @@ def main() -> None:
         "targets": {"marginals / forward": 3.0, "sample / forward": 5.0},
     }
     (out / "queries_speed.json").write_text(json.dumps(result, indent=2) + "\n")
-
-    lines = [
-        f"HCLT over {args.vars} binary variables with {args.latents} latent states "
-        f"({circuit.num_nodes} nodes, {circuit.num_edges} edges), batch {args.batch}, float32, "
-        f"{dev} ({torch.get_num_threads()} threads), median of {args.repeats} runs; "
-        f"seconds and ratios are {'wall-clock' if which == 0 else 'process CPU'} time "
-        f"(wall-clock for {'GPU' if which == 0 else 'CPU'} runs{'' if which == 0 else ' is in the JSON'}).",
-        "",
-        "| query | seconds | ratio to its forward pass |",
-        "|---|---:|---:|",
-        f"| forward, complete evidence | {timings['forward']:.4f} | 1.00 |",
-        f"| forward, 50% missing | {timings['forward_missing']:.4f} | 1.00 |",
-        f"| marginals (50% missing) | {timings['marginals']:.4f} | {ratios['marginals / forward_missing']:.2f} (target ≤ 3) |",
-        f"| MPE (50% missing) | {timings['mpe']:.4f} | {ratios['mpe / forward_missing']:.2f} |",
-        f"| {args.batch} joint samples | {timings['sample']:.4f} | {ratios['sample / forward']:.2f} (target ≤ 5) |",
-        f"| one conditional sample per example | {timings['sample_conditional']:.4f} | "
-        f"{ratios['sample_conditional / forward_missing']:.2f} |",
-        "",
-    ]
+    lines = _markdown(args, circuit, dev, timings, ratios, which)
     (out / "queries_speed.md").write_text("\n".join(lines))
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(timings)
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.barh(names, [timings[n] * 1000 for n in names], color=["#888", "#888", "#1f77b4", "#2ca02c", "#d62728", "#9467bd"])
-    ax.invert_yaxis()
-    ax.set_xlabel(f"milliseconds (median {'wall-clock' if which == 0 else 'process CPU'} time)")
-    ax.set_title(f"Queries on an HCLT ({args.vars} vars, {args.latents} latents), batch {args.batch}, {dev}")
-    fig.tight_layout()
-    fig.savefig(out / "queries_speed.png", dpi=120)
+    _plot(args, dev, timings, which, out)
     print("\n".join(lines))
 
 

@@ -73,7 +73,12 @@ DREAM_MASK_TOKEN_ID = 151666
 BACKBONE_META_FILE = "codd_backbone.json"
 """Metadata file that marks a directory as one of the project's own backbones."""
 
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
 
 
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> None:
@@ -99,7 +104,9 @@ def check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input
         )
 
 
-def check_attention_mask(attention_mask: torch.Tensor | None, shape: tuple[int, int], name: str = "attention_mask") -> torch.Tensor | None:
+def check_attention_mask(
+    attention_mask: torch.Tensor | None, shape: tuple[int, int], name: str = "attention_mask"
+) -> torch.Tensor | None:
     """Validate a left-padding attention mask and return it as booleans.
 
     Args:
@@ -119,7 +126,11 @@ def check_attention_mask(attention_mask: torch.Tensor | None, shape: tuple[int, 
     """
     if attention_mask is None:
         return None
-    if not isinstance(attention_mask, torch.Tensor) or attention_mask.is_floating_point() or attention_mask.is_complex():
+    if (
+        not isinstance(attention_mask, torch.Tensor)
+        or attention_mask.is_floating_point()
+        or attention_mask.is_complex()
+    ):
         raise ValueError(f"{name}: expected a bool or 0/1 integer tensor of shape {tuple(shape)}")
     if tuple(attention_mask.shape) != tuple(shape):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(attention_mask.shape)}")
@@ -311,7 +322,13 @@ class LLaDABackbone(MaskedLMBackbone):
         tokenizer: optional tokenizer.
     """
 
-    def __init__(self, model: nn.Module, mask_token_id: int = LLADA_MASK_TOKEN_ID, vocab_size: int | None = None, tokenizer: Any = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        mask_token_id: int = LLADA_MASK_TOKEN_ID,
+        vocab_size: int | None = None,
+        tokenizer: Any = None,
+    ):
         super().__init__(model, mask_token_id, vocab_size, tokenizer)
 
     def _masked_kwargs(self, attention_mask: torch.Tensor) -> dict[str, Any]:
@@ -337,7 +354,13 @@ class DreamBackbone(MaskedLMBackbone):
         tokenizer: optional tokenizer.
     """
 
-    def __init__(self, model: nn.Module, mask_token_id: int = DREAM_MASK_TOKEN_ID, vocab_size: int | None = None, tokenizer: Any = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        mask_token_id: int = DREAM_MASK_TOKEN_ID,
+        vocab_size: int | None = None,
+        tokenizer: Any = None,
+    ):
         super().__init__(model, mask_token_id, vocab_size, tokenizer)
 
     def _masked_kwargs(self, attention_mask: torch.Tensor) -> dict[str, Any]:
@@ -672,7 +695,10 @@ def _load_remote_code_backbone(
 def _load_masked_lm(
     path: Path, config: dict, tokenizer: Any, mask_token_id: int | None, kwargs: dict[str, Any]
 ) -> Backbone:
-    """Any other ``AutoModelForMaskedLM`` directory; the mask id comes from the argument, the tokenizer or ``config``."""
+    """Any other ``AutoModelForMaskedLM`` directory.
+
+    The mask id comes from the argument, the tokenizer or ``config``.
+    """
     from transformers import AutoModelForMaskedLM
 
     model = _from_pretrained(AutoModelForMaskedLM, path, **kwargs)

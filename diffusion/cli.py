@@ -64,7 +64,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description="Train a small bidirectional transformer with the MDLM/LLaDA objective "
         "and save it (with its tokenizer) to --output.",
     )
-    p.add_argument("--data", default=d.data, help="'gsm8k', a directory with train/test.jsonl, a .jsonl QA file or a text file")
+    p.add_argument(
+        "--data", default=d.data, help="'gsm8k', a directory with train/test.jsonl, a .jsonl QA file or a text file"
+    )
     p.add_argument("--output", default=d.output_dir, help="output directory (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="write into --output even if it exists")
     p.add_argument("--tokenizer", choices=["bpe", "char"], default=d.tokenizer)
@@ -86,15 +88,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=_positive_int, default=d.epochs)
     p.add_argument("--max-steps", type=_positive_int, default=None)
     p.add_argument("--max-minutes", type=_positive_float, default=None, help="wall-clock budget")
-    p.add_argument("--eval-every", type=_nonnegative_int, default=d.eval_every, help="held-out evaluation every N steps (0: per epoch)")
+    p.add_argument(
+        "--eval-every",
+        type=_nonnegative_int,
+        default=d.eval_every,
+        help="held-out evaluation every N steps (0: per epoch)",
+    )
     p.add_argument("--eval-examples", type=_positive_int, default=d.eval_examples)
     p.add_argument("--train-limit", type=_positive_int, default=None)
     p.add_argument("--threads", type=_positive_int, default=d.num_threads)
     p.add_argument("--device", default=d.device, help="training device, e.g. cpu or cuda (default: %(default)s)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=d.precision,
                    help="bf16: autocast the forward pass (CUDA only; default: %(default)s)")
-    p.add_argument("--dropout", type=_rate, default=d.dropout, help="dropout rate in [0, 1) of a new model (default: %(default)s)")
-    p.add_argument("--keep-best", action="store_true", help="keep the checkpoint with the best held-out bound, not the last")
+    p.add_argument(
+        "--dropout", type=_rate, default=d.dropout, help="dropout rate in [0, 1) of a new model (default: %(default)s)"
+    )
+    p.add_argument(
+        "--keep-best", action="store_true", help="keep the checkpoint with the best held-out bound, not the last"
+    )
     p.add_argument("--seed", type=_nonnegative_int, default=d.seed)
     p.add_argument("--no-progress", action="store_true")
 
@@ -113,15 +124,20 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
         help="generate answers with a saved backbone",
-        description="Generate with block diffusion. Prompts come from --prompt (repeatable) or --prompts-file (one per line).",
+        description="Generate with block diffusion. "
+        "Prompts come from --prompt (repeatable) or --prompts-file (one per line).",
     )
     p.add_argument("model", help="backbone directory (project model, HF masked LM, LLaDA or Dream)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (question); repeatable")
     p.add_argument("--prompts-file", help="text file with one prompt per line")
-    p.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default gen_length / tokens-per-step)")
+    p.add_argument(
+        "--steps", type=_positive_int, default=None, help="denoising steps (default gen_length / tokens-per-step)"
+    )
     p.add_argument("--tokens-per-step", type=_positive_int, default=1)
     p.add_argument("--top-p", type=_probability, default=1.0, help="nucleus mass in (0, 1]")
-    p.add_argument("--mode", choices=["block", "full"], default="block", help="block (LLaDA) or full-sequence (Dream-style)")
+    p.add_argument(
+        "--mode", choices=["block", "full"], default="block", help="block (LLaDA) or full-sequence (Dream-style)"
+    )
     p.add_argument("--mask-token-id", type=_nonnegative_int, default=None)
     _add_sampling_args(p)
 
@@ -138,7 +154,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--examples", type=_positive_int, default=200, help="held-out examples for the likelihood measures")
     p.add_argument("--questions", type=_positive_int, default=50, help="held-out questions for generation")
     p.add_argument("--tokens-per-step", type=_positive_int, nargs="+", default=[1, 2, 4, 8])
-    p.add_argument("--max-answer-tokens", type=_positive_int, default=None, help="only generate for questions whose reference answer fits (default gen_length)")
+    p.add_argument(
+        "--max-answer-tokens",
+        type=_positive_int,
+        default=None,
+        help="only generate for questions whose reference answer fits (default gen_length)",
+    )
     p.add_argument("--batch-size", type=_positive_int, default=50)
     p.add_argument("--output", help="write the results as JSON here (its folder must exist)")
     p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
@@ -249,7 +270,16 @@ def _cmd_train(a: argparse.Namespace) -> int:
     res = train_backbone(cfg, log=lambda s: print(s, flush=True))
     if res.heldout:
         h = min(res.heldout, key=lambda r: r["nll"]) if a.keep_best else res.heldout[-1]
-        print(json.dumps({"output": str(res.output_dir), "steps": res.steps, "heldout_nll": h["nll"], "ppl_bound": h["ppl_bound"]}))
+        print(
+            json.dumps(
+                {
+                    "output": str(res.output_dir),
+                    "steps": res.steps,
+                    "heldout_nll": h["nll"],
+                    "ppl_bound": h["ppl_bound"],
+                }
+            )
+        )
     return 0
 
 
@@ -269,7 +299,9 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     prompts = list(a.prompt)
     if a.prompts_file:
         try:
-            prompts += [ln.strip() for ln in Path(a.prompts_file).read_text(encoding="utf-8").splitlines() if ln.strip()]
+            prompts += [
+                ln.strip() for ln in Path(a.prompts_file).read_text(encoding="utf-8").splitlines() if ln.strip()
+            ]
         except (OSError, UnicodeDecodeError) as e:
             raise ValueError(f"--prompts-file: cannot read {a.prompts_file!r} ({type(e).__name__})") from None
     if not prompts:
@@ -301,7 +333,7 @@ def _cmd_generate(a: argparse.Namespace) -> int:
         generator=torch.Generator().manual_seed(a.seed),
         attention_mask=mask,
     )
-    for p, row in zip(prompts, out[:, ids.shape[1] :].tolist()):
+    for p, row in zip(prompts, out[:, ids.shape[1] :].tolist(), strict=True):
         if eos is not None and eos in row:
             row = row[: row.index(eos)]
         print(f"### {p}\n{tok.decode(row, skip_special_tokens=True)}\n")
@@ -320,7 +352,9 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     backbone = _load(a.model, a.trust_remote_code)
     tok = backbone.tokenizer
     if tok is None or not hasattr(tok, "bos_id"):
-        raise ValueError(f"model: {a.model} is not a backbone trained with 'codd train-backbone' (no project tokenizer)")
+        raise ValueError(
+            f"model: {a.model} is not a backbone trained with 'codd train-backbone' (no project tokenizer)"
+        )
     if a.data == "gsm8k":
         held = load_gsm8k("test")
     elif Path(a.data).is_dir():

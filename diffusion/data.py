@@ -144,7 +144,9 @@ def read_jsonl_qa(path: str | Path, question_key: str = "question", answer_key: 
                 rec = json.loads(line)
                 out.append(QAExample(str(rec[question_key]), str(rec[answer_key])))
             except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{lineno}: expected a JSON object with {question_key!r} and {answer_key!r}") from e
+                raise ValueError(
+                    f"{path}:{lineno}: expected a JSON object with {question_key!r} and {answer_key!r}"
+                ) from e
     return out
 
 

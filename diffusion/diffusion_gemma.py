@@ -132,12 +132,18 @@ class DiffusionGemmaOutput:
     def tokens_per_call(self, prompt_length: int, pad_token_id: int | None = None) -> torch.Tensor:
         """``FloatTensor[B]``: generated tokens (pads excluded) per decoder pass."""
         new = self.sequences[:, prompt_length:]
-        count = (new != pad_token_id).sum(-1) if pad_token_id is not None else torch.full_like(self.decoder_calls, new.shape[1])
+        count = (
+            (new != pad_token_id).sum(-1)
+            if pad_token_id is not None
+            else torch.full_like(self.decoder_calls, new.shape[1])
+        )
         return count / self.decoder_calls.clamp_min(1)
 
 
 # ------------------------------------------------------------------ the draw, step by step
-def step_temperature(step: int, steps: int, t_min: float, t_max: float, device: torch.device | None = None) -> torch.Tensor:
+def step_temperature(
+    step: int, steps: int, t_min: float, t_max: float, device: torch.device | None = None
+) -> torch.Tensor:
     """The linear temperature schedule ``T(s) = t_min + (t_max - t_min) * s / S``.
 
     ``s`` counts the steps *left* (``S`` at the first step, 1 at the last). The
@@ -272,7 +278,10 @@ def _new_cache(model: nn.Module) -> Any:
 
 
 def _encode(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> None:
-    """Writes ``ids [B, n]`` (positions ``[1, n]``, 2-D ``mask`` over everything cached so far plus ``ids``) into ``cache``."""
+    """Writes ``ids [B, n]`` into ``cache``.
+
+    ``positions`` is ``[1, n]``; the 2-D ``mask`` covers everything cached so far plus ``ids``.
+    """
     encoder = model.model.encoder
     dummy = torch.empty((ids.shape[0], ids.shape[1], 0), dtype=model.dtype, device=ids.device)
     masks = encoder.create_masks_for_generate(
@@ -289,7 +298,12 @@ def _decoder_masks(model: nn.Module, canvas: torch.Tensor, cache: Any, mask: tor
 
 
 def _decode(
-    model: nn.Module, canvas: torch.Tensor, cache: Any, masks: dict, positions: torch.Tensor, sc_logits: torch.Tensor | None
+    model: nn.Module,
+    canvas: torch.Tensor,
+    cache: Any,
+    masks: dict,
+    positions: torch.Tensor,
+    sc_logits: torch.Tensor | None,
 ) -> torch.Tensor:
     """``FloatTensor[B, L, V]`` (float32, soft-capped) logits of ``canvas [B, L]``."""
     out = model(
@@ -427,15 +441,23 @@ def _check_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, voc
     if attention_mask is None:
         return torch.ones_like(input_ids, dtype=torch.bool)
     if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
-        raise ValueError(
-            f"attention_mask: expected a 2-D tensor of shape {tuple(input_ids.shape)}, got {getattr(attention_mask, 'shape', type(attention_mask))}"
-        )
+        got = getattr(attention_mask, "shape", type(attention_mask))
+        raise ValueError(f"attention_mask: expected a 2-D tensor of shape {tuple(input_ids.shape)}, got {got}")
     if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
         raise ValueError("attention_mask: expected 0/1 (or bool) entries")
     return attention_mask.bool()
 
 
 def _check_settings(s: dict[str, Any], vocab_size: int) -> None:
+    """ValueError naming the first generation setting in ``s`` that is out of range."""
+    _check_schedule(s)
+    _check_thresholds(s)
+    _check_special_ids(s, vocab_size)
+
+
+def _check_schedule(s: dict[str, Any]) -> None:
+    """Lengths, step count, entropy bound and the temperature range of the denoising schedule."""
+
     def positive_int(name: str) -> None:
         v = s[name]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -452,11 +474,19 @@ def _check_settings(s: dict[str, Any], vocab_size: int) -> None:
             raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
     if t_max <= t_min:
         raise ValueError(f"t_max: expected t_max > t_min, got t_max={t_max!r}, t_min={t_min!r}")
+
+
+def _check_thresholds(s: dict[str, Any]) -> None:
+    """The optional early-commit thresholds (stability in steps, confidence as a number)."""
     st, ct = s["stability_threshold"], s["confidence_threshold"]
     if st is not None and (isinstance(st, bool) or not isinstance(st, int) or st < 0):
         raise ValueError(f"stability_threshold: expected an int >= 0 or None, got {st!r}")
     if ct is not None and (isinstance(ct, bool) or not isinstance(ct, (int, float)) or ct <= 0):
         raise ValueError(f"confidence_threshold: expected a number > 0 or None, got {ct!r}")
+
+
+def _check_special_ids(s: dict[str, Any], vocab_size: int) -> None:
+    """The end-of-sequence id (or ids) and the padding id lie in the vocabulary."""
     eos = s["eos_token_id"]
     eos_list = [eos] if isinstance(eos, int) and not isinstance(eos, bool) else eos
     if eos_list is not None and (
@@ -680,7 +710,9 @@ def load_diffusion_gemma(
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"path: {path} has no config.json")
     if not is_diffusion_gemma_dir(path):
-        raise ValueError(f"path: {path}/config.json does not name a DiffusionGemma model (model_type 'diffusion_gemma')")
+        raise ValueError(
+            f"path: {path}/config.json does not name a DiffusionGemma model (model_type 'diffusion_gemma')"
+        )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import DiffusionGemmaForBlockDiffusion
 

@@ -30,7 +30,9 @@ def as_int(value: object, name: str, minimum: int | None = None) -> int:
     if isinstance(value, (bool, np.bool_)) or _is_bool_array(value):
         raise TypeError(f"{name} must be an int, got a bool ({value!r})")
     if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim != 0:
-        raise TypeError(f"{name} must be an int (a 0-d integer tensor at most), got an array of shape {tuple(value.shape)}")
+        raise TypeError(
+            f"{name} must be an int (a 0-d integer tensor at most), got an array of shape {tuple(value.shape)}"
+        )
     try:
         out = operator.index(value)
     except TypeError:

@@ -80,7 +80,9 @@ def int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
-def float_in(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
+def float_in(
+    low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False
+) -> Callable[[str], float]:
     """An argparse ``type=``: a finite float in the interval from ``low`` to ``high``.
 
     Args:
@@ -190,8 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(prog="pcircuits", description="Learn, evaluate and sample probabilistic circuits.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    _add_fit_parser(sub)
+    _add_eval_parser(sub)
+    if _sampler() is not None:
+        _add_sample_parser(sub)
+    return p
 
+
+def _add_fit_parser(sub: "argparse._SubParsersAction") -> None:
+    """The ``fit`` subcommand: learner choice and the knobs of HCLT and LearnSPN."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
     f = sub.add_parser("fit", help="learn a structure and parameters from a data file", formatter_class=fmt,
                        description="Learn a circuit (structure and parameters) from a data file and save it.")
     f.add_argument("data", help="training data: comma-separated 0/1 (or category) file, .gz, or .npy")
@@ -200,11 +210,23 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--valid", help="validation data for early stopping (same formats)")
     f.add_argument("--learner", choices=["hclt", "learnspn"], default="hclt", help="structure learner")
     f.add_argument("--latents", type=positive_int, default=16, help="HCLT: latent states per variable")
-    f.add_argument("--components", type=positive_int, default=1, help="HCLT: number of HCLTs in an equal-weight mixture")
-    f.add_argument("--mixture", choices=["separate", "joint"], default="separate", help="HCLT: train mixture components alone or jointly")
+    f.add_argument(
+        "--components", type=positive_int, default=1, help="HCLT: number of HCLTs in an equal-weight mixture"
+    )
+    f.add_argument(
+        "--mixture",
+        choices=["separate", "joint"],
+        default="separate",
+        help="HCLT: train mixture components alone or jointly",
+    )
     f.add_argument("--softening", type=float_in(0.0, 0.5, high_open=True), default=0.0,
                    help="HCLT: data-softening rate in [0, 0.5) (0: the data as is)")
-    f.add_argument("--patience", type=positive_int, default=None, help="HCLT: stop after this many epochs without a better valid LL")
+    f.add_argument(
+        "--patience",
+        type=positive_int,
+        default=None,
+        help="HCLT: stop after this many epochs without a better valid LL",
+    )
     f.add_argument("--minibatch-epochs", type=nonnegative_int, default=5, help="HCLT: mini-batch EM epochs")
     f.add_argument("--fullbatch-epochs", type=nonnegative_int, default=20, help="HCLT: full-batch EM epochs")
     f.add_argument("--batch-size", type=positive_int, default=512, help="HCLT: mini-batch size")
@@ -216,24 +238,36 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    e = sub.add_parser("eval", help="log-likelihood of a saved circuit on a data file", formatter_class=fmt,
-                       description="Print the mean log-likelihood (nats per example) of a data file under a saved circuit.")
-    e.add_argument("model", help="a circuit saved by 'pcircuits fit' or pcircuits.save (.safetensors; version-1 .npz files also load)")
+
+def _add_eval_parser(sub: "argparse._SubParsersAction") -> None:
+    """The ``eval`` subcommand: mean (and optionally per-example) log-likelihood of a data file."""
+    e = sub.add_parser(
+        "eval",
+        help="log-likelihood of a saved circuit on a data file",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Print the mean log-likelihood (nats per example) of a data file under a saved circuit.",
+    )
+    e.add_argument(
+        "model",
+        help="a circuit saved by 'pcircuits fit' or pcircuits.save (.safetensors; version-1 .npz files also load)",
+    )
     e.add_argument("data", help="data file (comma-separated, .gz or .npy)")
     e.add_argument("--batch-size", type=positive_int, default=4096, help="examples per pass")
     e.add_argument("--per-example", help="also write every example's log-likelihood to this file (one per line)")
     e.add_argument("--force", action="store_true", help="overwrite --per-example if it exists")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    if _sampler() is not None:
-        s = sub.add_parser("sample", help="draw samples from a saved circuit", formatter_class=fmt,
-                           description="Draw independent samples from a saved circuit.")
-        s.add_argument("model", help="a saved circuit (.safetensors or a version-1 .npz)")
-        s.add_argument("--num-samples", "-n", type=positive_int, default=10, help="number of samples")
-        s.add_argument("--out", "-o", help="write samples here (.npy, or comma-separated text); default: print them")
-        s.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-        s.add_argument("--seed", type=nonnegative_int, default=0)
-    return p
+
+def _add_sample_parser(sub: "argparse._SubParsersAction") -> None:
+    """The ``sample`` subcommand: independent samples from a saved circuit."""
+    s = sub.add_parser("sample", help="draw samples from a saved circuit",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Draw independent samples from a saved circuit.")
+    s.add_argument("model", help="a saved circuit (.safetensors or a version-1 .npz)")
+    s.add_argument("--num-samples", "-n", type=positive_int, default=10, help="number of samples")
+    s.add_argument("--out", "-o", help="write samples here (.npy, or comma-separated text); default: print them")
+    s.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    s.add_argument("--seed", type=nonnegative_int, default=0)
 
 
 def _load_data(path: str, arg: str) -> np.ndarray:
@@ -279,10 +313,22 @@ def _fit(args: argparse.Namespace) -> int:
         raise ValueError(f"--valid: has {valid.shape[1]} columns, the training data {train.shape[1]}")
     progress = False if args.quiet else None
     if args.learner == "hclt":
-        res = learn_hclt(train, args.latents, valid=valid, num_components=args.components, mixture=args.mixture, minibatch_epochs=args.minibatch_epochs,
-                         batch_size=args.batch_size, fullbatch_epochs=args.fullbatch_epochs, pseudocount=args.pseudocount,
-                         softening=args.softening, time_budget=args.time_budget, patience=args.patience if valid is not None else None,
-                         seed=args.seed, progress=progress)
+        res = learn_hclt(
+            train,
+            args.latents,
+            valid=valid,
+            num_components=args.components,
+            mixture=args.mixture,
+            minibatch_epochs=args.minibatch_epochs,
+            batch_size=args.batch_size,
+            fullbatch_epochs=args.fullbatch_epochs,
+            pseudocount=args.pseudocount,
+            softening=args.softening,
+            time_budget=args.time_budget,
+            patience=args.patience if valid is not None else None,
+            seed=args.seed,
+            progress=progress,
+        )
     else:
         res = learn_spn(train, min_instances=args.min_instances, pseudocount=max(args.pseudocount, 1e-6),
                         max_nodes=args.max_nodes, time_budget=args.time_budget, seed=args.seed, progress=progress)
@@ -291,7 +337,10 @@ def _fit(args: argparse.Namespace) -> int:
     with torch.no_grad():
         tr = float(c(torch.from_numpy(train)).double().mean())
         va = float(c(torch.from_numpy(valid)).double().mean()) if valid is not None else None
-    print(f"saved {args.out}: {args.learner}, {c.num_nodes} nodes, {c.num_edges} edges, {c.num_parameters} parameters, {res.seconds:.1f}s")
+    print(
+        f"saved {args.out}: {args.learner}, {c.num_nodes} nodes, {c.num_edges} edges, "
+        f"{c.num_parameters} parameters, {res.seconds:.1f}s"
+    )
     print(f"train LL {tr:.4f}" + (f", valid LL {va:.4f}" if va is not None else ""))
     return 0
 

@@ -119,7 +119,9 @@ def shard(n: int, rank: int, world: int) -> slice:
         ValueError: ``n < 0``, ``world < 1`` or ``rank`` outside ``[0, world)``.
     """
     if n < 0 or world < 1 or not 0 <= rank < world:
-        raise ValueError(f"shard: expected n >= 0, world >= 1 and 0 <= rank < world, got n={n}, rank={rank}, world={world}")
+        raise ValueError(
+            f"shard: expected n >= 0, world >= 1 and 0 <= rank < world, got n={n}, rank={rank}, world={world}"
+        )
     q, r = divmod(n, world)
     start = rank * q + min(rank, r)
     return slice(start, start + q + (1 if rank < r else 0))
@@ -158,7 +160,7 @@ def all_reduce_gradients(params: Iterable[torch.Tensor]) -> None:
         return
     has = torch.tensor([p.grad is not None for p in params], dtype=torch.long, device=control_device())
     dist.all_reduce(has, op=dist.ReduceOp.MAX)
-    used = [p for p, h in zip(params, has.tolist()) if h]
+    used = [p for p, h in zip(params, has.tolist(), strict=True) if h]
     for p in used:
         if p.grad is None:
             p.grad = torch.zeros_like(p)

@@ -203,7 +203,9 @@ def _check_group(i: int, item: Any, earlier: list[_GroupSpec]) -> _GroupSpec:
     if not isinstance(children, list) or not all(_is_int(c) and 0 <= c < i for c in children):
         raise _Invalid(f"group {i}: children must be a list of indices of earlier groups (0..{i - 1})")
     if (kind == "input") != (len(children) == 0):
-        raise _Invalid(f"group {i}: {'an input group has no' if kind == 'input' else 'a ' + kind + ' group needs'} children")
+        raise _Invalid(
+            f"group {i}: {'an input group has no' if kind == 'input' else 'a ' + kind + ' group needs'} children"
+        )
     spec = _GroupSpec(kind, n, children, name)
     if kind == "input":
         spec.var = item.get("var")
@@ -212,12 +214,18 @@ def _check_group(i: int, item: Any, earlier: list[_GroupSpec]) -> _GroupSpec:
         spec.dist = _check_dist(i, item.get("dist"))
     tie = item.get("tie")
     if tie is not None:
-        if kind == "product" or not _is_int(tie) or not 0 <= tie < i or earlier[tie].kind != kind:
-            raise _Invalid(f"group {i}: tie must index an earlier {kind} group, got {tie!r}")
-        if earlier[tie].num_nodes != n:
-            raise _Invalid(f"group {i}: tied to group {tie} of a different size")
-        spec.tie = earlier[tie].tie if earlier[tie].tie is not None else tie
+        spec.tie = _check_tie(i, spec, tie, earlier)
     return spec
+
+
+def _check_tie(i: int, spec: _GroupSpec, tie: Any, earlier: list[_GroupSpec]) -> int:
+    """The root of the tie chain of group ``i`` (``spec``), tied to the earlier group ``tie``."""
+    kind = spec.kind
+    if kind == "product" or not _is_int(tie) or not 0 <= tie < i or earlier[tie].kind != kind:
+        raise _Invalid(f"group {i}: tie must index an earlier {kind} group, got {tie!r}")
+    if earlier[tie].num_nodes != spec.num_nodes:
+        raise _Invalid(f"group {i}: tied to group {tie} of a different size")
+    return earlier[tie].tie if earlier[tie].tie is not None else tie
 
 
 def _check_dist(i: int, data: Any) -> Distribution:
@@ -316,38 +324,16 @@ def _tensor_from_bytes(buf: bytearray, dtype: torch.dtype, shape: tuple[int, ...
 
 def _open_safetensors(f: BinaryIO, size: int) -> tuple[dict[str, str], dict[str, _Member]]:
     """Checks a safetensors header (size, JSON, dtypes, shapes, contiguous offsets covering the file)."""
-    if size < 8:
-        raise _Invalid("too short to be a circuit file")
-    (n,) = struct.unpack("<Q", _read_exact(f, 8))
-    if not 2 <= n <= min(MAX_HEADER_BYTES, size - 8):
-        raise _Invalid(
-            f"not a safetensors file (its first 8 bytes give a header length of {n}, outside 2..{min(MAX_HEADER_BYTES, size - 8)})"
-        )
-    try:
-        table = json.loads(_read_exact(f, n).decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise _Invalid(f"header is not JSON ({_one_line(e)})") from None
-    if not isinstance(table, dict):
-        raise _Invalid("header is not a JSON object")
+    n, table = _read_safetensors_header(f, size)
     meta = table.pop("__metadata__", None)
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise _Invalid("no pcircuits metadata")
     base, data_len = 8 + n, size - 8 - n
     members, spans = {}, []
     for name, entry in table.items():
-        if not isinstance(entry, dict) or entry.get("dtype") not in _ST_DTYPES:
-            raise _Invalid(f"tensor {name!r}: dtype must be one of {sorted(_ST_DTYPES)}")
-        shape, offsets = entry.get("shape"), entry.get("data_offsets")
-        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-            raise _Invalid(f"tensor {name!r}: shape must be a list of non-negative ints")
-        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
-            raise _Invalid(f"tensor {name!r}: data_offsets must be two ints")
-        dtype = _ST_DTYPES[entry["dtype"]]
-        start, end = offsets
-        if not 0 <= start <= end <= data_len or end - start != math.prod(shape) * dtype.itemsize:
-            raise _Invalid(f"tensor {name!r}: data_offsets {offsets} do not fit its shape {shape} or the file")
+        dtype, shape, start, end = _check_safetensors_entry(name, entry, data_len)
         spans.append((start, end))
-        members[name] = _Member(dtype, tuple(shape), _safetensors_reader(f, base + start, end - start, dtype, tuple(shape)))
+        members[name] = _Member(dtype, shape, _safetensors_reader(f, base + start, end - start, dtype, shape))
     spans.sort()
     covered = 0
     for start, end in spans:
@@ -357,6 +343,39 @@ def _open_safetensors(f: BinaryIO, size: int) -> tuple[dict[str, str], dict[str,
     if covered != data_len:
         raise _Invalid(f"{data_len - covered} bytes after the last tensor")
     return meta, members
+
+
+def _read_safetensors_header(f: BinaryIO, size: int) -> tuple[int, dict]:
+    """``(header length in bytes, header JSON object)`` of a file of ``size`` bytes, read from its start."""
+    if size < 8:
+        raise _Invalid("too short to be a circuit file")
+    (n,) = struct.unpack("<Q", _read_exact(f, 8))
+    limit = min(MAX_HEADER_BYTES, size - 8)
+    if not 2 <= n <= limit:
+        raise _Invalid(f"not a safetensors file (its first 8 bytes give a header length of {n}, outside 2..{limit})")
+    try:
+        table = json.loads(_read_exact(f, n).decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise _Invalid(f"header is not JSON ({_one_line(e)})") from None
+    if not isinstance(table, dict):
+        raise _Invalid("header is not a JSON object")
+    return n, table
+
+
+def _check_safetensors_entry(name: str, entry: Any, data_len: int) -> tuple[torch.dtype, tuple[int, ...], int, int]:
+    """``(dtype, shape, start, end)`` of one header entry, its byte span inside the ``data_len`` data bytes."""
+    if not isinstance(entry, dict) or entry.get("dtype") not in _ST_DTYPES:
+        raise _Invalid(f"tensor {name!r}: dtype must be one of {sorted(_ST_DTYPES)}")
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise _Invalid(f"tensor {name!r}: shape must be a list of non-negative ints")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
+        raise _Invalid(f"tensor {name!r}: data_offsets must be two ints")
+    dtype = _ST_DTYPES[entry["dtype"]]
+    start, end = offsets
+    if not 0 <= start <= end <= data_len or end - start != math.prod(shape) * dtype.itemsize:
+        raise _Invalid(f"tensor {name!r}: data_offsets {offsets} do not fit its shape {shape} or the file")
+    return dtype, tuple(shape), start, end
 
 
 def _safetensors_reader(f: BinaryIO, offset: int, nbytes: int, dtype: torch.dtype, shape: tuple[int, ...]) -> Callable:
@@ -435,10 +454,7 @@ def _check_members(
                 raise _Invalid(f"tensor {name!r}: dtype {m.dtype} is not a float dtype")
             params[key] = m
         elif kind == "edges" and key.isdigit() and int(key) < len(specs) and str(int(key)) == key:
-            spec = specs[int(key)]
-            if m.dtype != torch.int64 or not _edge_shape_ok(spec, specs, m.shape):
-                raise _Invalid(f"tensor {name!r}: dtype {m.dtype} / shape {list(m.shape)} do not fit group {key} ({spec.kind})")
-            edges[name] = m.read()
+            edges[name] = _read_edge_member(name, m, specs, int(key))
         elif kind == "extra" and key in extras_declared:
             if m.dtype != torch.float64 or m.shape != extras_declared[key]:
                 raise _Invalid(f"tensor {name!r}: expected float64 of shape {list(extras_declared[key])}")
@@ -447,6 +463,23 @@ def _check_members(
     missing = sorted(k for k in extras_declared if f"extra/{k}" not in members)
     if missing:
         raise _Invalid(f"declared extras {missing} are missing")
+    return edges, params, _check_param_members(specs, params, edges)
+
+
+def _read_edge_member(name: str, m: _Member, specs: list[_GroupSpec], group: int) -> torch.Tensor:
+    """The edge array ``[2, E]`` of group ``group``, after checking its dtype and shape against the structure."""
+    spec = specs[group]
+    if m.dtype != torch.int64 or not _edge_shape_ok(spec, specs, m.shape):
+        raise _Invalid(
+            f"tensor {name!r}: dtype {m.dtype} / shape {list(m.shape)} do not fit group {group} ({spec.kind})"
+        )
+    return m.read()
+
+
+def _check_param_members(
+    specs: list[_GroupSpec], params: dict[str, _Member], edges: dict[str, torch.Tensor]
+) -> torch.dtype:
+    """The one float dtype of the parameter members, after checking they hold enough values for the structure."""
     if not params:
         raise _Invalid("no parameters")
     dtypes = {m.dtype for m in params.values()}
@@ -456,7 +489,7 @@ def _check_members(
     needed = _param_count(specs, edges)
     if needed > stored:
         raise _Invalid(f"the structure needs {needed} parameters but the file stores {stored}")
-    return edges, params, dtypes.pop()
+    return dtypes.pop()
 
 
 def _check_banks(circuit: TensorCircuit, params: dict[str, _Member], version: int) -> dict[str, torch.Tensor]:
@@ -473,7 +506,9 @@ def _check_banks(circuit: TensorCircuit, params: dict[str, _Member], version: in
         raise _Invalid(f"parameter banks do not match the structure (unexpected {extra}, missing {absent})")
     for name, shape in expected.items():
         if params[name].shape != shape:
-            raise _Invalid(f"parameter {name!r} has shape {list(params[name].shape)}, the structure needs {list(shape)}")
+            raise _Invalid(
+                f"parameter {name!r} has shape {list(params[name].shape)}, the structure needs {list(shape)}"
+            )
     values = {}
     for name, m in params.items():
         values[name] = v = m.read()
@@ -531,7 +566,11 @@ def _check_header(header: Any, version: int) -> tuple[dict, str, dict[str, tuple
         raise _Invalid("extras must be an object")
     extras = {}
     for key, shape in declared.items():
-        if not _EXTRA_NAME.match(str(key)) or not isinstance(shape, list) or not all(_is_int(d) and d >= 1 for d in shape):
+        if (
+            not _EXTRA_NAME.match(str(key))
+            or not isinstance(shape, list)
+            or not all(_is_int(d) and d >= 1 for d in shape)
+        ):
             raise _Invalid(f"extra {key!r}: expected a lower-case name and a shape of positive ints")
         if math.prod(shape) > LIMITS["extra_elements"]:
             raise _Invalid(f"extra {key!r}: more than {LIMITS['extra_elements']} elements")
@@ -582,7 +621,9 @@ def save(
     header = {"structure": structure, "backend": circuit.backend, "extras": declared}
     meta = {"format": _MAGIC_V2, "version": str(FORMAT_VERSION), "header": json.dumps(header, separators=(",", ":"))}
     if len(meta["header"]) > MAX_HEADER_BYTES // 2:
-        raise ValueError(f"circuit: its structure needs {len(meta['header'])} bytes of JSON, over {MAX_HEADER_BYTES // 2}")
+        raise ValueError(
+            f"circuit: its structure needs {len(meta['header'])} bytes of JSON, over {MAX_HEADER_BYTES // 2}"
+        )
     data = safetensors.torch.save(tensors, metadata=meta)
     with atomic_write(path) as f:
         f.write(data)
@@ -596,7 +637,9 @@ def _check_extra_value(key: Any, value: Any) -> torch.Tensor:
     except (TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"extras: {key!r} is not numeric ({_one_line(e)})") from None
     if t.dim() == 0 or t.numel() == 0 or t.numel() > LIMITS["extra_elements"] or not bool(torch.isfinite(t).all()):
-        raise ValueError(f"extras: {key!r} must be a non-empty finite tensor of at most {LIMITS['extra_elements']} elements")
+        raise ValueError(
+            f"extras: {key!r} must be a non-empty finite tensor of at most {LIMITS['extra_elements']} elements"
+        )
     return t
 
 
@@ -653,7 +696,9 @@ def _load_v1(zf: zipfile.ZipFile, size: int) -> tuple[TensorCircuit, dict[str, t
     if not isinstance(header, dict) or header.get("format") != _MAGIC_V1:
         raise _Invalid("wrong format marker")
     if header.get("version") != 1:
-        raise _Invalid(f"written in format version {header.get('version')!r}; this pcircuits reads versions 1 and {FORMAT_VERSION}")
+        raise _Invalid(
+            f"written in format version {header.get('version')!r}; this pcircuits reads versions 1 and {FORMAT_VERSION}"
+        )
     return _build(header, members, 1)
 
 
@@ -661,7 +706,9 @@ def _load_v2(meta: dict[str, str], members: dict[str, _Member]) -> tuple[TensorC
     if meta.get("format") != _MAGIC_V2:
         raise _Invalid("wrong format marker")
     if meta.get("version") != str(FORMAT_VERSION):
-        raise _Invalid(f"written in format version {meta.get('version')!r}; this pcircuits reads versions 1 and {FORMAT_VERSION}")
+        raise _Invalid(
+            f"written in format version {meta.get('version')!r}; this pcircuits reads versions 1 and {FORMAT_VERSION}"
+        )
     if set(meta) != {"format", "version", "header"}:
         raise _Invalid(f"unexpected metadata keys {sorted(set(meta) - {'format', 'version', 'header'})}")
     try:

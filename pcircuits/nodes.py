@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Iterator
 
@@ -96,8 +97,8 @@ class Scope:
         """
         if all(s.mask is None for s in scopes):
             order = sorted(scopes, key=lambda s: s.lo)
-            if all(a.hi < b.lo for a, b in zip(order, order[1:])):
-                if all(a.hi + 1 == b.lo for a, b in zip(order, order[1:])):
+            if all(a.hi < b.lo for a, b in itertools.pairwise(order)):
+                if all(a.hi + 1 == b.lo for a, b in itertools.pairwise(order)):
                     return Scope(order[0].lo, order[-1].hi), []
                 return Scope.from_mask(_or_masks(order)), []
         seen = 0
@@ -196,7 +197,9 @@ class InputGroup(NodeGroup):
     ):
         var = as_int(var, "var", minimum=0)
         if not isinstance(dist, Distribution):
-            raise TypeError(f"dist must be a pcircuits distribution (e.g. pc.Categorical(3)), got {type(dist).__name__}")
+            raise TypeError(
+                f"dist must be a pcircuits distribution (e.g. pc.Categorical(3)), got {type(dist).__name__}"
+            )
         super().__init__(num_nodes, (), name)
         num_nodes = self.num_nodes
         self._scope = Scope.single(var)
@@ -266,6 +269,46 @@ class ProductGroup(NodeGroup):
         self.edges = edges
 
 
+def _smooth_scope(children: tuple, name: str | None) -> Scope:
+    """The common scope of a sum's (non-empty) child groups; ValueError when they differ."""
+    scope = children[0]._scope
+    for c in children[1:]:
+        if c._scope != scope:
+            diff = _bits(scope.to_mask() ^ c._scope.to_mask())[:8]
+            raise ValueError(
+                f"summate{' ' + repr(name) if name else ''}: sum is not smooth: child {c!r} has a different "
+                f"scope than {children[0]!r} (they differ on variables {diff})"
+            )
+    return scope
+
+
+def _sum_edges(edges: torch.Tensor | None, num_nodes: int, total: int) -> torch.Tensor | None:
+    """Checked sum edges ``[2, E]`` sorted by (sum node, child node); None for the complete pattern.
+
+    ``num_nodes`` sum nodes over ``total`` child nodes; every sum node needs an edge, none repeats.
+    """
+    if edges is None:
+        return None
+    edges = torch.as_tensor(edges)
+    if edges.dtype.is_floating_point or edges.dim() != 2 or edges.shape[0] != 2:
+        raise ValueError(f"summate: edges must be an integer tensor of shape [2, E], got {tuple(edges.shape)}")
+    edges = edges.long()
+    if edges.numel() == 0:
+        raise ValueError("summate: edges is empty")
+    if edges[0].min() < 0 or edges[0].max() >= num_nodes:
+        raise ValueError(f"summate: edges[0] must index sum nodes 0..{num_nodes - 1}")
+    if edges[1].min() < 0 or edges[1].max() >= total:
+        raise ValueError(f"summate: edges[1] must index child nodes 0..{total - 1}")
+    fan_in = torch.bincount(edges[0], minlength=num_nodes)
+    if (fan_in == 0).any():
+        raise ValueError(f"summate: sum node {int((fan_in == 0).nonzero()[0])} has no edge")
+    key = edges[0] * total + edges[1]
+    if key.unique().numel() != key.numel():
+        raise ValueError("summate: edges contains a duplicate edge")
+    edges = edges[:, torch.argsort(key)]
+    return None if edges.shape[1] == num_nodes * total else edges  # complete: same as the default
+
+
 class SumGroup(NodeGroup):
     """Weighted sums (mixtures) over the nodes of the child groups.
 
@@ -293,53 +336,31 @@ class SumGroup(NodeGroup):
             if not isinstance(c, NodeGroup):
                 raise TypeError(f"summate: children must be node groups, got {type(c).__name__}")
         num_nodes = as_int(num_nodes, "num_nodes")
-        scope = children[0]._scope
-        for c in children[1:]:
-            if c._scope != scope:
-                diff = _bits(scope.to_mask() ^ c._scope.to_mask())[:8]
-                raise ValueError(
-                    f"summate{' ' + repr(name) if name else ''}: sum is not smooth: child {c!r} has a different "
-                    f"scope than {children[0]!r} (they differ on variables {diff})"
-                )
+        scope = _smooth_scope(children, name)
         super().__init__(num_nodes, children, name)
         self._scope = scope  # the first child's object: no copy
         total = sum(c.num_nodes for c in children)
-        if edges is not None:
-            edges = torch.as_tensor(edges)
-            if edges.dtype.is_floating_point or edges.dim() != 2 or edges.shape[0] != 2:
-                raise ValueError(f"summate: edges must be an integer tensor of shape [2, E], got {tuple(edges.shape)}")
-            edges = edges.long()
-            if edges.numel() == 0:
-                raise ValueError("summate: edges is empty")
-            if edges[0].min() < 0 or edges[0].max() >= num_nodes:
-                raise ValueError(f"summate: edges[0] must index sum nodes 0..{num_nodes - 1}")
-            if edges[1].min() < 0 or edges[1].max() >= total:
-                raise ValueError(f"summate: edges[1] must index child nodes 0..{total - 1}")
-            fan_in = torch.bincount(edges[0], minlength=num_nodes)
-            if (fan_in == 0).any():
-                raise ValueError(f"summate: sum node {int((fan_in == 0).nonzero()[0])} has no edge")
-            key = edges[0] * total + edges[1]
-            if key.unique().numel() != key.numel():
-                raise ValueError("summate: edges contains a duplicate edge")
-            order = torch.argsort(key)
-            edges = edges[:, order]
-            if edges.shape[1] == num_nodes * total:
-                edges = None  # complete: same as the default
+        edges = _sum_edges(edges, num_nodes, total)
         self.edges = edges
         self.num_child_nodes = total
-        if tie_with is not None:
-            if not isinstance(tie_with, SumGroup):
-                raise TypeError(f"tie_with must be a SumGroup, got {type(tie_with).__name__}")
-            same_edges = (tie_with.edges is None and edges is None) or (
-                tie_with.edges is not None and edges is not None and torch.equal(tie_with.edges, edges)
+        self.tied_to: SumGroup | None = self._tie_target(tie_with)
+
+    def _tie_target(self, tie_with: "SumGroup | None") -> "SumGroup | None":
+        """The group whose weights this one shares (the root of ``tie_with``'s ties), after checking they fit."""
+        if tie_with is None:
+            return None
+        if not isinstance(tie_with, SumGroup):
+            raise TypeError(f"tie_with must be a SumGroup, got {type(tie_with).__name__}")
+        edges = self.edges
+        same_edges = (tie_with.edges is None and edges is None) or (
+            tie_with.edges is not None and edges is not None and torch.equal(tie_with.edges, edges)
+        )
+        if tie_with.num_nodes != self.num_nodes or tie_with.num_child_nodes != self.num_child_nodes or not same_edges:
+            raise ValueError(
+                f"tie_with: {tie_with!r} has a different shape or edge pattern than this group; "
+                "tied sum groups need the same number of nodes, child nodes and edges"
             )
-            if tie_with.num_nodes != num_nodes or tie_with.num_child_nodes != total or not same_edges:
-                raise ValueError(
-                    f"tie_with: {tie_with!r} has a different shape or edge pattern than this group; "
-                    "tied sum groups need the same number of nodes, child nodes and edges"
-                )
-            tie_with = tie_with.tied_to or tie_with
-        self.tied_to: SumGroup | None = tie_with
+        return tie_with.tied_to or tie_with
 
     @property
     def is_dense(self) -> bool:

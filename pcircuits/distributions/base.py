@@ -202,7 +202,9 @@ class Distribution:
         """
         raise NotImplementedError
 
-    def em_update(self, params: torch.Tensor, stats: torch.Tensor, pseudocount: float, step_size: float) -> torch.Tensor:
+    def em_update(
+        self, params: torch.Tensor, stats: torch.Tensor, pseudocount: float, step_size: float
+    ) -> torch.Tensor:
         """New raw parameters ``[Q, n, P]`` from statistics ``[Q, n, num_stats]``.
 
         The result interpolates ``(1 - step_size) * old + step_size * new`` in
@@ -357,6 +359,10 @@ class DiscreteDistribution(Distribution):
                 m_ev = torch.where(torch.isfinite(m_ev), m_ev, torch.zeros_like(m_ev))
                 ev = torch.exp(soft_evidence - m_ev)  # [B, G, C]
                 live = (miss_flows > 0) & torch.isfinite(norm)
-                scale = torch.where(live, miss_flows * torch.exp(torch.where(live, m_ev - norm, torch.zeros_like(norm))), torch.zeros_like(norm))
+                scale = torch.where(
+                    live,
+                    miss_flows * torch.exp(torch.where(live, m_ev - norm, torch.zeros_like(norm))),
+                    torch.zeros_like(norm),
+                )
                 counts = counts + torch.einsum("bgn,bgc->gnc", scale, ev) * table.exp()
         return counts

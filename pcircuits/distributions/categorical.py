@@ -38,7 +38,10 @@ class Categorical(DiscreteDistribution):
         return torch.log_softmax(params, -1)
 
     def check_params(self, params, name="params"):
-        """Logits may be ``-inf`` (a category of probability 0), never NaN or ``+inf``; each node needs one finite logit."""
+        """Logits may be ``-inf`` (a category of probability 0), never NaN or ``+inf``.
+
+        Each node needs one finite logit.
+        """
         _check_last_dim(params, self._num_cats, name, self)
         bad = torch.isnan(params) | (params == math.inf)
         if bool(bad.any()):
@@ -46,7 +49,9 @@ class Categorical(DiscreteDistribution):
         dead = ~torch.isfinite(params).any(-1)
         if bool(dead.any()):
             idx = tuple(int(i) for i in dead.nonzero()[0])
-            raise ValueError(f"{name}: {self!r} node at index {idx} has every logit -inf (no category has probability > 0)")
+            raise ValueError(
+                f"{name}: {self!r} node at index {idx} has every logit -inf (no category has probability > 0)"
+            )
 
     def em_update(self, params, stats, pseudocount, step_size):
         old = torch.softmax(params, -1)

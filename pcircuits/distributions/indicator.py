@@ -35,7 +35,9 @@ class Indicator(DiscreteDistribution):
             try:
                 values = [as_int(v, "value", minimum=0) for v in value]
             except TypeError:
-                raise TypeError(f"value must be a non-negative int or a non-empty sequence of them, got {value!r}") from None
+                raise TypeError(
+                    f"value must be a non-negative int or a non-empty sequence of them, got {value!r}"
+                ) from None
         if not values:
             raise ValueError(f"value must be a non-negative int or a non-empty sequence of them, got {value!r}")
         if num_cats is None:
@@ -85,7 +87,11 @@ class Indicator(DiscreteDistribution):
     def log_table(self, params):
         cats = torch.arange(self._num_cats, device=params.device, dtype=params.dtype)
         hit = params.round() == cats  # [..., n, C]
-        return torch.where(hit, torch.zeros((), dtype=params.dtype, device=params.device), torch.full((), -math.inf, dtype=params.dtype, device=params.device))
+        return torch.where(
+            hit,
+            torch.zeros((), dtype=params.dtype, device=params.device),
+            torch.full((), -math.inf, dtype=params.dtype, device=params.device),
+        )
 
     def em_update(self, params, stats, pseudocount, step_size):
         return params

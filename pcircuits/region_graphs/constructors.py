@@ -170,7 +170,13 @@ def poon_domingos(height: int, width: int, delta: int | Sequence[int] = 1, max_r
     rg = RegionGraph()
     ids: dict[tuple[int, int, int, int], int] = {}
     # create regions from small to large so children exist first
-    rects = [(a, b, c, d) for ai, a in enumerate(rows) for b in rows[ai + 1 :] for ci, c in enumerate(cols) for d in cols[ci + 1 :]]
+    rects = [
+        (a, b, c, d)
+        for ai, a in enumerate(rows)
+        for b in rows[ai + 1 :]
+        for ci, c in enumerate(cols)
+        for d in cols[ci + 1 :]
+    ]
     rects.sort(key=lambda t: (t[1] - t[0]) * (t[3] - t[2]))
     for a, b, c, d in rects:
         ids[(a, b, c, d)] = rg.add_region(_rect_vars(a, b, c, d, W))

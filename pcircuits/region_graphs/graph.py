@@ -185,7 +185,9 @@ class RegionGraph:
         for u, v in self.graph.edges:
             ku, kv = self.graph.nodes[u]["kind"], self.graph.nodes[v]["kind"]
             if ku == kv:
-                raise ValueError(f"edge {u}->{v} connects two {ku}s; edges must alternate region -> partition -> region")
+                raise ValueError(
+                    f"edge {u}->{v} connects two {ku}s; edges must alternate region -> partition -> region"
+                )
         root = self.root
         scope = self.scope(root)
         if scope != frozenset(range(len(scope))):

@@ -14,7 +14,17 @@ from ..engine.circuit import TensorCircuit, compile
 from ..nodes import NodeGroup, SumGroup, inputs, multiply, summate
 from ..region_graphs import RegionGraph, poon_domingos, quad_tree, random_binary_tree
 
-__all__ = ["LAYER_FORMS", "from_region_graph", "hmm", "rat_spn", "pd", "qt", "mixture", "mixture_circuit", "copy_parameters"]
+__all__ = [
+    "LAYER_FORMS",
+    "from_region_graph",
+    "hmm",
+    "rat_spn",
+    "pd",
+    "qt",
+    "mixture",
+    "mixture_circuit",
+    "copy_parameters",
+]
 
 #: Layer forms of :func:`from_region_graph`.
 LAYER_FORMS = ("cp", "tucker")
@@ -30,7 +40,9 @@ def _leaf_fn(leaf: LeafSpec) -> Callable[[int], Distribution]:
         return lambda v: Categorical(cats)
     if callable(leaf):
         return leaf
-    raise ValueError(f"leaf must be a distribution, a callable var -> distribution, or an int, got {type(leaf).__name__}")
+    raise ValueError(
+        f"leaf must be a distribution, a callable var -> distribution, or an int, got {type(leaf).__name__}"
+    )
 
 
 def _units(value: object, name: str) -> int:
@@ -167,7 +179,11 @@ def pd(
         The root group.
     """
     height, width = as_int(height, "height", minimum=1), as_int(width, "width", minimum=1)
-    delta = as_int(delta, "delta", minimum=1) if hasattr(delta, "__index__") else [as_int(d, "delta", minimum=1) for d in delta]
+    delta = (
+        as_int(delta, "delta", minimum=1)
+        if hasattr(delta, "__index__")
+        else [as_int(d, "delta", minimum=1) for d in delta]
+    )
     return from_region_graph(poon_domingos(height, width, delta), num_units, leaf, layer, num_input_units)
 
 

@@ -62,7 +62,10 @@ def test_script_runs_a_tiny_grid_and_saves_loadable_circuits(tmp_path):
     ]
     assert density.main(argv) == 0
     rec = json.loads((tmp_path / "density.json").read_text())["results"]["nltcs"]
-    assert [t["model"] for t in rec["trials"]][:2] == ["HCLT(latents=2, pseudocount=0.1)", "2 x HCLT(latents=2, pseudocount=0.1)"]
+    assert [t["model"] for t in rec["trials"]][:2] == [
+        "HCLT(latents=2, pseudocount=0.1)",
+        "2 x HCLT(latents=2, pseudocount=0.1)",
+    ]
     assert rec["valid_ll"] == pytest.approx(max(t["valid_ll"] for t in rec["trials"]), abs=1e-4)
     circuit = pc.load(tmp_path / "density_models" / "nltcs.npz")
     with torch.no_grad():

@@ -70,7 +70,11 @@ def test_failed_backbone_save_leaves_previous_directory_loadable(tmp_path, monke
 
 @pytest.mark.parametrize("kind", ["char", "bpe"])
 def test_tokenizer_save_round_trip_is_atomic_per_file(tmp_path, kind):
-    tok = build_char_tokenizer(TEXTS) if kind == "char" else train_bpe_tokenizer(TEXTS * 20, vocab_size=300, min_frequency=1)
+    tok = (
+        build_char_tokenizer(TEXTS)
+        if kind == "char"
+        else train_bpe_tokenizer(TEXTS * 20, vocab_size=300, min_frequency=1)
+    )
     tok.save(tmp_path / "t")
     again = load_tokenizer(tmp_path / "t")
     assert again.vocab_size == tok.vocab_size
@@ -83,16 +87,14 @@ def test_atomic_directory_swaps_only_on_success(tmp_path):
     with atomic_directory(target) as tmp:
         (tmp / "a").write_text("1")
     assert snapshot(target) == {"a": b"1"}
-    with pytest.raises(RuntimeError):
-        with atomic_directory(target) as tmp:
-            (tmp / "a").write_text("2")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        (tmp / "a").write_text("2")
+        raise RuntimeError("interrupted")
     assert snapshot(target) == {"a": b"1"}
     with atomic_directory(target, carry_over=lambda name: name != "b") as tmp:
         (tmp / "c").write_text("3")
     assert snapshot(target) == {"a": b"1", "c": b"3"}
     assert sorted(os.listdir(tmp_path)) == ["d"]
     (tmp_path / "f").write_text("x")
-    with pytest.raises(ValueError, match="not a directory"):
-        with atomic_directory(tmp_path / "f"):
-            pass
+    with pytest.raises(ValueError, match="not a directory"), atomic_directory(tmp_path / "f"):
+        pass

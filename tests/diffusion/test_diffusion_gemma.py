@@ -188,7 +188,9 @@ def _product(logits: torch.Tensor, tau: float) -> dict:
     """``prod_i softmax(logits_i / tau)`` over all canvases, by enumeration (``logits [L, V]``)."""
     q = torch.softmax(logits.double() / tau, -1)
     L, V = q.shape
-    return {k: float(torch.prod(torch.stack([q[i, k[i]] for i in range(L)]))) for k in itertools.product(range(V), repeat=L)}
+    return {
+        k: float(torch.prod(torch.stack([q[i, k[i]] for i in range(L)]))) for k in itertools.product(range(V), repeat=L)
+    }
 
 
 def _coupled(prior: CoDDPrior, logits: torch.Tensor, tau: float) -> dict:

@@ -100,7 +100,10 @@ def test_elbo_oracle_is_near_zero():
 
 
 def _context_sensitive_backbone(tok) -> MaskedLMBackbone:
-    """The project's own backbone (ModernBERT), tiny, float64, with weights large enough that answers depend on the prompt."""
+    """The project's own backbone (ModernBERT), tiny, float64.
+
+    Its weights are large enough that answers depend on the prompt.
+    """
     from transformers import AutoModelForMaskedLM, ModernBertConfig
 
     cfg = ModernBertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
@@ -122,7 +125,7 @@ def test_generation_outputs_do_not_depend_on_the_batch_size():
     runs = {bs: evaluate_generation(backbone, ex, batch_size=bs, **kw) for bs in (1, 2, len(ex))}
     timing = {"seconds", "tokens_per_second"}
     for bs in (2, len(ex)):
-        for a, b in zip(runs[1], runs[bs]):
+        for a, b in zip(runs[1], runs[bs], strict=True):
             assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
     samples = runs[1][0]["samples"]
     assert len(set(samples)) > 1  # the answers differ between questions: the check above is not vacuous

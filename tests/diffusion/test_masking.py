@@ -50,7 +50,9 @@ def test_loss_is_inverse_t_weighted_masked_ce():
         seen["noisy"] = noisy.clone()
         return fixed_logits
 
-    out = masked_diffusion_loss(logits_fn, ids, mask_token_id=1, maskable=maskable, t=t, generator=torch.Generator().manual_seed(3))
+    out = masked_diffusion_loss(
+        logits_fn, ids, mask_token_id=1, maskable=maskable, t=t, generator=torch.Generator().manual_seed(3)
+    )
     masked = seen["noisy"] == 1
     assert not masked[:, :2].any()
     ce = F.cross_entropy(fixed_logits.reshape(-1, v), ids.reshape(-1), reduction="none").reshape(3, 9)
@@ -68,7 +70,11 @@ def test_loss_unbiased_for_uniform_model():
     v = 7
     ids = torch.randint(0, v, (256, 32), generator=torch.Generator().manual_seed(0))
     vals = [
-        float(masked_diffusion_loss(lambda x: torch.zeros(*x.shape, v), ids, 0, generator=torch.Generator().manual_seed(s)).loss)
+        float(
+            masked_diffusion_loss(
+                lambda x: torch.zeros(*x.shape, v), ids, 0, generator=torch.Generator().manual_seed(s)
+            ).loss
+        )
         for s in range(4)
     ]
     assert abs(sum(vals) / len(vals) - math.log(v)) < 0.05 * math.log(v)

@@ -13,7 +13,10 @@ from diffusion.masking import masked_diffusion_loss
 from diffusion.tokenizers import CharTokenizer, build_char_tokenizer, load_tokenizer, train_bpe_tokenizer
 from diffusion.training import TrainConfig, train_backbone
 
-TEXTS = ["Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72", "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute."] * 20
+TEXTS = [
+    "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72",
+    "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.",
+] * 20
 
 
 @pytest.mark.parametrize("kind", ["char", "bpe"])
@@ -120,7 +123,9 @@ def test_text_corpus_training(tmp_path):
     res = train_backbone(cfg, log=lambda s: None)
     assert res.steps == 2
     with pytest.raises(FileNotFoundError):
-        train_backbone(TrainConfig(data=str(tmp_path / "missing.txt"), output_dir=str(tmp_path / "x")), log=lambda s: None)
+        train_backbone(
+            TrainConfig(data=str(tmp_path / "missing.txt"), output_dir=str(tmp_path / "x")), log=lambda s: None
+        )
 
 
 def test_pad_to_fills_answers_with_eos():
@@ -135,11 +140,17 @@ def test_continue_training_from_checkpoint(tmp_path):
     base = dict(data=str(BUNDLED_DATA_DIR), tokenizer="bpe", vocab_size=300, hidden_size=32, num_layers=1, num_heads=2,
                 intermediate_size=32, batch_size=4, max_steps=2, eval_examples=4, train_limit=20, progress=False)
     first = train_backbone(TrainConfig(output_dir=str(tmp_path / "a"), **base), log=lambda s: None)
-    second = train_backbone(TrainConfig(output_dir=str(tmp_path / "b"), init_from=str(tmp_path / "a"), **base), log=lambda s: None)
+    second = train_backbone(
+        TrainConfig(output_dir=str(tmp_path / "b"), init_from=str(tmp_path / "a"), **base), log=lambda s: None
+    )
     assert second.backbone.tokenizer.encode("48+24=72") == first.backbone.tokenizer.encode("48+24=72")
-    assert json.loads((tmp_path / "b" / "codd_backbone.json").read_text())["train_config"]["init_from"] == str(tmp_path / "a")
+    assert json.loads((tmp_path / "b" / "codd_backbone.json").read_text())["train_config"]["init_from"] == str(
+        tmp_path / "a"
+    )
     with pytest.raises(FileNotFoundError):
-        train_backbone(TrainConfig(output_dir=str(tmp_path / "c"), init_from=str(tmp_path / "none"), **base), log=lambda s: None)
+        train_backbone(
+            TrainConfig(output_dir=str(tmp_path / "c"), init_from=str(tmp_path / "none"), **base), log=lambda s: None
+        )
 
 
 def test_keep_best_saves_the_best_heldout_checkpoint(tmp_path):

@@ -138,7 +138,13 @@ class PipeBrowser:
             os.dup2(high_out, 4)
 
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in close()
-        args = [executable, *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}", "--remote-debugging-pipe", "about:blank"]
+        args = [
+            executable,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={user_data_dir}",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
         self.process = subprocess.Popen(  # noqa: S603 - fixed argument list
             args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, preexec_fn=wire_fds, close_fds=False
         )
@@ -148,7 +154,9 @@ class PipeBrowser:
         self._next_id = 0
         self.events: list[dict] = []
 
-    def send(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = PAGE_TIMEOUT_S) -> dict:
+    def send(
+        self, method: str, params: dict | None = None, session: str | None = None, timeout: float = PAGE_TIMEOUT_S
+    ) -> dict:
         """Send one command and return its ``result`` (events seen meanwhile go to ``events``)."""
         self._next_id += 1
         message: dict = {"id": self._next_id, "method": method, "params": params or {}}
@@ -297,7 +305,9 @@ def _external_requests(events: list[dict], session: str, base_url: str) -> list[
     return [u for u in urls if not u.startswith((base_url, "data:", "blob:", "about:"))]
 
 
-def check_page(browser: PipeBrowser, session: str, base_url: str, path: str, expect_math: bool, fail_on_roles: bool) -> PageReport:
+def check_page(
+    browser: PipeBrowser, session: str, base_url: str, path: str, expect_math: bool, fail_on_roles: bool
+) -> PageReport:
     """Load one page and apply the assertions (see the module docstring)."""
     report = PageReport(path)
     browser.events.clear()

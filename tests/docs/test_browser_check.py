@@ -25,7 +25,8 @@ NO_ICON = '<link rel="icon" href="data:,">'  # else the browser asks for /favico
 INIT = '<script src="/assets/javascripts/katex-init.js"></script>'
 PAGES = {
     "good": f'{HEAD}<p>Inline <span class="arithmatex">\\(x^2\\)</span>.</p>'
-    f'<div class="arithmatex">\\[\\sum_i \\frac{{1}}{{t_i}}\\]</div><pre><code>re.sub(r"\\(", "", s)</code></pre>{INIT}',
+    f'<div class="arithmatex">\\[\\sum_i \\frac{{1}}{{t_i}}\\]</div>'
+    f'<pre><code>re.sub(r"\\(", "", s)</code></pre>{INIT}',
     "no_katex": '<p>Math <span class="arithmatex">\\(x^2\\)</span> left raw.</p>',
     "bad_tex": f'{HEAD}<div class="arithmatex">\\[\\frac{{1}}\\]</div>{INIT}',
     "console": "<p>fine</p><script>console.error('boom')</script>",
@@ -44,7 +45,9 @@ def reports(tmp_path_factory):
     (site / "index.html").write_text(f"<!doctype html><title>home</title>{NO_ICON}<p>home</p>")
     for name, body in PAGES.items():
         (site / name).mkdir()
-        (site / name / "index.html").write_text(f"<!doctype html><html><head><title>{name}</title>{NO_ICON}</head><body>{body}</body></html>")
+        (site / name / "index.html").write_text(
+            f"<!doctype html><html><head><title>{name}</title>{NO_ICON}</head><body>{body}</body></html>"
+        )
     paths = [f"{name}/" for name in PAGES] + ["does-not-exist/"]
     found = check_site(site, pages=paths, math_pages={"good/", "no_katex/"}, fail_on_roles=True)
     return {r.path.rstrip("/"): r for r in found}

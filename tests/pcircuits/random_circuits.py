@@ -84,7 +84,13 @@ def _leaf_dist(rng: np.random.Generator, kind: str, n: int) -> pc.Distribution:
     if kind == "indicator":
         return indicator(3)
     if kind == "mixed":
-        choices = [lambda: pc.Categorical(2), lambda: pc.Categorical(3), pc.Bernoulli, lambda: indicator(2), lambda: indicator(3)]
+        choices = [
+            lambda: pc.Categorical(2),
+            lambda: pc.Categorical(3),
+            pc.Bernoulli,
+            lambda: indicator(2),
+            lambda: indicator(3),
+        ]
         return choices[int(rng.integers(len(choices)))]()
     return pc.Gaussian()
 
@@ -109,7 +115,9 @@ def _builder(rng: np.random.Generator, kinds: list[str], max_nodes: int):
             prods = []
             for _ in range(int(rng.integers(1, 3))):
                 perm = list(rng.permutation(vars_))
-                cut = sorted(rng.choice(range(1, len(perm)), size=min(len(perm) - 1, int(rng.integers(1, 3))), replace=False))
+                cut = sorted(
+                    rng.choice(range(1, len(perm)), size=min(len(perm) - 1, int(rng.integers(1, 3))), replace=False)
+                )
                 parts = [tuple(sorted(int(v) for v in p)) for p in np.split(perm, cut)]
                 m = int(rng.integers(1, max_nodes + 1))
                 kids = [build(p, m) for p in parts]
@@ -186,7 +194,16 @@ def _widen_mixed(root: NodeGroup, kinds: list[str], deterministic: bool) -> Node
     if deterministic:
         # the new component only covers X_v = 2, which no other leaf of v supports
         v = short[0]
-        parts = [pc.inputs(u, 1, pc.Indicator(2, num_cats=3) if u == v else (pc.Categorical(CARDS[kinds[u]]) if CARDS[kinds[u]] == 3 else pc.Bernoulli())) for u in range(V)]
+        parts = [
+            pc.inputs(
+                u,
+                1,
+                pc.Indicator(2, num_cats=3)
+                if u == v
+                else (pc.Categorical(CARDS[kinds[u]]) if CARDS[kinds[u]] == 3 else pc.Bernoulli()),
+            )
+            for u in range(V)
+        ]
         return _widen_mixed(pc.summate(root, pc.multiply(*parts), num_nodes=1), kinds, deterministic)
     parts = [pc.inputs(u, 1, pc.Categorical(3) if u in short else _plain_leaf(kinds[u])) for u in range(V)]
     return pc.summate(root, pc.multiply(*parts), num_nodes=1)

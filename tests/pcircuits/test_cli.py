@@ -62,7 +62,9 @@ def test_fit_then_eval(tmp_path, small_data, capsys, learner):
             "--minibatch-epochs", "1", "--fullbatch-epochs", "2", "--quiet"]
     assert cli.main(args) == 0
     assert "saved" in capsys.readouterr().out
-    assert cli.main(["eval", model, str(tmp_path / "test.npy"), "--json", "--per-example", str(tmp_path / "ll.txt")]) == 0
+    assert (
+        cli.main(["eval", model, str(tmp_path / "test.npy"), "--json", "--per-example", str(tmp_path / "ll.txt")]) == 0
+    )
     out = json.loads(capsys.readouterr().out)
     want = pc.load(model)(torch.from_numpy(small_data[500:])).detach().double()
     assert out["num_examples"] == 100
@@ -96,7 +98,24 @@ def test_help(command, capsys):
 def test_sample(tmp_path, small_data, capsys):
     train = write_data(tmp_path / "train.data", small_data)
     model = str(tmp_path / "m.npz")
-    assert cli.main(["fit", train, "--out", model, "--latents", "2", "--minibatch-epochs", "1", "--fullbatch-epochs", "1", "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "fit",
+                train,
+                "--out",
+                model,
+                "--latents",
+                "2",
+                "--minibatch-epochs",
+                "1",
+                "--fullbatch-epochs",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert cli.main(["sample", model, "-n", "7", "--out", str(tmp_path / "s.npy")]) == 0
     s = np.load(tmp_path / "s.npy")
     assert s.shape == (7, 5) and set(np.unique(s)) <= {0, 1}
@@ -243,6 +262,8 @@ def test_force_replaces_an_output_atomically(workdir, tmp_path, capsys):
     assert np.load(out).shape == (3, 5)
     ll = tmp_path / "ll.txt"
     ll.write_text("old\n")
-    assert cli.main(["eval", str(workdir / "m.npz"), str(workdir / "data.csv"), "--per-example", str(ll), "--force"]) == 0
+    assert (
+        cli.main(["eval", str(workdir / "m.npz"), str(workdir / "data.csv"), "--per-example", str(ll), "--force"]) == 0
+    )
     assert len(np.loadtxt(ll)) == 200
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ll.txt", "s.npy"]  # no temporary file left behind

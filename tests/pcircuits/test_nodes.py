@@ -22,7 +22,10 @@ def test_integer_like_scalars_are_accepted(make):
     assert pc.Indicator(np.array([0, 1])).config()["value"] == [0, 1]
     hmm = pc.structures.hmm(make(5), make(2), make(3))
     assert pc.compile(hmm).num_vars == 5
-    assert pc.compile(pc.structures.rat_spn(make(4), num_units=make(2), num_repetitions=make(1), leaf=make(3))).max_cats == 3
+    assert (
+        pc.compile(pc.structures.rat_spn(make(4), num_units=make(2), num_repetitions=make(1), leaf=make(3))).max_cats
+        == 3
+    )
 
 
 @pytest.mark.parametrize(
@@ -82,7 +85,9 @@ def test_scopes_are_shared_and_compact():
     assert ab.scope_set.mask == 0b101 and ab.scope == frozenset({0, 2})
     abc = pc.multiply(ab, c)
     assert abc.scope_set == Scope(0, 2) and abc.scope_set.mask is None
-    assert abc.same_scope(pc.multiply(pc.inputs(0, 1, pc.Bernoulli()), pc.inputs(1, 1, pc.Bernoulli()), pc.inputs(2, 1, pc.Bernoulli())))
+    assert abc.same_scope(
+        pc.multiply(pc.inputs(0, 1, pc.Bernoulli()), pc.inputs(1, 1, pc.Bernoulli()), pc.inputs(2, 1, pc.Bernoulli()))
+    )
     assert "scope=[0, 2]" in repr(ab)
 
 

@@ -20,7 +20,9 @@ import pytest
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 
-needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed (pip install triton)")
+needs_triton = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None, reason="triton is not installed (pip install triton)"
+)
 
 
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
@@ -33,7 +35,9 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
 def test_kernels_in_interpreter(module: str) -> None:
     proc = _run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(HERE / module)], timeout=900)
     if proc.returncode != 0:
-        pytest.fail(f"{module} failed in the interpreter (rc={proc.returncode}):\n{proc.stdout[-8000:]}\n{proc.stderr[-4000:]}")
+        pytest.fail(
+            f"{module} failed in the interpreter (rc={proc.returncode}):\n{proc.stdout[-8000:]}\n{proc.stderr[-4000:]}"
+        )
     assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]
 
 

@@ -36,7 +36,7 @@ def test_learn_hclt_beats_independent_model_and_normalises():
     assert len(res.train_ll) == 10 and len(res.valid_ll) == 10
     # full-batch EM never lowers the train log-likelihood
     fb = res.train_ll[2:]
-    assert all(b >= a - 1e-4 for a, b in zip(fb, fb[1:]))
+    assert all(b >= a - 1e-4 for a, b in itertools.pairwise(fb))
 
 
 def test_kmeans_initialisation_starts_better_than_random():
@@ -78,7 +78,9 @@ def test_separate_mixture_is_the_equal_mixture_of_hclts_learned_alone():
 
 def test_patience_stops_once_validation_stalls():
     train, valid = mixture_data(600), mixture_data(200, seed=1)
-    res = learn_hclt(train, 4, valid=valid, minibatch_epochs=1, fullbatch_epochs=60, pseudocount=0.0, patience=3, progress=False)
+    res = learn_hclt(
+        train, 4, valid=valid, minibatch_epochs=1, fullbatch_epochs=60, pseudocount=0.0, patience=3, progress=False
+    )
     best = int(np.argmax(res.valid_ll))
     assert res.info["epochs"] == best + 4 < 61
     assert all(v <= res.valid_ll[best] for v in res.valid_ll[best + 1 :])

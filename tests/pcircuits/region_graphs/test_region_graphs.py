@@ -151,7 +151,9 @@ def test_json_round_trip(name, tmp_path):
     back = R.RegionGraph.load(path)
     back.validate()
     assert {r: back.scope(r) for r in back.regions} == {r: rg.scope(r) for r in rg.regions}
-    assert {p: back.partition_children(p) for p in back.partitions} == {p: rg.partition_children(p) for p in rg.partitions}
+    assert {p: back.partition_children(p) for p in back.partitions} == {
+        p: rg.partition_children(p) for p in rg.partitions
+    }
     assert back.root == rg.root
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="path"):
@@ -170,7 +172,11 @@ def test_mutual_information_matches_direct_formula():
         joint[a, b] += 1
     joint /= joint.sum()
     pa, pb = joint.sum(1), joint.sum(0)
-    want = sum(joint[a, b] * np.log(joint[a, b] / (pa[a] * pb[b])) for a, b in itertools.product(range(3), range(2)) if joint[a, b] > 0)
+    want = sum(
+        joint[a, b] * np.log(joint[a, b] / (pa[a] * pb[b]))
+        for a, b in itertools.product(range(3), range(2))
+        if joint[a, b] > 0
+    )
     assert mi[0, 1] == pytest.approx(want, abs=1e-12)
     assert mi[0, 0] == 0 and mi[1, 0] == mi[0, 1]
 
