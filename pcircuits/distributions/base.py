@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Distribution", "DiscreteDistribution", "safe_logsumexp", "candidate_table", "DISTRIBUTIONS"]
+__all__ = ["Distribution", "DiscreteDistribution", "safe_logsumexp", "candidate_table", "gather_categories", "DISTRIBUTIONS"]
 
 #: Registry of distribution classes by name, used when loading saved circuits.
 DISTRIBUTIONS: dict[str, type["Distribution"]] = {}
@@ -268,12 +268,26 @@ def candidate_table(table: torch.Tensor, candidates: torch.Tensor) -> torch.Tens
     """A leaf table read at candidate ids: ``table [G or 1, n, C]``, ``candidates [B, G, K]`` -> ``[B, G, n, K]``.
 
     Every entry is ``table[g, j, candidates[b, g, k]]`` (group 0 for all when
-    ``table`` has one row); ``K`` is the innermost, contiguous dimension.
+    ``table`` has one row), ``-inf`` at ids ``>= C``; ``K`` is the innermost, contiguous dimension.
     """
+    C = table.shape[-1]
+    outside = candidates >= C  # ids of wider leaves of the variable: probability 0 in this one
+    if bool(outside.any()):
+        cand = candidates.clamp_max(C - 1)
+        return candidate_table(table, cand).masked_fill(outside.unsqueeze(2), -math.inf)
     if table.shape[0] == 1:
         return table[0][:, candidates].permute(1, 2, 0, 3)
     groups = torch.arange(table.shape[0], device=candidates.device).view(1, -1, 1)
     return table.transpose(0, 1)[:, groups, candidates].permute(1, 2, 0, 3)
+
+
+def gather_categories(table: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """``table [S, C]`` read at ``candidates [S, K]`` -> ``[S, K]``, ``-inf`` at ids ``>= C`` (outside the leaf)."""
+    C = table.shape[-1]
+    outside = candidates >= C
+    if not bool(outside.any()):
+        return table.gather(-1, candidates)
+    return table.gather(-1, candidates.clamp_max(C - 1)).masked_fill(outside, -math.inf)
 
 
 def _observed_log_prob(table: torch.Tensor, x: torch.Tensor, outside: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
@@ -373,7 +387,7 @@ class DiscreteDistribution(Distribution):
     def _weighted_table(self, params, soft_evidence, temperature: float, candidates=None) -> torch.Tensor:
         table = self.log_table(params)
         if candidates is not None:
-            table = table.gather(-1, candidates)  # [S, K]
+            table = gather_categories(table, candidates)  # [S, K]
         if temperature != 1.0:
             table = table / temperature
         if soft_evidence is not None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..distributions.base import DiscreteDistribution
+from ..distributions.base import DiscreteDistribution, gather_categories
 from .blocks import LeafBlockInfo
 from .circuit import Evidence, TensorCircuit
 from .layout import ProductLayer, SumBlock
@@ -393,7 +393,7 @@ def _leaf_values(
         return dist.log_table(block_params).argmax(-1)[g, j]
     logits = dist.log_table(block_params)[g, j]  # [M, C]
     if cand is not None:
-        logits = logits.gather(1, cand)  # [M, K]
+        logits = gather_categories(logits, cand)  # [M, K]
     if mode == "sample" and temperature != 1.0:
         logits = logits / temperature
     if soft is not None:
