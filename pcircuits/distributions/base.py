@@ -29,7 +29,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["Distribution", "DiscreteDistribution", "safe_logsumexp", "candidate_table", "gather_categories", "DISTRIBUTIONS"]
+__all__ = [
+    "Distribution",
+    "DiscreteDistribution",
+    "safe_logsumexp",
+    "candidate_table",
+    "gather_categories",
+    "DISTRIBUTIONS",
+]
 
 #: Registry of distribution classes by name, used when loading saved circuits.
 DISTRIBUTIONS: dict[str, type["Distribution"]] = {}
@@ -290,7 +297,9 @@ def gather_categories(table: torch.Tensor, candidates: torch.Tensor) -> torch.Te
     return table.gather(-1, candidates.clamp_max(C - 1)).masked_fill(outside, -math.inf)
 
 
-def _observed_log_prob(table: torch.Tensor, x: torch.Tensor, outside: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+def _observed_log_prob(
+    table: torch.Tensor, x: torch.Tensor, outside: torch.Tensor, slots: torch.Tensor
+) -> torch.Tensor:
     """``[B, G, n]`` ``log p(x)`` of every leaf from ``table [Q, n, C]``, ``-inf`` where ``outside [B, G]``."""
     Q, n, C = table.shape
     B, G = x.shape

@@ -227,7 +227,9 @@ class TensorCircuit(nn.Module):
         blocks = cache.get("sum_blocks")
         if blocks is None:
             blocks = cache["sum_blocks"] = [
-                SumBlockInfo(li, bi, blk.groups, blk.dense, blk.num_nodes, blk.k, blk.bank, self._get(f"l{li}b{bi}_slots"))
+                SumBlockInfo(
+                    li, bi, blk.groups, blk.dense, blk.num_nodes, blk.k, blk.bank, self._get(f"l{li}b{bi}_slots")
+                )
                 for li, layer in enumerate(self.layout.layers)
                 if isinstance(layer, SumLayer)
                 for bi, blk in enumerate(layer.blocks)
@@ -342,7 +344,9 @@ class TensorCircuit(nn.Module):
             raise ValueError(f"value: sum weights must be finite, got {value[b, c].item()} at node {b}, child {c}")
         if bool((value < 0).any()):
             b, c = (value < 0).nonzero()[0].tolist()
-            raise ValueError(f"value: sum weights must be non-negative, got {value[b, c].item()} at node {b}, child {c}")
+            raise ValueError(
+                f"value: sum weights must be non-negative, got {value[b, c].item()} at node {b}, child {c}"
+            )
         spec = self.layout.banks[bank]
         mask = None
         if spec.masks:
@@ -409,7 +413,8 @@ class TensorCircuit(nn.Module):
             bank = leaf_params[blk.bank] if leaf_params is not None else self.params[blk.bank]
             be = self.block_evidence(ev, i)
             extra = {} if be.candidates is None else {"candidates": be.candidates}
-            out = blk.dist.log_prob(bank, be.x, be.missing, be.soft_evidence, slots=self._get(f"leaf{i}_slots"), **extra)
+            slots = self._get(f"leaf{i}_slots")
+            out = blk.dist.log_prob(bank, be.x, be.missing, be.soft_evidence, slots=slots, **extra)
             if semiring == "max" and (be.missing is not None or be.soft_evidence is not None):
                 best = blk.dist.max_log_prob(self.leaf_block_params(i, bank), be.soft_evidence, **extra)
                 if be.missing is not None:  # observed entries already hold log p(x) + log w(x)
@@ -763,7 +768,8 @@ def _as_real_tensor(value, name: str) -> torch.Tensor:
         if arr.dtype.kind not in "iuf":
             raise TypeError(f"{name} must hold real numbers, got values of numpy dtype {arr.dtype}")
         value = torch.from_numpy(np.ascontiguousarray(arr))
-    if value.dtype == torch.bool or value.dtype.is_complex or not (value.dtype.is_floating_point or _is_int(value.dtype)):
+    real = value.dtype.is_floating_point or _is_int(value.dtype)
+    if value.dtype == torch.bool or value.dtype.is_complex or not real:
         raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
     return value
 

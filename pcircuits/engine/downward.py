@@ -382,7 +382,7 @@ def _leaf_values(
     temperature: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """``[M]`` mode or draw of the selected leaves ``(g [M], j [M])`` of one block under soft evidence ``[M, C or K]``."""
+    """``[M]`` mode or draw of one block's selected leaves ``(g [M], j [M])`` under soft evidence ``[M, C or K]``."""
     dist = blk.dist
     if not isinstance(dist, DiscreteDistribution):
         if mode == "mode":
@@ -516,7 +516,7 @@ def _zero_flows(circuit: TensorCircuit, s: int, like: torch.Tensor) -> torch.Ten
 
 
 def _product_flows(circuit: TensorCircuit, li: int, layer: ProductLayer, F: torch.Tensor, flows: list) -> None:
-    """Adds the flows ``F [B, N]`` of product layer ``li`` to every child (each child reference gets its node's flow)."""
+    """Adds the flows ``F [B, N]`` of product layer ``li`` to its children (each reference gets its node's flow)."""
     ref_layer, ref_col = gather_sources(circuit, li)
     for s in layer.gather.sources:
         pos = (ref_layer == s).nonzero(as_tuple=True)[0]

@@ -99,7 +99,8 @@ def build_evidence(
         soft_evidence = _check_soft(domain, soft_evidence, tuple(candidates.shape), "num_vars, K", dtype)
         soft_evidence, candidates = _merge_duplicates(soft_evidence, candidates)
     elif soft_evidence is not None:
-        soft_evidence = _check_soft(domain, soft_evidence, (x.shape[0], domain.num_vars, domain.max_cats), "num_vars, max_cats", dtype)
+        shape = (x.shape[0], domain.num_vars, domain.max_cats)
+        soft_evidence = _check_soft(domain, soft_evidence, shape, "num_vars, max_cats", dtype)
     return Evidence(x_disc, x_cont, missing, soft_evidence, candidates)
 
 
@@ -125,7 +126,9 @@ def _check_x(domain: Domain, x) -> torch.Tensor:
     """``x [B, V]`` as a tensor, with its shape checked."""
     x = _as_tensor(x, "x")
     if x.dim() != 2 or x.shape[1] != domain.num_vars:
-        raise ValueError(f"x must have shape [batch, {domain.num_vars}] (one column per variable), got {tuple(x.shape)}")
+        raise ValueError(
+            f"x must have shape [batch, {domain.num_vars}] (one column per variable), got {tuple(x.shape)}"
+        )
     if x.shape[0] == 0:
         raise ValueError("x must hold at least one example")
     if x.dtype.is_complex:
@@ -164,7 +167,7 @@ def _discrete_values(domain: Domain, x: torch.Tensor, observed: torch.Tensor) ->
 
 
 def _check_float_x(domain: Domain, x: torch.Tensor, observed: torch.Tensor, check: torch.Tensor) -> None:
-    """Raises ``ValueError`` for NaN, ``+-inf``, non-integer or huge values at observed (discrete) entries of float ``x``."""
+    """Raises ``ValueError`` for NaN, ``+-inf``, non-integer or huge values at observed (discrete) entries of ``x``."""
     nan = torch.isnan(x) & observed
     if bool(nan.any()):
         b, v = nan.nonzero()[0].tolist()
@@ -174,7 +177,8 @@ def _check_float_x(domain: Domain, x: torch.Tensor, observed: torch.Tensor, chec
         b, v = inf.nonzero()[0].tolist()
         kind = "continuous (Gaussian)" if bool(domain.continuous[v]) else "discrete"
         raise ValueError(
-            f"x has {x[b, v].item()} at an observed entry (row {b}, variable {v}, {kind}); observed values must be finite"
+            f"x has {x[b, v].item()} at an observed entry (row {b}, variable {v}, {kind}); "
+            "observed values must be finite"
         )
     xd = torch.where(check, x, torch.zeros_like(x))
     frac = xd != torch.round(xd)
@@ -215,7 +219,9 @@ def _check_soft(domain: Domain, soft, expected: tuple[int, ...], letters: str, d
         raise ValueError("soft_evidence holds NaN or +inf; it must be log-weights in [-inf, inf)")
     if domain.has_continuous and bool((soft[:, domain.continuous] != 0).any()):
         v = int(domain.continuous.nonzero()[0])
-        raise ValueError(f"soft_evidence: variable {v} is continuous (Gaussian); soft evidence needs a discrete variable")
+        raise ValueError(
+            f"soft_evidence: variable {v} is continuous (Gaussian); soft evidence needs a discrete variable"
+        )
     return soft
 
 
