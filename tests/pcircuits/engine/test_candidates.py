@@ -236,3 +236,22 @@ def test_bad_candidates_are_refused(kwargs, error, match):
     circuit = pc.compile(root)
     with pytest.raises(error, match=match):
         circuit.prepare(torch.zeros(2, 2, dtype=torch.long), None, **kwargs)
+
+
+@pytest.mark.parametrize("seed", [0, 3, 7])
+def test_em_statistics_under_candidates_equal_those_under_full_soft_evidence(seed):
+    from pcircuits.learning.em import expected_statistics
+
+    root, kinds = random_circuit(seed, num_vars=3)
+    circuit, _ = compile_with_reference(root, seed)
+    if circuit.max_cats == 0:
+        pytest.skip("no discrete variable")
+    x, miss, _ = random_evidence(seed, kinds, batch=6, missing_rate=0.5)
+    cand, w, full = candidate_evidence(seed, kinds, 6, K=2)
+    ev_cand = circuit.prepare(*_tensors(x, miss, w), torch.from_numpy(cand))
+    ll_c, (sums_c, leaves_c) = expected_statistics(circuit, ev_cand)
+    ll_f, (sums_f, leaves_f) = expected_statistics(circuit, circuit.prepare(*_tensors(x, miss, full)))
+    assert torch.allclose(ll_c, ll_f, atol=1e-10)
+    for a, b in ((sums_c, sums_f), (leaves_c, leaves_f)):
+        assert a.keys() == b.keys()
+        assert all(torch.allclose(a[k], b[k], atol=1e-10) for k in a)
