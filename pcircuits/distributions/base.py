@@ -9,7 +9,17 @@ methods below on whole blocks, so every method is batched.
 Shapes used throughout:
 
 - ``B`` batch size, ``G`` groups in a block, ``n`` nodes per group,
-  ``P`` raw parameters per node, ``C`` categories, ``S`` selected nodes.
+  ``P`` raw parameters per node, ``C`` categories, ``S`` selected nodes,
+  ``K`` candidates per entry.
+
+**Candidates** (discrete families only): soft evidence may come as top-``K``
+candidate ids ``candidates [..., K]`` with log-weights ``soft_evidence [..., K]``;
+it means the full soft evidence that is ``-inf`` on every other category
+(the engine passes distinct ids). Discrete methods then gather the leaf's
+table at the candidate ids, so their cost is ``O(K)``, not ``O(C)``, per node,
+and ``sample``/``mode`` return category ids (not positions among the candidates).
+The engine passes ``candidates=`` only when there are candidates, so a
+family without them keeps working on full soft evidence.
 """
 
 from __future__ import annotations
@@ -19,7 +29,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["Distribution", "DiscreteDistribution", "safe_logsumexp", "DISTRIBUTIONS"]
+__all__ = [
+    "Distribution",
+    "DiscreteDistribution",
+    "safe_logsumexp",
+    "candidate_table",
+    "gather_categories",
+    "DISTRIBUTIONS",
+]
 
 #: Registry of distribution classes by name, used when loading saved circuits.
 DISTRIBUTIONS: dict[str, type["Distribution"]] = {}
@@ -126,6 +143,7 @@ class Distribution:
         missing: torch.Tensor | None,
         soft_evidence: torch.Tensor | None,
         slots: torch.Tensor | None = None,
+        candidates: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Log-values of the leaves of a block.
 
@@ -143,6 +161,8 @@ class Distribution:
                 values (the observed one, or all of them when missing).
             slots: ``[G]`` row of ``params`` used by each group (tied groups
                 share rows, so per-row work such as normalisation is done once).
+            candidates: ``[B, G, K]`` category ids that ``soft_evidence [B, G, K]``
+                weighs (discrete families; see the module docstring), or ``None``.
 
         Returns:
             ``[B, G, n]`` log-values.
@@ -155,26 +175,36 @@ class Distribution:
         soft_evidence: torch.Tensor | None,
         temperature: float,
         generator: torch.Generator | None,
+        candidates: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One draw per row from ``p(v)^(1/temperature) * w(v)`` (normalised).
 
         Args:
             params: ``[S, P]`` raw parameters of the selected nodes.
-            soft_evidence: ``[S, C]`` log-weights or ``None``.
+            soft_evidence: ``[S, C]`` log-weights (``[S, K]`` with ``candidates``) or ``None``.
             temperature: leaf temperature (> 0); 1 samples the leaf itself.
             generator: random generator or ``None``.
+            candidates: ``[S, K]`` category ids (discrete families), or ``None``.
 
         Returns:
             ``[S]`` values (long for discrete families).
         """
         raise NotImplementedError
 
-    def mode(self, params: torch.Tensor, soft_evidence: torch.Tensor | None) -> torch.Tensor:
-        """``[S]`` maximisers of ``p(v) * w(v)`` for the selected nodes ``params [S, P]``."""
+    def mode(
+        self, params: torch.Tensor, soft_evidence: torch.Tensor | None, candidates: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[S]`` maximisers of ``p(v) * w(v)`` for the selected nodes ``params [S, P]``.
+
+        ``soft_evidence`` is ``[S, C]``, or ``[S, K]`` over ``candidates [S, K]`` (discrete families).
+        """
         raise NotImplementedError
 
-    def max_log_prob(self, params: torch.Tensor, soft_evidence: torch.Tensor | None) -> torch.Tensor:
-        """``max_v log p(v) + log w(v)`` for a block: params ``[G, n, P]``, evidence ``[B, G, C]``.
+    def max_log_prob(
+        self, params: torch.Tensor, soft_evidence: torch.Tensor | None, candidates: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``max_v log p(v) + log w(v)`` for a block: params ``[G, n, P]``, evidence ``[B, G, C]``
+        (or ``[B, G, K]`` over ``candidates [B, G, K]``, discrete families).
 
         Returns ``[B, G, n]`` (broadcastable over B when ``soft_evidence`` is None).
         """
@@ -258,6 +288,81 @@ def _stable_einsum_lse(ev: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return soft_evidence_lse(ev, table)
 
 
+def candidate_table(table: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """A leaf table read at candidate ids: ``table [G or 1, n, C]``, ``candidates [B, G, K]`` -> ``[B, G, n, K]``.
+
+    Every entry is ``table[g, j, candidates[b, g, k]]`` (group 0 for all when
+    ``table`` has one row), ``-inf`` at ids ``>= C``; ``K`` is the innermost, contiguous dimension.
+    """
+    C = table.shape[-1]
+    outside = candidates >= C  # ids of wider leaves of the variable: probability 0 in this one
+    if bool(outside.any()):
+        cand = candidates.clamp_max(C - 1)
+        return candidate_table(table, cand).masked_fill(outside.unsqueeze(2), -math.inf)
+    if table.shape[0] == 1:
+        return table[0][:, candidates].permute(1, 2, 0, 3)
+    groups = torch.arange(table.shape[0], device=candidates.device).view(1, -1, 1)
+    return table.transpose(0, 1)[:, groups, candidates].permute(1, 2, 0, 3)
+
+
+def gather_categories(table: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """``table [S, C]`` read at ``candidates [S, K]`` -> ``[S, K]``, ``-inf`` at ids ``>= C`` (outside the leaf)."""
+    C = table.shape[-1]
+    outside = candidates >= C
+    if not bool(outside.any()):
+        return table.gather(-1, candidates)
+    return table.gather(-1, candidates.clamp_max(C - 1)).masked_fill(outside, -math.inf)
+
+
+def _observed_log_prob(
+    table: torch.Tensor, x: torch.Tensor, outside: torch.Tensor, slots: torch.Tensor
+) -> torch.Tensor:
+    """``[B, G, n]`` ``log p(x)`` of every leaf from ``table [Q, n, C]``, ``-inf`` where ``outside [B, G]``."""
+    Q, n, C = table.shape
+    B, G = x.shape
+    if Q * C <= B * G:  # small table: one transposed copy, then contiguous row gathers
+        rows = (slots * C).unsqueeze(0) + x  # [B, G]
+        flat = table.transpose(1, 2).contiguous().view(Q * C, n)
+        # outside values read an appended row of -inf (the copy is made anyway)
+        flat = torch.cat([flat, flat.new_full((1, n), -math.inf)])
+        rows = torch.where(outside, torch.full((), Q * C, dtype=rows.dtype, device=rows.device), rows)
+        return flat.index_select(0, rows.reshape(-1)).view(B, G, n)
+    # large table (e.g. untied emissions): gather in place, no copy of the table
+    out = table[slots.unsqueeze(0), :, x]  # [B, G, n]
+    return out.masked_fill(outside.unsqueeze(-1), -math.inf)
+
+
+def _block_table(table: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """The table rows of a block's groups: ``[1, n, C]`` when all share one slot (no copy), else ``[G, n, C]``."""
+    if table.shape[0] == 1 or bool((slots == slots[0]).all()):
+        s0 = int(slots[0])
+        return table[s0 : s0 + 1]
+    return table.index_select(0, slots)
+
+
+def _candidate_log_prob(
+    out: torch.Tensor,
+    table: torch.Tensor,
+    x: torch.Tensor,
+    missing: torch.Tensor | None,
+    soft: torch.Tensor | None,
+    candidates: torch.Tensor,
+) -> torch.Tensor:
+    """Leaf values under candidate evidence.
+
+    Observed entries: ``out [B, G, n]`` (``log p(x)``) plus ``log w(x)``, the
+    log-sum of the weights of the candidates equal to ``x`` (``-inf`` if none);
+    missing ones: ``log sum_k p(candidates_k) w_k``, over ``table [G or 1, n, C]``.
+    """
+    hit = candidates == x.unsqueeze(-1)  # [B, G, K]
+    wx = safe_logsumexp(torch.where(hit, soft, torch.full((), -math.inf, dtype=soft.dtype, device=soft.device)), -1)
+    out = out + wx.unsqueeze(-1)
+    if missing is not None and bool(missing.any()):
+        marg = safe_logsumexp(candidate_table(table, candidates) + soft.unsqueeze(2), -1)  # [B, G, n]
+        out = torch.where(missing.unsqueeze(-1), marg, out)
+    return out
+
+
 class DiscreteDistribution(Distribution):
     """A family over categories ``0..num_cats-1`` given by a log-probability table.
 
@@ -271,32 +376,21 @@ class DiscreteDistribution(Distribution):
         """``[..., n, C]`` log-probabilities from raw parameters ``[..., n, P]``."""
         raise NotImplementedError
 
-    def log_prob(self, params, x, missing, soft_evidence, slots=None):
+    def log_prob(self, params, x, missing, soft_evidence, slots=None, candidates=None):
         table = self.log_table(params)  # [Q, n, C]
-        Q, n, C = table.shape
         B, G = x.shape
         if slots is None:
             slots = torch.arange(G, device=x.device)
         # a variable may have more categories than this leaf (other leaves of it are wider):
         # values outside the leaf's own domain 0..C-1 have probability 0
-        outside = x >= C  # [B, G]
+        outside = x >= table.shape[-1]  # [B, G]
         x = torch.where(outside, torch.zeros((), dtype=x.dtype, device=x.device), x)
-        if Q * C <= B * G:  # small table: one transposed copy, then contiguous row gathers
-            rows = (slots * C).unsqueeze(0) + x  # [B, G]
-            flat = table.transpose(1, 2).contiguous().view(Q * C, n)
-            # outside values read an appended row of -inf (the copy is made anyway)
-            flat = torch.cat([flat, flat.new_full((1, n), -math.inf)])
-            rows = torch.where(outside, torch.full((), Q * C, dtype=rows.dtype, device=rows.device), rows)
-            out = flat.index_select(0, rows.reshape(-1)).view(B, G, n)
-        else:  # large table (e.g. untied emissions): gather in place, no copy of the table
-            out = table[slots.unsqueeze(0), :, x]  # [B, G, n]
-            out = out.masked_fill(outside.unsqueeze(-1), -math.inf)
-        if soft_evidence is not None or missing is not None:
-            if Q == 1 or bool((slots == slots[0]).all()):
-                s0 = int(slots[0])
-                table = table[s0 : s0 + 1]  # [1, n, C], shared by all groups (no copy)
-            else:
-                table = table.index_select(0, slots)  # [G, n, C]
+        out = _observed_log_prob(table, x, outside, slots)
+        if soft_evidence is None and missing is None:
+            return out
+        table = _block_table(table, slots)  # [G or 1, n, C]
+        if candidates is not None:
+            return _candidate_log_prob(out, table, x, missing, soft_evidence, candidates)
         if soft_evidence is not None:
             ev = soft_evidence
             out = out + ev.gather(2, x.unsqueeze(-1))
@@ -308,29 +402,35 @@ class DiscreteDistribution(Distribution):
             out = torch.where(missing.unsqueeze(-1), marg, out)
         return out
 
-    def max_log_prob(self, params, soft_evidence):
+    def max_log_prob(self, params, soft_evidence, candidates=None):
         table = self.log_table(params)
         if soft_evidence is None:
             return table.amax(-1).unsqueeze(0)
+        if candidates is not None:
+            return (candidate_table(table, candidates) + soft_evidence.unsqueeze(2)).amax(-1)
         return (table.unsqueeze(0) + soft_evidence.unsqueeze(2)).amax(-1)
 
-    def _weighted_table(self, params, soft_evidence, temperature: float) -> torch.Tensor:
+    def _weighted_table(self, params, soft_evidence, temperature: float, candidates=None) -> torch.Tensor:
         table = self.log_table(params)
+        if candidates is not None:
+            table = gather_categories(table, candidates)  # [S, K]
         if temperature != 1.0:
             table = table / temperature
         if soft_evidence is not None:
             table = table + soft_evidence
         return table
 
-    def sample(self, params, soft_evidence, temperature, generator):
-        logits = self._weighted_table(params, soft_evidence, temperature)  # [S, C]
+    def sample(self, params, soft_evidence, temperature, generator, candidates=None):
+        logits = self._weighted_table(params, soft_evidence, temperature, candidates)  # [S, C] or [S, K]
         probs = torch.softmax(logits, -1)
         if not torch.isfinite(logits).any(-1).all():
             raise ValueError("sample: some selected leaves have probability 0 for every value under the evidence")
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        pick = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return pick if candidates is None else candidates.gather(-1, pick.unsqueeze(-1)).squeeze(-1)
 
-    def mode(self, params, soft_evidence):
-        return self._weighted_table(params, soft_evidence, 1.0).argmax(-1)
+    def mode(self, params, soft_evidence, candidates=None):
+        pick = self._weighted_table(params, soft_evidence, 1.0, candidates).argmax(-1)
+        return pick if candidates is None else candidates.gather(-1, pick.unsqueeze(-1)).squeeze(-1)
 
     @property
     def num_stats(self) -> int:

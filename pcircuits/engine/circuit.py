@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -12,34 +12,31 @@ from torch import nn
 
 from .. import kernels
 from .._index import as_int
-from ..kernels import torch_ops
 from ..nodes import NodeGroup
+from .blocks import BankInfo, LeafBlockInfo, SumBlockInfo
+from .evidence import Domain, Evidence, build_evidence, dense_soft_evidence
 from .layout import Gather, Layout, ProductLayer, SumBlock, SumLayer, build_layout
 
-__all__ = ["TensorCircuit", "Evidence", "compile"]
+__all__ = ["TensorCircuit", "Evidence", "BlockEvidence", "compile"]
 
 _BACKENDS = ("auto", "torch", "triton")
 
 
-@dataclass
-class Evidence:
-    """Checked evidence in the circuit's dtype and device.
+class BlockEvidence(NamedTuple):
+    """The evidence of one leaf block's ``G`` groups (see :meth:`TensorCircuit.block_evidence`).
 
     Attributes:
-        x_discrete: ``[B, V]`` long; placeholder 0 at missing or continuous entries.
-        x_continuous: ``[B, V]`` float or ``None`` when the circuit has no continuous variable.
-        missing: ``[B, V]`` bool or ``None``.
-        soft_evidence: ``[B, V, C]`` float or ``None``.
+        x: ``[B, G]`` values (long for discrete families, float otherwise).
+        missing: ``[B, G]`` bool or ``None``.
+        soft_evidence: ``[B, G, C]`` (``C`` the family's categories), ``[B, G, K]``
+            with ``candidates``, or ``None`` (always ``None`` for continuous families).
+        candidates: ``[B, G, K]`` long category ids or ``None``.
     """
 
-    x_discrete: torch.Tensor
-    x_continuous: torch.Tensor | None
+    x: torch.Tensor
     missing: torch.Tensor | None
     soft_evidence: torch.Tensor | None
-
-    @property
-    def batch_size(self) -> int:
-        return self.x_discrete.shape[0]
+    candidates: torch.Tensor | None
 
 
 class TensorCircuit(nn.Module):
@@ -65,19 +62,27 @@ class TensorCircuit(nn.Module):
         self.backend = backend
         self.root = root
         self.layout: Layout = build_layout(root)
-        lay = self.layout
-        self.num_vars = lay.num_vars
-        cats = [c for c in lay.var_cats if c is not None]
+        self.num_vars = self.layout.num_vars
+        self._register_domain()
+        self._init_parameters(as_int(seed, "seed", 0))
+        self._register_indices()
+
+    def _register_domain(self) -> None:
+        """Sets ``max_cats`` and the domain buffers ``_var_cats [V]`` and ``_continuous [V]``."""
+        var_cats = self.layout.var_cats
+        cats = [c for c in var_cats if c is not None]
         self.max_cats = max(cats) if cats else 0
-        self.register_buffer("_var_cats", torch.tensor([c or 0 for c in lay.var_cats]), persistent=False)
+        self.register_buffer("_var_cats", torch.tensor([c or 0 for c in var_cats]), persistent=False)
         self.register_buffer(
-            "_continuous", torch.tensor([c is None for c in lay.var_cats], dtype=torch.bool), persistent=False
+            "_continuous", torch.tensor([c is None for c in var_cats], dtype=torch.bool), persistent=False
         )
         self.has_continuous = bool(self._continuous.any())
 
-        gen = torch.Generator().manual_seed(as_int(seed, "seed", 0))
+    def _init_parameters(self, seed: int) -> None:
+        """Draws every bank's initial parameters (bank by bank, in layout order) and registers sparse masks."""
+        gen = torch.Generator().manual_seed(seed)
         self.params = nn.ParameterDict()
-        for name, spec in lay.banks.items():
+        for name, spec in self.layout.banks.items():
             if spec.kind == "leaf":
                 # every slot from its own group's distribution: groups of one bank share the family
                 # and its shape, not the parameters (an Indicator's values are its parameters)
@@ -89,8 +94,10 @@ class TensorCircuit(nn.Module):
             self.params[name] = p
             if spec.kind == "sum" and spec.masks:
                 self.register_buffer(f"_mask_{name}", torch.stack(spec.masks), persistent=False)
-        # index tensors as non-persistent buffers so .to(device) moves them
-        self._index: dict[str, torch.Tensor] = {}
+
+    def _register_indices(self) -> None:
+        """Registers the layout's index tensors as non-persistent buffers, so ``.to(device)`` moves them."""
+        lay = self.layout
         for i, b in enumerate(lay.leaf_blocks):
             self._buf(f"leaf{i}_vars", b.vars)
             self._buf(f"leaf{i}_slots", b.slots)
@@ -183,6 +190,66 @@ class TensorCircuit(nn.Module):
         if self.backend == "triton" and "triton" not in kernels.BACKENDS:
             raise ValueError("backend='triton' needs the triton package (pip install triton)")
         return self.backend
+
+    # ----------------------------------------------------- public interface
+    @property
+    def var_cats(self) -> torch.Tensor:
+        """``[V]`` long: categories of each variable (its widest leaf's), 0 for continuous variables."""
+        return self._var_cats
+
+    @property
+    def continuous(self) -> torch.Tensor:
+        """``[V]`` bool: True for continuous (Gaussian) variables."""
+        return self._continuous
+
+    @property
+    def domain(self) -> Domain:
+        """The variables' domains as evidence checks use them (see :class:`~pcircuits.engine.evidence.Domain`)."""
+        return Domain(self.num_vars, self.max_cats, self._var_cats, self._continuous)
+
+    def leaf_blocks(self) -> list[LeafBlockInfo]:
+        """The leaf blocks in leaf-layer order, with their variables and slots on the circuit's device."""
+        cache = self.__dict__.setdefault("_buffer_cache", {})
+        blocks = cache.get("leaf_blocks")
+        if blocks is None:
+            blocks = cache["leaf_blocks"] = [
+                LeafBlockInfo(
+                    i, b.dist, b.groups, b.num_nodes, self._get(f"leaf{i}_vars"), self._get(f"leaf{i}_slots"),
+                    b.bank, b.offset,
+                )
+                for i, b in enumerate(self.layout.leaf_blocks)
+            ]
+        return blocks
+
+    def sum_blocks(self) -> list[SumBlockInfo]:
+        """Every sum block, layer by layer (bottom up), blocks in their order inside the layer."""
+        cache = self.__dict__.setdefault("_buffer_cache", {})
+        blocks = cache.get("sum_blocks")
+        if blocks is None:
+            blocks = cache["sum_blocks"] = [
+                SumBlockInfo(
+                    li, bi, blk.groups, blk.dense, blk.num_nodes, blk.k, blk.bank, self._get(f"l{li}b{bi}_slots")
+                )
+                for li, layer in enumerate(self.layout.layers)
+                if isinstance(layer, SumLayer)
+                for bi, blk in enumerate(layer.blocks)
+            ]
+        return blocks
+
+    def banks(self) -> dict[str, BankInfo]:
+        """Every parameter bank by name (the keys of :attr:`params`), masks on the circuit's device."""
+        cache = self.__dict__.setdefault("_buffer_cache", {})
+        banks = cache.get("banks")
+        if banks is None:
+            banks = cache["banks"] = {name: self._bank_info(name, spec) for name, spec in self.layout.banks.items()}
+        return banks
+
+    def _bank_info(self, name: str, spec) -> BankInfo:
+        mask = child = None
+        if spec.kind == "sum" and spec.masks:
+            mask = getattr(self, f"_mask_{name}")
+            child = torch.stack(spec.child_index).to(mask.device)
+        return BankInfo(name, spec.kind, tuple(spec.shape), spec.slots, spec.dist, mask, child)
 
     # ------------------------------------------------------------ parameters
     def sum_log_weights(self) -> dict[str, torch.Tensor]:
@@ -277,7 +344,9 @@ class TensorCircuit(nn.Module):
             raise ValueError(f"value: sum weights must be finite, got {value[b, c].item()} at node {b}, child {c}")
         if bool((value < 0).any()):
             b, c = (value < 0).nonzero()[0].tolist()
-            raise ValueError(f"value: sum weights must be non-negative, got {value[b, c].item()} at node {b}, child {c}")
+            raise ValueError(
+                f"value: sum weights must be non-negative, got {value[b, c].item()} at node {b}, child {c}"
+            )
         spec = self.layout.banks[bank]
         mask = None
         if spec.masks:
@@ -302,98 +371,28 @@ class TensorCircuit(nn.Module):
         x: torch.Tensor | np.ndarray,
         missing: torch.Tensor | np.ndarray | None = None,
         soft_evidence: torch.Tensor | np.ndarray | None = None,
+        candidates: torch.Tensor | np.ndarray | None = None,
     ) -> Evidence:
         """Checks evidence and converts it to the circuit's device and dtype.
 
+        Args:
+            x: ``[B, V]`` values (categories of discrete variables, reals of Gaussian ones).
+            missing: ``[B, V]`` bool; True where the variable is unobserved.
+            soft_evidence: ``[B, V, C]`` log-weights on discrete variables
+                (``C`` = :attr:`max_cats`), or ``[B, V, K]`` with ``candidates``.
+            candidates: ``[B, V, K]`` integer category ids: soft evidence
+                over these ids only (``-inf`` for every other id); see
+                :mod:`pcircuits.engine.evidence`. Ignored on continuous variables.
+
         Raises:
-            TypeError: an argument is not a tensor or array, or ``missing`` is not boolean.
+            TypeError: an argument is not a tensor or array, ``missing`` is not
+                boolean, or ``candidates`` are not integers.
             ValueError: wrong shapes, NaN or ``+-inf`` at an observed entry, a
-                category outside its variable's range, non-integer discrete
-                values, NaN or ``+inf`` in ``soft_evidence``, or soft evidence
-                on a continuous variable.
+                category or candidate outside its variable's range, non-integer
+                discrete values, NaN or ``+inf`` in ``soft_evidence``, soft
+                evidence on a continuous variable, or candidates without soft evidence.
         """
-        dev, dt = self.device, self.dtype
-        x = _as_tensor(x, "x")
-        if x.dim() != 2 or x.shape[1] != self.num_vars:
-            raise ValueError(f"x must have shape [batch, {self.num_vars}] (one column per variable), got {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            raise ValueError("x must hold at least one example")
-        x = x.to(dev)
-        B = x.shape[0]
-        if missing is not None:
-            missing = _as_tensor(missing, "missing")
-            if missing.dtype != torch.bool:
-                raise TypeError(f"missing must be a bool tensor, got {missing.dtype}")
-            if tuple(missing.shape) != tuple(x.shape):
-                raise ValueError(f"missing must have the shape of x, {tuple(x.shape)}, got {tuple(missing.shape)}")
-            missing = missing.to(dev)
-            if not bool(missing.any()):
-                missing = None
-        observed = torch.ones_like(x, dtype=torch.bool) if missing is None else ~missing
-        disc = ~self._continuous
-        if x.dtype.is_floating_point:
-            nan = torch.isnan(x) & observed
-            if bool(nan.any()):
-                b, v = nan.nonzero()[0].tolist()
-                raise ValueError(f"x has NaN at an observed entry (row {b}, variable {v}); mark it in missing instead")
-            inf = torch.isinf(x) & observed
-            if bool(inf.any()):
-                b, v = inf.nonzero()[0].tolist()
-                kind = "continuous (Gaussian)" if bool(self._continuous[v]) else "discrete"
-                raise ValueError(
-                    f"x has {x[b, v].item()} at an observed entry (row {b}, variable {v}, {kind}); "
-                    "observed values must be finite"
-                )
-            check = observed & disc.unsqueeze(0)
-            xd = torch.where(check, x, torch.zeros_like(x))
-            if bool((xd != torch.round(xd)).any()):
-                b, v = (xd != torch.round(xd)).nonzero()[0].tolist()
-                raise ValueError(f"x holds a non-integer value {x[b, v].item()} for discrete variable {v} (row {b})")
-            huge = check & (xd.abs() > 2**62)  # would wrap around when cast to int64
-            if bool(huge.any()):
-                b, v = huge.nonzero()[0].tolist()
-                raise ValueError(
-                    f"x has category {x[b, v].item():g} for variable {v} (row {b}), outside 0..{int(self._var_cats[v]) - 1}"
-                )
-            x_disc = xd.long()
-        elif x.dtype.is_complex:
-            raise TypeError(f"x must be a real or integer tensor, got {x.dtype}")
-        else:
-            check = observed & disc.unsqueeze(0)
-            x_disc = torch.where(check, x.long(), torch.zeros((), dtype=torch.long, device=dev))
-        bad = check & ((x_disc < 0) | (x_disc >= self._var_cats.unsqueeze(0)))
-        if bool(bad.any()):
-            b, v = bad.nonzero()[0].tolist()
-            raise ValueError(
-                f"x has category {int(x_disc[b, v])} for variable {v} (row {b}), outside 0..{int(self._var_cats[v]) - 1}"
-            )
-        x_cont = None
-        if self.has_continuous:
-            x_cont = torch.where(observed & self._continuous.unsqueeze(0), x.to(dt), torch.zeros((), dtype=dt, device=dev))
-            overflow = ~torch.isfinite(x_cont)
-            if bool(overflow.any()):
-                b, v = overflow.nonzero()[0].tolist()
-                raise ValueError(
-                    f"x has {x[b, v].item():g} at row {b}, variable {v}, which overflows the circuit's dtype {dt}; "
-                    "rescale the data or cast the circuit to float64"
-                )
-        if soft_evidence is not None:
-            soft_evidence = _as_tensor(soft_evidence, "soft_evidence")
-            expected = (B, self.num_vars, self.max_cats)
-            if tuple(soft_evidence.shape) != expected:
-                raise ValueError(
-                    f"soft_evidence must have shape [batch, num_vars, max_cats] = {list(expected)}, "
-                    f"got {list(soft_evidence.shape)}"
-                )
-            if not soft_evidence.dtype.is_floating_point:
-                raise TypeError(f"soft_evidence must be a float tensor of log-weights, got {soft_evidence.dtype}")
-            soft_evidence = soft_evidence.to(device=dev, dtype=dt)
-            if bool(torch.isnan(soft_evidence).any()) or bool((soft_evidence == math.inf).any()):
-                raise ValueError("soft_evidence holds NaN or +inf; it must be log-weights in [-inf, inf)")
-            if self.has_continuous and bool((soft_evidence[:, self._continuous] != 0).any()):
-                v = int(self._continuous.nonzero()[0])
-                raise ValueError(f"soft_evidence: variable {v} is continuous (Gaussian); soft evidence needs a discrete variable")
-        return Evidence(x_disc, x_cont, missing, soft_evidence)
+        return build_evidence(self.domain, x, missing, soft_evidence, candidates, self.dtype)
 
     # -------------------------------------------------------------- passes
     def leaf_values(
@@ -402,17 +401,24 @@ class TensorCircuit(nn.Module):
         semiring: str = "sum",
         leaf_params: dict[str, torch.Tensor] | None = None,
     ) -> list[torch.Tensor]:
-        """Log-values of each leaf block, ``[B, G, n]`` per block."""
+        """Log-values of each leaf block, ``[B, G, n]`` per block (the leaf layer of :meth:`upward`).
+
+        Args:
+            ev: evidence from :meth:`prepare`.
+            semiring: ``"sum"``, or ``"max"`` (missing leaves take ``max_v log p(v) + log w(v)``).
+            leaf_params: ``{bank: [Q, n, P]}`` raw parameters to use instead of the module's.
+        """
         outs = []
         for i, blk in enumerate(self.layout.leaf_blocks):
             bank = leaf_params[blk.bank] if leaf_params is not None else self.params[blk.bank]
+            be = self.block_evidence(ev, i)
+            extra = {} if be.candidates is None else {"candidates": be.candidates}
             slots = self._get(f"leaf{i}_slots")
-            _, xb, mb, sb = self.leaf_block_inputs(ev, i, params=False)
-            out = blk.dist.log_prob(bank, xb, mb, sb, slots=slots)
-            if semiring == "max" and (mb is not None or sb is not None):
-                best = blk.dist.max_log_prob(self.leaf_block_params(i, bank), sb)
-                if mb is not None:  # observed entries already hold log p(x) + log w(x)
-                    out = torch.where(mb.unsqueeze(-1), best.expand_as(out), out)
+            out = blk.dist.log_prob(bank, be.x, be.missing, be.soft_evidence, slots=slots, **extra)
+            if semiring == "max" and (be.missing is not None or be.soft_evidence is not None):
+                best = blk.dist.max_log_prob(self.leaf_block_params(i, bank), be.soft_evidence, **extra)
+                if be.missing is not None:  # observed entries already hold log p(x) + log w(x)
+                    out = torch.where(be.missing.unsqueeze(-1), best.expand_as(out), out)
             outs.append(out)
         return outs
 
@@ -442,24 +448,37 @@ class TensorCircuit(nn.Module):
             cache[i] = int(slots[0]) if bool((slots == slots[0]).all()) else None
         return cache[i]
 
+    def block_evidence(self, ev: Evidence, i: int) -> BlockEvidence:
+        """The evidence of leaf block ``i``'s ``G`` groups, read at their variables (see :class:`BlockEvidence`)."""
+        blk = self.layout.leaf_blocks[i]
+        vars_ = self._get(f"leaf{i}_vars")
+        xs = ev.x_discrete if blk.dist.discrete else ev.x_continuous
+        xb = xs.index_select(1, vars_)
+        mb = None if ev.missing is None else ev.missing.index_select(1, vars_)
+        sb = cb = None
+        if ev.soft_evidence is not None and blk.dist.discrete:
+            sb = ev.soft_evidence.index_select(1, vars_)
+            if ev.candidates is None:
+                sb = sb[:, :, : blk.dist.num_cats]
+            else:
+                cb = ev.candidates.index_select(1, vars_)
+        return BlockEvidence(xb, mb, sb, cb)
+
     def leaf_block_inputs(
         self, ev: Evidence, i: int, params: bool = True
     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Parameters ``[G, n, P]`` (``None`` unless ``params``), values ``[B, G]``,
-        missing ``[B, G]`` and soft evidence ``[B, G, C]`` of leaf block ``i``."""
+        missing ``[B, G]`` and full soft evidence ``[B, G, C]`` of leaf block ``i``.
+
+        Candidate evidence is expanded to the full soft evidence it means
+        (``-inf`` off the candidates); :meth:`block_evidence` keeps it compact.
+        """
         blk = self.layout.leaf_blocks[i]
-        vars_ = self._get(f"leaf{i}_vars")
-        if params:
-            params = self.params[blk.bank].index_select(0, self._get(f"leaf{i}_slots"))
-        else:
-            params = None
-        xs = ev.x_discrete if blk.dist.discrete else ev.x_continuous
-        xb = xs.index_select(1, vars_)
-        mb = None if ev.missing is None else ev.missing.index_select(1, vars_)
-        sb = None
-        if ev.soft_evidence is not None and blk.dist.discrete:
-            sb = ev.soft_evidence.index_select(1, vars_)[:, :, : blk.dist.num_cats]
-        return params, xb, mb, sb
+        p = self.params[blk.bank].index_select(0, self._get(f"leaf{i}_slots")) if params else None
+        if ev.candidates is not None and ev.soft_evidence is not None and blk.dist.discrete:
+            ev = Evidence(ev.x_discrete, ev.x_continuous, ev.missing, dense_soft_evidence(ev, self.max_cats))
+        be = self.block_evidence(ev, i)
+        return p, be.x, be.missing, be.soft_evidence
 
     def _gather(self, li: int | str, g: Gather, outs: list[torch.Tensor]) -> torch.Tensor:
         """``[B, R]`` child values read by gather ``g`` (``li``: layer index or buffer prefix)."""
@@ -608,7 +627,7 @@ class TensorCircuit(nn.Module):
                     wt = ctx.wt_cache.get(key)
                     if wt is None:
                         wt = ctx.wt_cache[key] = ctx.probs_of(blk.bank)[slot].t()  # [k, n]
-                    return torch_ops.single_group_dense_sum(c, wt)
+                    return kernels.single_group_dense_sum(c, wt)
                 w = ctx.lw[blk.bank][slot : slot + 1]  # [1, n, k]
                 return kernels.dense_sum(c.unsqueeze(1), w, ctx.semiring).reshape(ctx.B, -1)
 
@@ -649,6 +668,7 @@ class TensorCircuit(nn.Module):
         x: torch.Tensor | np.ndarray,
         missing: torch.Tensor | np.ndarray | None = None,
         soft_evidence: torch.Tensor | np.ndarray | None = None,
+        candidates: torch.Tensor | np.ndarray | None = None,
     ) -> torch.Tensor:
         """Log-likelihoods of a batch.
 
@@ -657,14 +677,16 @@ class TensorCircuit(nn.Module):
                 reals for Gaussian ones).
             missing: ``[B, V]`` bool; True marginalises that variable.
             soft_evidence: ``[B, V, C]`` log-weights ``log w_i(c)`` on discrete
-                variables (``C`` = :attr:`max_cats`).
+                variables (``C`` = :attr:`max_cats`), or ``[B, V, K]`` with ``candidates``.
+            candidates: ``[B, V, K]`` category ids that ``soft_evidence`` weighs
+                (every other id has weight 0); see :meth:`prepare`.
 
         Returns:
             ``[B]``: ``log sum_{x_missing} p(x) * prod_i w_i(x_i)`` (the factor
             is included for observed variables too; without soft evidence this
             is the (marginal) log-likelihood).
         """
-        ev = self.prepare(x, missing, soft_evidence)
+        ev = self.prepare(x, missing, soft_evidence, candidates)
         return self.upward(ev, keep_outputs=False)[-1][:, 0]
 
     def extra_repr(self) -> str:
@@ -746,21 +768,14 @@ def _as_real_tensor(value, name: str) -> torch.Tensor:
         if arr.dtype.kind not in "iuf":
             raise TypeError(f"{name} must hold real numbers, got values of numpy dtype {arr.dtype}")
         value = torch.from_numpy(np.ascontiguousarray(arr))
-    if value.dtype == torch.bool or value.dtype.is_complex or not (value.dtype.is_floating_point or _is_int(value.dtype)):
+    real = value.dtype.is_floating_point or _is_int(value.dtype)
+    if value.dtype == torch.bool or value.dtype.is_complex or not real:
         raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
     return value
 
 
 def _is_int(dtype: torch.dtype) -> bool:
     return dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-
-
-def _as_tensor(value, name: str) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(value)
-    raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(value).__name__}")
 
 
 def compile(root: NodeGroup, seed: int = 0, backend: str = "auto") -> TensorCircuit:

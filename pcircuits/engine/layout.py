@@ -198,7 +198,7 @@ def _gather(lay: torch.Tensor, col: torch.Tensor, layer_sizes: list[int]) -> Gat
 
 
 def build_layout(root: NodeGroup) -> Layout:
-    """Checks ``root`` and lays its DAG out in layers.
+    """Checks ``root`` and lays its DAG out in layers: the leaf layer, then product and sum layers by depth.
 
     Raises:
         ValueError: the root has more than one node, or the variables are not
@@ -210,31 +210,53 @@ def build_layout(root: NodeGroup) -> Layout:
         raise ValueError(f"root: the root group must have exactly one node, {root!r} has {root.num_nodes}")
     groups = topological_order(root)
     num_vars, var_cats = _check_scope(root, groups)
+    banks = _BankBuilder()
+    location: dict[int, tuple[int, int]] = {}  # id(group) -> (layer, first column)
+    leaf_blocks = _leaf_layer(groups, banks, location)
+    layer_sizes = [sum(b.num_nodes * len(b.groups) for b in leaf_blocks)]
+    layers: list[ProductLayer | SumLayer] = []
+    for kind, members in _inner_layer_groups(groups):
+        li = len(layers) + 1
+        if kind == "product":
+            layer = _product_layer(members, li, location, layer_sizes)
+        else:
+            layer = _sum_layer(members, li, banks, location, layer_sizes)
+        layers.append(layer)
+        layer_sizes.append(layer.num_nodes)
+    layout = Layout(
+        root, groups, num_vars, var_cats, leaf_blocks, layers, layer_sizes, banks.banks, location, banks.slot_of
+    )
+    layout.splits = _split_plan(layers, layer_sizes)
+    layout.last_use = _last_use(layers)
+    return layout
 
-    depth: dict[int, int] = {}
-    for g in groups:
-        depth[id(g)] = 0 if not g.children else 1 + max(depth[id(c)] for c in g.children)
 
-    banks: dict[str, BankSpec] = {}
-    slot_of: dict[int, tuple[str, int]] = {}
+class _BankBuilder:
+    """Parameter banks as the layers claim them: one slot per parameter owner (tied groups share their owner's)."""
 
-    def slot(g: NodeGroup, bank: str, spec: BankSpec) -> int:
+    def __init__(self) -> None:
+        self.banks: dict[str, BankSpec] = {}
+        self.slot_of: dict[int, tuple[str, int]] = {}
+
+    def slot(self, g: NodeGroup, bank: str, spec: BankSpec) -> int:
+        """The slot of ``g``'s parameters in ``bank`` (created as ``spec`` on first use), allocated on first call."""
         owner = getattr(g, "tied_to", None) or g
-        if id(owner) in slot_of:
-            return slot_of[id(owner)][1]
-        b = banks.setdefault(bank, spec)
+        if id(owner) in self.slot_of:
+            return self.slot_of[id(owner)][1]
+        b = self.banks.setdefault(bank, spec)
         idx = b.slots
         b.slots += 1
         b.groups.append(owner)
-        slot_of[id(owner)] = (bank, idx)
+        self.slot_of[id(owner)] = (bank, idx)
         if isinstance(owner, SumGroup) and owner.edges is not None:
             mask, child = _sparse_rows(owner)
             b.masks.append(mask)
             b.child_index.append(child)
         return idx
 
-    # --- leaf layer --------------------------------------------------------
-    location: dict[int, tuple[int, int]] = {}
+
+def _leaf_layer(groups: list[NodeGroup], banks: _BankBuilder, location: dict) -> list[LeafBlock]:
+    """The leaf blocks (input groups of equal signature and size), in order of first appearance."""
     block_of: dict[tuple, list[InputGroup]] = {}
     for g in groups:
         if isinstance(g, InputGroup):
@@ -245,7 +267,7 @@ def build_layout(root: NodeGroup) -> Layout:
         dist = members[0].dist
         bank = f"leaf{i}"
         spec = BankSpec("leaf", (n, dist.num_params), dist=dist)
-        slots = [slot(g, bank, spec) for g in members]
+        slots = [banks.slot(g, bank, spec) for g in members]
         # tied groups of other blocks cannot exist: ties need equal signature (hence fold key) and size
         for j, g in enumerate(members):
             location[id(g)] = (0, offset + j * n)
@@ -253,68 +275,80 @@ def build_layout(root: NodeGroup) -> Layout:
             LeafBlock(dist, n, members, torch.tensor([g.var for g in members]), bank, torch.tensor(slots), offset)
         )
         offset += n * len(members)
-    layer_sizes = [offset]
+    return leaf_blocks
 
-    # --- inner layers ------------------------------------------------------
+
+def _inner_layer_groups(groups: list[NodeGroup]) -> list[tuple[str, list[NodeGroup]]]:
+    """``(kind, groups)`` of every inner layer, bottom up: one layer per (depth, kind), products first."""
+    depth: dict[int, int] = {}
+    for g in groups:
+        depth[id(g)] = 0 if not g.children else 1 + max(depth[id(c)] for c in g.children)
     by_depth: dict[tuple[int, str], list[NodeGroup]] = {}
     for g in groups:
         if g.children:
             by_depth.setdefault((depth[id(g)], g.kind), []).append(g)
-    layers: list[ProductLayer | SumLayer] = []
-    for key in sorted(by_depth, key=lambda t: (t[0], t[1] != "product")):
-        members = by_depth[key]
-        li = len(layers) + 1
-        if key[1] == "product":
-            k = max(len(g.children) for g in members)
-            lays, cols = [], []
-            col = 0
-            for g in members:
-                location[id(g)] = (li, col)
-                col += g.num_nodes
-                lay = torch.full((g.num_nodes, k), -1, dtype=torch.long)
-                cc = torch.zeros((g.num_nodes, k), dtype=torch.long)
-                for j, c in enumerate(g.children):
-                    lay[:, j], off = location[id(c)]
-                    cc[:, j] = off + g.edges[:, j]
-                lays.append(lay.reshape(-1))
-                cols.append(cc.reshape(-1))
-            lay_all, col_all = torch.cat(lays), torch.cat(cols)
-            terms = [_gather(lay_all.view(-1, k)[:, j], col_all.view(-1, k)[:, j], layer_sizes) for j in range(k)]
-            layers.append(ProductLayer(_gather(lay_all, col_all, layer_sizes), col, k, members, terms))
-            layer_sizes.append(col)
-        else:
-            shapes: dict[tuple, list[SumGroup]] = {}
-            for g in members:
-                k = g.num_child_nodes if g.is_dense else int(torch.bincount(g.edges[0]).max())
-                shapes.setdefault((g.is_dense, g.num_nodes, k, g.num_child_nodes), []).append(g)
-            lays, cols = [], []
-            num_refs = 0
-            blocks: list[SumBlock] = []
-            col = 0
-            for (dense, n, k, total), bgroups in shapes.items():
-                bank = f"sum_{'dense' if dense else 'sparse'}_{n}x{k}x{total}"
-                spec = BankSpec("sum", (n, k))
-                slots = [slot(g, bank, spec) for g in bgroups]
-                blocks.append(SumBlock(dense, len(bgroups), n, k, bank, torch.tensor(slots), num_refs, bgroups))
-                for g, s in zip(bgroups, slots):
-                    location[id(g)] = (li, col)
-                    col += n
-                    lay = torch.cat([torch.full((c.num_nodes,), location[id(c)][0]) for c in g.children])
-                    cc = torch.cat([location[id(c)][1] + torch.arange(c.num_nodes) for c in g.children])
-                    if not dense:
-                        b = banks[bank]
-                        mask, child = b.masks[s], b.child_index[s]
-                        lay = torch.where(mask, lay[child], torch.full_like(child, -1))
-                        cc = torch.where(mask, cc[child], torch.zeros_like(child))
-                    lays.append(lay.reshape(-1))
-                    cols.append(cc.reshape(-1))
-                    num_refs += lay.numel()
-            layers.append(SumLayer(_gather(torch.cat(lays), torch.cat(cols), layer_sizes), blocks, col))
-            layer_sizes.append(col)
-    layout = Layout(root, groups, num_vars, var_cats, leaf_blocks, layers, layer_sizes, banks, location, slot_of)
-    layout.splits = _split_plan(layers, layer_sizes)
-    layout.last_use = _last_use(layers)
-    return layout
+    return [(key[1], by_depth[key]) for key in sorted(by_depth, key=lambda t: (t[0], t[1] != "product"))]
+
+
+def _product_layer(members: list[ProductGroup], li: int, location: dict, layer_sizes: list[int]) -> ProductLayer:
+    """Product layer ``li``: fan-in padded to ``k``, one gather of all references and one per child slot."""
+    k = max(len(g.children) for g in members)
+    lays, cols = [], []
+    col = 0
+    for g in members:
+        location[id(g)] = (li, col)
+        col += g.num_nodes
+        lay = torch.full((g.num_nodes, k), -1, dtype=torch.long)
+        cc = torch.zeros((g.num_nodes, k), dtype=torch.long)
+        for j, c in enumerate(g.children):
+            lay[:, j], off = location[id(c)]
+            cc[:, j] = off + g.edges[:, j]
+        lays.append(lay.reshape(-1))
+        cols.append(cc.reshape(-1))
+    lay_all, col_all = torch.cat(lays), torch.cat(cols)
+    terms = [_gather(lay_all.view(-1, k)[:, j], col_all.view(-1, k)[:, j], layer_sizes) for j in range(k)]
+    return ProductLayer(_gather(lay_all, col_all, layer_sizes), col, k, members, terms)
+
+
+def _sum_layer(
+    members: list[SumGroup], li: int, banks: _BankBuilder, location: dict, layer_sizes: list[int]
+) -> SumLayer:
+    """Sum layer ``li``: its groups folded into blocks of equal shape, each block's weights from one bank."""
+    shapes: dict[tuple, list[SumGroup]] = {}
+    for g in members:
+        k = g.num_child_nodes if g.is_dense else int(torch.bincount(g.edges[0]).max())
+        shapes.setdefault((g.is_dense, g.num_nodes, k, g.num_child_nodes), []).append(g)
+    lays, cols = [], []
+    num_refs = 0
+    blocks: list[SumBlock] = []
+    col = 0
+    for (dense, n, k, total), bgroups in shapes.items():
+        bank = f"sum_{'dense' if dense else 'sparse'}_{n}x{k}x{total}"
+        spec = BankSpec("sum", (n, k))
+        slots = [banks.slot(g, bank, spec) for g in bgroups]
+        blocks.append(SumBlock(dense, len(bgroups), n, k, bank, torch.tensor(slots), num_refs, bgroups))
+        for g, s in zip(bgroups, slots):
+            location[id(g)] = (li, col)
+            col += n
+            lay, cc = _sum_group_refs(g, location, None if dense else banks.banks[bank], s)
+            lays.append(lay.reshape(-1))
+            cols.append(cc.reshape(-1))
+            num_refs += lay.numel()
+    return SumLayer(_gather(torch.cat(lays), torch.cat(cols), layer_sizes), blocks, col)
+
+
+def _sum_group_refs(
+    g: SumGroup, location: dict, sparse: BankSpec | None, slot: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(layer, column)`` of every child reference of sum group ``g``: ``[num_child_nodes]`` for a dense
+    group, ``[n, k]`` padded (layer ``-1``) for a sparse one (its ``sparse`` bank's row ``slot``)."""
+    lay = torch.cat([torch.full((c.num_nodes,), location[id(c)][0]) for c in g.children])
+    cc = torch.cat([location[id(c)][1] + torch.arange(c.num_nodes) for c in g.children])
+    if sparse is None:
+        return lay, cc
+    mask, child = sparse.masks[slot], sparse.child_index[slot]
+    lay = torch.where(mask, lay[child], torch.full_like(child, -1))
+    return lay, torch.where(mask, cc[child], torch.zeros_like(child))
 
 
 def _last_use(layers: list) -> dict[int, int]:

@@ -1,8 +1,10 @@
 """Per-layer compute kernels behind one dispatch point.
 
-The engine asks for an operation (``dense_sum``, ``sparse_sum``,
-``soft_evidence_lse``) and gets the implementation of the active backend:
-plain torch everywhere, Triton kernels where registered and selected.
+The engine asks for an operation (``dense_sum``, ``single_group_dense_sum``,
+``sparse_sum``, ``soft_evidence_lse``) and gets the implementation of the
+active backend: plain torch everywhere, Triton kernels where registered and
+selected. A backend may leave an operation out; the torch reference then
+computes it. Nothing outside this package calls a backend module directly.
 """
 
 from __future__ import annotations
@@ -16,9 +18,19 @@ from typing import Iterator
 
 from . import torch_ops
 
-__all__ = ["BACKENDS", "register_backend", "use_backend", "active_backend", "dense_sum", "sparse_sum", "soft_evidence_lse"]
+__all__ = [
+    "BACKENDS",
+    "register_backend",
+    "use_backend",
+    "active_backend",
+    "dense_sum",
+    "single_group_dense_sum",
+    "sparse_sum",
+    "soft_evidence_lse",
+]
 
-#: Backend name -> module providing ``dense_sum``, ``sparse_sum`` and ``soft_evidence_lse``.
+#: Backend name -> module providing ``dense_sum``, ``sparse_sum`` and ``soft_evidence_lse``
+#: (and optionally ``single_group_dense_sum``).
 BACKENDS: dict[str, ModuleType] = {"torch": torch_ops}
 _ACTIVE: contextvars.ContextVar[str] = contextvars.ContextVar("pcircuits_backend", default="torch")
 
@@ -65,6 +77,12 @@ def use_backend(name: str) -> Iterator[None]:
 def dense_sum(children, log_weights, semiring="sum", weights=None):
     """See :func:`pcircuits.kernels.torch_ops.dense_sum`."""
     return active_backend().dense_sum(children, log_weights, semiring, weights=weights)
+
+
+def single_group_dense_sum(children, weights_t):
+    """See :func:`pcircuits.kernels.torch_ops.single_group_dense_sum` (the torch reference where a backend has none)."""
+    op = getattr(active_backend(), "single_group_dense_sum", None)
+    return (op or torch_ops.single_group_dense_sum)(children, weights_t)
 
 
 def sparse_sum(children, log_weights, semiring="sum"):

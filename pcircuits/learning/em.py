@@ -60,7 +60,7 @@ def expected_statistics(
             stats = blk.dist.em_statistics(params, xb, mb, sb, flows)  # [G, n, S]
             bank = circuit.params[blk.bank]
             acc = leaf_stats.setdefault(blk.bank, stats.new_zeros(bank.shape[0], *stats.shape[1:]))
-            acc.index_add_(0, circuit._get(f"leaf{i}_slots"), stats)
+            acc.index_add_(0, circuit.leaf_blocks()[i].slots, stats)
     return ll.detach(), (sum_flows, leaf_stats)
 
 
@@ -104,9 +104,8 @@ def _updated_parameters(
     out: dict[str, torch.Tensor] = {}
     for name, flows in sum_flows.items():
         old = lw[name].exp()
-        spec = circuit.layout.banks[name]
-        if spec.masks:
-            mask = getattr(circuit, f"_mask_{name}")
+        mask = circuit.banks()[name].mask
+        if mask is not None:
             fan_in = mask.sum(-1, keepdim=True)
             new = (flows + pseudocount / fan_in) * mask
         else:

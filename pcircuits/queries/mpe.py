@@ -18,6 +18,7 @@ def mpe(
     missing: torch.Tensor | np.ndarray | None = None,
     soft_evidence: torch.Tensor | np.ndarray | None = None,
     return_log_prob: bool = False,
+    candidates: torch.Tensor | np.ndarray | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Most probable completion of each example by max-product and backtracking.
 
@@ -41,8 +42,11 @@ def mpe(
         circuit: a compiled circuit.
         x: ``[B, V]`` values; entries under ``missing`` are ignored.
         missing: ``[B, V]`` bool, True where the variable is to be filled in.
-        soft_evidence: ``[B, V, C]`` log-weights on discrete variables, or ``None``.
+        soft_evidence: ``[B, V, C]`` log-weights on discrete variables,
+            ``[B, V, K]`` with ``candidates``, or ``None``.
         return_log_prob: also return the max-product value.
+        candidates: ``[B, V, K]`` category ids weighed by ``soft_evidence``
+            (a missing variable then takes one of its candidates), or ``None``.
 
     Returns:
         ``[B, V]`` completed examples: long when every variable is discrete,
@@ -59,7 +63,7 @@ def mpe(
             :meth:`TensorCircuit.prepare`).
     """
     _check_circuit(circuit)
-    ev = circuit.prepare(x, missing, soft_evidence)
+    ev = circuit.prepare(x, missing, soft_evidence, candidates)
     with torch.no_grad():
         lw = circuit.sum_log_weights()
         outs = circuit.upward(ev, semiring="max", log_weights=lw)

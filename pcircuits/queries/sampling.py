@@ -26,6 +26,7 @@ def sample(
     generator: torch.Generator | None = None,
     seed: int | None = None,
     latent_path: bool = False,
+    candidates: torch.Tensor | np.ndarray | None = None,
 ) -> torch.Tensor | dict[SumGroup, torch.Tensor]:
     """Draws samples top-down, exactly from the circuit or from its conditional.
 
@@ -51,7 +52,8 @@ def sample(
         x: ``[B, V]`` evidence values, or ``None``.
         missing: ``[B, V]`` bool, True where the variable is sampled
             (``None`` with ``x``: nothing is missing).
-        soft_evidence: ``[B, V, C]`` log-weights on discrete variables, or ``None``.
+        soft_evidence: ``[B, V, C]`` log-weights on discrete variables,
+            ``[B, V, K]`` with ``candidates``, or ``None``.
         temperature: leaves are sampled from ``p(v)^(1/temperature) w(v)``
             (Gaussians with their standard deviation times
             ``sqrt(temperature)``); the sum-node choices are not tempered, so
@@ -60,6 +62,8 @@ def sample(
         seed: seed of a fresh generator (instead of ``generator``).
         latent_path: return the sampled latent path instead of samples (the
             leaves are not sampled).
+        candidates: ``[B, V, K]`` category ids weighed by ``soft_evidence``
+            (a sampled variable takes one of its candidates), or ``None``.
 
     Returns:
         Unconditionally ``[num_samples, V]``, with evidence
@@ -79,6 +83,31 @@ def sample(
             evidence with probability 0.
     """
     _check_circuit(circuit)
+    num_samples, generator = _check_sampling(circuit, num_samples, temperature, generator, seed)
+    conditional = x is not None or soft_evidence is not None
+    ev = circuit.prepare(*_evidence_or_all_missing(circuit, x, missing, soft_evidence), soft_evidence, candidates)
+    B = ev.batch_size
+    with torch.no_grad():
+        lw = circuit.sum_log_weights()
+        outs = circuit.upward(ev, semiring="sum", log_weights=lw)
+        _check_possible(outs[-1][:, 0])
+        row_source = torch.arange(B, device=circuit.device).repeat(num_samples)  # pass row s * B + b reads row b
+        sel = None
+        if latent_path or ev.missing is not None:
+            sel = downward(circuit, outs, row_source, "sample", generator, lw, record_choices=latent_path)
+        shape = (num_samples, B) if conditional else (num_samples,)
+        if latent_path:
+            return _latent_path(circuit, sel, row_source.numel(), shape)
+        out = empty_assignment(circuit, ev, row_source)
+        if sel is not None:
+            fill_leaves(circuit, sel, ev, row_source, out, "sample", float(temperature), generator)
+    return out.view(*shape, circuit.num_vars)
+
+
+def _check_sampling(
+    circuit: TensorCircuit, num_samples, temperature, generator: torch.Generator | None, seed: int | None
+) -> tuple[int, torch.Generator | None]:
+    """``num_samples`` as an int and the generator to use; raises for bad arguments (see :func:`sample`)."""
     if not isinstance(num_samples, (int, np.integer)) or isinstance(num_samples, bool):
         raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
     if num_samples < 1:
@@ -89,38 +118,24 @@ def sample(
         raise ValueError("pass either generator or seed, not both")
     if seed is not None:
         generator = torch.Generator(device=circuit.device).manual_seed(int(seed))
-    num_samples = int(num_samples)
-    dev = circuit.device
-    conditional = x is not None or soft_evidence is not None
-    if x is None:
-        if missing is not None:
-            raise ValueError("missing needs x")
-        B = 1 if soft_evidence is None else len(soft_evidence)
-        x = torch.zeros(B, circuit.num_vars, dtype=torch.long)
-        missing = torch.ones(B, circuit.num_vars, dtype=torch.bool)
-    ev = circuit.prepare(x, missing, soft_evidence)
-    B = ev.batch_size
-    with torch.no_grad():
-        lw = circuit.sum_log_weights()
-        outs = circuit.upward(ev, semiring="sum", log_weights=lw)
-        root = outs[-1][:, 0]
-        if not bool(torch.isfinite(root).all()):
-            b = int((~torch.isfinite(root)).nonzero()[0])
-            raise ValueError(f"the evidence of row {b} has probability 0; there is nothing to sample")
-        row_source = torch.arange(B, device=dev).repeat(num_samples)  # pass row s * B + b reads row b
-        need_path = latent_path or ev.missing is not None
-        sel = (
-            downward(circuit, outs, row_source, "sample", generator, lw, record_choices=latent_path)
-            if need_path
-            else None
-        )
-        shape = (num_samples, B) if conditional else (num_samples,)
-        if latent_path:
-            return _latent_path(circuit, sel, row_source.numel(), shape)
-        out = empty_assignment(circuit, ev, row_source)
-        if sel is not None:
-            fill_leaves(circuit, sel, ev, row_source, out, "sample", float(temperature), generator)
-    return out.view(*shape, circuit.num_vars)
+    return int(num_samples), generator
+
+
+def _evidence_or_all_missing(circuit: TensorCircuit, x, missing, soft_evidence) -> tuple:
+    """``(x, missing)``: as given, or every variable missing when there is no ``x`` (one row per soft-evidence row)."""
+    if x is not None:
+        return x, missing
+    if missing is not None:
+        raise ValueError("missing needs x")
+    B = 1 if soft_evidence is None else len(soft_evidence)
+    return torch.zeros(B, circuit.num_vars, dtype=torch.long), torch.ones(B, circuit.num_vars, dtype=torch.bool)
+
+
+def _check_possible(root: torch.Tensor) -> None:
+    """Raises ``ValueError`` naming the first row whose root value ``root [B]`` is not finite."""
+    if not bool(torch.isfinite(root).all()):
+        b = int((~torch.isfinite(root)).nonzero()[0])
+        raise ValueError(f"the evidence of row {b} has probability 0; there is nothing to sample")
 
 
 def _latent_path(
@@ -129,22 +144,17 @@ def _latent_path(
     """The child index chosen by every node of every sum group, ``-1`` off the path."""
     dev = circuit.device
     path: dict[SumGroup, torch.Tensor] = {}
-    for li, layer in enumerate(circuit.layout.layers):
-        if not hasattr(layer, "blocks"):
-            continue
-        for bi, blk in enumerate(layer.blocks):
-            G, n = blk.num_groups, blk.num_nodes
-            full = torch.full((num_rows, G * n), -1, dtype=torch.long, device=dev)
-            if (li, bi) in sel.choices:
-                rows, node, chosen = sel.choices[(li, bi)]
-                if not blk.dense:  # padded slot -> child node of the group
-                    spec = circuit.layout.banks[blk.bank]
-                    child_index = torch.stack(spec.child_index).to(dev)  # [slots, n, k]
-                    g = torch.div(node, n, rounding_mode="floor")
-                    slot = circuit._get(f"l{li}b{bi}_slots")[g]
-                    chosen = child_index[slot, node - g * n, chosen]
-                full[rows, node] = chosen
-            full = full.view(num_rows, G, n)
-            for gi, group in enumerate(blk.groups):
-                path[group] = full[:, gi].reshape(*shape, n)
+    for blk in circuit.sum_blocks():
+        G, n = blk.num_groups, blk.num_nodes
+        full = torch.full((num_rows, G * n), -1, dtype=torch.long, device=dev)
+        if (blk.layer, blk.index) in sel.choices:
+            rows, node, chosen = sel.choices[(blk.layer, blk.index)]
+            if not blk.dense:  # padded slot -> child node of the group
+                child_index = circuit.banks()[blk.bank].child_index  # [slots, n, k]
+                g = torch.div(node, n, rounding_mode="floor")
+                chosen = child_index[blk.slots[g], node - g * n, chosen]
+            full[rows, node] = chosen
+        full = full.view(num_rows, G, n)
+        for gi, group in enumerate(blk.groups):
+            path[group] = full[:, gi].reshape(*shape, n)
     return path
