@@ -49,10 +49,11 @@ def expected_statistics(
         total = (kept if weights is None else kept * weights.to(kept)).sum()
         inputs = list(lw.values()) + leaves
         grads = torch.autograd.grad(total, inputs, allow_unused=True)
-    sum_flows = {k: (g if g is not None else torch.zeros_like(v)) for (k, v), g in zip(lw.items(), grads)}
+    sum_grads = zip(lw.items(), grads[: len(lw)], strict=True)  # grads: the sum weights', then the leaves'
+    sum_flows = {k: (g if g is not None else torch.zeros_like(v)) for (k, v), g in sum_grads}
     leaf_stats: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        for i, (blk, flows) in enumerate(zip(circuit.layout.leaf_blocks, grads[len(lw) :])):
+        for i, (blk, flows) in enumerate(zip(circuit.layout.leaf_blocks, grads[len(lw) :], strict=True)):
             if not blk.dist.trainable:
                 continue
             params, xb, mb, sb = circuit.leaf_block_inputs(ev, i)
@@ -507,6 +508,19 @@ def _read_checkpoint(circuit: TensorCircuit, directory: Path, settings: dict, ep
     path = directory / _STATE_FILE
     if not path.exists():
         return 0, []
+    done, history, name = _read_state(path, settings)
+    if done > epochs:
+        raise ValueError(f"epochs: the checkpoint already holds {done} epochs, more than epochs={epochs}")
+    _copy_saved_params(circuit, directory / name)
+    return done, [float(h) for h in history]
+
+
+def _read_state(path: Path, settings: dict) -> tuple[int, list, str]:
+    """``(epochs done, history, circuit file name)`` of the state file ``path``, checked against ``settings``.
+
+    Raises:
+        ValueError: the file cannot be read, is malformed, or was written with other settings.
+    """
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -524,11 +538,18 @@ def _read_checkpoint(circuit: TensorCircuit, directory: Path, settings: dict, ep
     for key, value in settings.items():
         if written.get(key) != value:
             raise ValueError(f"checkpoint: it was written with {key}={written.get(key)!r}, this run has {key}={value!r}")
-    if done > epochs:
-        raise ValueError(f"epochs: the checkpoint already holds {done} epochs, more than epochs={epochs}")
+    return done, history, name
+
+
+def _copy_saved_params(circuit: TensorCircuit, path: Path) -> None:
+    """Copies the parameter banks of the circuit saved at ``path`` into ``circuit``.
+
+    Raises:
+        ValueError: the saved circuit's banks differ in names or shapes from ``circuit``'s.
+    """
     from ..io import load
 
-    saved = load(directory / name)
+    saved = load(path)
     mine = {k: tuple(v.shape) for k, v in circuit.params.items()}
     theirs = {k: tuple(v.shape) for k, v in saved.params.items()}
     if mine != theirs:
@@ -536,4 +557,3 @@ def _read_checkpoint(circuit: TensorCircuit, directory: Path, settings: dict, ep
     with torch.no_grad():
         for k, v in saved.params.items():
             circuit.params[k].copy_(v.to(circuit.params[k].device, circuit.params[k].dtype))
-    return done, [float(h) for h in history]
