@@ -34,7 +34,9 @@ def test_full_batch_em_never_decreases(seed):
     root, kinds = random_circuit(seed)
     circuit = pc.compile(root, seed=seed).to(torch.float64)
     x, missing, _ = random_evidence(seed, kinds, batch=40, missing_rate=0.2)
-    hist = pc.em(circuit, torch.from_numpy(x), epochs=6, missing=torch.from_numpy(missing), pseudocount=0.0, progress=False)
+    hist = pc.em(
+        circuit, torch.from_numpy(x), epochs=6, missing=torch.from_numpy(missing), pseudocount=0.0, progress=False
+    )
     hist.append(float(circuit(torch.from_numpy(x), torch.from_numpy(missing)).mean()))
     finite = [h for h in hist if np.isfinite(h)]
     assert all(b >= a - 1e-9 for a, b in zip(finite, finite[1:])), hist
@@ -167,7 +169,9 @@ def test_bad_rows_anywhere_in_the_data_are_refused_before_any_update():
     before = _params(circuit)
     x = torch.zeros(10, 1)
     x[7, 0] = float("inf")
-    with pytest.raises(ValueError, match=r"data \(rows 6\.\.8; row numbers below count from 6\): x has inf .*row 1, variable 0"):
+    with pytest.raises(
+        ValueError, match=r"data \(rows 6\.\.8; row numbers below count from 6\): x has inf .*row 1, variable 0"
+    ):
         pc.em(circuit, x, batch_size=2, chunk_size=3, progress=False)
     _assert_same(before, circuit)
 
