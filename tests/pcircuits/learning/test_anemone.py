@@ -151,7 +151,8 @@ def test_conditional_step_matches_the_hand_computed_update():
     want_th = [
         [
             THETA[k][v]
-            + a * ((cp[k][v] - THETA[k][v] * Fp[k]) - (cm[k][v] - THETA[k][v] * Fm[k])) / (a * Fp[k] + (1 - alpha) * W[k])
+            + a * ((cp[k][v] - THETA[k][v] * Fp[k]) - (cm[k][v] - THETA[k][v] * Fm[k]))
+            / (a * Fp[k] + (1 - alpha) * W[k])
             for v in range(2)
         ]
         for k in range(2)
@@ -195,7 +196,7 @@ def test_full_batch_anemone_never_decreases_the_likelihood(seed, alpha):
                       soft_evidence=soft, shuffle=False, progress=False)
     hist.append(float(circuit(x, missing, soft).mean()))
     finite = [h for h in hist if np.isfinite(h)]
-    assert all(b >= a - 1e-9 for a, b in zip(finite, finite[1:])), hist
+    assert all(b >= a - 1e-9 for a, b in zip(finite, finite[1:], strict=False)), hist
 
 
 @settings(max_examples=20, deadline=None)
