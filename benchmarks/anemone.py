@@ -26,6 +26,7 @@ the table of ``docs/benchmarks/anemone.md`` (between its markers);
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -72,9 +73,34 @@ def mean_ll(circuit: pc.TensorCircuit, x: torch.Tensor, chunk: int = 4096) -> fl
     return float(sum(circuit(x[i : i + chunk]).double().sum() for i in range(0, len(x), chunk)) / len(x))
 
 
-def make_updates(name: str, knob: float, circuit: pc.TensorCircuit, train: torch.Tensor, batch: int) -> Callable[[], None]:
+def make_updates(
+    name: str, knob: float, circuit: pc.TensorCircuit, train: torch.Tensor, batch: int
+) -> Callable[[], None]:
     """A closure doing one update of ``name`` (one epoch for full-batch EM, one batch otherwise)."""
-    gen = torch.Generator().manual_seed(0)  # the same batch order for every mini-batch optimizer
+    next_batch = _batches(train, batch)
+    if name == "fullbatch_em":
+        return _fullbatch_em_update(circuit, train)
+    if name == "minibatch_em":
+
+        def update() -> None:
+            _, s = expected_statistics(circuit, circuit.prepare(next_batch()))
+            apply_statistics(circuit, s, PSEUDOCOUNT, knob)
+
+        return update
+    if name == "anemone":
+
+        def step() -> None:
+            anemone_step(circuit, next_batch(), step_size=knob, pseudocount=PSEUDOCOUNT)
+
+        return step
+    if name == "adam":
+        return _adam_update(circuit, knob, next_batch)
+    raise ValueError(f"name: unknown optimizer {name!r}")
+
+
+def _batches(train: torch.Tensor, batch: int) -> Callable[[], torch.Tensor]:
+    """The next mini-batch of ``train``, epoch after epoch; the same order for every mini-batch optimizer."""
+    gen = torch.Generator().manual_seed(0)
     order: list[torch.Tensor] = []
 
     def next_batch() -> torch.Tensor:
@@ -82,30 +108,39 @@ def make_updates(name: str, knob: float, circuit: pc.TensorCircuit, train: torch
             order.extend(torch.randperm(len(train), generator=gen).split(batch))
         return train[order.pop(0)]
 
-    if name == "fullbatch_em":
-        def update() -> None:
-            acc = None
-            for i in range(0, len(train), 4096):
-                _, s = expected_statistics(circuit, circuit.prepare(train[i : i + 4096]))
-                acc = s if acc is None else ({k: acc[0][k] + v for k, v in s[0].items()}, {k: acc[1][k] + v for k, v in s[1].items()})
-            apply_statistics(circuit, acc, PSEUDOCOUNT, 1.0)
-    elif name == "minibatch_em":
-        def update() -> None:
-            _, s = expected_statistics(circuit, circuit.prepare(next_batch()))
-            apply_statistics(circuit, s, PSEUDOCOUNT, knob)
-    elif name == "anemone":
-        def update() -> None:
-            anemone_step(circuit, next_batch(), step_size=knob, pseudocount=PSEUDOCOUNT)
-    elif name == "adam":
-        opt = torch.optim.Adam(circuit.parameters(), lr=knob)
+    return next_batch
 
-        def update() -> None:
-            loss = -circuit(next_batch()).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    else:
-        raise ValueError(f"name: unknown optimizer {name!r}")
+
+def _fullbatch_em_update(circuit: pc.TensorCircuit, train: torch.Tensor) -> Callable[[], None]:
+    """One full-batch EM epoch: the statistics of ``train`` in chunks of 4096 rows, then a full step."""
+
+    def update() -> None:
+        acc = None
+        for i in range(0, len(train), 4096):
+            _, s = expected_statistics(circuit, circuit.prepare(train[i : i + 4096]))
+            acc = s if acc is None else _add_statistics(acc, s)
+        apply_statistics(circuit, acc, PSEUDOCOUNT, 1.0)
+
+    return update
+
+
+def _add_statistics(a: tuple[dict, dict], b: tuple[dict, dict]) -> tuple[dict, dict]:
+    """Bank-wise sums of two ``(sum flows, leaf statistics)`` pairs."""
+    return {k: a[0][k] + v for k, v in b[0].items()}, {k: a[1][k] + v for k, v in b[1].items()}
+
+
+def _adam_update(
+    circuit: pc.TensorCircuit, lr: float, next_batch: Callable[[], torch.Tensor]
+) -> Callable[[], None]:
+    """One Adam step on the negative mean log-likelihood of the next mini-batch."""
+    opt = torch.optim.Adam(circuit.parameters(), lr=lr)
+
+    def update() -> None:
+        loss = -circuit(next_batch()).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
     return update
 
 
@@ -139,8 +174,13 @@ def debd_dataset(name: str, data_dir: str, scale: float) -> dict:
         c.load_state_dict(state)
         return c
 
-    out = {"config": cfg | {"budget": budget}, "num_vars": int(d["train"].shape[1]), "num_parameters": init.num_parameters,
-           "initial": {"valid": mean_ll(init, d["valid"]), "test": mean_ll(init, d["test"])}, "optimizers": {}}
+    out = {
+        "config": cfg | {"budget": budget},
+        "num_vars": int(d["train"].shape[1]),
+        "num_parameters": init.num_parameters,
+        "initial": {"valid": mean_ll(init, d["valid"]), "test": mean_ll(init, d["test"])},
+        "optimizers": {},
+    }
     for opt, grid in GRID.items():
         tuning = {}
         if len(grid) > 1:
@@ -149,13 +189,15 @@ def debd_dataset(name: str, data_dir: str, scale: float) -> dict:
                 curve = train_for(make_updates(opt, knob, c, d["train"], cfg["batch"]), budget * TUNE_FRACTION,
                                   lambda: {}, 1)
                 tuning[str(knob)] = mean_ll(c, d["valid"])
-                print(f"  {name} {opt} {knob}: valid {tuning[str(knob)]:.4f} ({curve[-1]['updates']} updates)", flush=True)
+                print(
+                    f"  {name} {opt} {knob}: valid {tuning[str(knob)]:.4f} ({curve[-1]['updates']} updates)", flush=True
+                )
             knob = float(max(tuning, key=tuning.get))
         else:
             knob = grid[0]
         c = fresh()
         curve = train_for(make_updates(opt, knob, c, d["train"], cfg["batch"]), budget,
-                          lambda: {"valid": mean_ll(c, d["valid"]), "test": mean_ll(c, d["test"])}, POINTS)
+                          lambda c=c: {"valid": mean_ll(c, d["valid"]), "test": mean_ll(c, d["test"])}, POINTS)
         best = max(curve, key=lambda p: p["valid"])
         out["optimizers"][opt] = {"knob": knob, "tuning_valid": tuning, "curve": curve, "final_test": curve[-1]["test"],
                                   "final_valid": curve[-1]["valid"], "best_valid_test": best["test"]}
@@ -196,11 +238,9 @@ def codd_prior(scale: float) -> dict:
             if spent >= budget:
                 raise _Stop
 
-        try:
+        with contextlib.suppress(_Stop):
             fit_prior(prior, *train, epochs=10_000, batch_size=64, lr=lr, valid_frac=0.05, seed=0, progress=False,
                       callback=callback, optimizer=opt)
-        except _Stop:
-            pass
         return prior, curve
 
     out = {"factorized": {"valid": nll(None, valid), "test": nll(None, test)}, "budget": CODD_BUDGET * scale,
@@ -215,7 +255,9 @@ def codd_prior(scale: float) -> dict:
         _, curve = run(opt, lr, CODD_BUDGET * scale, lambda p: {"test": nll(p, test)})
         out["optimizers"][opt] = {"knob": lr, "tuning_valid": tuning, "curve": curve, "final_test": curve[-1]["test"],
                                   "best_test_seen": min(p["test"] for p in curve)}
-        print(f"codd {opt} ({lr}): test NLL {curve[-1]['test']:.4f} after {curve[-1].get('epochs', 0)} epochs", flush=True)
+        print(
+            f"codd {opt} ({lr}): test NLL {curve[-1]['test']:.4f} after {curve[-1].get('epochs', 0)} epochs", flush=True
+        )
     return out
 
 
@@ -227,12 +269,20 @@ def table(res: dict) -> str:
         best = max(round(o["final_test"], 3) for o in r["optimizers"].values())
         for opt, o in r["optimizers"].items():
             mark = "**" if round(o["final_test"], 3) == best else ""
-            lines.append(f"| {name} ({r['config']['budget']:.0f} s) | {NAMES[opt]} | {o['knob']:g} | {mark}{o['final_test']:.3f}{mark} "
-                         f"| {o['best_valid_test']:.3f} | {o['curve'][-1]['updates']} |")
+            lines.append(
+                f"| {name} ({r['config']['budget']:.0f} s) | {NAMES[opt]} | {o['knob']:g} "
+                f"| {mark}{o['final_test']:.3f}{mark} "
+                f"| {o['best_valid_test']:.3f} | {o['curve'][-1]['updates']} |"
+            )
     c = res["codd"]
-    lines += ["", f"CoDD prior (synthetic task, oracle backbone, {c['budget']:.0f} s each; factorized backbone: "
-              f"{c['factorized']['test']:.4f} nats per masked token):", "",
-              "| optimizer | step / lr (valid) | held-out NLL per masked token at budget | lowest seen | epochs |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"CoDD prior (synthetic task, oracle backbone, {c['budget']:.0f} s each; factorized backbone: "
+        f"{c['factorized']['test']:.4f} nats per masked token):",
+        "",
+        "| optimizer | step / lr (valid) | held-out NLL per masked token at budget | lowest seen | epochs |",
+        "|---|---|---|---|---|",
+    ]
     best = min(round(o["final_test"], 4) for o in c["optimizers"].values())
     for opt, o in c["optimizers"].items():
         mark = "**" if round(o["final_test"], 4) == best else ""
@@ -249,9 +299,14 @@ def plot(res: dict) -> None:
 
     panels = list(res["debd"].items())
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.2 * (len(panels) + 1), 3.6))
-    for ax, (name, r) in zip(axes, panels):
+    for ax, (name, r) in zip(axes, panels, strict=False):  # the last axis is CoDD's
         for opt, o in r["optimizers"].items():
-            ax.plot([p["seconds"] for p in o["curve"]], [p["test"] for p in o["curve"]], marker=".", label=f"{NAMES[opt]} ({o['knob']:g})")
+            ax.plot(
+                [p["seconds"] for p in o["curve"]],
+                [p["test"] for p in o["curve"]],
+                marker=".",
+                label=f"{NAMES[opt]} ({o['knob']:g})",
+            )
         finals = [o["final_test"] for o in r["optimizers"].values()]
         lo = min(p["test"] for o in r["optimizers"].values() for p in o["curve"][1:])
         ax.set_ylim(lo - 0.05 * (max(finals) - lo + 1e-3), max(finals) + 0.15 * (max(finals) - lo + 1e-3))
@@ -262,7 +317,12 @@ def plot(res: dict) -> None:
     ax = axes[-1]
     c = res["codd"]
     for opt, o in c["optimizers"].items():
-        ax.plot([p["seconds"] for p in o["curve"]], [p["test"] for p in o["curve"]], marker=".", label=f"{NAMES[opt]} ({o['knob']:g})")
+        ax.plot(
+            [p["seconds"] for p in o["curve"]],
+            [p["test"] for p in o["curve"]],
+            marker=".",
+            label=f"{NAMES[opt]} ({o['knob']:g})",
+        )
     ax.axhline(c["factorized"]["test"], color="gray", ls="--", label="factorized backbone")
     ax.set_title("CoDD prior (synthetic, oracle backbone)")
     ax.set_xlabel("CPU seconds (1 thread)")

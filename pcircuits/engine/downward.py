@@ -79,7 +79,7 @@ def _gather_sources(circuit: TensorCircuit, li: int) -> tuple[torch.Tensor, torc
         col = circuit._get(f"l{li}_src0")
         return torch.full_like(col, g.sources[0]), col
     idx = [circuit._get(f"l{li}_src{si}") for si in range(len(g.sources))]
-    lay = [torch.full_like(ix, s) for s, ix in zip(g.sources, idx)]
+    lay = [torch.full_like(ix, s) for s, ix in zip(g.sources, idx, strict=True)]
     if g.pad:
         lay.append(torch.full((1,), -1, dtype=torch.long, device=dev))
         idx.append(torch.zeros(1, dtype=torch.long, device=dev))
@@ -230,7 +230,7 @@ class _Walk:
             row_parts.append(r)
         if not ref_parts:
             return None
-        return _cat_pairs(list(zip(row_parts, ref_parts)))
+        return _cat_pairs(list(zip(row_parts, ref_parts, strict=True)))
 
 
 def _chosen_ref(blk: SumBlock, node: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:

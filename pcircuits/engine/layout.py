@@ -327,7 +327,7 @@ def _sum_layer(
         spec = BankSpec("sum", (n, k))
         slots = [banks.slot(g, bank, spec) for g in bgroups]
         blocks.append(SumBlock(dense, len(bgroups), n, k, bank, torch.tensor(slots), num_refs, bgroups))
-        for g, s in zip(bgroups, slots):
+        for g, s in zip(bgroups, slots, strict=True):
             location[id(g)] = (li, col)
             col += n
             lay, cc = _sum_group_refs(g, location, None if dense else banks.banks[bank], s)
@@ -375,7 +375,7 @@ def _split_plan(layers: list, layer_sizes: list[int]) -> dict[int, tuple[list[in
         for g in gathers:
             if g.identity:
                 continue
-            for src, start, ix in zip(g.sources, g.starts, g.indices):
+            for src, start, ix in zip(g.sources, g.starts, g.indices, strict=True):
                 if start is not None:
                     ranges.setdefault(src, set()).add((start, ix.numel()))
     plan = {}
@@ -383,8 +383,8 @@ def _split_plan(layers: list, layer_sizes: list[int]) -> dict[int, tuple[list[in
         if len(rs) < 2:
             continue
         cuts = sorted({0, layer_sizes[src]} | {a for a, _ in rs} | {a + n for a, n in rs})
-        sizes = [b - a for a, b in zip(cuts, cuts[1:])]
-        index = {(a, b - a): i for i, (a, b) in enumerate(zip(cuts, cuts[1:]))}
+        sizes = [b - a for a, b in zip(cuts, cuts[1:], strict=False)]
+        index = {(a, b - a): i for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False))}
         plan[src] = (sizes, {r: index[r] for r in rs if r in index})
     return plan
 

@@ -123,7 +123,9 @@ def _mm(a, b, acc, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
     """``acc + a @ b`` with the selected input precision (float32 accumulation)."""
     if PRECISION == "bf16":
         if EMULATE_BF16:  # the interpreter has no bf16 matmul: round the inputs, multiply in fp32
-            acc = tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), acc, input_precision="ieee")
+            acc = tl.dot(
+                a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), acc, input_precision="ieee"
+            )
         else:
             acc = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
     elif PRECISION == "tf32":
@@ -240,7 +242,9 @@ def _lme_bwd_children_kernel(
         other=float("-inf"),
     )
     dc = tl.exp(c - m[:, None]) * acc
-    tl.store(dc_ptr + g * s_cg + ob[:, None] * s_cb + offs_k[None, :] * s_ck, dc, mask=mask_b[:, None] & mask_k[None, :])
+    tl.store(
+        dc_ptr + g * s_cg + ob[:, None] * s_cb + offs_k[None, :] * s_ck, dc, mask=mask_b[:, None] & mask_k[None, :]
+    )
 
 
 @triton.jit
@@ -293,7 +297,9 @@ def _lme_bwd_weights_kernel(
         other=float("-inf"),
     )
     dw = tl.exp(w - mw[:, None]) * acc
-    tl.store(dw_ptr + g * s_og + on[:, None] * s_on + offs_k[None, :] * s_ok, dw, mask=mask_n[:, None] & mask_k[None, :])
+    tl.store(
+        dw_ptr + g * s_og + on[:, None] * s_on + offs_k[None, :] * s_ok, dw, mask=mask_n[:, None] & mask_k[None, :]
+    )
 
 
 @triton.jit

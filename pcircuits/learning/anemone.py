@@ -124,7 +124,8 @@ def _check_conditional_leaves(circuit: TensorCircuit) -> None:
     for blk in circuit.layout.leaf_blocks:
         if blk.dist.trainable and not isinstance(blk.dist, DiscreteDistribution):
             raise ValueError(
-                f"objective: 'conditional' trains sum weights and discrete leaves only, the circuit has {blk.dist!r} leaves"
+                "objective: 'conditional' trains sum weights and discrete leaves only, "
+                f"the circuit has {blk.dist!r} leaves"
             )
 
 
@@ -180,7 +181,9 @@ def anemone_step(
             raise ValueError("missing: objective='conditional' needs the masked entries ([B, V] bool), got None")
     if weights is not None:
         if not isinstance(weights, torch.Tensor) or tuple(weights.shape) != (data.shape[0],):
-            raise ValueError(f"weights must be a tensor [{data.shape[0]}], got {getattr(weights, 'shape', type(weights))}")
+            raise ValueError(
+                f"weights must be a tensor [{data.shape[0]}], got {getattr(weights, 'shape', type(weights))}"
+            )
         if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
             raise ValueError("weights must be finite and non-negative")
     return _step(circuit, data, missing, soft_evidence, step_size, pseudocount, objective, weights)
@@ -201,7 +204,11 @@ def _step(
     data = data.to(dev)
     missing = None if missing is None else missing.to(dev)
     soft_evidence = None if soft_evidence is None else soft_evidence.to(dev)
-    w = torch.ones(data.shape[0], dtype=circuit.dtype, device=dev) if weights is None else weights.to(dev, circuit.dtype)
+    w = (
+        torch.ones(data.shape[0], dtype=circuit.dtype, device=dev)
+        if weights is None
+        else weights.to(dev, circuit.dtype)
+    )
     ev = circuit.prepare(data, missing, soft_evidence)
     ll, stats = expected_statistics(circuit, ev, w)
     neg = None

@@ -49,10 +49,11 @@ def expected_statistics(
         total = (kept if weights is None else kept * weights.to(kept)).sum()
         inputs = list(lw.values()) + leaves
         grads = torch.autograd.grad(total, inputs, allow_unused=True)
-    sum_flows = {k: (g if g is not None else torch.zeros_like(v)) for (k, v), g in zip(lw.items(), grads)}
+    sum_grads = zip(lw.items(), grads[: len(lw)], strict=True)  # grads: the sum weights', then the leaves'
+    sum_flows = {k: (g if g is not None else torch.zeros_like(v)) for (k, v), g in sum_grads}
     leaf_stats: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        for i, (blk, flows) in enumerate(zip(circuit.layout.leaf_blocks, grads[len(lw) :])):
+        for i, (blk, flows) in enumerate(zip(circuit.layout.leaf_blocks, grads[len(lw) :], strict=True)):
             if not blk.dist.trainable:
                 continue
             params, xb, mb, sb = circuit.leaf_block_inputs(ev, i)
@@ -99,7 +100,9 @@ def _updated_parameters(
             bad = ~torch.isfinite(t)
             if bool(bad.any()):
                 idx = tuple(bad.nonzero()[0].tolist())
-                raise ValueError(f"{_UNCHANGED}: the statistics of {kind} bank {name!r} hold {t[idx].item()} at index {idx}")
+                raise ValueError(
+                    f"{_UNCHANGED}: the statistics of {kind} bank {name!r} hold {t[idx].item()} at index {idx}"
+                )
     lw = circuit.sum_log_weights()
     out: dict[str, torch.Tensor] = {}
     for name, flows in sum_flows.items():
@@ -171,7 +174,9 @@ def _check_data(
             break  # an empty share of the data (more ranks than rows): nothing to check
         try:
             circuit.prepare(
-                data[i:j], None if missing is None else missing[i:j], None if soft_evidence is None else soft_evidence[i:j]
+                data[i:j],
+                None if missing is None else missing[i:j],
+                None if soft_evidence is None else soft_evidence[i:j],
             )
         except (TypeError, ValueError) as err:
             where = "" if i == 0 and j == n else f" (rows {i}..{j - 1}; row numbers below count from {i})"
@@ -278,7 +283,9 @@ def em(
     pdist.check_same(n, "data (its number of rows)", on)
     error = None
     try:
-        _check_data(circuit, data, missing, soft_evidence, chunk_size, pdist.shard(n, pdist.rank(on), pdist.world_size(on)))
+        _check_data(
+            circuit, data, missing, soft_evidence, chunk_size, pdist.shard(n, pdist.rank(on), pdist.world_size(on))
+        )
     except (TypeError, ValueError) as err:
         error = err
     pdist.agree_on_failure(error, "checking data", on)
@@ -334,7 +341,9 @@ def _as_tensors(
         if t is not None and not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(t).__name__}")
         if t is not None and (t.dim() < 2 or data.dim() < 1 or t.shape[0] != data.shape[0]):
-            raise ValueError(f"{name} must have one row per example of data ({data.shape[0]}), got shape {tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must have one row per example of data ({data.shape[0]}), got shape {tuple(t.shape)}"
+            )
     return data, missing, soft_evidence
 
 
@@ -431,7 +440,10 @@ def _share_statistics(
         )
         ll, stats = expected_statistics(circuit, ev)
         if empty:
-            stats = ({k: torch.zeros_like(v) for k, v in stats[0].items()}, {k: torch.zeros_like(v) for k, v in stats[1].items()})
+            stats = (
+                {k: torch.zeros_like(v) for k, v in stats[0].items()},
+                {k: torch.zeros_like(v) for k, v in stats[1].items()},
+            )
         else:
             total_ll += float(ll.sum())
             count += ll.numel()
@@ -451,7 +463,9 @@ _STATE_FILE = "em_state.json"
 def _write_checkpoint(
     circuit: TensorCircuit, directory: Path, done: int, history: list[float], settings: dict, on: bool
 ) -> None:
-    """Rank 0 writes ``circuit-<done>.safetensors`` then ``em_state.json`` naming it (the commit point); the others wait.
+    """Rank 0 writes ``circuit-<done>.safetensors`` then ``em_state.json`` naming it (the commit point).
+
+    The other ranks wait.
 
     Raises:
         ValueError: ``directory`` is a file or its parent does not exist (on every rank).
@@ -507,6 +521,19 @@ def _read_checkpoint(circuit: TensorCircuit, directory: Path, settings: dict, ep
     path = directory / _STATE_FILE
     if not path.exists():
         return 0, []
+    done, history, name = _read_state(path, settings)
+    if done > epochs:
+        raise ValueError(f"epochs: the checkpoint already holds {done} epochs, more than epochs={epochs}")
+    _copy_saved_params(circuit, directory / name)
+    return done, [float(h) for h in history]
+
+
+def _read_state(path: Path, settings: dict) -> tuple[int, list, str]:
+    """``(epochs done, history, circuit file name)`` of the state file ``path``, checked against ``settings``.
+
+    Raises:
+        ValueError: the file cannot be read, is malformed, or was written with other settings.
+    """
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -523,12 +550,21 @@ def _read_checkpoint(circuit: TensorCircuit, directory: Path, settings: dict, ep
         raise ValueError(f"checkpoint: {os.fspath(path)!r} has no settings entry")  # noqa: TRY004 (bad file content)
     for key, value in settings.items():
         if written.get(key) != value:
-            raise ValueError(f"checkpoint: it was written with {key}={written.get(key)!r}, this run has {key}={value!r}")
-    if done > epochs:
-        raise ValueError(f"epochs: the checkpoint already holds {done} epochs, more than epochs={epochs}")
+            raise ValueError(
+                f"checkpoint: it was written with {key}={written.get(key)!r}, this run has {key}={value!r}"
+            )
+    return done, history, name
+
+
+def _copy_saved_params(circuit: TensorCircuit, path: Path) -> None:
+    """Copies the parameter banks of the circuit saved at ``path`` into ``circuit``.
+
+    Raises:
+        ValueError: the saved circuit's banks differ in names or shapes from ``circuit``'s.
+    """
     from ..io import load
 
-    saved = load(directory / name)
+    saved = load(path)
     mine = {k: tuple(v.shape) for k, v in circuit.params.items()}
     theirs = {k: tuple(v.shape) for k, v in saved.params.items()}
     if mine != theirs:
@@ -536,4 +572,3 @@ def _read_checkpoint(circuit: TensorCircuit, directory: Path, settings: dict, ep
     with torch.no_grad():
         for k, v in saved.params.items():
             circuit.params[k].copy_(v.to(circuit.params[k].device, circuit.params[k].dtype))
-    return done, [float(h) for h in history]

@@ -125,7 +125,7 @@ def _gradient_posterior(
         flows = leaf_flows(circuit, outs, lw)  # [B, N_0]: the downward pass
     # d log Z / d soft_evidence = sum over leaves of flow * d log v_leaf / d soft_evidence
     outputs, grads = [], []
-    for blk, o in zip(circuit.leaf_blocks(), leaves):
+    for blk, o in zip(circuit.leaf_blocks(), leaves, strict=True):
         if o.requires_grad:
             outputs.append(o)
             grads.append(flows[:, blk.columns].view_as(o))

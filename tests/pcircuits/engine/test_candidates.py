@@ -93,7 +93,7 @@ def test_marginals_are_the_enumerated_posterior_restricted_to_candidates(seed):
     want = brute_force_marginals(ref, cards_of(kinds), x, miss, full, circuit.max_cats)
     assert np.allclose(got.numpy(), want, atol=1e-9, equal_nan=True)
     # no mass off the candidates at missing discrete variables
-    for b, v in zip(*np.nonzero(miss)):
+    for b, v in zip(*np.nonzero(miss), strict=True):
         if cards_of(kinds)[v] is not None and np.isfinite(want[b, v]).all():
             off = np.ones(circuit.max_cats, dtype=bool)
             off[cand[b, v]] = False

@@ -9,7 +9,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pcircuits as pc
-from tests.pcircuits.random_circuits import KINDS, brute_force_ll, compile_with_reference, random_circuit, random_evidence
+from tests.pcircuits.random_circuits import (
+    KINDS,
+    brute_force_ll,
+    compile_with_reference,
+    random_circuit,
+    random_evidence,
+)
 
 SETTINGS = settings(max_examples=220, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -147,7 +153,9 @@ def test_gradients_reach_every_parameter_and_soft_evidence():
 def test_adam_training_increases_likelihood():
     data = torch.randint(0, 3, (200, 4))
     data[:, 1] = data[:, 0]
-    root = pc.summate(*[pc.multiply(*[pc.inputs(v, 4, pc.Categorical(3)) for v in range(4)]) for _ in range(2)], num_nodes=1)
+    root = pc.summate(
+        *[pc.multiply(*[pc.inputs(v, 4, pc.Categorical(3)) for v in range(4)]) for _ in range(2)], num_nodes=1
+    )
     circuit = pc.compile(root)
     opt = torch.optim.Adam(circuit.parameters(), lr=0.05)
     first = None

@@ -13,7 +13,7 @@ def _circuit():
     """Two variables: a Categorical(3) and a Gaussian, mixed by a dense and a sparse sum."""
     a = [pc.inputs(0, 2, Categorical(3)) for _ in range(2)]
     b = [pc.inputs(1, 2, Gaussian()) for _ in range(2)]
-    prods = [pc.multiply(x, y) for x, y in zip(a, b)]
+    prods = [pc.multiply(x, y) for x, y in zip(a, b, strict=True)]
     dense = pc.summate(*prods, num_nodes=2)
     sparse = pc.summate(*prods, num_nodes=2, edges=torch.tensor([[0, 0, 1], [0, 3, 2]]))
     root = pc.summate(dense, sparse, num_nodes=1)
@@ -42,7 +42,7 @@ def test_leaf_blocks_cover_every_input_group_once():
         assert tuple(circuit.params[blk.bank].shape[1:]) == (blk.num_nodes, blk.dist.num_params)
         assert blk.vars.tolist() == [g.var for g in blk.groups]
         assert blk.slots.shape == (blk.num_groups,)
-        for g, slot in zip(blk.groups, blk.slots.tolist()):
+        for g, slot in zip(blk.groups, blk.slots.tolist(), strict=True):
             assert torch.allclose(circuit.params[blk.bank][slot].detach(), drawn[id(g)])
         cols = set(range(blk.columns.start, blk.columns.stop))
         assert not cols & columns
@@ -62,7 +62,7 @@ def test_sum_blocks_and_banks_describe_every_sum_group():
         info = banks[blk.bank]
         assert info.kind == "sum" and info.dist is None
         assert tuple(circuit.params[blk.bank].shape) == (info.num_slots, *info.shape)
-        for g, slot in zip(blk.groups, blk.slots.tolist()):
+        for g, slot in zip(blk.groups, blk.slots.tolist(), strict=True):
             weights = circuit.group_parameters(g)  # [n, num_child_nodes]
             if g.edges is None:
                 assert blk.dense and info.mask is None
@@ -71,8 +71,8 @@ def test_sum_blocks_and_banks_describe_every_sum_group():
             assert not blk.dense
             mask, child = info.mask[slot], info.child_index[slot]
             rows = torch.arange(g.num_nodes).unsqueeze(1).expand_as(child)
-            got = sorted(zip(rows[mask].tolist(), child[mask].tolist()))
-            assert got == sorted(zip(*g.edges.tolist()))
+            got = sorted(zip(rows[mask].tolist(), child[mask].tolist(), strict=True))
+            assert got == sorted(zip(*g.edges.tolist(), strict=True))
             assert torch.all(weights[rows[mask], child[mask]] > 0)
     leaf_banks = {b.bank for b in circuit.leaf_blocks()}
     assert {n for n, b in banks.items() if b.kind == "leaf"} == leaf_banks

@@ -38,7 +38,10 @@ def _tiny():
 
 def _read(circuit, root, leaves):
     w = circuit.group_parameters(root).detach().numpy()[0]
-    th = [[torch.softmax(circuit.group_parameters(leaves[k][v]).detach()[0], -1).numpy() for v in range(2)] for k in range(2)]
+    th = [
+        [torch.softmax(circuit.group_parameters(leaves[k][v]).detach()[0], -1).numpy() for v in range(2)]
+        for k in range(2)
+    ]
     return w, th
 
 
@@ -70,7 +73,10 @@ def _flows(x, missing=None, soft=None):
 def _expected_joint(F, counts, batch, alpha, pseudocount):
     """The paper's update: ``theta' ~ alpha / B (flows + pseudocount / k) + (1 - alpha) q theta``."""
     w = alpha / batch * (F + pseudocount / 2) + (1 - alpha) * 1.0 * W  # the root's top-down probability is 1
-    th = [[alpha / batch * (counts[k][v] + pseudocount / CATS[v]) + (1 - alpha) * W[k] * THETA[k][v] for v in range(2)] for k in range(2)]
+    th = [
+        [alpha / batch * (counts[k][v] + pseudocount / CATS[v]) + (1 - alpha) * W[k] * THETA[k][v] for v in range(2)]
+        for k in range(2)
+    ]
     return w / w.sum(), [[t / t.sum() for t in row] for row in th]
 
 
@@ -144,7 +150,9 @@ def test_conditional_step_matches_the_hand_computed_update():
     want_w = W + a * g / (a * Fp.sum() + (1 - alpha) * 1.0)
     want_th = [
         [
-            THETA[k][v] + a * ((cp[k][v] - THETA[k][v] * Fp[k]) - (cm[k][v] - THETA[k][v] * Fm[k])) / (a * Fp[k] + (1 - alpha) * W[k])
+            THETA[k][v]
+            + a * ((cp[k][v] - THETA[k][v] * Fp[k]) - (cm[k][v] - THETA[k][v] * Fm[k]))
+            / (a * Fp[k] + (1 - alpha) * W[k])
             for v in range(2)
         ]
         for k in range(2)
@@ -188,7 +196,7 @@ def test_full_batch_anemone_never_decreases_the_likelihood(seed, alpha):
                       soft_evidence=soft, shuffle=False, progress=False)
     hist.append(float(circuit(x, missing, soft).mean()))
     finite = [h for h in hist if np.isfinite(h)]
-    assert all(b >= a - 1e-9 for a, b in zip(finite, finite[1:])), hist
+    assert all(b >= a - 1e-9 for a, b in zip(finite, finite[1:], strict=False)), hist
 
 
 @settings(max_examples=20, deadline=None)
@@ -198,8 +206,15 @@ def test_conditional_step_keeps_every_weight_above_half_its_value(seed):
     circuit = pc.compile(root, seed=seed).to(torch.float64)
     x, masked, soft = random_evidence(seed, kinds, batch=20, missing_rate=0.5, soft=True)
     before = {k: torch.exp(v.detach()) for k, v in circuit.sum_log_weights().items()}
-    anemone_step(circuit, torch.from_numpy(x), torch.from_numpy(masked), torch.from_numpy(soft)[..., : circuit.max_cats],
-                 step_size=1.0, pseudocount=0.0, objective="conditional")
+    anemone_step(
+        circuit,
+        torch.from_numpy(x),
+        torch.from_numpy(masked),
+        torch.from_numpy(soft)[..., : circuit.max_cats],
+        step_size=1.0,
+        pseudocount=0.0,
+        objective="conditional",
+    )
     for k, v in circuit.sum_log_weights().items():
         assert (torch.exp(v.detach()) >= 0.5 * before[k] - 1e-12).all(), k
 

@@ -34,10 +34,12 @@ def test_full_batch_em_never_decreases(seed):
     root, kinds = random_circuit(seed)
     circuit = pc.compile(root, seed=seed).to(torch.float64)
     x, missing, _ = random_evidence(seed, kinds, batch=40, missing_rate=0.2)
-    hist = pc.em(circuit, torch.from_numpy(x), epochs=6, missing=torch.from_numpy(missing), pseudocount=0.0, progress=False)
+    hist = pc.em(
+        circuit, torch.from_numpy(x), epochs=6, missing=torch.from_numpy(missing), pseudocount=0.0, progress=False
+    )
     hist.append(float(circuit(torch.from_numpy(x), torch.from_numpy(missing)).mean()))
     finite = [h for h in hist if np.isfinite(h)]
-    assert all(b >= a - 1e-9 for a, b in zip(finite, finite[1:])), hist
+    assert all(b >= a - 1e-9 for a, b in zip(finite, finite[1:], strict=False)), hist
 
 
 @settings(max_examples=25, deadline=None)
@@ -51,7 +53,7 @@ def test_full_batch_em_with_soft_evidence_never_decreases_its_objective(seed):
     hist = pc.em(circuit, x, epochs=5, missing=missing, soft_evidence=soft, pseudocount=0.0, progress=False)
     hist.append(float(circuit(x, missing, soft).mean()))
     finite = [h for h in hist if np.isfinite(h)]
-    assert all(b >= a - 1e-9 for a, b in zip(finite, finite[1:])), hist
+    assert all(b >= a - 1e-9 for a, b in zip(finite, finite[1:], strict=False)), hist
 
 
 def test_full_batch_em_on_nltcs_is_monotone_and_chunking_is_exact():
@@ -60,7 +62,7 @@ def test_full_batch_em_on_nltcs_is_monotone_and_chunking_is_exact():
     c2 = pc.compile(_mixture(16), seed=1).to(torch.float64)
     h1 = pc.em(c1, data, epochs=5, pseudocount=0.1, progress=False)
     h2 = pc.em(c2, data, epochs=5, pseudocount=0.1, chunk_size=700, progress=False)
-    assert all(b >= a for a, b in zip(h1, h1[1:]))
+    assert all(b >= a for a, b in zip(h1, h1[1:], strict=False))
     assert np.allclose(h1, h2, atol=1e-9)
 
 
@@ -104,7 +106,7 @@ def test_gaussian_em_recovers_two_clusters():
     params = circuit.group_parameters(root.children[0])
     means = sorted(params[:, 0].tolist())
     assert abs(means[0] + 3) < 0.1 and abs(means[1] - 2) < 0.1
-    assert all(b >= a - 1e-9 for a, b in zip(hist, hist[1:]))
+    assert all(b >= a - 1e-9 for a, b in zip(hist, hist[1:], strict=False))
 
 
 def test_em_rejects_bad_arguments():
@@ -167,7 +169,9 @@ def test_bad_rows_anywhere_in_the_data_are_refused_before_any_update():
     before = _params(circuit)
     x = torch.zeros(10, 1)
     x[7, 0] = float("inf")
-    with pytest.raises(ValueError, match=r"data \(rows 6\.\.8; row numbers below count from 6\): x has inf .*row 1, variable 0"):
+    with pytest.raises(
+        ValueError, match=r"data \(rows 6\.\.8; row numbers below count from 6\): x has inf .*row 1, variable 0"
+    ):
         pc.em(circuit, x, batch_size=2, chunk_size=3, progress=False)
     _assert_same(before, circuit)
 

@@ -28,7 +28,9 @@ def test_marginals_match_enumeration(seed):
     circuit, ref = compile_with_reference(root, seed)
     C = max_cats(kinds)
     x, miss, soft = evidence(seed, kinds, batch=4, soft=seed % 3 != 0)
-    got = pc.marginals(circuit, torch.from_numpy(x), torch.from_numpy(miss), None if soft is None else torch.from_numpy(soft))
+    got = pc.marginals(
+        circuit, torch.from_numpy(x), torch.from_numpy(miss), None if soft is None else torch.from_numpy(soft)
+    )
     assert got.shape == (4, len(kinds), C)
     want = brute_force_marginals(ref, cards_of(kinds), x, miss, soft, C)
     got = got.numpy()
@@ -50,7 +52,9 @@ def test_marginals_sum_to_one_and_pads_are_zero():
 
 def test_impossible_evidence_gives_nan_only_there():
     # X0 is an indicator of 0: observing 1 has probability 0
-    root = pc.summate(pc.multiply(pc.inputs(0, 2, pc.Indicator(0, num_cats=2)), pc.inputs(1, 2, pc.Categorical(3))), num_nodes=1)
+    root = pc.summate(
+        pc.multiply(pc.inputs(0, 2, pc.Indicator(0, num_cats=2)), pc.inputs(1, 2, pc.Categorical(3))), num_nodes=1
+    )
     circuit = pc.compile(root)
     x = torch.tensor([[1, 0], [0, 0]])
     miss = torch.tensor([[False, True], [False, True]])

@@ -38,7 +38,9 @@ def test_mpe_is_the_enumerated_argmax_on_deterministic_circuits(seed):
     cards = cards_of(kinds)
     x, miss, soft = evidence(seed, kinds, batch=4, soft=seed % 2 == 0, missing_rate=0.6)
     xt = torch.from_numpy(x).long()
-    got, logp = pc.mpe(circuit, xt, torch.from_numpy(miss), None if soft is None else torch.from_numpy(soft), return_log_prob=True)
+    got, logp = pc.mpe(
+        circuit, xt, torch.from_numpy(miss), None if soft is None else torch.from_numpy(soft), return_log_prob=True
+    )
     assert got.dtype == torch.long and got.shape == xt.shape
     assert torch.equal(got[torch.from_numpy(~miss)], xt[torch.from_numpy(~miss)])
     for b in range(x.shape[0]):
@@ -66,7 +68,13 @@ def test_mpe_is_max_product_on_any_circuit(seed):
     circuit, ref = compile_with_reference(root, seed)
     cards = cards_of(kinds)
     x, miss, soft = evidence(seed, kinds, batch=3, soft=seed % 2 == 0, missing_rate=0.5)
-    got, logp = pc.mpe(circuit, torch.from_numpy(x), torch.from_numpy(miss), None if soft is None else torch.from_numpy(soft), return_log_prob=True)
+    got, logp = pc.mpe(
+        circuit,
+        torch.from_numpy(x),
+        torch.from_numpy(miss),
+        None if soft is None else torch.from_numpy(soft),
+        return_log_prob=True,
+    )
     for b in range(x.shape[0]):
         a, _ = completions(cards, x[b], miss[b])  # missing Gaussians stay NaN: maxed out
         best = _log_scores(ref, cards, a, None if soft is None else soft[b], "max").max()

@@ -7,7 +7,15 @@ import pytest
 import torch
 
 import pcircuits as pc
-from tests.pcircuits.queries.helpers import cards_of, compile_with_reference, completions, evidence, make_possible, random_circuit, soft_weights
+from tests.pcircuits.queries.helpers import (
+    cards_of,
+    compile_with_reference,
+    completions,
+    evidence,
+    make_possible,
+    random_circuit,
+    soft_weights,
+)
 
 N = 40_000
 
@@ -140,7 +148,9 @@ def test_generator_and_seed_make_samples_reproducible():
 
 
 def test_impossible_evidence_raises():
-    root = pc.summate(pc.multiply(pc.inputs(0, 2, pc.Indicator(0, num_cats=2)), pc.inputs(1, 2, pc.Bernoulli())), num_nodes=1)
+    root = pc.summate(
+        pc.multiply(pc.inputs(0, 2, pc.Indicator(0, num_cats=2)), pc.inputs(1, 2, pc.Bernoulli())), num_nodes=1
+    )
     circuit = pc.compile(root)
     with pytest.raises(ValueError, match="probability 0"):
         pc.sample(circuit, 3, x=torch.tensor([[1, 0]]), missing=torch.tensor([[False, True]]))
