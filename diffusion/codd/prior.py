@@ -506,8 +506,10 @@ class CoDDPrior:
         """``log p_hat(x0_masked | x0_observed)`` from soft evidence, backoff mixed in (no input checks).
 
         Args:
-            x0, masked, w, cand: ``[B, W]``, ``[B, W]``, ``[B, W, K]`` and
-                ``[B, W, K]`` or None, as returned by `evidence`.
+            x0: ``LongTensor[B, W]`` windows, as returned by `evidence`.
+            masked: ``BoolTensor[B, W]`` masked positions.
+            w: ``[B, W, K]`` soft-evidence log-weights.
+            cand: ``LongTensor[B, W, K]`` candidate ids, or None (full vocabulary).
             detach: False keeps the graph to the circuit's parameters (training).
 
         Returns:
