@@ -12,12 +12,13 @@ ignored). Because ``p_omega`` is a circuit, the normaliser, every marginal of
 ``p_hat`` and joint samples cost one or two passes through it: the backbone's
 tempered log-probabilities enter as soft evidence on the circuit's leaves.
 
-`CoDDPrior` computes the leaf values itself (from the circuit's categorical
-tables and the soft evidence) and hands them to
-:meth:`pcircuits.TensorCircuit.upward`, which allows a top-``k`` candidate
-restriction: with ``top_k=k`` each masked position keeps only its ``k``
-highest logits, and the leaves cost ``O(window * k * states)`` instead of
-``O(window * V * states)``.
+`CoDDPrior` hands the soft evidence to the circuit as top-``k`` candidate
+evidence (`CoDDPrior.engine_evidence`, :meth:`pcircuits.TensorCircuit.prepare`)
+and runs the engine's passes on it: `TensorCircuit.upward` for the
+normaliser and the marginals, `pcircuits.engine.downward.downward` and
+`selected_leaf_logits` for the latent path and the tokens given it. With
+``top_k=k`` each masked position keeps only its ``k`` highest logits, and the
+leaves cost ``O(window * k * states)`` instead of ``O(window * V * states)``.
 
 **Backoff.** A prior trained on all mask ratios can be worse than the backbone
 alone where the backbone already sees almost the whole window (low mask
@@ -47,7 +48,8 @@ import torch.nn.functional as F
 import pcircuits as pc
 from pcircuits.distributions.base import DiscreteDistribution
 from pcircuits.engine.circuit import TensorCircuit
-from pcircuits.engine.downward import _gumbel_argmax, downward
+from pcircuits.engine.downward import downward, gumbel_argmax, selected_leaf_logits
+from pcircuits.engine.evidence import Evidence
 from pcircuits.io import load_with_extras
 from pcircuits.nodes import NodeGroup
 
@@ -151,10 +153,10 @@ class CoDDPrior:
             raise ValueError(f"vocab_size: expected an int >= 2, got {vocab_size!r}")
         if circuit.num_vars != window:
             raise ValueError(f"window: the circuit has {circuit.num_vars} variables, not window={window}")
-        cats = circuit.layout.var_cats
-        if any(c != vocab_size for c in cats):
+        cats = circuit.var_cats.tolist()
+        if bool(circuit.continuous.any()) or any(c != vocab_size for c in cats):
             raise ValueError(f"vocab_size: the circuit's variables have {sorted(set(cats), key=str)} categories, not {vocab_size}")
-        for blk in circuit.layout.leaf_blocks:
+        for blk in circuit.leaf_blocks():
             if not isinstance(blk.dist, DiscreteDistribution):
                 raise ValueError(f"root_or_circuit: leaf family {type(blk.dist).__name__} is not supported (categorical leaves only)")
         if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k):
@@ -368,76 +370,43 @@ class CoDDPrior:
         _check_logits(logits, masked.to(logits.device))
 
     # --------------------------------------------------------------- leaves
-    def _tables(self, detach: bool) -> list[torch.Tensor]:
-        """Log emission tables per leaf block and bank slot, ``[S, n, V]``."""
-        params = [self.circuit.params[blk.bank] for blk in self.circuit.layout.leaf_blocks]
-        key = tuple((id(p), p._version, p.dtype, p.device) for p in params)
-        cache = getattr(self, "_table_cache", None)
-        if detach and cache is not None and cache[0] == key:
-            return cache[1]  # the O(H V) normalisation is reused while the parameters are unchanged
-        out = []
-        for blk, p in zip(self.circuit.layout.leaf_blocks, params):
-            out.append(blk.dist.log_table(p.detach() if detach else p))
-        if detach:
-            self._table_cache = (key, out)
-        return out
+    def engine_evidence(
+        self, x: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None
+    ) -> Evidence:
+        """The circuit's evidence for the soft evidence ``w`` on the masked positions.
 
-    def _leaf_outputs(
-        self,
-        x: torch.Tensor,
-        masked: torch.Tensor,
-        w: torch.Tensor,
-        cand: torch.Tensor | None,
-        tables: list[torch.Tensor],
-        semiring: str = "sum",
-    ) -> list[torch.Tensor]:
-        """Leaf values ``[B, G, n]`` per leaf block under the soft evidence.
+        Masked positions carry the candidate evidence ``(cand, w)`` (all ``V``
+        ids without top-``k``); observed ones the candidates ``[x, x+1, ...]``
+        (mod ``V``) with log-weights ``[0, -inf, ...]``, so an observed leaf is
+        ``log E(x)`` whatever ``w`` holds there. Without top-``k``, when the
+        ``[B, N_0, V]`` candidate gather of the leaf layer would exceed
+        ``_DENSE_LIMIT`` elements, the full soft evidence ``[B, W, V]`` (0 at
+        observed positions) is passed instead (one matrix product per leaf block).
 
-        Observed: ``log E[j, x_i]``; masked: ``logsumexp_c log E[j, c] + w_i(c)``
-        over the candidates ``c`` (``max`` for the max semiring).
+        Args:
+            x: ``LongTensor[B, W]`` (masked entries are ignored).
+            masked: ``BoolTensor[B, W]``.
+            w: ``FloatTensor[B, W, K]`` log-weights (``K = V`` without ``cand``).
+            cand: ``LongTensor[B, W, K]`` token ids, or None.
+
+        Returns:
+            `pcircuits.engine.evidence.Evidence` over ``B`` rows.
         """
         circuit = self.circuit
-        B = x.shape[0]
+        B, W = x.shape
+        V = self.vocab_size
         xo = torch.where(masked, torch.zeros_like(x), x)
-        outs = []
-        for i, (blk, table) in enumerate(zip(circuit.layout.leaf_blocks, tables)):
-            vars_ = circuit._get(f"leaf{i}_vars")
-            slots = circuit._get(f"leaf{i}_slots")
-            G, n = len(blk.groups), blk.num_nodes
-            parts: list[tuple[torch.Tensor, torch.Tensor]] = []
-            for s in torch.unique(slots).tolist():
-                gs = (slots == s).nonzero(as_tuple=True)[0]
-                vs = vars_[gs]
-                tab = table[s]  # [n, V]
-                xb = xo[:, vs]  # [B, Gs]
-                obs = tab.t()[xb]  # [B, Gs, n]
-                ws = w[:, vs]  # [B, Gs, K]
-                if cand is None:
-                    big = B * len(gs) * n * ws.shape[-1] > _DENSE_LIMIT
-                    if semiring == "sum" and big:
-                        me = tab.amax(-1, keepdim=True)  # [n, 1]
-                        me = torch.where(torch.isfinite(me), me, torch.zeros_like(me))
-                        mw = ws.amax(-1, keepdim=True)  # [B, Gs, 1]
-                        mw = torch.where(torch.isfinite(mw), mw, torch.zeros_like(mw))
-                        prod = torch.matmul(torch.exp(ws - mw), torch.exp(tab - me).t())  # [B, Gs, n]
-                        mval = torch.log(prod) + mw + me.t()
-                    else:
-                        full = tab.unsqueeze(0).unsqueeze(0) + ws.unsqueeze(2)  # [B, Gs, n, V]
-                        mval = torch.logsumexp(full, -1) if semiring == "sum" else full.amax(-1)
-                else:
-                    cs = cand[:, vs]  # [B, Gs, K]
-                    full = tab[:, cs].permute(1, 2, 0, 3) + ws.unsqueeze(2)  # [B, Gs, n, K]
-                    mval = torch.logsumexp(full, -1) if semiring == "sum" else full.amax(-1)
-                val = torch.where(masked[:, vs].unsqueeze(-1), mval, obs)
-                parts.append((gs, val))
-            if len(parts) == 1 and torch.equal(parts[0][0], torch.arange(G, device=parts[0][0].device)):
-                outs.append(parts[0][1])
-                continue
-            out = torch.zeros(B, G, n, dtype=table.dtype, device=table.device)
-            for gs, val in parts:
-                out = out.index_copy(1, gs, val)
-            outs.append(out)
-        return outs
+        on = masked.unsqueeze(-1)
+        if cand is None:
+            width = sum(blk.num_groups * blk.num_nodes for blk in circuit.leaf_blocks())
+            if B * width * V > _DENSE_LIMIT:
+                return circuit.prepare(xo, masked, torch.where(on, w, torch.zeros((), dtype=w.dtype, device=w.device)))
+            cand = torch.arange(V, device=x.device).expand(B, W, V)
+        K = cand.shape[-1]
+        steps = torch.arange(K, device=x.device)
+        own = torch.remainder(xo.unsqueeze(-1) + steps, V)  # [B, W, K] distinct ids, x first
+        one = torch.where(steps == 0, 0.0, -math.inf).to(w.dtype)  # [K]
+        return circuit.prepare(xo, masked, torch.where(on, w, one), torch.where(on, cand, own))
 
     def _upward(
         self,
@@ -448,13 +417,18 @@ class CoDDPrior:
         detach: bool = True,
         semiring: str = "sum",
     ) -> list[torch.Tensor]:
+        """Every layer's output ``[B, N_l]`` under the soft evidence (see `engine_evidence`).
+
+        ``detach`` cuts the graph to the circuit's parameters (the graph to ``w`` is kept).
+        """
         circuit = self.circuit
-        ev = circuit.prepare(torch.where(masked, torch.zeros_like(x), x), masked)
-        tables = self._tables(detach)
+        ev = self.engine_evidence(x, masked, w, cand)
         lw = circuit.sum_log_weights()
-        if detach:
-            lw = {k: v.detach() for k, v in lw.items()}
-        leaves = self._leaf_outputs(x, masked, w, cand, tables, semiring)
+        if not detach:
+            return circuit.upward(ev, semiring, log_weights=lw)
+        lw = {k: v.detach() for k, v in lw.items()}
+        params = {blk.bank: circuit.params[blk.bank].detach() for blk in circuit.leaf_blocks()}
+        leaves = circuit.leaf_values(ev, semiring, leaf_params=params)
         return circuit.upward(ev, semiring, log_weights=lw, leaf_outputs=leaves)
 
     # --------------------------------------------------------------- queries
@@ -651,7 +625,7 @@ class CoDDPrior:
         self, x: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None, generator: torch.Generator | None
     ) -> torch.Tensor:
         """A draw (``generator``) or the mode (``generator=False``) of ``prod_i q_i`` on the masked positions."""
-        pick = w.argmax(-1) if generator is False else _gumbel_argmax(w, generator)
+        pick = w.argmax(-1) if generator is False else gumbel_argmax(w, generator)
         tok = pick if cand is None else cand.gather(-1, pick.unsqueeze(-1))[..., 0]
         return torch.where(masked, tok, x)
 
@@ -849,7 +823,7 @@ class CoDDPrior:
         if not bool(masked.any()):
             return out
         cond, cand = self._path_leaf_logits(x, logits, masked, tau_path, tau_leaf, generator, mode)
-        pick = cond.argmax(-1) if mode == "argmax" else _gumbel_argmax(cond, generator)  # [B, W]
+        pick = cond.argmax(-1) if mode == "argmax" else gumbel_argmax(cond, generator)  # [B, W]
         tok = pick if cand is None else cand.gather(-1, pick.unsqueeze(-1))[..., 0]
         return torch.where(masked, tok, out)
 
@@ -889,28 +863,10 @@ class CoDDPrior:
             b = int((~torch.isfinite(root)).nonzero()[0])
             raise ValueError(f"the evidence of row {b} has probability 0 under the prior; nothing to sample")
         lw = {k: v.detach() for k, v in circuit.sum_log_weights().items()}
-        row_source = torch.arange(B, device=x.device)
-        sel = downward(circuit, outs, row_source, mode, generator, lw)
-        tables = self._tables(detach=True)
-        cond = torch.zeros_like(w_leaf)  # [B, W, K]
-        rows, cols = sel.leaf_rows, sel.leaf_cols
-        for i, (blk, table) in enumerate(zip(circuit.layout.leaf_blocks, tables)):
-            size = len(blk.groups) * blk.num_nodes
-            keep = (cols >= blk.offset) & (cols < blk.offset + size)
-            r, loc = rows[keep], cols[keep] - blk.offset
-            g = torch.div(loc, blk.num_nodes, rounding_mode="floor")
-            j = loc - g * blk.num_nodes
-            var = circuit._get(f"leaf{i}_vars")[g]
-            m = masked[r, var]
-            r, g, j, var = r[m], g[m], j[m], var[m]
-            if r.numel() == 0:
-                continue
-            slot = circuit._get(f"leaf{i}_slots")[g]
-            if cand is None:
-                lg = table[slot, j] + w_leaf[r, var]  # [M, V]
-            else:
-                lg = table[slot.unsqueeze(1), j.unsqueeze(1), cand[r, var]] + w_leaf[r, var]  # [M, K]
-            cond[r, var] = lg.to(cond.dtype)
+        rows = torch.arange(B, device=x.device)
+        sel = downward(circuit, outs, rows, mode, generator, lw)
+        ev_leaf = circuit.prepare(torch.where(masked, torch.zeros_like(x), x), masked, w_leaf, cand)
+        cond = selected_leaf_logits(circuit, sel, ev_leaf, rows)  # [B, W, K], 0 at observed positions
         return cond, cand
 
     def path_conditionals(
