@@ -146,7 +146,10 @@ class CoDDPrior:
         top_k: int | None = None,
         seed: int = 0,
     ):
-        circuit = root_or_circuit if isinstance(root_or_circuit, TensorCircuit) else pc.compile(root_or_circuit, seed=seed)
+        if isinstance(root_or_circuit, TensorCircuit):
+            circuit = root_or_circuit
+        else:
+            circuit = pc.compile(root_or_circuit, seed=seed)
         if not isinstance(window, int) or window < 1:
             raise ValueError(f"window: expected a positive int, got {window!r}")
         if not isinstance(vocab_size, int) or vocab_size < 2:
@@ -155,11 +158,15 @@ class CoDDPrior:
             raise ValueError(f"window: the circuit has {circuit.num_vars} variables, not window={window}")
         cats = circuit.var_cats.tolist()
         if bool(circuit.continuous.any()) or any(c != vocab_size for c in cats):
-            raise ValueError(f"vocab_size: the circuit's variables have {sorted(set(cats), key=str)} categories, not {vocab_size}")
+            raise ValueError(
+                f"vocab_size: the circuit's variables have {sorted(set(cats), key=str)} categories, not {vocab_size}"
+            )
         for blk in circuit.leaf_blocks():
             if not isinstance(blk.dist, DiscreteDistribution):
-                raise ValueError(f"root_or_circuit: leaf family {type(blk.dist).__name__} is not supported (categorical leaves only)")
-        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k):
+                raise ValueError(
+                    f"root_or_circuit: leaf family {type(blk.dist).__name__} is not supported (categorical leaves only)"
+                )
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
             raise ValueError(f"top_k: expected a positive int or None, got {top_k!r}")
         self.circuit = circuit
         self.window = window
@@ -193,7 +200,12 @@ class CoDDPrior:
         """
         from pcircuits.structures import hmm
 
-        return cls(pc.compile(hmm(window, num_latents, vocab_size, homogeneous=homogeneous), seed=seed), window, vocab_size, top_k)
+        return cls(
+            pc.compile(hmm(window, num_latents, vocab_size, homogeneous=homogeneous), seed=seed),
+            window,
+            vocab_size,
+            top_k,
+        )
 
     @classmethod
     def load(cls, path: str | Path, top_k: int | None = None) -> CoDDPrior:
@@ -234,7 +246,9 @@ class CoDDPrior:
             backoff = None
         if backoff is not None:
             if backoff.dim() != 1 or not 1 <= backoff.numel() <= MAX_BACKOFF_BINS:
-                raise ValueError(f"path: {where!r}: backoff must hold 1..{MAX_BACKOFF_BINS} weights, got shape {list(backoff.shape)}")
+                raise ValueError(
+                    f"path: {where!r}: backoff must hold 1..{MAX_BACKOFF_BINS} weights, got shape {list(backoff.shape)}"
+                )
             if not bool(torch.isfinite(backoff).all()) or not bool(((backoff >= 0) & (backoff <= 1)).all()):
                 raise ValueError(f"path: {where!r}: backoff weights must be finite and in [0, 1]")
             prior.set_backoff(backoff)
@@ -269,15 +283,23 @@ class CoDDPrior:
         self, x: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, name: str = "x"
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.window:
-            raise ValueError(f"{name}: expected LongTensor[B, {self.window}] (the prior's window), got {getattr(x, 'shape', type(x))}")
+            got = getattr(x, "shape", type(x))
+            raise ValueError(f"{name}: expected LongTensor[B, {self.window}] (the prior's window), got {got}")
         B = x.shape[0]
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (B, self.window, self.vocab_size):
             raise ValueError(
-                f"logits: expected [B, W, V] = [{B}, {self.window}, {self.vocab_size}] (the prior's window and vocabulary), "
+                f"logits: expected [B, W, V] = [{B}, {self.window}, {self.vocab_size}] "
+                "(the prior's window and vocabulary), "
                 f"got {getattr(logits, 'shape', type(logits))}"
             )
-        if not isinstance(masked, torch.Tensor) or masked.dtype != torch.bool or tuple(masked.shape) != (B, self.window):
-            raise ValueError(f"masked: expected BoolTensor[{B}, {self.window}], got {getattr(masked, 'shape', type(masked))}")
+        if (
+            not isinstance(masked, torch.Tensor)
+            or masked.dtype != torch.bool
+            or tuple(masked.shape) != (B, self.window)
+        ):
+            raise ValueError(
+                f"masked: expected BoolTensor[{B}, {self.window}], got {getattr(masked, 'shape', type(masked))}"
+            )
         if x.dtype.is_floating_point or x.dtype.is_complex:
             raise TypeError(f"{name}: expected an integer tensor of token ids, got {x.dtype}")
         if not logits.dtype.is_floating_point:
@@ -340,33 +362,41 @@ class CoDDPrior:
         w = F.log_softmax(logits.to(dev, self.dtype) / tau, -1)
         return x0, masked, torch.where(masked.unsqueeze(-1), w, torch.zeros_like(w)), cand
 
-    def _check_candidates(self, x0: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, candidates: torch.Tensor) -> None:
+    def _check_candidates(
+        self, x0: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, candidates: torch.Tensor
+    ) -> None:
         """Checks ``x0 [B, W]``, ``masked [B, W]``, ``candidates [B, W, K]`` ids and their ``logits [B, W, K]``."""
         if not isinstance(x0, torch.Tensor) or x0.dim() != 2 or x0.shape[1] != self.window:
-            raise ValueError(f"x0: expected LongTensor[B, {self.window}] (the prior's window), got {getattr(x0, 'shape', type(x0))}")
+            raise ValueError(
+                f"x0: expected LongTensor[B, {self.window}] (the prior's window), got {getattr(x0, 'shape', type(x0))}"
+            )
         if x0.dtype.is_floating_point or x0.dtype.is_complex:
             raise TypeError(f"x0: expected an integer tensor of token ids, got {x0.dtype}")
         if bool(((x0 < 0) | (x0 >= self.vocab_size)).any()):
             raise ValueError(f"x0: ids must lie in [0, {self.vocab_size})")
-        if not isinstance(candidates, torch.Tensor) or candidates.dim() != 3 or tuple(candidates.shape[:2]) != (
-            x0.shape[0],
-            self.window,
-        ):
-            raise ValueError(
-                f"candidates: expected LongTensor[B, {self.window}, K] matching x0, got {getattr(candidates, 'shape', type(candidates))}"
-            )
+        want = (x0.shape[0], self.window)
+        if not isinstance(candidates, torch.Tensor) or candidates.dim() != 3 or tuple(candidates.shape[:2]) != want:
+            got = getattr(candidates, "shape", type(candidates))
+            raise ValueError(f"candidates: expected LongTensor[B, {self.window}, K] matching x0, got {got}")
         if candidates.dtype.is_floating_point or candidates.dtype.is_complex or candidates.dtype == torch.bool:
             raise TypeError(f"candidates: expected an integer tensor of token ids, got {candidates.dtype}")
         if bool(((candidates < 0) | (candidates >= self.vocab_size)).any()):
             raise ValueError(f"candidates: token ids must lie in [0, {self.vocab_size})")
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != tuple(candidates.shape):
             raise ValueError(
-                f"logits: expected the shape of candidates {list(candidates.shape)}, got {getattr(logits, 'shape', type(logits))}"
+                f"logits: expected the shape of candidates {list(candidates.shape)}, "
+                f"got {getattr(logits, 'shape', type(logits))}"
             )
         if not logits.dtype.is_floating_point:
             raise TypeError(f"logits: expected a float tensor, got {logits.dtype}")
-        if not isinstance(masked, torch.Tensor) or masked.dtype != torch.bool or tuple(masked.shape) != tuple(candidates.shape[:2]):
-            raise ValueError(f"masked: expected BoolTensor{list(candidates.shape[:2])}, got {getattr(masked, 'shape', type(masked))}")
+        if (
+            not isinstance(masked, torch.Tensor)
+            or masked.dtype != torch.bool
+            or tuple(masked.shape) != tuple(candidates.shape[:2])
+        ):
+            raise ValueError(
+                f"masked: expected BoolTensor{list(candidates.shape[:2])}, got {getattr(masked, 'shape', type(masked))}"
+            )
         _check_logits(logits, masked.to(logits.device))
 
     # --------------------------------------------------------------- leaves
@@ -496,7 +526,9 @@ class CoDDPrior:
         return out if self.backoff is None else self._mix(masked, out, wx)
 
     @staticmethod
-    def _factorized_ll(x0: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None) -> torch.Tensor:
+    def _factorized_ll(
+        x0: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None
+    ) -> torch.Tensor:
         """``sum_{i masked} w_i(x0_i)`` ``[B]``: the factorized log-probability under the soft evidence."""
         if cand is None:
             wx = w.gather(-1, x0.unsqueeze(-1))[..., 0]
@@ -592,7 +624,9 @@ class CoDDPrior:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         if not isinstance(x0, torch.Tensor) or x0.dim() != 2 or x0.shape[0] == 0:
-            raise ValueError(f"x0: expected LongTensor[M, {self.window}] with M >= 1 windows, got {getattr(x0, 'shape', type(x0))}")
+            raise ValueError(
+                f"x0: expected LongTensor[M, {self.window}] with M >= 1 windows, got {getattr(x0, 'shape', type(x0))}"
+            )
         tau = _check_temperature(temperature)
         saved, self.backoff = self.backoff, None  # p_hat alone; restored if an input is refused
         lc, lf, mk = [], [], []
@@ -612,7 +646,9 @@ class CoDDPrior:
         self.set_backoff(out)
         return out
 
-    def _factorized_probs(self, x: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None) -> torch.Tensor:
+    def _factorized_probs(
+        self, x: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None
+    ) -> torch.Tensor:
         """``prod_i q_i`` as per-position probabilities ``[B, W, V]`` (one-hot at observed positions)."""
         B, W = x.shape
         q = torch.exp(w)
@@ -622,7 +658,12 @@ class CoDDPrior:
         return torch.where(masked.unsqueeze(-1), q, onehot)
 
     def _factorized_draw(
-        self, x: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None, generator: torch.Generator | None
+        self,
+        x: torch.Tensor,
+        masked: torch.Tensor,
+        w: torch.Tensor,
+        cand: torch.Tensor | None,
+        generator: torch.Generator | None,
     ) -> torch.Tensor:
         """A draw (``generator``) or the mode (``generator=False``) of ``prod_i q_i`` on the masked positions."""
         pick = w.argmax(-1) if generator is False else gumbel_argmax(w, generator)
@@ -676,10 +717,7 @@ class CoDDPrior:
             total = torch.where(finite, root, torch.zeros_like(root)).sum()
             (g,) = torch.autograd.grad(total, w, allow_unused=True)
         g = torch.zeros_like(w) if g is None else g.detach()
-        if cand is None:
-            post = g
-        else:
-            post = torch.zeros(B, W, V, dtype=g.dtype, device=g.device).scatter_add_(-1, cand, g)
+        post = g if cand is None else torch.zeros(B, W, V, dtype=g.dtype, device=g.device).scatter_add_(-1, cand, g)
         onehot = F.one_hot(torch.where(masked, torch.zeros_like(x), x), V).to(post.dtype)
         post = torch.where(masked.unsqueeze(-1), post, onehot)
         post = post.masked_fill((~finite).view(B, 1, 1) & masked.unsqueeze(-1), math.nan)
@@ -767,7 +805,9 @@ class CoDDPrior:
             w, cand = self._soft(logits, masked, tau, self.top_k)
             return torch.where(use.unsqueeze(1), out, self._factorized_draw(x, masked, w, cand, generator))
 
-    def mpe(self, x: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    def mpe(
+        self, x: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, temperature: float = 1.0
+    ) -> torch.Tensor:
         """Max-product (Viterbi) completion of the masked positions.
 
         The tokens of the most probable joint assignment of tokens and latent
@@ -818,7 +858,10 @@ class CoDDPrior:
         generator: torch.Generator | None,
         mode: str,
     ) -> torch.Tensor:
-        """Tokens from a selected latent path: each masked token the draw (``mode="sample"``) or argmax of its conditional."""
+        """Tokens from a selected latent path.
+
+        Each masked token is the draw (``mode="sample"``) or the argmax of its conditional given the path.
+        """
         out = torch.where(masked, torch.zeros_like(x), x).clone()
         if not bool(masked.any()):
             return out
@@ -992,6 +1035,7 @@ def _best_mix_weights(lp_codd: torch.Tensor, lp_fact: torch.Tensor, masked: torc
         obj = torch.where(torch.isnan(obj), torch.full_like(obj, -math.inf), obj).sum(1)
         out.append(float(grid[int(obj.argmax())]))
     return out
+
 
 def order_scores(post: torch.Tensor, rule: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """Commit-order scores from marginals (higher first), independent of any draw.
