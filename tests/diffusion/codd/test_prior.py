@@ -241,3 +241,46 @@ def test_value_errors():
         CoDDPrior(prior.circuit, W + 1, V)
     with pytest.raises(ValueError, match="vocab"):
         CoDDPrior(prior.circuit, W, V + 1)
+
+
+
+def _soft_evidence(logits: torch.Tensor, masked: torch.Tensor, top_k: int | None):
+    """``(w [B, W, K], cand [B, W, K] or None)``: log-softmax of the (top-k) logits, 0 at observed positions."""
+    cand = None
+    if top_k is not None:
+        logits, cand = logits.topk(top_k, dim=-1)
+    w = torch.log_softmax(logits, -1)
+    return torch.where(masked.unsqueeze(-1), w, torch.zeros_like(w)), cand
+
+
+def _weight(w: torch.Tensor, cand: torch.Tensor | None, token: int) -> torch.Tensor:
+    """``log w(token)`` of one position (``w [K]``, ``cand [K]`` or None): ``-inf`` off the candidates."""
+    if cand is None:
+        return w[token]
+    hit = (cand == token).nonzero()
+    return w[hit[0, 0]] if len(hit) else torch.tensor(-math.inf, dtype=w.dtype)
+
+
+@pytest.mark.parametrize("top_k", [None, 3])
+@pytest.mark.parametrize("limit", [None, 0])
+def test_engine_evidence_matches_enumeration_and_ignores_observed_weights(monkeypatch, top_k, limit):
+    if limit is not None:
+        monkeypatch.setattr(prior_mod, "_DENSE_LIMIT", limit)  # full soft evidence instead of all-V candidates
+    prior = _prior(window=4, vocab=5, top_k=top_k)
+    x, logits, masked = _case(8, window=4, vocab=5)
+    w, cand = _soft_evidence(logits, masked, top_k)
+    noisy = torch.where(masked.unsqueeze(-1), w, torch.randn(w.shape, dtype=w.dtype))
+    roots = {}
+    for semiring in ("sum", "max"):
+        roots[semiring] = prior.circuit.upward(prior.engine_evidence(x, masked, w, cand), semiring)[-1][:, 0]
+        out = prior.circuit.upward(prior.engine_evidence(x, masked, noisy, cand), semiring)[-1][:, 0]
+        assert torch.equal(roots[semiring], out)
+    for b in range(len(x)):  # log sum_x p_omega(x) prod_{i masked} w_i(x_i), by enumeration
+        pos = [i for i in range(4) if masked[b, i]]
+        terms = []
+        for vs in itertools.product(range(5), repeat=len(pos)):
+            xx = x[b].clone()
+            xx[pos] = torch.tensor(vs, dtype=xx.dtype)
+            lw = sum(_weight(w[b, i], None if cand is None else cand[b, i], int(xx[i])) for i in pos)
+            terms.append(prior.circuit(xx[None])[0] + lw)
+        assert torch.allclose(roots["sum"][b], torch.logsumexp(torch.stack(terms), 0), atol=1e-9)
