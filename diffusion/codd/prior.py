@@ -12,12 +12,13 @@ ignored). Because ``p_omega`` is a circuit, the normaliser, every marginal of
 ``p_hat`` and joint samples cost one or two passes through it: the backbone's
 tempered log-probabilities enter as soft evidence on the circuit's leaves.
 
-`CoDDPrior` computes the leaf values itself (from the circuit's categorical
-tables and the soft evidence) and hands them to
-:meth:`pcircuits.TensorCircuit.upward`, which allows a top-``k`` candidate
-restriction: with ``top_k=k`` each masked position keeps only its ``k``
-highest logits, and the leaves cost ``O(window * k * states)`` instead of
-``O(window * V * states)``.
+`CoDDPrior` hands the soft evidence to the circuit as top-``k`` candidate
+evidence (`CoDDPrior.engine_evidence`, :meth:`pcircuits.TensorCircuit.prepare`)
+and runs the engine's passes on it: `TensorCircuit.upward` for the
+normaliser and the marginals, `pcircuits.engine.downward.downward` and
+`selected_leaf_logits` for the latent path and the tokens given it. With
+``top_k=k`` each masked position keeps only its ``k`` highest logits, and the
+leaves cost ``O(window * k * states)`` instead of ``O(window * V * states)``.
 
 **Backoff.** A prior trained on all mask ratios can be worse than the backbone
 alone where the backbone already sees almost the whole window (low mask
@@ -47,7 +48,8 @@ import torch.nn.functional as F
 import pcircuits as pc
 from pcircuits.distributions.base import DiscreteDistribution
 from pcircuits.engine.circuit import TensorCircuit
-from pcircuits.engine.downward import _gumbel_argmax, downward
+from pcircuits.engine.downward import downward, gumbel_argmax, selected_leaf_logits
+from pcircuits.engine.evidence import Evidence
 from pcircuits.io import load_with_extras
 from pcircuits.nodes import NodeGroup
 
@@ -144,20 +146,27 @@ class CoDDPrior:
         top_k: int | None = None,
         seed: int = 0,
     ):
-        circuit = root_or_circuit if isinstance(root_or_circuit, TensorCircuit) else pc.compile(root_or_circuit, seed=seed)
+        if isinstance(root_or_circuit, TensorCircuit):
+            circuit = root_or_circuit
+        else:
+            circuit = pc.compile(root_or_circuit, seed=seed)
         if not isinstance(window, int) or window < 1:
             raise ValueError(f"window: expected a positive int, got {window!r}")
         if not isinstance(vocab_size, int) or vocab_size < 2:
             raise ValueError(f"vocab_size: expected an int >= 2, got {vocab_size!r}")
         if circuit.num_vars != window:
             raise ValueError(f"window: the circuit has {circuit.num_vars} variables, not window={window}")
-        cats = circuit.layout.var_cats
-        if any(c != vocab_size for c in cats):
-            raise ValueError(f"vocab_size: the circuit's variables have {sorted(set(cats), key=str)} categories, not {vocab_size}")
-        for blk in circuit.layout.leaf_blocks:
+        cats = circuit.var_cats.tolist()
+        if bool(circuit.continuous.any()) or any(c != vocab_size for c in cats):
+            raise ValueError(
+                f"vocab_size: the circuit's variables have {sorted(set(cats), key=str)} categories, not {vocab_size}"
+            )
+        for blk in circuit.leaf_blocks():
             if not isinstance(blk.dist, DiscreteDistribution):
-                raise ValueError(f"root_or_circuit: leaf family {type(blk.dist).__name__} is not supported (categorical leaves only)")
-        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k):
+                raise ValueError(
+                    f"root_or_circuit: leaf family {type(blk.dist).__name__} is not supported (categorical leaves only)"
+                )
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
             raise ValueError(f"top_k: expected a positive int or None, got {top_k!r}")
         self.circuit = circuit
         self.window = window
@@ -191,7 +200,12 @@ class CoDDPrior:
         """
         from pcircuits.structures import hmm
 
-        return cls(pc.compile(hmm(window, num_latents, vocab_size, homogeneous=homogeneous), seed=seed), window, vocab_size, top_k)
+        return cls(
+            pc.compile(hmm(window, num_latents, vocab_size, homogeneous=homogeneous), seed=seed),
+            window,
+            vocab_size,
+            top_k,
+        )
 
     @classmethod
     def load(cls, path: str | Path, top_k: int | None = None) -> CoDDPrior:
@@ -232,7 +246,9 @@ class CoDDPrior:
             backoff = None
         if backoff is not None:
             if backoff.dim() != 1 or not 1 <= backoff.numel() <= MAX_BACKOFF_BINS:
-                raise ValueError(f"path: {where!r}: backoff must hold 1..{MAX_BACKOFF_BINS} weights, got shape {list(backoff.shape)}")
+                raise ValueError(
+                    f"path: {where!r}: backoff must hold 1..{MAX_BACKOFF_BINS} weights, got shape {list(backoff.shape)}"
+                )
             if not bool(torch.isfinite(backoff).all()) or not bool(((backoff >= 0) & (backoff <= 1)).all()):
                 raise ValueError(f"path: {where!r}: backoff weights must be finite and in [0, 1]")
             prior.set_backoff(backoff)
@@ -267,15 +283,23 @@ class CoDDPrior:
         self, x: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, name: str = "x"
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.window:
-            raise ValueError(f"{name}: expected LongTensor[B, {self.window}] (the prior's window), got {getattr(x, 'shape', type(x))}")
+            got = getattr(x, "shape", type(x))
+            raise ValueError(f"{name}: expected LongTensor[B, {self.window}] (the prior's window), got {got}")
         B = x.shape[0]
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (B, self.window, self.vocab_size):
             raise ValueError(
-                f"logits: expected [B, W, V] = [{B}, {self.window}, {self.vocab_size}] (the prior's window and vocabulary), "
+                f"logits: expected [B, W, V] = [{B}, {self.window}, {self.vocab_size}] "
+                "(the prior's window and vocabulary), "
                 f"got {getattr(logits, 'shape', type(logits))}"
             )
-        if not isinstance(masked, torch.Tensor) or masked.dtype != torch.bool or tuple(masked.shape) != (B, self.window):
-            raise ValueError(f"masked: expected BoolTensor[{B}, {self.window}], got {getattr(masked, 'shape', type(masked))}")
+        if (
+            not isinstance(masked, torch.Tensor)
+            or masked.dtype != torch.bool
+            or tuple(masked.shape) != (B, self.window)
+        ):
+            raise ValueError(
+                f"masked: expected BoolTensor[{B}, {self.window}], got {getattr(masked, 'shape', type(masked))}"
+            )
         if x.dtype.is_floating_point or x.dtype.is_complex:
             raise TypeError(f"{name}: expected an integer tensor of token ids, got {x.dtype}")
         if not logits.dtype.is_floating_point:
@@ -338,106 +362,81 @@ class CoDDPrior:
         w = F.log_softmax(logits.to(dev, self.dtype) / tau, -1)
         return x0, masked, torch.where(masked.unsqueeze(-1), w, torch.zeros_like(w)), cand
 
-    def _check_candidates(self, x0: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, candidates: torch.Tensor) -> None:
+    def _check_candidates(
+        self, x0: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, candidates: torch.Tensor
+    ) -> None:
         """Checks ``x0 [B, W]``, ``masked [B, W]``, ``candidates [B, W, K]`` ids and their ``logits [B, W, K]``."""
         if not isinstance(x0, torch.Tensor) or x0.dim() != 2 or x0.shape[1] != self.window:
-            raise ValueError(f"x0: expected LongTensor[B, {self.window}] (the prior's window), got {getattr(x0, 'shape', type(x0))}")
+            raise ValueError(
+                f"x0: expected LongTensor[B, {self.window}] (the prior's window), got {getattr(x0, 'shape', type(x0))}"
+            )
         if x0.dtype.is_floating_point or x0.dtype.is_complex:
             raise TypeError(f"x0: expected an integer tensor of token ids, got {x0.dtype}")
         if bool(((x0 < 0) | (x0 >= self.vocab_size)).any()):
             raise ValueError(f"x0: ids must lie in [0, {self.vocab_size})")
-        if not isinstance(candidates, torch.Tensor) or candidates.dim() != 3 or tuple(candidates.shape[:2]) != (
-            x0.shape[0],
-            self.window,
-        ):
-            raise ValueError(
-                f"candidates: expected LongTensor[B, {self.window}, K] matching x0, got {getattr(candidates, 'shape', type(candidates))}"
-            )
+        want = (x0.shape[0], self.window)
+        if not isinstance(candidates, torch.Tensor) or candidates.dim() != 3 or tuple(candidates.shape[:2]) != want:
+            got = getattr(candidates, "shape", type(candidates))
+            raise ValueError(f"candidates: expected LongTensor[B, {self.window}, K] matching x0, got {got}")
         if candidates.dtype.is_floating_point or candidates.dtype.is_complex or candidates.dtype == torch.bool:
             raise TypeError(f"candidates: expected an integer tensor of token ids, got {candidates.dtype}")
         if bool(((candidates < 0) | (candidates >= self.vocab_size)).any()):
             raise ValueError(f"candidates: token ids must lie in [0, {self.vocab_size})")
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != tuple(candidates.shape):
             raise ValueError(
-                f"logits: expected the shape of candidates {list(candidates.shape)}, got {getattr(logits, 'shape', type(logits))}"
+                f"logits: expected the shape of candidates {list(candidates.shape)}, "
+                f"got {getattr(logits, 'shape', type(logits))}"
             )
         if not logits.dtype.is_floating_point:
             raise TypeError(f"logits: expected a float tensor, got {logits.dtype}")
-        if not isinstance(masked, torch.Tensor) or masked.dtype != torch.bool or tuple(masked.shape) != tuple(candidates.shape[:2]):
-            raise ValueError(f"masked: expected BoolTensor{list(candidates.shape[:2])}, got {getattr(masked, 'shape', type(masked))}")
+        if (
+            not isinstance(masked, torch.Tensor)
+            or masked.dtype != torch.bool
+            or tuple(masked.shape) != tuple(candidates.shape[:2])
+        ):
+            raise ValueError(
+                f"masked: expected BoolTensor{list(candidates.shape[:2])}, got {getattr(masked, 'shape', type(masked))}"
+            )
         _check_logits(logits, masked.to(logits.device))
 
     # --------------------------------------------------------------- leaves
-    def _tables(self, detach: bool) -> list[torch.Tensor]:
-        """Log emission tables per leaf block and bank slot, ``[S, n, V]``."""
-        params = [self.circuit.params[blk.bank] for blk in self.circuit.layout.leaf_blocks]
-        key = tuple((id(p), p._version, p.dtype, p.device) for p in params)
-        cache = getattr(self, "_table_cache", None)
-        if detach and cache is not None and cache[0] == key:
-            return cache[1]  # the O(H V) normalisation is reused while the parameters are unchanged
-        out = []
-        for blk, p in zip(self.circuit.layout.leaf_blocks, params):
-            out.append(blk.dist.log_table(p.detach() if detach else p))
-        if detach:
-            self._table_cache = (key, out)
-        return out
+    def engine_evidence(
+        self, x: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None
+    ) -> Evidence:
+        """The circuit's evidence for the soft evidence ``w`` on the masked positions.
 
-    def _leaf_outputs(
-        self,
-        x: torch.Tensor,
-        masked: torch.Tensor,
-        w: torch.Tensor,
-        cand: torch.Tensor | None,
-        tables: list[torch.Tensor],
-        semiring: str = "sum",
-    ) -> list[torch.Tensor]:
-        """Leaf values ``[B, G, n]`` per leaf block under the soft evidence.
+        Masked positions carry the candidate evidence ``(cand, w)`` (all ``V``
+        ids without top-``k``); observed ones the candidates ``[x, x+1, ...]``
+        (mod ``V``) with log-weights ``[0, -inf, ...]``, so an observed leaf is
+        ``log E(x)`` whatever ``w`` holds there. Without top-``k``, when the
+        ``[B, N_0, V]`` candidate gather of the leaf layer would exceed
+        ``_DENSE_LIMIT`` elements, the full soft evidence ``[B, W, V]`` (0 at
+        observed positions) is passed instead (one matrix product per leaf block).
 
-        Observed: ``log E[j, x_i]``; masked: ``logsumexp_c log E[j, c] + w_i(c)``
-        over the candidates ``c`` (``max`` for the max semiring).
+        Args:
+            x: ``LongTensor[B, W]`` (masked entries are ignored).
+            masked: ``BoolTensor[B, W]``.
+            w: ``FloatTensor[B, W, K]`` log-weights (``K = V`` without ``cand``).
+            cand: ``LongTensor[B, W, K]`` token ids, or None.
+
+        Returns:
+            `pcircuits.engine.evidence.Evidence` over ``B`` rows.
         """
         circuit = self.circuit
-        B = x.shape[0]
+        B, W = x.shape
+        V = self.vocab_size
         xo = torch.where(masked, torch.zeros_like(x), x)
-        outs = []
-        for i, (blk, table) in enumerate(zip(circuit.layout.leaf_blocks, tables)):
-            vars_ = circuit._get(f"leaf{i}_vars")
-            slots = circuit._get(f"leaf{i}_slots")
-            G, n = len(blk.groups), blk.num_nodes
-            parts: list[tuple[torch.Tensor, torch.Tensor]] = []
-            for s in torch.unique(slots).tolist():
-                gs = (slots == s).nonzero(as_tuple=True)[0]
-                vs = vars_[gs]
-                tab = table[s]  # [n, V]
-                xb = xo[:, vs]  # [B, Gs]
-                obs = tab.t()[xb]  # [B, Gs, n]
-                ws = w[:, vs]  # [B, Gs, K]
-                if cand is None:
-                    big = B * len(gs) * n * ws.shape[-1] > _DENSE_LIMIT
-                    if semiring == "sum" and big:
-                        me = tab.amax(-1, keepdim=True)  # [n, 1]
-                        me = torch.where(torch.isfinite(me), me, torch.zeros_like(me))
-                        mw = ws.amax(-1, keepdim=True)  # [B, Gs, 1]
-                        mw = torch.where(torch.isfinite(mw), mw, torch.zeros_like(mw))
-                        prod = torch.matmul(torch.exp(ws - mw), torch.exp(tab - me).t())  # [B, Gs, n]
-                        mval = torch.log(prod) + mw + me.t()
-                    else:
-                        full = tab.unsqueeze(0).unsqueeze(0) + ws.unsqueeze(2)  # [B, Gs, n, V]
-                        mval = torch.logsumexp(full, -1) if semiring == "sum" else full.amax(-1)
-                else:
-                    cs = cand[:, vs]  # [B, Gs, K]
-                    full = tab[:, cs].permute(1, 2, 0, 3) + ws.unsqueeze(2)  # [B, Gs, n, K]
-                    mval = torch.logsumexp(full, -1) if semiring == "sum" else full.amax(-1)
-                val = torch.where(masked[:, vs].unsqueeze(-1), mval, obs)
-                parts.append((gs, val))
-            if len(parts) == 1 and torch.equal(parts[0][0], torch.arange(G, device=parts[0][0].device)):
-                outs.append(parts[0][1])
-                continue
-            out = torch.zeros(B, G, n, dtype=table.dtype, device=table.device)
-            for gs, val in parts:
-                out = out.index_copy(1, gs, val)
-            outs.append(out)
-        return outs
+        on = masked.unsqueeze(-1)
+        if cand is None:
+            width = sum(blk.num_groups * blk.num_nodes for blk in circuit.leaf_blocks())
+            if B * width * V > _DENSE_LIMIT:
+                return circuit.prepare(xo, masked, torch.where(on, w, torch.zeros((), dtype=w.dtype, device=w.device)))
+            cand = torch.arange(V, device=x.device).expand(B, W, V)
+        K = cand.shape[-1]
+        steps = torch.arange(K, device=x.device)
+        own = torch.remainder(xo.unsqueeze(-1) + steps, V)  # [B, W, K] distinct ids, x first
+        one = torch.where(steps == 0, 0.0, -math.inf).to(w.dtype)  # [K]
+        return circuit.prepare(xo, masked, torch.where(on, w, one), torch.where(on, cand, own))
 
     def _upward(
         self,
@@ -448,13 +447,18 @@ class CoDDPrior:
         detach: bool = True,
         semiring: str = "sum",
     ) -> list[torch.Tensor]:
+        """Every layer's output ``[B, N_l]`` under the soft evidence (see `engine_evidence`).
+
+        ``detach`` cuts the graph to the circuit's parameters (the graph to ``w`` is kept).
+        """
         circuit = self.circuit
-        ev = circuit.prepare(torch.where(masked, torch.zeros_like(x), x), masked)
-        tables = self._tables(detach)
+        ev = self.engine_evidence(x, masked, w, cand)
         lw = circuit.sum_log_weights()
-        if detach:
-            lw = {k: v.detach() for k, v in lw.items()}
-        leaves = self._leaf_outputs(x, masked, w, cand, tables, semiring)
+        if not detach:
+            return circuit.upward(ev, semiring, log_weights=lw)
+        lw = {k: v.detach() for k, v in lw.items()}
+        params = {blk.bank: circuit.params[blk.bank].detach() for blk in circuit.leaf_blocks()}
+        leaves = circuit.leaf_values(ev, semiring, leaf_params=params)
         return circuit.upward(ev, semiring, log_weights=lw, leaf_outputs=leaves)
 
     # --------------------------------------------------------------- queries
@@ -524,7 +528,9 @@ class CoDDPrior:
         return out if self.backoff is None else self._mix(masked, out, wx)
 
     @staticmethod
-    def _factorized_ll(x0: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None) -> torch.Tensor:
+    def _factorized_ll(
+        x0: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None
+    ) -> torch.Tensor:
         """``sum_{i masked} w_i(x0_i)`` ``[B]``: the factorized log-probability under the soft evidence."""
         if cand is None:
             wx = w.gather(-1, x0.unsqueeze(-1))[..., 0]
@@ -620,7 +626,9 @@ class CoDDPrior:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         if not isinstance(x0, torch.Tensor) or x0.dim() != 2 or x0.shape[0] == 0:
-            raise ValueError(f"x0: expected LongTensor[M, {self.window}] with M >= 1 windows, got {getattr(x0, 'shape', type(x0))}")
+            raise ValueError(
+                f"x0: expected LongTensor[M, {self.window}] with M >= 1 windows, got {getattr(x0, 'shape', type(x0))}"
+            )
         tau = _check_temperature(temperature)
         saved, self.backoff = self.backoff, None  # p_hat alone; restored if an input is refused
         lc, lf, mk = [], [], []
@@ -640,7 +648,9 @@ class CoDDPrior:
         self.set_backoff(out)
         return out
 
-    def _factorized_probs(self, x: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None) -> torch.Tensor:
+    def _factorized_probs(
+        self, x: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None
+    ) -> torch.Tensor:
         """``prod_i q_i`` as per-position probabilities ``[B, W, V]`` (one-hot at observed positions)."""
         B, W = x.shape
         q = torch.exp(w)
@@ -650,10 +660,15 @@ class CoDDPrior:
         return torch.where(masked.unsqueeze(-1), q, onehot)
 
     def _factorized_draw(
-        self, x: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None, generator: torch.Generator | None
+        self,
+        x: torch.Tensor,
+        masked: torch.Tensor,
+        w: torch.Tensor,
+        cand: torch.Tensor | None,
+        generator: torch.Generator | None,
     ) -> torch.Tensor:
         """A draw (``generator``) or the mode (``generator=False``) of ``prod_i q_i`` on the masked positions."""
-        pick = w.argmax(-1) if generator is False else _gumbel_argmax(w, generator)
+        pick = w.argmax(-1) if generator is False else gumbel_argmax(w, generator)
         tok = pick if cand is None else cand.gather(-1, pick.unsqueeze(-1))[..., 0]
         return torch.where(masked, tok, x)
 
@@ -704,10 +719,7 @@ class CoDDPrior:
             total = torch.where(finite, root, torch.zeros_like(root)).sum()
             (g,) = torch.autograd.grad(total, w, allow_unused=True)
         g = torch.zeros_like(w) if g is None else g.detach()
-        if cand is None:
-            post = g
-        else:
-            post = torch.zeros(B, W, V, dtype=g.dtype, device=g.device).scatter_add_(-1, cand, g)
+        post = g if cand is None else torch.zeros(B, W, V, dtype=g.dtype, device=g.device).scatter_add_(-1, cand, g)
         onehot = F.one_hot(torch.where(masked, torch.zeros_like(x), x), V).to(post.dtype)
         post = torch.where(masked.unsqueeze(-1), post, onehot)
         post = post.masked_fill((~finite).view(B, 1, 1) & masked.unsqueeze(-1), math.nan)
@@ -795,7 +807,9 @@ class CoDDPrior:
             w, cand = self._soft(logits, masked, tau, self.top_k)
             return torch.where(use.unsqueeze(1), out, self._factorized_draw(x, masked, w, cand, generator))
 
-    def mpe(self, x: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    def mpe(
+        self, x: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, temperature: float = 1.0
+    ) -> torch.Tensor:
         """Max-product (Viterbi) completion of the masked positions.
 
         The tokens of the most probable joint assignment of tokens and latent
@@ -846,12 +860,15 @@ class CoDDPrior:
         generator: torch.Generator | None,
         mode: str,
     ) -> torch.Tensor:
-        """Tokens from a selected latent path: each masked token the draw (``mode="sample"``) or argmax of its conditional."""
+        """Tokens from a selected latent path.
+
+        Each masked token is the draw (``mode="sample"``) or the argmax of its conditional given the path.
+        """
         out = torch.where(masked, torch.zeros_like(x), x).clone()
         if not bool(masked.any()):
             return out
         cond, cand = self._path_leaf_logits(x, logits, masked, tau_path, tau_leaf, generator, mode)
-        pick = cond.argmax(-1) if mode == "argmax" else _gumbel_argmax(cond, generator)  # [B, W]
+        pick = cond.argmax(-1) if mode == "argmax" else gumbel_argmax(cond, generator)  # [B, W]
         tok = pick if cand is None else cand.gather(-1, pick.unsqueeze(-1))[..., 0]
         return torch.where(masked, tok, out)
 
@@ -891,28 +908,10 @@ class CoDDPrior:
             b = int((~torch.isfinite(root)).nonzero()[0])
             raise ValueError(f"the evidence of row {b} has probability 0 under the prior; nothing to sample")
         lw = {k: v.detach() for k, v in circuit.sum_log_weights().items()}
-        row_source = torch.arange(B, device=x.device)
-        sel = downward(circuit, outs, row_source, mode, generator, lw)
-        tables = self._tables(detach=True)
-        cond = torch.zeros_like(w_leaf)  # [B, W, K]
-        rows, cols = sel.leaf_rows, sel.leaf_cols
-        for i, (blk, table) in enumerate(zip(circuit.layout.leaf_blocks, tables)):
-            size = len(blk.groups) * blk.num_nodes
-            keep = (cols >= blk.offset) & (cols < blk.offset + size)
-            r, loc = rows[keep], cols[keep] - blk.offset
-            g = torch.div(loc, blk.num_nodes, rounding_mode="floor")
-            j = loc - g * blk.num_nodes
-            var = circuit._get(f"leaf{i}_vars")[g]
-            m = masked[r, var]
-            r, g, j, var = r[m], g[m], j[m], var[m]
-            if r.numel() == 0:
-                continue
-            slot = circuit._get(f"leaf{i}_slots")[g]
-            if cand is None:
-                lg = table[slot, j] + w_leaf[r, var]  # [M, V]
-            else:
-                lg = table[slot.unsqueeze(1), j.unsqueeze(1), cand[r, var]] + w_leaf[r, var]  # [M, K]
-            cond[r, var] = lg.to(cond.dtype)
+        rows = torch.arange(B, device=x.device)
+        sel = downward(circuit, outs, rows, mode, generator, lw)
+        ev_leaf = circuit.prepare(torch.where(masked, torch.zeros_like(x), x), masked, w_leaf, cand)
+        cond = selected_leaf_logits(circuit, sel, ev_leaf, rows)  # [B, W, K], 0 at observed positions
         return cond, cand
 
     def path_conditionals(
@@ -1038,6 +1037,7 @@ def _best_mix_weights(lp_codd: torch.Tensor, lp_fact: torch.Tensor, masked: torc
         obj = torch.where(torch.isnan(obj), torch.full_like(obj, -math.inf), obj).sum(1)
         out.append(float(grid[int(obj.argmax())]))
     return out
+
 
 def order_scores(post: torch.Tensor, rule: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """Commit-order scores from marginals (higher first), independent of any draw.

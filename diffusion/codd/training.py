@@ -509,7 +509,9 @@ def _anemone_batch(
     w = torch.where(masked.unsqueeze(-1), w, torch.zeros_like(w))
     n = masked.sum(1).to(w.dtype)
     weights = None if weighting == "token" else torch.where(n > 0, 1 / n.clamp_min(1), torch.zeros_like(n))
-    pc.learning.anemone_step(prior.circuit, x0, masked, w, step_size=step_size, objective="conditional", weights=weights)
+    pc.learning.anemone_step(
+        prior.circuit, x0, masked, w, step_size=step_size, objective="conditional", weights=weights
+    )
 
 
 def _adam_step(

@@ -103,9 +103,6 @@ def gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None) -> to
     return (logits - torch.log(-torch.log(u))).argmax(-1)
 
 
-_gumbel_argmax = gumbel_argmax  # former private name, still imported by diffusion/codd/prior.py
-
-
 def _cat_pairs(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rows [A], cols [A])`` of several pending lists of active nodes, concatenated."""
     if len(parts) == 1:

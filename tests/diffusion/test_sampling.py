@@ -414,7 +414,10 @@ class _Logged(nn.Module):
 
 
 def _eb_prefix(score: list[float], ent: list[float], gamma: float) -> int:
-    """The longest prefix in score order (best first, ties by position) with sum(H) - max(H) <= gamma, recomputed by hand."""
+    """The longest prefix in score order (best first, ties by position) with sum(H) - max(H) <= gamma.
+
+    Recomputed by hand.
+    """
     order = sorted(range(len(score)), key=lambda j: (-score[j], j))
     best = 1
     for k in range(1, len(order) + 1):
@@ -443,7 +446,7 @@ def _score_and_entropy(logits: torch.Tensor, rule: str) -> tuple[list[float], li
 def _check_steps(calls, out, p: int, block: int, gamma: float, entropies=None, rule="low_confidence") -> int:
     """Recomputes every step's count from the logged logits; returns the number of steps checked."""
     states = [ids for ids, _ in calls[1:]] + [out]
-    for s, ((ids, logits), after) in enumerate(zip(calls, states)):
+    for s, ((ids, logits), after) in enumerate(zip(calls, states, strict=True)):
         first = (ids[:, p:] == MASK).long().argmax(1)  # every row shares the block loop: the batch's earliest block
         lo = p + int(first[(ids[:, p:] == MASK).any(1)].min()) // block * block
         for b in range(ids.shape[0]):
@@ -473,8 +476,9 @@ def test_eb_sampler_counts_satisfy_the_bound(rule, gamma, block):
     model = _Logged(RandomModel(20, seed=1))
     bb = MaskedLMBackbone(model, mask_token_id=MASK, vocab_size=20)
     prompt = _prompts()
-    out, trace = generate(bb, prompt, gen_length=16, steps=16, block_length=block, remasking=rule, entropy_bound=gamma,
-                          return_trace=True)
+    out, trace = generate(
+        bb, prompt, gen_length=16, steps=16, block_length=block, remasking=rule, entropy_bound=gamma, return_trace=True
+    )
     assert not (out == MASK).any() and torch.equal(out[:, :5], prompt)
     assert _check_steps(model.calls, out, 5, block, gamma, rule=rule) == trace.forward_passes
     assert trace.forward_passes < 16  # the bound let some steps commit several tokens
@@ -482,17 +486,21 @@ def test_eb_sampler_counts_satisfy_the_bound(rule, gamma, block):
 
 def test_eb_sampler_extremes(random_backbone):
     prompt = _prompts()
-    _, trace = generate(random_backbone, prompt, gen_length=16, steps=16, block_length=8, entropy_bound=1e9,
-                          return_trace=True)
+    _, trace = generate(
+        random_backbone, prompt, gen_length=16, steps=16, block_length=8, entropy_bound=1e9, return_trace=True
+    )
     assert trace.forward_passes == 2  # a huge bound: each block in one step
     assert (trace.commit_step[:, :8] == trace.commit_step[:, :1]).all()
     assert (trace.commit_step[:, 8:] == trace.commit_step[:, 8:9]).all()
-    _, trace0 = generate(random_backbone, prompt, gen_length=16, steps=16, block_length=8, entropy_bound=0.0,
-                         return_trace=True)
+    _, trace0 = generate(
+        random_backbone, prompt, gen_length=16, steps=16, block_length=8, entropy_bound=0.0, return_trace=True
+    )
     assert trace0.forward_passes == 16  # bound 0 with positive entropies: one token per step
     for row in trace0.commit_step:
         assert sorted(row.tolist()) == list(range(16))
-    capped = generate(random_backbone, prompt, gen_length=16, steps=4, block_length=8, entropy_bound=0.0, return_trace=True)[1]
+    capped = generate(
+        random_backbone, prompt, gen_length=16, steps=4, block_length=8, entropy_bound=0.0, return_trace=True
+    )[1]
     assert capped.forward_passes == 4  # steps caps the calls; the block's last step commits what is left
 
 
@@ -504,8 +512,18 @@ def test_eb_sampler_with_a_prior_uses_the_coupled_entropies():
     prior = CoDDPrior.hmm(8, 3, 20, seed=0).to(torch.float64)
     prompt = _prompts(b=2)
     gamma, tau = 1.0, 0.7
-    out, trace = generate(bb, prompt, gen_length=8, steps=8, block_length=8, remasking="entropy", entropy_bound=gamma,
-                          prior=prior, pc_temperature=tau, return_trace=True)
+    out, trace = generate(
+        bb,
+        prompt,
+        gen_length=8,
+        steps=8,
+        block_length=8,
+        remasking="entropy",
+        entropy_bound=gamma,
+        prior=prior,
+        pc_temperature=tau,
+        return_trace=True,
+    )
 
     def coupled(s, b, cols):  # entropies of p_hat's marginals on the window (the whole block), by the prior
         ids, logits = model.calls[s]
@@ -518,8 +536,9 @@ def test_eb_sampler_with_a_prior_uses_the_coupled_entropies():
 
     assert _check_steps(model.calls, out, 5, 8, gamma, entropies=coupled, rule="entropy") == trace.forward_passes
     # the coupled entropies are not the backbone's: the counts differ from EB without the prior
-    plain = generate(bb, prompt, gen_length=8, steps=8, block_length=8, remasking="entropy", entropy_bound=gamma,
-                     return_trace=True)[1]
+    plain = generate(
+        bb, prompt, gen_length=8, steps=8, block_length=8, remasking="entropy", entropy_bound=gamma, return_trace=True
+    )[1]
     assert not torch.equal(plain.commit_step, trace.commit_step)
 
 

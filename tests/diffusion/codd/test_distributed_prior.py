@@ -48,8 +48,8 @@ def tiny_model(tmp_path_factory):
 def _train_prior_args(model: Path, output: Path) -> list[str]:
     # 32 windows: 3 held out, 29 trained in batches of 8 (the last, of 5, splits 3 + 2); one EM epoch first
     return ["train-prior", str(model), "--data", str(BUNDLED_DATA_DIR), "--output", str(output), "--window", "8",
-            "--states", "3", "--windows", "32", "--top-k", "8", "--epochs", "2", "--batch-size", "8", "--em-epochs", "1",
-            "--examples", "20", "--no-progress"]
+            "--states", "3", "--windows", "32", "--top-k", "8", "--epochs", "2", "--batch-size", "8",
+            "--em-epochs", "1", "--examples", "20", "--no-progress"]
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="the torchrun script is not installed beside this Python")
@@ -57,7 +57,8 @@ def test_codd_train_prior_with_torchrun_on_two_processes_equals_one_process(tiny
     capsys.readouterr()
     assert main(_train_prior_args(tiny_model, tmp_path / "one.npz")) == 0
     ref = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[3]), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(Path(__file__).parents[3]), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
     env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     # each rank's stdout goes to its own file (--redirects 1), so the ranks' JSON lines cannot interleave
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", str(WORLD), "--log-dir", str(tmp_path / "logs"),
@@ -74,7 +75,8 @@ def test_codd_train_prior_with_torchrun_on_two_processes_equals_one_process(tiny
     for name, p in one.circuit.params.items():
         p, q = p.detach(), two.circuit.params[name].detach()
         np.testing.assert_allclose(q.numpy(), p.numpy(), rtol=1e-5, atol=1e-5, err_msg=name)
-        assert (p - init.circuit.params[name].detach()).abs().max() > 1e-2, name  # training moved it far beyond the tolerance
+        # training moved it far beyond the tolerance
+        assert (p - init.circuit.params[name].detach()).abs().max() > 1e-2, name
     assert sorted(q.name for q in tmp_path.iterdir() if q.suffix == ".npz") == ["one.npz", "two.npz"]
 
 

@@ -64,7 +64,9 @@ def test_prior_active_changes_the_draw_and_greedy_is_mpe(teacher_and_backbone):
     logits = bb(x).float()
     logits[..., bb.mask_token_id] = -math.inf
     in_block = torch.ones(1, 8, dtype=torch.bool)
-    prop, score = draw.rescore(x, logits, 1, 9, in_block, torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8), bb.mask_token_id)
+    prop, score = draw.rescore(
+        x, logits, 1, 9, in_block, torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8), bb.mask_token_id
+    )
     masked = torch.ones(1, 8, dtype=torch.bool)
     assert torch.equal(prop, prior.mpe(torch.zeros(1, 8, dtype=torch.long), logits[:, 1:], masked))
     post = prior.marginals(torch.zeros(1, 8, dtype=torch.long), logits[:, 1:], masked)
@@ -75,7 +77,13 @@ def test_generate_value_errors(teacher_and_backbone):
     _, bb = teacher_and_backbone
     prompt = torch.zeros(1, 1, dtype=torch.long)
     prior = CoDDPrior.hmm(8, 3, bb.vocab_size)
-    for kw in ({"pc_frac": 1.5}, {"pc_frac": -0.1}, {"pc_temperature": 0.0}, {"pc_temperature": -1.0}, {"sampler": "gibbs"}):
+    for kw in (
+        {"pc_frac": 1.5},
+        {"pc_frac": -0.1},
+        {"pc_temperature": 0.0},
+        {"pc_temperature": -1.0},
+        {"sampler": "gibbs"},
+    ):
         with pytest.raises(ValueError):
             generate(bb, prompt, gen_length=8, steps=2, block_length=8, prior=prior, **kw)
     with pytest.raises(ValueError, match="vocabulary"):
@@ -88,7 +96,9 @@ def test_fit_lowers_conditional_nll_and_checkpoints(teacher_and_backbone, tmp_pa
     uniform = torch.zeros_like(logits)  # with uninformative logits the prior must learn the joint itself
     prior = CoDDPrior.hmm(8, 4, bb.vocab_size, seed=0)
     ckpt = tmp_path / "prior.npz"
-    hist = fit_prior(prior, x0, masked, uniform, epochs=3, batch_size=32, lr=0.1, valid_frac=0.25, checkpoint=ckpt, progress=False)
+    hist = fit_prior(
+        prior, x0, masked, uniform, epochs=3, batch_size=32, lr=0.1, valid_frac=0.25, checkpoint=ckpt, progress=False
+    )
     assert len(hist) == 3 and hist[-1] < hist[0] - 0.1
     loaded = CoDDPrior.load(ckpt)
     assert loaded.window == 8 and loaded.vocab_size == bb.vocab_size

@@ -4,52 +4,19 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import Counter
 
 import pytest
 import torch
 
 import diffusion.codd.prior as prior_mod
 from diffusion import CoDDPrior
+from tests.diffusion.fixtures import H, V, W
+from tests.diffusion.fixtures import brute_posterior as _brute
+from tests.diffusion.fixtures import random_case as _case
+from tests.diffusion.fixtures import tiny_prior as _prior
+from tests.diffusion.fixtures import total_variation as _tv
 
 torch.set_num_threads(1)
-W, V, H = 3, 4, 3
-
-
-def _prior(window: int = W, vocab: int = V, states: int = H, seed: int = 1, top_k: int | None = None) -> CoDDPrior:
-    return CoDDPrior.hmm(window, states, vocab, seed=seed, top_k=top_k).to(torch.float64)
-
-
-def _case(seed: int, window: int = W, vocab: int = V, batch: int = 3):
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(batch, window, vocab, generator=g, dtype=torch.float64) * 2
-    x = torch.randint(vocab, (batch, window), generator=g)
-    masked = torch.rand(batch, window, generator=g) < 0.6
-    masked[:, 0] = True
-    return x, logits, masked
-
-
-def _brute(prior: CoDDPrior, x, logits, masked, tau: float = 1.0) -> dict[tuple[int, ...], float]:
-    """p_hat over the completions of one row, by enumeration with the circuit's joint."""
-    w = torch.log_softmax(logits / tau, -1)
-    pos = [i for i in range(len(x)) if masked[i]]
-    keys, vals = [], []
-    for vs in itertools.product(range(prior.vocab_size), repeat=len(pos)):
-        xx = x.clone()
-        for i, v in zip(pos, vs):
-            xx[i] = v
-        keys.append(tuple(xx.tolist()))
-        vals.append(prior.circuit(xx[None])[0] + sum(w[i, xx[i]] for i in pos))
-    t = torch.stack(vals)
-    p = (t - torch.logsumexp(t, 0)).exp()
-    return dict(zip(keys, p.tolist()))
-
-
-def _tv(samples: torch.Tensor, dist: dict) -> float:
-    n = len(samples)
-    cnt = Counter(tuple(r) for r in samples.tolist())
-    keys = set(cnt) | set(dist)
-    return 0.5 * sum(abs(cnt.get(k, 0) / n - dist.get(k, 0.0)) for k in keys)
 
 
 @pytest.mark.parametrize("tau", [1.0, 0.7])
@@ -123,13 +90,13 @@ def _latent_reference(prior: CoDDPrior, x, logits, masked, tau: float) -> dict:
     total = sum(weights)
     weights = [float(w) for w in weights]
     total = float(total)
-    for z, wz in zip(leaf, weights):
+    for z, wz in zip(leaf, weights, strict=True):
         cond = [(emit[z[t]] * qt[t]) / (emit[z[t]] * qt[t]).sum() for t in range(T)]
         pos = [t for t in range(T) if masked[t]]
         for vs in itertools.product(range(prior.vocab_size), repeat=len(pos)):
             xx = x.clone()
             pr = wz / total
-            for t, v in zip(pos, vs):
+            for t, v in zip(pos, vs, strict=True):
                 xx[t] = v
                 pr = pr * cond[t][v]
             k = tuple(xx.tolist())
@@ -154,7 +121,9 @@ def test_latent_sampler_matches_documented_distribution(tau):
         exact = _brute(prior, x[0], logits[0], masked[0], tau)
         assert 0.5 * sum(abs(ref[k] - exact[k]) for k in exact) > 0.1
     n = 20000
-    s = prior.sample(x.expand(n, -1), logits.expand(n, -1, -1), masked.expand(n, -1), tau, "latent", torch.Generator().manual_seed(1))
+    s = prior.sample(
+        x.expand(n, -1), logits.expand(n, -1, -1), masked.expand(n, -1), tau, "latent", torch.Generator().manual_seed(1)
+    )
     assert _tv(s, ref) < 0.02
 
 
@@ -184,7 +153,13 @@ def test_topk_sampler_tv():
     dist = _brute(full, x[0], cut[0], masked[0])
     dist = {k: v for k, v in dist.items() if v > 0}
     n = 20000
-    s = topk.sample(x.expand(n, -1), logits.expand(n, -1, -1), masked.expand(n, -1), method="exact", generator=torch.Generator().manual_seed(2))
+    s = topk.sample(
+        x.expand(n, -1),
+        logits.expand(n, -1, -1),
+        masked.expand(n, -1),
+        method="exact",
+        generator=torch.Generator().manual_seed(2),
+    )
     assert _tv(s, dist) < 0.02
 
 
@@ -227,7 +202,7 @@ def _viterbi_reference(prior: CoDDPrior, x, logits, masked, tau: float) -> tuple
         pz = float(root[z[-1]]) * math.prod(float(trans[z[t], z[t - 1]]) for t in range(1, T))
         for vs in itertools.product(range(prior.vocab_size), repeat=len(pos)):
             xx = x.clone()
-            for t, v in zip(pos, vs):
+            for t, v in zip(pos, vs, strict=True):
                 xx[t] = v
             p = pz * math.prod(float(emit[z[t], xx[t]]) * (float(qt[t, xx[t]]) if masked[t] else 1.0) for t in range(T))
             k = tuple(xx.tolist())
@@ -266,3 +241,46 @@ def test_value_errors():
         CoDDPrior(prior.circuit, W + 1, V)
     with pytest.raises(ValueError, match="vocab"):
         CoDDPrior(prior.circuit, W, V + 1)
+
+
+
+def _soft_evidence(logits: torch.Tensor, masked: torch.Tensor, top_k: int | None):
+    """``(w [B, W, K], cand [B, W, K] or None)``: log-softmax of the (top-k) logits, 0 at observed positions."""
+    cand = None
+    if top_k is not None:
+        logits, cand = logits.topk(top_k, dim=-1)
+    w = torch.log_softmax(logits, -1)
+    return torch.where(masked.unsqueeze(-1), w, torch.zeros_like(w)), cand
+
+
+def _weight(w: torch.Tensor, cand: torch.Tensor | None, token: int) -> torch.Tensor:
+    """``log w(token)`` of one position (``w [K]``, ``cand [K]`` or None): ``-inf`` off the candidates."""
+    if cand is None:
+        return w[token]
+    hit = (cand == token).nonzero()
+    return w[hit[0, 0]] if len(hit) else torch.tensor(-math.inf, dtype=w.dtype)
+
+
+@pytest.mark.parametrize("top_k", [None, 3])
+@pytest.mark.parametrize("limit", [None, 0])
+def test_engine_evidence_matches_enumeration_and_ignores_observed_weights(monkeypatch, top_k, limit):
+    if limit is not None:
+        monkeypatch.setattr(prior_mod, "_DENSE_LIMIT", limit)  # full soft evidence instead of all-V candidates
+    prior = _prior(window=4, vocab=5, top_k=top_k)
+    x, logits, masked = _case(8, window=4, vocab=5)
+    w, cand = _soft_evidence(logits, masked, top_k)
+    noisy = torch.where(masked.unsqueeze(-1), w, torch.randn(w.shape, dtype=w.dtype))
+    roots = {}
+    for semiring in ("sum", "max"):
+        roots[semiring] = prior.circuit.upward(prior.engine_evidence(x, masked, w, cand), semiring)[-1][:, 0]
+        out = prior.circuit.upward(prior.engine_evidence(x, masked, noisy, cand), semiring)[-1][:, 0]
+        assert torch.equal(roots[semiring], out)
+    for b in range(len(x)):  # log sum_x p_omega(x) prod_{i masked} w_i(x_i), by enumeration
+        pos = [i for i in range(4) if masked[b, i]]
+        terms = []
+        for vs in itertools.product(range(5), repeat=len(pos)):
+            xx = x[b].clone()
+            xx[pos] = torch.tensor(vs, dtype=xx.dtype)
+            lw = sum(_weight(w[b, i], None if cand is None else cand[b, i], int(xx[i])) for i in pos)
+            terms.append(prior.circuit(xx[None])[0] + lw)
+        assert torch.allclose(roots["sum"][b], torch.logsumexp(torch.stack(terms), 0), atol=1e-9)

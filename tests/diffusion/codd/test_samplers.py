@@ -33,7 +33,8 @@ W, H, V = 3, 3, 4
 
 
 def _params(vocab: int = V, seed: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A sharp random HMM: root ``[H]`` over ``z_{W-1}``, transitions ``[H, H]`` (row ``z_t``, column ``z_{t-1}``), emissions ``[H, vocab]``."""
+    """A sharp random HMM: root ``[H]`` over ``z_{W-1}``, transitions ``[H, H]`` (row ``z_t``, column ``z_{t-1}``),
+    emissions ``[H, vocab]``."""
     rng = np.random.default_rng(seed)
     root = rng.dirichlet(np.ones(H))
     trans = rng.dirichlet(np.full(H, 0.4), size=H)
@@ -73,13 +74,13 @@ def _reference(
             p *= (emit[z[t]] * qp[t]).sum() if masked[t] else emit[z[t], x[t]]
         weight.append(p)
     weight = np.array(weight) / np.sum(weight)
-    for z, wz in zip(paths, weight):
+    for z, wz in zip(paths, weight, strict=True):
         cond = {t: (emit[z[t]] * ql[t]) ** (1.0 / T) for t in pos}
         cond = {t: c / c.sum() for t, c in cond.items()}
         for vs in itertools.product(range(vocab), repeat=len(pos)):
             k = x.copy()
             pr = wz
-            for t, v in zip(pos, vs):
+            for t, v in zip(pos, vs, strict=True):
                 k[t] = v
                 pr *= cond[t][v]
             out[tuple(k.tolist())] = out.get(tuple(k.tolist()), 0.0) + pr
@@ -94,10 +95,12 @@ def _p_hat(params, x: np.ndarray, logits: np.ndarray, masked: np.ndarray, tau: f
     out = {}
     for vs in itertools.product(range(emit.shape[1]), repeat=len(pos)):
         k = x.copy()
-        for t, v in zip(pos, vs):
+        for t, v in zip(pos, vs, strict=True):
             k[t] = v
         joint = sum(
-            root[z[-1]] * np.prod([trans[z[t], z[t - 1]] for t in range(1, W)]) * np.prod([emit[z[t], k[t]] for t in range(W)])
+            root[z[-1]]
+            * np.prod([trans[z[t], z[t - 1]] for t in range(1, W)])
+            * np.prod([emit[z[t], k[t]] for t in range(W)])
             for z in itertools.product(range(H), repeat=W)
         )
         out[tuple(k.tolist())] = joint * np.prod([q[t, k[t]] for t in pos])
@@ -133,8 +136,12 @@ def test_numpy_reference_is_the_circuit():
     root, trans, emit = params
     xs = np.array(list(itertools.product(range(V), repeat=W)))
     ref = [
-        sum(root[z[-1]] * np.prod([trans[z[t], z[t - 1]] for t in range(1, W)]) * np.prod([emit[z[t], x[t]] for t in range(W)])
-            for z in itertools.product(range(H), repeat=W))
+        sum(
+            root[z[-1]]
+            * np.prod([trans[z[t], z[t - 1]] for t in range(1, W)])
+            * np.prod([emit[z[t], x[t]] for t in range(W)])
+            for z in itertools.product(range(H), repeat=W)
+        )
         for x in xs
     ]
     with torch.no_grad():
@@ -212,8 +219,18 @@ def test_generate_one_step_draws_the_documented_distribution(sampler, T):
     table[1:] = torch.tensor(logits)
     bb = MaskedLMBackbone(TableModel(table), mask_token_id=V, vocab_size=vocab)
     n, tau = 20000, 0.5
-    out = generate(bb, torch.zeros(n, 1, dtype=torch.long), gen_length=W, steps=1, block_length=W, temperature=T,
-                   prior=prior, pc_temperature=tau, sampler=sampler, generator=torch.Generator().manual_seed(5))
+    out = generate(
+        bb,
+        torch.zeros(n, 1, dtype=torch.long),
+        gen_length=W,
+        steps=1,
+        block_length=W,
+        temperature=T,
+        prior=prior,
+        pc_temperature=tau,
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(5),
+    )
     s = out[:, 1:]
     x, masked = np.zeros(W, dtype=int), np.ones(W, dtype=bool)
     tau_path = 1.0 if sampler == "latent" else tau

@@ -57,7 +57,9 @@ def test_answer_tiles_cover_and_own_the_span():
     assert answer_tiles(2, 12, 4) == [(2, 2), (6, 6), (8, 10)]  # the last tile ends at the end, owns from 10
     for start, end, w in [(3, 40, 8), (0, 17, 5), (10, 11, 4)]:
         tiles = answer_tiles(start, end, w)
-        owned = [p for i, (s0, own) in enumerate(tiles) for p in range(own, (tiles[i + 1][1] if i + 1 < len(tiles) else end))]
+        owned = [
+            p for i, (s0, own) in enumerate(tiles) for p in range(own, (tiles[i + 1][1] if i + 1 < len(tiles) else end))
+        ]
         assert owned == list(range(start, end))
         assert all(s0 <= own < s0 + w <= max(end, w) for s0, own in tiles)
 
@@ -143,7 +145,6 @@ def test_bad_settings_name_themselves():
         PriorJobConfig(mask_scope="sentence")
     job = PriorJobConfig(epochs=3, lr=0.2, em_epochs=1, seed=5, weighting="window", batch_size=7)
     train = job.train_config("out.prior")
-    assert (train.epochs, train.lr, train.em_epochs, train.seed, train.weighting, train.batch_size) == (
-        3, 0.2, 1, 5, "window", 7,
-    )
+    got = (train.epochs, train.lr, train.em_epochs, train.seed, train.weighting, train.batch_size)
+    assert got == (3, 0.2, 1, 5, "window", 7)
     assert train.checkpoint == "out.prior" and train.valid_frac == PriorTrainConfig().valid_frac
