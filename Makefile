@@ -18,6 +18,7 @@ demo: $(VENV)/.installed
 	$(PY) demo.py
 
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests -q
 
 # writes the site to site/ (serve it with `python -m http.server -d site`; it needs no network); CI then loads it in

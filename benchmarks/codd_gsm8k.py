@@ -181,14 +181,7 @@ def train_prior(backbone, a) -> tuple[CoDDPrior, dict]:
 # --------------------------------------------------------------------------- (b) NLL by bins
 def _cond_ll(prior: CoDDPrior, x0, score, marg, logits, tau=1.0) -> torch.Tensor:
     """log p_hat(x0[score] | observed) with the ``marg`` positions summed out (full vocabulary, backoff mixed in)."""
-    w = F.log_softmax(logits.to(prior.dtype) / tau, -1)
-    both = score | marg
-    w = torch.where(both.unsqueeze(-1), w, torch.zeros_like(w))
-    wx = w.gather(-1, x0.unsqueeze(-1))[..., 0]
-    wx = torch.where(score, wx, torch.zeros_like(wx)).sum(-1)
-    num = prior._upward(x0, marg, w, None)[-1][:, 0]
-    den = prior._upward(x0, both, w, None)[-1][:, 0]
-    return prior._mix(both, num + wx - den, wx) if prior.backoff is not None else num + wx - den
+    return prior.partial_log_prob(x0, logits, score, marg, tau)
 
 
 @torch.no_grad()

@@ -579,6 +579,44 @@ class CoDDPrior:
         idx = (ratio * n).floor().long().clamp(0, n - 1)
         return self.backoff.to(masked.device)[idx]
 
+    @torch.no_grad()
+    def partial_log_prob(
+        self,
+        x0: torch.Tensor,
+        logits: torch.Tensor,
+        scored: torch.Tensor,
+        summed_out: torch.Tensor,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """``log p_hat(x0[scored] | observed)`` with the ``summed_out`` positions marginalised, backoff mixed in.
+
+        The evidence is the full-vocabulary tempered softmax of ``logits`` at the
+        scored and summed-out positions (the other positions are observed).
+
+        Args:
+            x0: ``LongTensor[B, W]`` windows.
+            logits: ``FloatTensor[B, W, V]`` backbone logits.
+            scored: ``BoolTensor[B, W]`` positions whose tokens are scored.
+            summed_out: ``BoolTensor[B, W]`` masked positions summed out (disjoint from ``scored``).
+            temperature: ``tau``.
+
+        Returns:
+            ``FloatTensor[B]`` log-probabilities.
+        """
+        both = scored | summed_out
+        x0, logits, both = self._check(x0, logits, both, "x0")
+        scored, summed_out = scored.to(both.device), summed_out.to(both.device)
+        if bool((scored & summed_out).any()):
+            raise ValueError("summed_out: must not overlap scored")
+        w = F.log_softmax(logits.to(self.dtype) / _check_temperature(temperature), -1)
+        w = torch.where(both.unsqueeze(-1), w, torch.zeros_like(w))
+        wx = w.gather(-1, x0.unsqueeze(-1))[..., 0]
+        wx = torch.where(scored, wx, torch.zeros_like(wx)).sum(-1)
+        num = self._upward(x0, summed_out, w, None)[-1][:, 0]
+        den = self._upward(x0, both, w, None)[-1][:, 0]
+        lp = num + wx - den
+        return self._mix(both, lp, wx) if self.backoff is not None else lp
+
     def _mix(self, masked: torch.Tensor, lp_codd: torch.Tensor, lp_fact: torch.Tensor) -> torch.Tensor:
         """``log(lambda p_hat + (1 - lambda) prod q)`` ``[B]`` from the two log-probabilities."""
         lam = self.mix_weight(masked).to(lp_codd.dtype)

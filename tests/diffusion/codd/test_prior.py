@@ -284,3 +284,23 @@ def test_engine_evidence_matches_enumeration_and_ignores_observed_weights(monkey
             lw = sum(_weight(w[b, i], None if cand is None else cand[b, i], int(xx[i])) for i in pos)
             terms.append(prior.circuit(xx[None])[0] + lw)
         assert torch.allclose(roots["sum"][b], torch.logsumexp(torch.stack(terms), 0), atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_partial_log_prob_marginalises_the_summed_out_positions_by_enumeration(seed):
+    """``log p_hat(x0[scored] | observed)`` equals the enumerated sum over the summed-out positions' tokens."""
+    prior = _prior(seed=seed)
+    x, logits, masked = _case(seed, batch=1)
+    pos = [i for i in range(W) if masked[0, i]]
+    assert len(pos) >= 2
+    summed = torch.zeros_like(masked)
+    summed[0, pos[1:]] = True
+    scored = masked & ~summed
+    dist = _brute(prior, x[0], logits[0], masked[0])  # completions of the masked positions
+    want = math.log(sum(p for comp, p in dist.items() if comp[0] == int(x[0, pos[0]])))
+    got = float(prior.partial_log_prob(x, logits, scored, summed))
+    assert abs(got - want) < 1e-9
+    assert torch.allclose(prior.partial_log_prob(x, logits, masked, torch.zeros_like(masked)),
+                          prior.log_prob(x, logits, masked), atol=1e-9)
+    with pytest.raises(ValueError, match="summed_out"):
+        prior.partial_log_prob(x, logits, masked, masked)
