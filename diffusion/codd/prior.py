@@ -837,9 +837,9 @@ class CoDDPrior:
             if method == "any_order":
                 out = self._sample_any_order(x, logits, masked, tau, generator, order)
             elif method in ("exact", "latent_tempered"):
-                out = self._topdown(x, logits, masked, tau, tau, generator, "sample")
+                out = self._topdown(x, logits, masked, tau, tau, generator, "sum")
             else:
-                out = self._topdown(x, logits, masked, 1.0, tau, generator, "sample")
+                out = self._topdown(x, logits, masked, 1.0, tau, generator, "sum")
             if use is None:
                 return out
             w, cand = self._soft(logits, masked, tau, self.top_k)
@@ -880,7 +880,7 @@ class CoDDPrior:
         tau = _check_temperature(temperature)
         x, logits, masked = self._check(x, logits, masked)
         with torch.no_grad():
-            out = self._topdown(x, logits, masked, tau, tau, None, "argmax")
+            out = self._topdown(x, logits, masked, tau, tau, None, "max")
             if self.backoff is None:
                 return out
             w, cand = self._soft(logits, masked, tau, self.top_k)
@@ -896,17 +896,17 @@ class CoDDPrior:
         tau_path: float,
         tau_leaf: float,
         generator: torch.Generator | None,
-        mode: str,
+        semiring: str,
     ) -> torch.Tensor:
         """Tokens from a selected latent path.
 
-        Each masked token is the draw (``mode="sample"``) or the argmax of its conditional given the path.
+        Each masked token is the draw (``semiring="sum"``) or the argmax (``"max"``) of its conditional given the path.
         """
         out = torch.where(masked, torch.zeros_like(x), x).clone()
         if not bool(masked.any()):
             return out
-        cond, cand = self._path_leaf_logits(x, logits, masked, tau_path, tau_leaf, generator, mode)
-        pick = cond.argmax(-1) if mode == "argmax" else gumbel_argmax(cond, generator)  # [B, W]
+        cond, cand = self._path_leaf_logits(x, logits, masked, tau_path, tau_leaf, generator, semiring)
+        pick = cond.argmax(-1) if semiring == "max" else gumbel_argmax(cond, generator)  # [B, W]
         tok = pick if cand is None else cand.gather(-1, pick.unsqueeze(-1))[..., 0]
         return torch.where(masked, tok, out)
 
@@ -918,12 +918,12 @@ class CoDDPrior:
         tau_path: float,
         tau_leaf: float,
         generator: torch.Generator | None,
-        mode: str,
+        semiring: str,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Selects a latent path and returns each position's unnormalised token log-weights given it.
 
-        The path is drawn (``mode="sample"``) from its posterior, or taken as
-        the max-product path (``mode="argmax"``), under the soft evidence
+        The path is drawn (``semiring="sum"``) from its posterior, or taken as
+        the max-product path (``semiring="max"``), under the soft evidence
         ``log_softmax(logits / tau_path)``; then masked position ``i`` gets
         ``log E_{z_i}(c) + log_softmax(logits_i / tau_leaf)(c)`` over its
         candidates ``c``.
@@ -939,7 +939,6 @@ class CoDDPrior:
         B = x.shape[0]
         w_path, cand = self._soft(logits, masked, tau_path, self.top_k)
         w_leaf = w_path if tau_leaf == tau_path else self._soft(logits, masked, tau_leaf, self.top_k)[0]
-        semiring = "sum" if mode == "sample" else "max"
         outs = self._upward(x, masked, w_path, cand, detach=True, semiring=semiring)
         root = outs[-1][:, 0]
         if not bool(torch.isfinite(root).all()):
@@ -947,7 +946,7 @@ class CoDDPrior:
             raise ValueError(f"the evidence of row {b} has probability 0 under the prior; nothing to sample")
         lw = {k: v.detach() for k, v in circuit.sum_log_weights().items()}
         rows = torch.arange(B, device=x.device)
-        sel = downward(circuit, outs, rows, mode, generator, lw)
+        sel = downward(circuit, outs, rows, semiring, generator, lw)
         ev_leaf = circuit.prepare(torch.where(masked, torch.zeros_like(x), x), masked, w_leaf, cand)
         cond = selected_leaf_logits(circuit, sel, ev_leaf, rows)  # [B, W, K], 0 at observed positions
         return cond, cand
@@ -1006,7 +1005,7 @@ class CoDDPrior:
                 lam = self.mix_weight(masked)
                 use = torch.rand(lam.shape, generator=generator, dtype=lam.dtype, device=lam.device) < lam
             if bool(masked.any()):
-                cond, cand = self._path_leaf_logits(x, logits, masked, tau, tau, generator, "sample")
+                cond, cand = self._path_leaf_logits(x, logits, masked, tau, tau, generator, "sum")
             else:
                 cond, cand = self._soft(logits, masked, tau, self.top_k)
             if use is not None:

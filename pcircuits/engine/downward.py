@@ -114,7 +114,7 @@ def downward(
     circuit: TensorCircuit,
     outs: list[torch.Tensor],
     row_source: torch.Tensor,
-    mode: str,
+    semiring: str,
     generator: torch.Generator | None = None,
     log_weights: dict[str, torch.Tensor] | None = None,
     record_choices: bool = False,
@@ -124,12 +124,13 @@ def downward(
     Args:
         circuit: the compiled circuit.
         outs: the layer outputs ``[B, N_l]`` of :meth:`TensorCircuit.upward`
-            (``semiring="max"`` for ``mode="argmax"``, ``"sum"`` for ``"sample"``).
+            (``semiring="max"``: a max-product pass; ``"sum"``: a sum-product pass).
         row_source: ``[R]`` long, the row of ``outs`` that each of the ``R``
             rows of the pass reads (several rows may share one evidence row,
             e.g. many samples of one conditional).
-        mode: ``"argmax"`` (backtracking) or ``"sample"``.
-        generator: random generator for ``mode="sample"``.
+        semiring: ``"max"`` (backtracking: each selected sum node follows its
+            maximising child) or ``"sum"`` (sampling: each draws a child from its posterior).
+        generator: random generator for ``semiring="sum"``.
         log_weights: normalised sum log-weights (default: the circuit's).
         record_choices: also return the child chosen by every active sum node.
 
@@ -137,11 +138,11 @@ def downward(
         The selected leaves (exactly one per variable and row when the row's
         root value is finite) and, on request, the sum-node choices.
     """
-    if mode not in ("argmax", "sample"):
-        raise ValueError(f"mode must be 'argmax' or 'sample', got {mode!r}")
+    if semiring not in ("sum", "max"):
+        raise ValueError(f"semiring must be 'sum' or 'max', got {semiring!r}")
     lay = circuit.layout
     dev = row_source.device
-    walk = _Walk(circuit, outs, row_source, mode, generator, log_weights, record_choices)
+    walk = _Walk(circuit, outs, row_source, semiring, generator, log_weights, record_choices)
     R = row_source.numel()
     pending: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(len(lay.layers) + 1)]
     pending[-1].append((torch.arange(R, device=dev), torch.zeros(R, dtype=torch.long, device=dev)))
@@ -164,13 +165,13 @@ class _Walk:
         circuit: TensorCircuit,
         outs: list[torch.Tensor],
         row_source: torch.Tensor,
-        mode: str,
+        semiring: str,
         generator: torch.Generator | None,
         log_weights: dict[str, torch.Tensor] | None,
         record_choices: bool,
     ):
         self.circuit, self.outs, self.row_source = circuit, outs, row_source
-        self.mode, self.generator, self.record = mode, generator, record_choices
+        self.semiring, self.generator, self.record = semiring, generator, record_choices
         self.lw = log_weights if log_weights is not None else circuit.sum_log_weights()
         self.choices: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
@@ -219,7 +220,7 @@ class _Walk:
             if r.numel() == 0:
                 continue
             chosen = _choose(
-                self.circuit, li, bi, blk, ch, self.lw, self.row_source[r], node, self.mode, self.generator
+                self.circuit, li, bi, blk, ch, self.lw, self.row_source[r], node, self.semiring, self.generator
             )
             if self.record:
                 self.choices[(li, bi)] = (r, node, chosen)
@@ -254,7 +255,7 @@ def _choose(
     lw: dict[str, torch.Tensor],
     src_rows: torch.Tensor,
     node: torch.Tensor,
-    mode: str,
+    semiring: str,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """Child slot ``[A]`` chosen by the active nodes ``node [A]`` of one sum block."""
@@ -264,7 +265,7 @@ def _choose(
         child = ch[:, blk.ref_offset : blk.ref_offset + k].index_select(0, src_rows)  # [A, k]
         w = lw[blk.bank][slot].index_select(0, node)  # [A, k]
         logits = child + w.to(child.dtype)
-        return logits.argmax(-1) if mode == "argmax" else gumbel_argmax(logits, generator)
+        return logits.argmax(-1) if semiring == "max" else gumbel_argmax(logits, generator)
     g = torch.div(node, n, rounding_mode="floor")
     j = node - g * n
     ar = torch.arange(k, device=node.device)
@@ -274,7 +275,7 @@ def _choose(
     slots = circuit._get(f"l{li}b{bi}_slots")
     w = lw[blk.bank][slots[g], j]  # [A, k]
     logits = child + w.to(child.dtype)
-    if mode == "argmax":
+    if semiring == "max":
         return logits.argmax(-1)
     return gumbel_argmax(logits, generator)
 
@@ -318,7 +319,7 @@ def fill_leaves(
     ev: Evidence,
     row_source: torch.Tensor,
     out: torch.Tensor,
-    mode: str,
+    semiring: str,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -327,8 +328,8 @@ def fill_leaves(
     Discrete leaves are evaluated through their block's log-probability table
     (so families whose table depends on the node's position, such as
     indicators with one value per node, are handled), then weighted by the
-    soft evidence: ``mode="mode"`` takes ``argmax_v p(v) w(v)``,
-    ``mode="sample"`` draws from ``p(v)^(1/temperature) w(v)``. With
+    soft evidence: ``semiring="max"`` takes ``argmax_v p(v) w(v)``,
+    ``semiring="sum"`` draws from ``p(v)^(1/temperature) w(v)``. With
     candidate evidence ``v`` ranges over each entry's candidates. Other
     families use their :meth:`~pcircuits.distributions.base.Distribution.mode`
     and :meth:`~pcircuits.distributions.base.Distribution.sample`.
@@ -339,15 +340,15 @@ def fill_leaves(
         ev: the evidence of the upward pass (``B`` rows).
         row_source: ``[R]`` evidence row of each pass row.
         out: ``[R, V]`` values to fill in place (observed entries are kept).
-        mode: ``"mode"`` or ``"sample"``.
-        temperature: leaf temperature for ``mode="sample"``.
-        generator: random generator for ``mode="sample"``.
+        semiring: ``"max"`` (the mode) or ``"sum"`` (a draw).
+        temperature: leaf temperature for ``semiring="sum"``.
+        generator: random generator for ``semiring="sum"``.
 
     Returns:
         ``out``.
     """
-    if mode not in ("mode", "sample"):
-        raise ValueError(f"mode must be 'mode' or 'sample', got {mode!r}")
+    if semiring not in ("sum", "max"):
+        raise ValueError(f"semiring must be 'sum' or 'max', got {semiring!r}")
     if ev.missing is None:
         return out  # nothing to fill in
     for blk in circuit.leaf_blocks():
@@ -363,7 +364,7 @@ def fill_leaves(
                 soft = soft[:, : blk.dist.num_cats]
             else:
                 cand = ev.candidates[picked.ev_rows, picked.vars]  # [M, K]
-        values = _leaf_values(blk, block_params, g, picked.nodes, soft, cand, mode, temperature, generator)
+        values = _leaf_values(blk, block_params, g, picked.nodes, soft, cand, semiring, temperature, generator)
         out[picked.rows, picked.vars] = values.to(out.dtype)
     return out
 
@@ -375,27 +376,27 @@ def _leaf_values(
     j: torch.Tensor,
     soft: torch.Tensor | None,
     cand: torch.Tensor | None,
-    mode: str,
+    semiring: str,
     temperature: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """``[M]`` mode or draw of one block's selected leaves ``(g [M], j [M])`` under soft evidence ``[M, C or K]``."""
     dist = blk.dist
     if not isinstance(dist, DiscreteDistribution):
-        if mode == "mode":
+        if semiring == "max":
             return dist.mode(block_params[g, j], soft)
         return dist.sample(block_params[g, j], soft, temperature, generator)
-    if mode == "mode" and soft is None:
+    if semiring == "max" and soft is None:
         # the same mode for every row that selects a leaf: one argmax per leaf node, then a lookup
         return dist.log_table(block_params).argmax(-1)[g, j]
     logits = dist.log_table(block_params)[g, j]  # [M, C]
     if cand is not None:
         logits = gather_categories(logits, cand)  # [M, K]
-    if mode == "sample" and temperature != 1.0:
+    if semiring == "sum" and temperature != 1.0:
         logits = logits / temperature
     if soft is not None:
         logits = logits + soft.to(logits.dtype)
-    pick = logits.argmax(-1) if mode == "mode" else gumbel_argmax(logits, generator)
+    pick = logits.argmax(-1) if semiring == "max" else gumbel_argmax(logits, generator)
     return pick if cand is None else cand.gather(1, pick.unsqueeze(1)).squeeze(1)
 
 

@@ -70,8 +70,8 @@ def mpe(
         rows = torch.arange(ev.batch_size, device=circuit.device)
         out = empty_assignment(circuit, ev, rows)
         if ev.missing is not None:
-            sel = downward(circuit, outs, rows, "argmax", log_weights=lw)
-            fill_leaves(circuit, sel, ev, rows, out, "mode")
+            sel = downward(circuit, outs, rows, "max", log_weights=lw)
+            fill_leaves(circuit, sel, ev, rows, out, "max")
     if return_log_prob:
         return out, outs[-1][:, 0].detach()
     return out

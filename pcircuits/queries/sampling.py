@@ -94,13 +94,13 @@ def sample(
         row_source = torch.arange(B, device=circuit.device).repeat(num_samples)  # pass row s * B + b reads row b
         sel = None
         if latent_path or ev.missing is not None:
-            sel = downward(circuit, outs, row_source, "sample", generator, lw, record_choices=latent_path)
+            sel = downward(circuit, outs, row_source, "sum", generator, lw, record_choices=latent_path)
         shape = (num_samples, B) if conditional else (num_samples,)
         if latent_path:
             return _latent_path(circuit, sel, row_source.numel(), shape)
         out = empty_assignment(circuit, ev, row_source)
         if sel is not None:
-            fill_leaves(circuit, sel, ev, row_source, out, "sample", float(temperature), generator)
+            fill_leaves(circuit, sel, ev, row_source, out, "sum", float(temperature), generator)
     return out.view(*shape, circuit.num_vars)
 
 

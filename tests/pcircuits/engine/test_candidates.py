@@ -210,8 +210,8 @@ def test_selected_leaf_logits_give_the_mode_that_fill_leaves_writes():
     ev = circuit.prepare(*_tensors(x, miss, w), torch.from_numpy(cand))
     rows = torch.arange(5)
     outs = circuit.upward(ev, semiring="max")
-    sel = downward(circuit, outs, rows, "argmax")
-    filled = fill_leaves(circuit, sel, ev, rows, ev.x_discrete.clone(), "mode")
+    sel = downward(circuit, outs, rows, "max")
+    filled = fill_leaves(circuit, sel, ev, rows, ev.x_discrete.clone(), "max")
     cond = selected_leaf_logits(circuit, sel, ev, rows)  # [R, V, K]
     pick = ev.candidates.gather(2, cond.argmax(-1, keepdim=True)).squeeze(-1)
     finite = torch.isfinite(outs[-1][:, 0])
