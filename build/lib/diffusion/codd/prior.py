@@ -1,0 +1,1060 @@
+"""The CoDD prior: a probabilistic circuit that couples the tokens of a window.
+
+A masked diffusion backbone gives, for every masked position ``i`` of a
+window ``x_t``, a distribution ``p_theta(x0^i | x_t)``; drawing several
+positions independently from it ignores their dependencies. CoDD
+multiplies these factors with a tractable prior ``p_omega`` over the window:
+
+``p_hat(x0 | x_t) ∝ p_omega(x0) * prod_{i masked} p_theta(x0^i | x_t)^(1/tau)``
+
+with the observed positions of ``x_t`` as evidence (their logits are
+ignored). Because ``p_omega`` is a circuit, the normaliser, every marginal of
+``p_hat`` and joint samples cost one or two passes through it: the backbone's
+tempered log-probabilities enter as soft evidence on the circuit's leaves.
+
+`CoDDPrior` computes the leaf values itself (from the circuit's categorical
+tables and the soft evidence) and hands them to
+:meth:`pcircuits.TensorCircuit.upward`, which allows a top-``k`` candidate
+restriction: with ``top_k=k`` each masked position keeps only its ``k``
+highest logits, and the leaves cost ``O(window * k * states)`` instead of
+``O(window * V * states)``.
+
+**Backoff.** A prior trained on all mask ratios can be worse than the backbone
+alone where the backbone already sees almost the whole window (low mask
+ratios): both experts then use the same context and their product
+double-counts it. `CoDDPrior.fit_backoff` fits, per bin of the window's mask
+ratio ``r``, the weight ``lambda(r)`` of the mixture
+
+``p_mix(x | x_t) = lambda(r) p_hat(x | x_t) + (1 - lambda(r)) prod_{i masked} q_i^tau(x_i)``
+
+on held-out windows (``lambda = 1`` everywhere, the default, is plain CoDD;
+the gamma gate of `diffusion.generate` is the special case ``lambda in {0, 1}``).
+The mixture stays exact: its log-probability, marginals and samples combine
+those of the two components; its mode is the better of theirs (see `mpe`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import pcircuits as pc
+from pcircuits.distributions.base import DiscreteDistribution
+from pcircuits.engine.circuit import TensorCircuit
+from pcircuits.engine.downward import _gumbel_argmax, downward
+from pcircuits.io import load_with_extras
+from pcircuits.nodes import NodeGroup
+
+from ..proposals import logits_problem
+
+__all__ = ["CoDDPrior", "SAMPLE_METHODS", "ORDER_RULES"]
+
+SAMPLE_METHODS: tuple[str, ...] = ("latent", "latent_tempered", "exact", "any_order")
+"""Accepted values of ``method`` in `CoDDPrior.sample`."""
+ORDER_RULES: tuple[str, ...] = ("low_confidence", "margin", "entropy", "random")
+"""Accepted commit orders of the ``any_order`` sampler."""
+
+_DENSE_LIMIT = 1 << 24  # elements of a [B, G, n, K] leaf tensor above which the dense path uses a matmul
+
+
+def _check_temperature(temperature: float) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature):
+        raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
+    if temperature <= 0:
+        raise ValueError(f"temperature: expected tau > 0, got {temperature!r}")
+    return float(temperature)
+
+
+def _check_logits(logits: torch.Tensor, masked: torch.Tensor) -> None:
+    """Raises ``ValueError`` naming ``logits`` if a masked row ``[B, W]`` of ``logits [B, W, V]`` has NaN,
+    ``+inf`` or only ``-inf`` (observed rows are ignored by every query)."""
+    problem = logits_problem(logits, masked)
+    if problem is not None:
+        raise ValueError(f"logits: {problem[0]} at masked position {problem[1][1]} of batch row {problem[1][0]}")
+
+
+_BACKOFF_KEY = "codd_backoff"  # name of the backoff weights among the extras of a prior file
+MAX_BACKOFF_BINS = 1 << 16
+_MAX_SIDECAR_BYTES = 1 << 20
+
+
+def _backoff_path(path: str | Path) -> Path:
+    """The sidecar of a version-1 prior file (read only; new saves keep the backoff inside the file)."""
+    path = Path(path)
+    return path.with_name(path.name + ".backoff.json")
+
+
+def _is_zip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _read_backoff_sidecar(side: Path) -> torch.Tensor:
+    """The backoff weights ``[n_bins]`` of a version-1 sidecar, checked to be a JSON list of numbers."""
+    try:
+        if side.stat().st_size > _MAX_SIDECAR_BYTES:
+            raise ValueError(f"larger than {_MAX_SIDECAR_BYTES} bytes")
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"path: backoff sidecar {str(side)!r} is unreadable ({' '.join(str(e).split())})") from None
+    values = data.get("backoff") if isinstance(data, dict) else None
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"path: backoff sidecar {str(side)!r} must hold {{\"backoff\": [numbers]}}")
+    return torch.tensor(values, dtype=torch.float64)
+
+
+class CoDDPrior:
+    """A circuit prior over ``window`` categorical variables with ``vocab_size`` categories.
+
+    Args:
+        root_or_circuit: a compiled `pcircuits.TensorCircuit` or a root group
+            (compiled with ``seed``); its variables ``0..window-1`` must all be
+            categorical with ``vocab_size`` categories.
+        window: the window length ``W``.
+        vocab_size: the vocabulary size ``V`` (that of the backbone's logits).
+        top_k: restrict the soft evidence of each masked position to its
+            ``top_k`` highest logits (``None``: all ``V``).
+        seed: seed of the parameter initialisation when a root is given.
+
+    Attributes:
+        circuit: the compiled circuit ``p_omega``.
+        window: ``W``.
+        vocab_size: ``V``.
+        top_k: the candidate restriction, or ``None``.
+        backoff: ``FloatTensor[n_bins]`` weight ``lambda`` of ``p_hat`` per
+            equal-width bin of the window's mask ratio (masked positions over
+            ``W``), or ``None`` (plain CoDD); see `fit_backoff`.
+
+    Raises:
+        ValueError: the circuit's variables or categories do not match
+            ``window`` / ``vocab_size``, a leaf is not discrete, or a bad ``top_k``.
+    """
+
+    def __init__(
+        self,
+        root_or_circuit: NodeGroup | TensorCircuit,
+        window: int,
+        vocab_size: int,
+        top_k: int | None = None,
+        seed: int = 0,
+    ):
+        circuit = root_or_circuit if isinstance(root_or_circuit, TensorCircuit) else pc.compile(root_or_circuit, seed=seed)
+        if not isinstance(window, int) or window < 1:
+            raise ValueError(f"window: expected a positive int, got {window!r}")
+        if not isinstance(vocab_size, int) or vocab_size < 2:
+            raise ValueError(f"vocab_size: expected an int >= 2, got {vocab_size!r}")
+        if circuit.num_vars != window:
+            raise ValueError(f"window: the circuit has {circuit.num_vars} variables, not window={window}")
+        cats = circuit.layout.var_cats
+        if any(c != vocab_size for c in cats):
+            raise ValueError(f"vocab_size: the circuit's variables have {sorted(set(cats), key=str)} categories, not {vocab_size}")
+        for blk in circuit.layout.leaf_blocks:
+            if not isinstance(blk.dist, DiscreteDistribution):
+                raise ValueError(f"root_or_circuit: leaf family {type(blk.dist).__name__} is not supported (categorical leaves only)")
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k):
+            raise ValueError(f"top_k: expected a positive int or None, got {top_k!r}")
+        self.circuit = circuit
+        self.window = window
+        self.vocab_size = vocab_size
+        self.top_k = None if top_k is None or top_k >= vocab_size else top_k
+        self.backoff: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def hmm(
+        cls,
+        window: int,
+        num_latents: int,
+        vocab_size: int,
+        homogeneous: bool = True,
+        seed: int = 0,
+        top_k: int | None = None,
+    ) -> CoDDPrior:
+        """A prior backed by a hidden Markov model (`pcircuits.structures.hmm`).
+
+        Args:
+            window: window length ``W`` (HMM steps).
+            num_latents: hidden states ``H``.
+            vocab_size: vocabulary ``V``.
+            homogeneous: one tied transition matrix and one tied emission table.
+            seed: seed of the random initialisation.
+            top_k: candidate restriction (see `CoDDPrior`).
+
+        Returns:
+            The prior.
+        """
+        from pcircuits.structures import hmm
+
+        return cls(pc.compile(hmm(window, num_latents, vocab_size, homogeneous=homogeneous), seed=seed), window, vocab_size, top_k)
+
+    @classmethod
+    def load(cls, path: str | Path, top_k: int | None = None) -> CoDDPrior:
+        """Loads a prior saved by `save` (one `pcircuits.save` file holding the circuit and the backoff).
+
+        Priors written by earlier versions (a version-1 ``.npz`` circuit with
+        the backoff weights in a ``<path>.backoff.json`` sidecar) still load.
+        Every part is validated before use (see `pcircuits.load`); the backoff
+        weights must be finite, in ``[0, 1]`` and of the declared length.
+
+        Args:
+            path: the prior file.
+            top_k: candidate restriction.
+
+        Returns:
+            The prior (window and vocabulary read from the circuit).
+
+        Raises:
+            ValueError: a malformed file or sidecar, or a circuit that is not a
+                CoDD prior (the message names ``path``).
+        """
+        where = os.fspath(path)
+        circuit, extras = load_with_extras(path)
+        unknown = sorted(set(extras) - {_BACKOFF_KEY})
+        if unknown:
+            raise ValueError(f"path: {where!r} holds extras {unknown} that a CoDD prior does not use")
+        try:
+            prior = cls(circuit, circuit.num_vars, int(circuit.max_cats), top_k)
+        except ValueError as e:
+            if str(e).startswith("top_k"):
+                raise
+            raise ValueError(f"path: {where!r} is not a CoDD prior ({e})") from None
+        if _BACKOFF_KEY in extras:
+            backoff = extras[_BACKOFF_KEY]
+        elif _is_zip(where) and _backoff_path(path).is_file():
+            backoff = _read_backoff_sidecar(_backoff_path(path))
+        else:
+            backoff = None
+        if backoff is not None:
+            if backoff.dim() != 1 or not 1 <= backoff.numel() <= MAX_BACKOFF_BINS:
+                raise ValueError(f"path: {where!r}: backoff must hold 1..{MAX_BACKOFF_BINS} weights, got shape {list(backoff.shape)}")
+            if not bool(torch.isfinite(backoff).all()) or not bool(((backoff >= 0) & (backoff <= 1)).all()):
+                raise ValueError(f"path: {where!r}: backoff weights must be finite and in [0, 1]")
+            prior.set_backoff(backoff)
+        return prior
+
+    def save(self, path: str | Path) -> None:
+        """Writes the circuit and the backoff weights as one file (`pcircuits.save` with an extra tensor).
+
+        The write is atomic: a failed save leaves a previous file intact. A
+        ``<path>.backoff.json`` sidecar left by an earlier version is removed
+        once the new file is in place.
+        """
+        extras = None if self.backoff is None else {_BACKOFF_KEY: self.backoff.detach().cpu()}
+        pc.save(self.circuit, path, extras=extras)
+        _backoff_path(path).unlink(missing_ok=True)
+
+    def to(self, *args, **kwargs) -> CoDDPrior:
+        """Moves / casts the circuit (``prior.to(torch.float64)``); returns ``self``."""
+        self.circuit.to(*args, **kwargs)
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.circuit.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.circuit.device
+
+    # -------------------------------------------------------------- checking
+    def _check(
+        self, x: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, name: str = "x"
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.window:
+            raise ValueError(f"{name}: expected LongTensor[B, {self.window}] (the prior's window), got {getattr(x, 'shape', type(x))}")
+        B = x.shape[0]
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (B, self.window, self.vocab_size):
+            raise ValueError(
+                f"logits: expected [B, W, V] = [{B}, {self.window}, {self.vocab_size}] (the prior's window and vocabulary), "
+                f"got {getattr(logits, 'shape', type(logits))}"
+            )
+        if not isinstance(masked, torch.Tensor) or masked.dtype != torch.bool or tuple(masked.shape) != (B, self.window):
+            raise ValueError(f"masked: expected BoolTensor[{B}, {self.window}], got {getattr(masked, 'shape', type(masked))}")
+        if x.dtype.is_floating_point or x.dtype.is_complex:
+            raise TypeError(f"{name}: expected an integer tensor of token ids, got {x.dtype}")
+        if not logits.dtype.is_floating_point:
+            raise TypeError(f"logits: expected a float tensor, got {logits.dtype}")
+        dev = self.device
+        x, logits, masked = x.to(dev).long(), logits.to(dev), masked.to(dev)
+        bad = ~masked & ((x < 0) | (x >= self.vocab_size))
+        if bool(bad.any()):
+            raise ValueError(f"{name}: observed ids must lie in [0, {self.vocab_size})")
+        _check_logits(logits, masked)
+        return x, logits, masked
+
+    def _soft(
+        self, logits: torch.Tensor, masked: torch.Tensor, temperature: float, top_k: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tempered log-probabilities (top-``k`` restricted) of the masked positions.
+
+        Returns:
+            ``(w [B, W, K], cand [B, W, K] or None)``; ``w`` is
+            ``log_softmax(logits / tau)`` over the kept candidates, 0 at
+            observed positions.
+        """
+        z = logits.to(self.dtype) / temperature
+        cand = None
+        if top_k is not None:
+            z, cand = z.topk(top_k, dim=-1)
+        w = F.log_softmax(z, dim=-1)
+        w = torch.where(masked.unsqueeze(-1), w, torch.zeros((), dtype=w.dtype, device=w.device))
+        return w, cand
+
+    def evidence(
+        self, x0: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, tau: float, candidates: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Checked inputs on the prior's device with their soft evidence.
+
+        Args:
+            x0: ``LongTensor[B, W]`` tokens (those at masked positions are scored).
+            logits: ``FloatTensor[B, W, V]`` backbone logits (``candidates=None``;
+                the prior's ``top_k`` is applied), or ``[B, W, K]`` values of
+                the ``candidates`` token ids.
+            masked: ``BoolTensor[B, W]``.
+            tau: the temperature ``> 0`` of the soft evidence.
+            candidates: ``LongTensor[B, W, K]`` token ids of ``logits``, or None.
+
+        Returns:
+            ``(x0 [B, W], masked [B, W], w [B, W, K], cand [B, W, K] or None)``:
+            ``w = log_softmax(logits / tau)`` over the kept candidates (0 at
+            observed positions), the inputs of `conditional_ll`.
+
+        Raises:
+            TypeError, ValueError: inputs of the wrong type, shape or range.
+        """
+        if candidates is None:
+            x0, logits, masked = self._check(x0, logits, masked, "x0")
+            w, cand = self._soft(logits, masked, tau, self.top_k)
+            return x0, masked, w, cand
+        self._check_candidates(x0, logits, masked, candidates)
+        dev = self.device
+        x0, masked, cand = x0.to(dev), masked.to(dev), candidates.to(dev)
+        w = F.log_softmax(logits.to(dev, self.dtype) / tau, -1)
+        return x0, masked, torch.where(masked.unsqueeze(-1), w, torch.zeros_like(w)), cand
+
+    def _check_candidates(self, x0: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, candidates: torch.Tensor) -> None:
+        """Checks ``x0 [B, W]``, ``masked [B, W]``, ``candidates [B, W, K]`` ids and their ``logits [B, W, K]``."""
+        if not isinstance(x0, torch.Tensor) or x0.dim() != 2 or x0.shape[1] != self.window:
+            raise ValueError(f"x0: expected LongTensor[B, {self.window}] (the prior's window), got {getattr(x0, 'shape', type(x0))}")
+        if x0.dtype.is_floating_point or x0.dtype.is_complex:
+            raise TypeError(f"x0: expected an integer tensor of token ids, got {x0.dtype}")
+        if bool(((x0 < 0) | (x0 >= self.vocab_size)).any()):
+            raise ValueError(f"x0: ids must lie in [0, {self.vocab_size})")
+        if not isinstance(candidates, torch.Tensor) or candidates.dim() != 3 or tuple(candidates.shape[:2]) != (
+            x0.shape[0],
+            self.window,
+        ):
+            raise ValueError(
+                f"candidates: expected LongTensor[B, {self.window}, K] matching x0, got {getattr(candidates, 'shape', type(candidates))}"
+            )
+        if candidates.dtype.is_floating_point or candidates.dtype.is_complex or candidates.dtype == torch.bool:
+            raise TypeError(f"candidates: expected an integer tensor of token ids, got {candidates.dtype}")
+        if bool(((candidates < 0) | (candidates >= self.vocab_size)).any()):
+            raise ValueError(f"candidates: token ids must lie in [0, {self.vocab_size})")
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != tuple(candidates.shape):
+            raise ValueError(
+                f"logits: expected the shape of candidates {list(candidates.shape)}, got {getattr(logits, 'shape', type(logits))}"
+            )
+        if not logits.dtype.is_floating_point:
+            raise TypeError(f"logits: expected a float tensor, got {logits.dtype}")
+        if not isinstance(masked, torch.Tensor) or masked.dtype != torch.bool or tuple(masked.shape) != tuple(candidates.shape[:2]):
+            raise ValueError(f"masked: expected BoolTensor{list(candidates.shape[:2])}, got {getattr(masked, 'shape', type(masked))}")
+        _check_logits(logits, masked.to(logits.device))
+
+    # --------------------------------------------------------------- leaves
+    def _tables(self, detach: bool) -> list[torch.Tensor]:
+        """Log emission tables per leaf block and bank slot, ``[S, n, V]``."""
+        params = [self.circuit.params[blk.bank] for blk in self.circuit.layout.leaf_blocks]
+        key = tuple((id(p), p._version, p.dtype, p.device) for p in params)
+        cache = getattr(self, "_table_cache", None)
+        if detach and cache is not None and cache[0] == key:
+            return cache[1]  # the O(H V) normalisation is reused while the parameters are unchanged
+        out = []
+        for blk, p in zip(self.circuit.layout.leaf_blocks, params):
+            out.append(blk.dist.log_table(p.detach() if detach else p))
+        if detach:
+            self._table_cache = (key, out)
+        return out
+
+    def _leaf_outputs(
+        self,
+        x: torch.Tensor,
+        masked: torch.Tensor,
+        w: torch.Tensor,
+        cand: torch.Tensor | None,
+        tables: list[torch.Tensor],
+        semiring: str = "sum",
+    ) -> list[torch.Tensor]:
+        """Leaf values ``[B, G, n]`` per leaf block under the soft evidence.
+
+        Observed: ``log E[j, x_i]``; masked: ``logsumexp_c log E[j, c] + w_i(c)``
+        over the candidates ``c`` (``max`` for the max semiring).
+        """
+        circuit = self.circuit
+        B = x.shape[0]
+        xo = torch.where(masked, torch.zeros_like(x), x)
+        outs = []
+        for i, (blk, table) in enumerate(zip(circuit.layout.leaf_blocks, tables)):
+            vars_ = circuit._get(f"leaf{i}_vars")
+            slots = circuit._get(f"leaf{i}_slots")
+            G, n = len(blk.groups), blk.num_nodes
+            parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+            for s in torch.unique(slots).tolist():
+                gs = (slots == s).nonzero(as_tuple=True)[0]
+                vs = vars_[gs]
+                tab = table[s]  # [n, V]
+                xb = xo[:, vs]  # [B, Gs]
+                obs = tab.t()[xb]  # [B, Gs, n]
+                ws = w[:, vs]  # [B, Gs, K]
+                if cand is None:
+                    big = B * len(gs) * n * ws.shape[-1] > _DENSE_LIMIT
+                    if semiring == "sum" and big:
+                        me = tab.amax(-1, keepdim=True)  # [n, 1]
+                        me = torch.where(torch.isfinite(me), me, torch.zeros_like(me))
+                        mw = ws.amax(-1, keepdim=True)  # [B, Gs, 1]
+                        mw = torch.where(torch.isfinite(mw), mw, torch.zeros_like(mw))
+                        prod = torch.matmul(torch.exp(ws - mw), torch.exp(tab - me).t())  # [B, Gs, n]
+                        mval = torch.log(prod) + mw + me.t()
+                    else:
+                        full = tab.unsqueeze(0).unsqueeze(0) + ws.unsqueeze(2)  # [B, Gs, n, V]
+                        mval = torch.logsumexp(full, -1) if semiring == "sum" else full.amax(-1)
+                else:
+                    cs = cand[:, vs]  # [B, Gs, K]
+                    full = tab[:, cs].permute(1, 2, 0, 3) + ws.unsqueeze(2)  # [B, Gs, n, K]
+                    mval = torch.logsumexp(full, -1) if semiring == "sum" else full.amax(-1)
+                val = torch.where(masked[:, vs].unsqueeze(-1), mval, obs)
+                parts.append((gs, val))
+            if len(parts) == 1 and torch.equal(parts[0][0], torch.arange(G, device=parts[0][0].device)):
+                outs.append(parts[0][1])
+                continue
+            out = torch.zeros(B, G, n, dtype=table.dtype, device=table.device)
+            for gs, val in parts:
+                out = out.index_copy(1, gs, val)
+            outs.append(out)
+        return outs
+
+    def _upward(
+        self,
+        x: torch.Tensor,
+        masked: torch.Tensor,
+        w: torch.Tensor,
+        cand: torch.Tensor | None,
+        detach: bool = True,
+        semiring: str = "sum",
+    ) -> list[torch.Tensor]:
+        circuit = self.circuit
+        ev = circuit.prepare(torch.where(masked, torch.zeros_like(x), x), masked)
+        tables = self._tables(detach)
+        lw = circuit.sum_log_weights()
+        if detach:
+            lw = {k: v.detach() for k, v in lw.items()}
+        leaves = self._leaf_outputs(x, masked, w, cand, tables, semiring)
+        return circuit.upward(ev, semiring, log_weights=lw, leaf_outputs=leaves)
+
+    # --------------------------------------------------------------- queries
+    def log_prob(
+        self,
+        x0: torch.Tensor,
+        logits: torch.Tensor,
+        masked: torch.Tensor,
+        temperature: float = 1.0,
+        requires_grad: bool = False,
+    ) -> torch.Tensor:
+        """``log p_hat(x0 on the masked positions | observed positions, logits)``.
+
+        ``p_hat(x | x_t) = p_omega(x) prod_{i masked} q_i(x_i) / Z`` with
+        ``q_i = softmax(logits_i / tau)`` (restricted to the top-``k``
+        candidates when ``top_k`` is set) and the sum ``Z`` over the masked
+        positions' values with the observed ones fixed to ``x0``.
+
+        Args:
+            x0: ``LongTensor[B, W]`` clean tokens (all positions).
+            logits: ``FloatTensor[B, W, V]`` backbone logits (rows of
+                observed positions are ignored).
+            masked: ``BoolTensor[B, W]`` positions whose tokens are scored.
+            temperature: ``tau > 0``.
+            requires_grad: keep the graph to the circuit's parameters (training).
+
+        Returns:
+            ``FloatTensor[B]`` log-probabilities (0 where nothing is masked,
+            ``-inf`` where ``x0`` is outside the top-``k`` candidates or has
+            probability 0).
+
+        Raises:
+            TypeError: ``x0`` not integer or ``logits`` not float.
+            ValueError: shapes that do not match the prior's window or
+                vocabulary, ``tau <= 0``, or logits with NaN, ``+inf`` or only
+                ``-inf`` at a masked position.
+        """
+        tau = _check_temperature(temperature)
+        x0, logits, masked = self._check(x0, logits, masked, "x0")
+        if not bool((x0[masked] >= 0).all() and (x0[masked] < self.vocab_size).all()):
+            raise ValueError(f"x0: ids must lie in [0, {self.vocab_size})")
+        with torch.set_grad_enabled(requires_grad):
+            w, cand = self._soft(logits, masked, tau, self.top_k)
+            return self.conditional_ll(x0, masked, w, cand, detach=not requires_grad)
+
+    def conditional_ll(
+        self, x0: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None, detach: bool
+    ) -> torch.Tensor:
+        """``log p_hat(x0_masked | x0_observed)`` from soft evidence, backoff mixed in (no input checks).
+
+        Args:
+            x0, masked, w, cand: ``[B, W]``, ``[B, W]``, ``[B, W, K]`` and
+                ``[B, W, K]`` or None, as returned by `evidence`.
+            detach: False keeps the graph to the circuit's parameters (training).
+
+        Returns:
+            ``FloatTensor[B]``.
+        """
+        wx = self._factorized_ll(x0, masked, w, cand)
+        nothing = torch.zeros_like(masked)
+        num = self._upward(x0, nothing, torch.zeros_like(w), cand, detach=detach)[-1][:, 0]
+        den = self._upward(x0, masked, w, cand, detach=detach)[-1][:, 0]
+        joint = num + wx
+        out = torch.where(torch.isfinite(joint), joint - den, torch.full_like(joint, -math.inf))
+        return out if self.backoff is None else self._mix(masked, out, wx)
+
+    @staticmethod
+    def _factorized_ll(x0: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None) -> torch.Tensor:
+        """``sum_{i masked} w_i(x0_i)`` ``[B]``: the factorized log-probability under the soft evidence."""
+        if cand is None:
+            wx = w.gather(-1, x0.unsqueeze(-1))[..., 0]
+        else:
+            hit = cand == x0.unsqueeze(-1)
+            wx = torch.where(hit, w, torch.full_like(w, -math.inf)).amax(-1)
+        return torch.where(masked, wx, torch.zeros_like(wx)).sum(-1)
+
+    # --------------------------------------------------------------- backoff
+    def set_backoff(self, weights: Sequence[float] | torch.Tensor | None) -> None:
+        """Sets the weight ``lambda`` of ``p_hat`` per mask-ratio bin (see the module docstring).
+
+        Args:
+            weights: ``n_bins`` values in ``[0, 1]`` for equal-width bins of
+                the window's mask ratio (bin ``min(floor(r * n_bins), n_bins - 1)``),
+                or ``None`` for plain CoDD.
+
+        Raises:
+            TypeError: ``weights`` is not a sequence of numbers.
+            ValueError: no weight, or a weight outside ``[0, 1]``.
+        """
+        if weights is None:
+            self.backoff = None
+            return
+        try:
+            w = torch.as_tensor(weights, dtype=torch.float64).flatten()
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"weights: expected a sequence of numbers in [0, 1] or None, got {weights!r}") from err
+        if w.numel() < 1 or not bool(((w >= 0) & (w <= 1)).all()):
+            raise ValueError(f"weights: expected at least one value, all in [0, 1], got {w.tolist()}")
+        self.backoff = w
+
+    def mix_weight(self, masked: torch.Tensor) -> torch.Tensor:
+        """``lambda`` of each window from its mask ratio.
+
+        Args:
+            masked: ``BoolTensor[B, W]``.
+
+        Returns:
+            ``FloatTensor[B]`` (float64; ones without a backoff).
+        """
+        if self.backoff is None:
+            return torch.ones(masked.shape[0], dtype=torch.float64, device=masked.device)
+        n = self.backoff.numel()
+        ratio = masked.sum(1).double() / masked.shape[1]
+        idx = (ratio * n).floor().long().clamp(0, n - 1)
+        return self.backoff.to(masked.device)[idx]
+
+    def _mix(self, masked: torch.Tensor, lp_codd: torch.Tensor, lp_fact: torch.Tensor) -> torch.Tensor:
+        """``log(lambda p_hat + (1 - lambda) prod q)`` ``[B]`` from the two log-probabilities."""
+        lam = self.mix_weight(masked).to(lp_codd.dtype)
+        return torch.logaddexp(torch.log(lam) + lp_codd, torch.log1p(-lam) + lp_fact)
+
+    def fit_backoff(
+        self,
+        x0: torch.Tensor,
+        logits: torch.Tensor,
+        masked: torch.Tensor,
+        bins: int = 5,
+        temperature: float = 1.0,
+        batch_size: int = 256,
+        candidates: torch.Tensor | None = None,
+    ) -> list[float]:
+        """Fits the backoff weights on windows the circuit was *not* trained on.
+
+        In each of ``bins`` equal-width bins of the window's mask ratio,
+        ``lambda`` maximises ``sum_windows log(lambda p_hat(x0) + (1 - lambda) prod_i q_i(x0_i))``
+        over a grid of step 0.001 on ``[0, 1]`` (the objective is concave in
+        ``lambda``); a bin without windows keeps ``lambda = 1``. Sets and
+        returns the weights.
+
+        Args:
+            x0: ``LongTensor[M, W]`` clean windows.
+            logits: ``FloatTensor[M, W, V]`` the backbone's logits, or
+                ``[M, W, K]`` values of ``candidates``.
+            masked: ``BoolTensor[M, W]`` masked positions.
+            bins: number of mask-ratio bins.
+            temperature: ``tau`` of the soft evidence.
+            batch_size: windows per pass.
+            candidates: ``LongTensor[M, W, K]`` token ids of top-``k`` logits
+                (from `diffusion.codd.training.topk_with_target`), or ``None``.
+
+        Returns:
+            The ``bins`` weights.
+
+        Raises:
+            ValueError: mismatched shapes, ``bins < 1``, ``batch_size < 1``,
+                ``tau <= 0``, or logits with NaN, ``+inf`` or only ``-inf`` at a
+                masked position.
+        """
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+            raise ValueError(f"bins: expected a positive int, got {bins!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        if not isinstance(x0, torch.Tensor) or x0.dim() != 2 or x0.shape[0] == 0:
+            raise ValueError(f"x0: expected LongTensor[M, {self.window}] with M >= 1 windows, got {getattr(x0, 'shape', type(x0))}")
+        tau = _check_temperature(temperature)
+        saved, self.backoff = self.backoff, None  # p_hat alone; restored if an input is refused
+        lc, lf, mk = [], [], []
+        try:
+            with torch.no_grad():
+                for s in range(0, x0.shape[0], batch_size):
+                    sl = slice(s, s + batch_size)
+                    cb = None if candidates is None else candidates[sl]
+                    xb, mb, w, cand = self.evidence(x0[sl], logits[sl], masked[sl], tau, cb)
+                    lc.append(self.conditional_ll(xb, mb, w, cand, detach=True).double().cpu())
+                    lf.append(self._factorized_ll(xb, mb, w, cand).double().cpu())
+                    mk.append(mb.cpu())
+        except Exception:
+            self.backoff = saved
+            raise
+        out = _best_mix_weights(torch.cat(lc), torch.cat(lf), torch.cat(mk), bins)
+        self.set_backoff(out)
+        return out
+
+    def _factorized_probs(self, x: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None) -> torch.Tensor:
+        """``prod_i q_i`` as per-position probabilities ``[B, W, V]`` (one-hot at observed positions)."""
+        B, W = x.shape
+        q = torch.exp(w)
+        if cand is not None:
+            q = torch.zeros(B, W, self.vocab_size, dtype=q.dtype, device=q.device).scatter_add_(-1, cand, q)
+        onehot = F.one_hot(torch.where(masked, torch.zeros_like(x), x), self.vocab_size).to(q.dtype)
+        return torch.where(masked.unsqueeze(-1), q, onehot)
+
+    def _factorized_draw(
+        self, x: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """A draw (``generator``) or the mode (``generator=False``) of ``prod_i q_i`` on the masked positions."""
+        pick = w.argmax(-1) if generator is False else _gumbel_argmax(w, generator)
+        tok = pick if cand is None else cand.gather(-1, pick.unsqueeze(-1))[..., 0]
+        return torch.where(masked, tok, x)
+
+    def marginals(
+        self, x: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """Exact per-position marginals of ``p_hat``.
+
+        One upward pass and its backward pass: ``d log Z / d w_i(c)`` is the
+        posterior probability of token ``c`` at position ``i``.
+
+        Args:
+            x: ``LongTensor[B, W]`` current tokens (masked entries are ignored).
+            logits: ``FloatTensor[B, W, V]`` backbone logits.
+            masked: ``BoolTensor[B, W]``.
+            temperature: ``tau > 0``.
+
+        Returns:
+            ``FloatTensor[B, W, V]`` probabilities: one-hot rows at observed
+            positions, ``p_hat(x_i = c | ...)`` at masked ones (0 outside the
+            top-``k`` candidates).
+
+        Raises:
+            TypeError: ``x`` not integer or ``logits`` not float.
+            ValueError: mismatched shapes, ``tau <= 0``, or logits with NaN,
+                ``+inf`` or only ``-inf`` at a masked position.
+        """
+        tau = _check_temperature(temperature)
+        x, logits, masked = self._check(x, logits, masked)
+        post = self._marginals(x, logits, masked, tau)[0]
+        if self.backoff is None:
+            return post
+        with torch.no_grad():
+            w, cand = self._soft(logits, masked, tau, self.top_k)
+            lam = self.mix_weight(masked).to(post.dtype).view(-1, 1, 1)
+            return lam * post + (1 - lam) * self._factorized_probs(x, masked, w, cand)
+
+    def _marginals(
+        self, x: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, tau: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Marginals ``[B, W, V]`` and ``log Z`` ``[B]`` (checked inputs)."""
+        B, W, V = logits.shape
+        with torch.enable_grad():
+            w, cand = self._soft(logits.detach(), masked, tau, self.top_k)
+            w = w.detach().requires_grad_()
+            root = self._upward(x, masked, w, cand, detach=True)[-1][:, 0]
+            finite = torch.isfinite(root)
+            total = torch.where(finite, root, torch.zeros_like(root)).sum()
+            (g,) = torch.autograd.grad(total, w, allow_unused=True)
+        g = torch.zeros_like(w) if g is None else g.detach()
+        if cand is None:
+            post = g
+        else:
+            post = torch.zeros(B, W, V, dtype=g.dtype, device=g.device).scatter_add_(-1, cand, g)
+        onehot = F.one_hot(torch.where(masked, torch.zeros_like(x), x), V).to(post.dtype)
+        post = torch.where(masked.unsqueeze(-1), post, onehot)
+        post = post.masked_fill((~finite).view(B, 1, 1) & masked.unsqueeze(-1), math.nan)
+        return post, root.detach()
+
+    def sample(
+        self,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        masked: torch.Tensor,
+        temperature: float = 1.0,
+        method: str = "latent",
+        generator: torch.Generator | None = None,
+        order: str = "low_confidence",
+    ) -> torch.Tensor:
+        """Joint draw of the masked positions.
+
+        Methods (``q_i^tau = softmax(logits_i / tau)``, ``E`` the circuit's leaves):
+
+        * ``"exact"``: a sample of ``p_hat(x) ∝ p_omega(x) prod_i q_i^tau(x_i)``
+          (one upward pass with the tempered soft evidence, a top-down
+          pass, then each token from its selected leaf times ``q_i^tau``).
+        * ``"latent"`` (the paper's default): the latent path ``z`` (the
+          sum-node choices; for an HMM the hidden states) is drawn from its
+          posterior under the *untempered* evidence,
+          ``P(z | x_obs, q^1) ∝ p_omega(z, x_obs) prod_{i masked} sum_c E_{z_i}(c) q_i^1(c)``,
+          then every masked token independently from
+          ``x_i | z ~ E_{z_i}(x_i) q_i^tau(x_i) / sum_c E_{z_i}(c) q_i^tau(c)``.
+          So ``p_latent(x) = sum_z P(z | x_obs, q^1) prod_i E_{z_i}(x_i) q_i^tau(x_i) / N_i(z_i)``;
+          at ``tau = 1`` it equals ``"exact"``.
+        * ``"latent_tempered"`` (the official CoDD code): the path is drawn
+          under the *tempered* evidence, ``P(z | x_obs, q^tau)``, then every
+          masked token from ``E_{z_i}(x_i) q_i^tau(x_i) / N_i(z_i)`` (see
+          `path_conditionals`). As a joint draw of the window this is
+          exactly ``p_hat`` (the same distribution as ``"exact"``, for every
+          tau); it differs from ``"exact"`` inside `diffusion.generate`,
+          where the per-position conditionals given the path set the
+          remasking confidence and the greedy / temperature-``T`` token.
+        * ``"any_order"``: tokens committed one at a time, each from its exact
+          conditional given the tokens committed before it, in the order
+          ``order`` computed from the current marginals (``low_confidence``:
+          largest max-probability first; ``margin``: largest top-1 minus
+          top-2; ``entropy``: lowest entropy; ``random``). The order depends
+          only on the marginals, never on the value about to be drawn, so by
+          the chain rule the joint is exactly ``p_hat`` (one upward and
+          backward pass per masked position).
+
+        Args:
+            x: ``LongTensor[B, W]`` current tokens.
+            logits: ``FloatTensor[B, W, V]`` backbone logits.
+            masked: ``BoolTensor[B, W]`` positions to draw.
+            temperature: ``tau > 0``.
+            method: ``"latent"``, ``"latent_tempered"``, ``"exact"`` or ``"any_order"``.
+            generator: random generator.
+            order: commit order of ``"any_order"`` (one of `ORDER_RULES`).
+
+        Returns:
+            ``LongTensor[B, W]``: ``x`` with the masked positions filled.
+
+        Raises:
+            TypeError: ``x`` not integer or ``logits`` not float.
+            ValueError: logits with NaN, ``+inf`` or only ``-inf`` at a masked
+                position, mismatched shapes, ``tau <= 0``, an unknown method or
+                order, or evidence of probability 0.
+        """
+        tau = _check_temperature(temperature)
+        if method not in SAMPLE_METHODS:
+            raise ValueError(f"method: unknown sampler {method!r}; expected one of {', '.join(SAMPLE_METHODS)}")
+        if order not in ORDER_RULES:
+            raise ValueError(f"order: unknown rule {order!r}; expected one of {', '.join(ORDER_RULES)}")
+        x, logits, masked = self._check(x, logits, masked)
+        with torch.no_grad():
+            use = None
+            if self.backoff is not None:  # the mixture's component of each row
+                lam = self.mix_weight(masked)
+                use = torch.rand(lam.shape, generator=generator, dtype=lam.dtype, device=lam.device) < lam
+            if method == "any_order":
+                out = self._sample_any_order(x, logits, masked, tau, generator, order)
+            elif method in ("exact", "latent_tempered"):
+                out = self._topdown(x, logits, masked, tau, tau, generator, "sample")
+            else:
+                out = self._topdown(x, logits, masked, 1.0, tau, generator, "sample")
+            if use is None:
+                return out
+            w, cand = self._soft(logits, masked, tau, self.top_k)
+            return torch.where(use.unsqueeze(1), out, self._factorized_draw(x, masked, w, cand, generator))
+
+    def mpe(self, x: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """Max-product (Viterbi) completion of the masked positions.
+
+        The tokens of the most probable joint assignment of tokens and latent
+        choices, ``argmax_{x, z} p_hat(x, z)`` (for an HMM ``z`` is the hidden
+        path): a max-product upward pass, backtracking, then each token as the
+        argmax of its selected leaf times its soft evidence. This is the MPE
+        of the circuit; it is ``argmax_x p_hat(x)`` for deterministic circuits
+        and its standard approximation otherwise (with the latent path summed
+        out, the exact mode of an HMM's marginal is NP-hard in general).
+
+        With a backoff each row takes whichever of two candidates, the
+        Viterbi completion above and the per-position argmax of ``q``, has
+        the higher mixture probability (so ``lambda = 0`` gives the argmax of
+        ``q``, and ``lambda = 1`` the candidate with the higher ``p_hat``).
+
+        Args:
+            x: ``LongTensor[B, W]``.
+            logits: ``FloatTensor[B, W, V]``.
+            masked: ``BoolTensor[B, W]``.
+            temperature: ``tau > 0``.
+
+        Returns:
+            ``LongTensor[B, W]``.
+
+        Raises:
+            TypeError: ``x`` not integer or ``logits`` not float.
+            ValueError: mismatched shapes, ``tau <= 0``, or logits with NaN,
+                ``+inf`` or only ``-inf`` at a masked position.
+        """
+        tau = _check_temperature(temperature)
+        x, logits, masked = self._check(x, logits, masked)
+        with torch.no_grad():
+            out = self._topdown(x, logits, masked, tau, tau, None, "argmax")
+            if self.backoff is None:
+                return out
+            w, cand = self._soft(logits, masked, tau, self.top_k)
+            alt = self._factorized_draw(x, masked, w, cand, False)
+            better = self.conditional_ll(alt, masked, w, cand, True) > self.conditional_ll(out, masked, w, cand, True)
+            return torch.where(better.unsqueeze(1), alt, out)
+
+    def _topdown(
+        self,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        masked: torch.Tensor,
+        tau_path: float,
+        tau_leaf: float,
+        generator: torch.Generator | None,
+        mode: str,
+    ) -> torch.Tensor:
+        """Tokens from a selected latent path: each masked token the draw (``mode="sample"``) or argmax of its conditional."""
+        out = torch.where(masked, torch.zeros_like(x), x).clone()
+        if not bool(masked.any()):
+            return out
+        cond, cand = self._path_leaf_logits(x, logits, masked, tau_path, tau_leaf, generator, mode)
+        pick = cond.argmax(-1) if mode == "argmax" else _gumbel_argmax(cond, generator)  # [B, W]
+        tok = pick if cand is None else cand.gather(-1, pick.unsqueeze(-1))[..., 0]
+        return torch.where(masked, tok, out)
+
+    def _path_leaf_logits(
+        self,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        masked: torch.Tensor,
+        tau_path: float,
+        tau_leaf: float,
+        generator: torch.Generator | None,
+        mode: str,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Selects a latent path and returns each position's unnormalised token log-weights given it.
+
+        The path is drawn (``mode="sample"``) from its posterior, or taken as
+        the max-product path (``mode="argmax"``), under the soft evidence
+        ``log_softmax(logits / tau_path)``; then masked position ``i`` gets
+        ``log E_{z_i}(c) + log_softmax(logits_i / tau_leaf)(c)`` over its
+        candidates ``c``.
+
+        Returns:
+            ``(cond [B, W, K], cand [B, W, K] or None)``: ``K = V`` without
+            top-k (``cand`` None); ``cond`` is 0 at observed positions.
+
+        Raises:
+            ValueError: evidence of probability 0 under the prior.
+        """
+        circuit = self.circuit
+        B = x.shape[0]
+        w_path, cand = self._soft(logits, masked, tau_path, self.top_k)
+        w_leaf = w_path if tau_leaf == tau_path else self._soft(logits, masked, tau_leaf, self.top_k)[0]
+        semiring = "sum" if mode == "sample" else "max"
+        outs = self._upward(x, masked, w_path, cand, detach=True, semiring=semiring)
+        root = outs[-1][:, 0]
+        if not bool(torch.isfinite(root).all()):
+            b = int((~torch.isfinite(root)).nonzero()[0])
+            raise ValueError(f"the evidence of row {b} has probability 0 under the prior; nothing to sample")
+        lw = {k: v.detach() for k, v in circuit.sum_log_weights().items()}
+        row_source = torch.arange(B, device=x.device)
+        sel = downward(circuit, outs, row_source, mode, generator, lw)
+        tables = self._tables(detach=True)
+        cond = torch.zeros_like(w_leaf)  # [B, W, K]
+        rows, cols = sel.leaf_rows, sel.leaf_cols
+        for i, (blk, table) in enumerate(zip(circuit.layout.leaf_blocks, tables)):
+            size = len(blk.groups) * blk.num_nodes
+            keep = (cols >= blk.offset) & (cols < blk.offset + size)
+            r, loc = rows[keep], cols[keep] - blk.offset
+            g = torch.div(loc, blk.num_nodes, rounding_mode="floor")
+            j = loc - g * blk.num_nodes
+            var = circuit._get(f"leaf{i}_vars")[g]
+            m = masked[r, var]
+            r, g, j, var = r[m], g[m], j[m], var[m]
+            if r.numel() == 0:
+                continue
+            slot = circuit._get(f"leaf{i}_slots")[g]
+            if cand is None:
+                lg = table[slot, j] + w_leaf[r, var]  # [M, V]
+            else:
+                lg = table[slot.unsqueeze(1), j.unsqueeze(1), cand[r, var]] + w_leaf[r, var]  # [M, K]
+            cond[r, var] = lg.to(cond.dtype)
+        return cond, cand
+
+    def path_conditionals(
+        self,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        masked: torch.Tensor,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Per-position token distributions given one latent path drawn under tempered evidence.
+
+        The step of the official CoDD code (``sampler="latent_tempered"`` of
+        `diffusion.generate`): the latent path ``z`` (for an HMM the hidden
+        states) is drawn from ``P(z | x_obs, q^tau) ∝ p_omega(z, x_obs)
+        prod_{i masked} sum_c E_{z_i}(c) q_i^tau(c)`` (``q_i^tau =
+        softmax(logits_i / tau)``), and position ``i`` gets
+        ``p(x_i = c | z) = E_{z_i}(c) q_i^tau(c) / sum_c' E_{z_i}(c') q_i^tau(c')``.
+        Drawing every masked token from these conditionals samples ``p_hat``
+        exactly (the same distribution as ``method="exact"``); the generation
+        loop instead uses them as the step's logits: the remasking confidence
+        is ``p(x_i | z)`` and the token is drawn from them at the generation
+        temperature ``T`` (argmax at ``T = 0``), i.e. from
+        ``sum_z P(z | x_obs, q^tau) prod_i p(x_i | z)^(1/T) / sum_c p(c | z)^(1/T)``.
+
+        With a backoff each row keeps, with probability ``1 - lambda``, the
+        factorized component: ``q_i^tau`` itself.
+
+        Args:
+            x: ``LongTensor[B, W]`` current tokens (masked entries are ignored).
+            logits: ``FloatTensor[B, W, V]`` backbone logits.
+            masked: ``BoolTensor[B, W]``.
+            temperature: ``tau > 0``.
+            generator: random generator (the path draw).
+
+        Returns:
+            ``FloatTensor[B, W, V]`` log-probabilities: ``log p(x_i | z)`` at
+            masked positions (``-inf`` outside the top-``k`` candidates), the
+            one-hot of ``x_i`` (0 / ``-inf``) at observed ones.
+
+        Raises:
+            TypeError: ``x`` not integer or ``logits`` not float.
+            ValueError: mismatched shapes, ``tau <= 0``, logits with NaN,
+                ``+inf`` or only ``-inf`` at a masked position, or evidence of
+                probability 0.
+        """
+        tau = _check_temperature(temperature)
+        x, logits, masked = self._check(x, logits, masked)
+        B, W = x.shape
+        V = self.vocab_size
+        with torch.no_grad():
+            use = None
+            if self.backoff is not None:
+                lam = self.mix_weight(masked)
+                use = torch.rand(lam.shape, generator=generator, dtype=lam.dtype, device=lam.device) < lam
+            if bool(masked.any()):
+                cond, cand = self._path_leaf_logits(x, logits, masked, tau, tau, generator, "sample")
+            else:
+                cond, cand = self._soft(logits, masked, tau, self.top_k)
+            if use is not None:
+                w, _ = self._soft(logits, masked, tau, self.top_k)
+                cond = torch.where(use.view(B, 1, 1), cond, w)
+            cond = F.log_softmax(cond, -1)
+            if cand is not None:
+                cond = torch.full((B, W, V), -math.inf, dtype=cond.dtype, device=cond.device).scatter(-1, cand, cond)
+            onehot = torch.full((B, W, V), -math.inf, dtype=cond.dtype, device=cond.device)
+            onehot.scatter_(-1, torch.where(masked, torch.zeros_like(x), x).unsqueeze(-1), 0.0)
+            return torch.where(masked.unsqueeze(-1), cond, onehot)
+
+    def _sample_any_order(
+        self,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        masked: torch.Tensor,
+        tau: float,
+        generator: torch.Generator | None,
+        order: str,
+    ) -> torch.Tensor:
+        out = torch.where(masked, torch.zeros_like(x), x).clone()
+        left = masked.clone()
+        B = x.shape[0]
+        rows = torch.arange(B, device=x.device)
+        while bool(left.any()):
+            post, root = self._marginals(out, logits, left, tau)
+            if not bool(torch.isfinite(root[left.any(1)]).all()):
+                raise ValueError("the evidence has probability 0 under the prior; nothing to sample")
+            post = post.clamp_min(0.0)
+            score = order_scores(post, order, generator)
+            score = score.masked_fill(~left, -math.inf)
+            pos = score.argmax(1)  # [B]
+            active = left.any(1)
+            p = post[rows, pos]  # [B, V]
+            p = torch.where(active.unsqueeze(1), p, torch.ones_like(p))
+            tok = torch.multinomial(p.double(), 1, generator=generator)[:, 0]
+            out[rows[active], pos[active]] = tok[active]
+            left[rows[active], pos[active]] = False
+        return out
+
+
+def _best_mix_weights(lp_codd: torch.Tensor, lp_fact: torch.Tensor, masked: torch.Tensor, bins: int) -> list[float]:
+    """Per mask-ratio bin, the ``lambda`` on a 0.001 grid of ``[0, 1]`` maximising the mixture's log-likelihood.
+
+    Args:
+        lp_codd: ``FloatTensor[M]`` ``log p_hat`` of each window.
+        lp_fact: ``FloatTensor[M]`` factorized log-probability of each window.
+        masked: ``BoolTensor[M, W]``.
+        bins: equal-width bins of the mask ratio.
+
+    Returns:
+        ``bins`` weights (1.0 for a bin without windows).
+    """
+    idx = ((masked.sum(1).double() / masked.shape[1]) * bins).floor().long().clamp(0, bins - 1)
+    grid = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)
+    out = []
+    for b in range(bins):
+        sel = (idx == b) & masked.any(1)
+        if not bool(sel.any()):
+            out.append(1.0)
+            continue
+        obj = torch.logaddexp(
+            torch.log(grid)[:, None] + lp_codd[sel][None], torch.log1p(-grid)[:, None] + lp_fact[sel][None]
+        )
+        obj = torch.where(torch.isnan(obj), torch.full_like(obj, -math.inf), obj).sum(1)
+        out.append(float(grid[int(obj.argmax())]))
+    return out
+
+def order_scores(post: torch.Tensor, rule: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Commit-order scores from marginals (higher first), independent of any draw.
+
+    Args:
+        post: ``FloatTensor[B, W, V]`` marginals.
+        rule: one of `ORDER_RULES`.
+        generator: random generator for ``"random"``.
+
+    Returns:
+        ``FloatTensor[B, W]``.
+    """
+    if rule == "low_confidence":
+        return post.amax(-1)
+    if rule == "margin":
+        top2 = post.topk(2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+    if rule == "entropy":
+        return (post * torch.log(post.clamp_min(1e-300))).sum(-1)
+    if rule == "random":
+        return torch.rand(post.shape[:2], generator=generator, dtype=post.dtype, device=post.device)
+    raise ValueError(f"order: unknown rule {rule!r}; expected one of {', '.join(ORDER_RULES)}")

@@ -1,0 +1,24 @@
+"""Compilation of node-group DAGs into layered tensor modules.
+
+Public interface for queries, learners and clients (see ``docs/engine.md``):
+:class:`TensorCircuit` (``prepare``, ``leaf_values``, ``upward``,
+``leaf_blocks()``, ``sum_blocks()``, ``banks()``, ``var_cats``,
+``continuous``), the records of :mod:`.blocks`, :class:`Evidence`, and the
+top-down passes of :mod:`.downward`.
+"""
+
+from .blocks import BankInfo, LeafBlockInfo, SumBlockInfo
+from .circuit import BlockEvidence, Evidence, TensorCircuit, compile
+from .layout import Layout, build_layout
+
+__all__ = [
+    "TensorCircuit",
+    "Evidence",
+    "BlockEvidence",
+    "LeafBlockInfo",
+    "SumBlockInfo",
+    "BankInfo",
+    "compile",
+    "Layout",
+    "build_layout",
+]

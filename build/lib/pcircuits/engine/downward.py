@@ -1,0 +1,579 @@
+"""Top-down (downward) pass: select one child per active sum node, layer by layer.
+
+Given the layer outputs of an upward pass, the downward pass walks the layers
+from the root to the leaves. Every *active* node is a pair ``(row, node)``:
+the root is active in every row; an active product node activates all its
+children; an active sum node activates one child, chosen either as the
+maximiser of ``log w_k + value_k`` (backtracking for MPE, on a max-product
+upward pass) or by sampling ``k`` with probability
+``w_k * value_k / value_parent`` (on a sum-product upward pass; Gumbel-max).
+
+Active nodes are kept as flat lists of ``(row, column)`` pairs per layer, so
+memory and time are linear in the number of nodes on the selected sub-circuits
+(at most the circuit size times the number of rows) and the only Python loop
+is over layers and sum blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..distributions.base import DiscreteDistribution, gather_categories
+from .blocks import LeafBlockInfo
+from .circuit import Evidence, TensorCircuit
+from .layout import ProductLayer, SumBlock
+
+__all__ = [
+    "Selection",
+    "downward",
+    "gather_sources",
+    "gumbel_argmax",
+    "fill_leaves",
+    "selected_leaf_logits",
+    "empty_assignment",
+    "leaf_flows",
+]
+
+
+@dataclass
+class Selection:
+    """The result of a downward pass.
+
+    Attributes:
+        leaf_rows: ``[M]`` row of each selected leaf.
+        leaf_cols: ``[M]`` column of each selected leaf in the leaf layer.
+        choices: per sum layer (in layer order, as ``(layer index, block index)``
+            keys), the tuple ``(rows [A], nodes [A], choice [A])``: for each
+            active node of the block (``nodes`` is the node's position inside
+            the block, ``group * n + j``) the selected child slot ``0..k-1``.
+            Empty unless the pass was asked to record choices.
+    """
+
+    leaf_rows: torch.Tensor
+    leaf_cols: torch.Tensor
+    choices: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def gather_sources(circuit: TensorCircuit, li: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where every child reference of inner layer ``li`` reads from.
+
+    Returns:
+        ``(layer [R], column [R])``: the layer index (``-1`` for the zero pad)
+        and column of each of the layer's ``R`` child references.
+    """
+    cache = circuit.__dict__.setdefault("_buffer_cache", {})  # cleared when the buffers move
+    key = ("gather_sources", li)
+    if key not in cache:
+        cache[key] = _gather_sources(circuit, li)
+    return cache[key]
+
+
+def _gather_sources(circuit: TensorCircuit, li: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gather_sources`, uncached."""
+    g = circuit.layout.layers[li].gather
+    dev = circuit.device
+    if g.identity or g.perm is None:
+        col = circuit._get(f"l{li}_src0")
+        return torch.full_like(col, g.sources[0]), col
+    idx = [circuit._get(f"l{li}_src{si}") for si in range(len(g.sources))]
+    lay = [torch.full_like(ix, s) for s, ix in zip(g.sources, idx)]
+    if g.pad:
+        lay.append(torch.full((1,), -1, dtype=torch.long, device=dev))
+        idx.append(torch.zeros(1, dtype=torch.long, device=dev))
+    perm = circuit._get(f"l{li}_perm")
+    return torch.cat(lay)[perm], torch.cat(idx)[perm]
+
+
+def gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Draws from ``softmax(logits)`` along the last dimension by the Gumbel-max trick.
+
+    Args:
+        logits: ``[..., k]`` unnormalised log-probabilities (``-inf`` never drawn
+            unless a whole row is ``-inf``).
+        generator: random generator (on ``logits``' device) or ``None``.
+
+    Returns:
+        ``[...]`` long indices into the last dimension.
+    """
+    u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype, device=logits.device)
+    u = u.clamp_min_(torch.finfo(logits.dtype).tiny)
+    return (logits - torch.log(-torch.log(u))).argmax(-1)
+
+
+_gumbel_argmax = gumbel_argmax  # former private name, still imported by diffusion/codd/prior.py
+
+
+def _cat_pairs(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows [A], cols [A])`` of several pending lists of active nodes, concatenated."""
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def downward(
+    circuit: TensorCircuit,
+    outs: list[torch.Tensor],
+    row_source: torch.Tensor,
+    mode: str,
+    generator: torch.Generator | None = None,
+    log_weights: dict[str, torch.Tensor] | None = None,
+    record_choices: bool = False,
+) -> Selection:
+    """Selects the sub-circuit of each row, from the root to the leaves.
+
+    Args:
+        circuit: the compiled circuit.
+        outs: the layer outputs ``[B, N_l]`` of :meth:`TensorCircuit.upward`
+            (``semiring="max"`` for ``mode="argmax"``, ``"sum"`` for ``"sample"``).
+        row_source: ``[R]`` long, the row of ``outs`` that each of the ``R``
+            rows of the pass reads (several rows may share one evidence row,
+            e.g. many samples of one conditional).
+        mode: ``"argmax"`` (backtracking) or ``"sample"``.
+        generator: random generator for ``mode="sample"``.
+        log_weights: normalised sum log-weights (default: the circuit's).
+        record_choices: also return the child chosen by every active sum node.
+
+    Returns:
+        The selected leaves (exactly one per variable and row when the row's
+        root value is finite) and, on request, the sum-node choices.
+    """
+    if mode not in ("argmax", "sample"):
+        raise ValueError(f"mode must be 'argmax' or 'sample', got {mode!r}")
+    lay = circuit.layout
+    dev = row_source.device
+    walk = _Walk(circuit, outs, row_source, mode, generator, log_weights, record_choices)
+    R = row_source.numel()
+    pending: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(len(lay.layers) + 1)]
+    pending[-1].append((torch.arange(R, device=dev), torch.zeros(R, dtype=torch.long, device=dev)))
+    for li in range(len(lay.layers) - 1, -1, -1):
+        parts, pending[li + 1] = pending[li + 1], []
+        if parts:
+            walk.layer(li, *_cat_pairs(parts), pending)
+    if pending[0]:
+        leaf_rows, leaf_cols = _cat_pairs(pending[0])
+    else:
+        leaf_rows = leaf_cols = torch.zeros(0, dtype=torch.long, device=dev)
+    return Selection(leaf_rows, leaf_cols, walk.choices)
+
+
+class _Walk:
+    """One downward pass: what its layers share, and the step from a layer's active nodes to its children."""
+
+    def __init__(
+        self,
+        circuit: TensorCircuit,
+        outs: list[torch.Tensor],
+        row_source: torch.Tensor,
+        mode: str,
+        generator: torch.Generator | None,
+        log_weights: dict[str, torch.Tensor] | None,
+        record_choices: bool,
+    ):
+        self.circuit, self.outs, self.row_source = circuit, outs, row_source
+        self.mode, self.generator, self.record = mode, generator, record_choices
+        self.lw = log_weights if log_weights is not None else circuit.sum_log_weights()
+        self.choices: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def layer(self, li: int, rows: torch.Tensor, cols: torch.Tensor, pending: list) -> None:
+        """Activates the children of layer ``li``'s active nodes ``(rows [A], cols [A])`` in ``pending``."""
+        layer = self.circuit.layout.layers[li]
+        ref_layer, ref_col = gather_sources(self.circuit, li)
+        if isinstance(layer, ProductLayer) and _one_source_per_term(layer):
+            # child slot j reads source layer j alone: no per-reference source masks (same order as below)
+            for j, term in enumerate(layer.terms):
+                pending[term.sources[0]].append((rows, ref_col[cols * layer.k + j]))
+            return
+        if isinstance(layer, ProductLayer):
+            k = layer.k
+            ref = (cols.unsqueeze(1) * k + torch.arange(k, device=cols.device)).reshape(-1)
+            ref_rows = rows.unsqueeze(1).expand(-1, k).reshape(-1)
+        else:
+            picked = self.sum_refs(li, layer, rows, cols)
+            if picked is None:
+                return
+            ref_rows, ref = picked
+        col = ref_col[ref]
+        if len(layer.gather.sources) == 1 and not layer.gather.pad:  # no reference to the zero pad
+            pending[layer.gather.sources[0]].append((ref_rows, col))
+            return
+        src = ref_layer[ref]
+        for s in layer.gather.sources:
+            sel = src == s
+            pending[s].append((ref_rows[sel], col[sel]))
+
+    def sum_refs(
+        self, li: int, layer, rows: torch.Tensor, cols: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(rows [A], child reference [A])`` chosen by the active nodes of sum layer ``li`` (``None``: none)."""
+        ch = self.circuit._gather(li, layer.gather, self.outs)  # [B, refs]
+        ref_parts, row_parts = [], []
+        start = 0
+        for bi, blk in enumerate(layer.blocks):
+            size = blk.num_groups * blk.num_nodes
+            if len(layer.blocks) == 1:  # every active node is in the one block
+                r, node = rows, cols
+            else:
+                sel = (cols >= start) & (cols < start + size)
+                r, node = rows[sel], cols[sel] - start
+            start += size
+            if r.numel() == 0:
+                continue
+            chosen = _choose(
+                self.circuit, li, bi, blk, ch, self.lw, self.row_source[r], node, self.mode, self.generator
+            )
+            if self.record:
+                self.choices[(li, bi)] = (r, node, chosen)
+            ref_parts.append(_chosen_ref(blk, node, chosen))
+            row_parts.append(r)
+        if not ref_parts:
+            return None
+        return _cat_pairs(list(zip(row_parts, ref_parts)))
+
+
+def _chosen_ref(blk: SumBlock, node: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """``[A]`` child reference (in the layer's gather) of child slot ``chosen`` of the block's nodes ``node``."""
+    if blk.dense and blk.num_groups == 1:
+        return chosen + blk.ref_offset
+    g = torch.div(node, blk.num_nodes, rounding_mode="floor")
+    base = g * blk.k if blk.dense else node * blk.k
+    return blk.ref_offset + base + chosen
+
+
+def _one_source_per_term(layer: ProductLayer) -> bool:
+    """Whether every child slot of ``layer`` reads one source layer (no pad), each slot a different one."""
+    sources = [t.sources[0] for t in layer.terms if len(t.sources) == 1 and not t.pad]
+    return len(sources) == len(layer.terms) and len(set(sources)) == len(sources)
+
+
+def _choose(
+    circuit: TensorCircuit,
+    li: int,
+    bi: int,
+    blk: SumBlock,
+    ch: torch.Tensor,
+    lw: dict[str, torch.Tensor],
+    src_rows: torch.Tensor,
+    node: torch.Tensor,
+    mode: str,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Child slot ``[A]`` chosen by the active nodes ``node [A]`` of one sum block."""
+    n, k = blk.num_nodes, blk.k
+    if blk.dense and blk.num_groups == 1:  # one group (a chain's layer): contiguous reads
+        slot = blk.slot_start if blk.slot_start is not None else int(blk.slots[0])
+        child = ch[:, blk.ref_offset : blk.ref_offset + k].index_select(0, src_rows)  # [A, k]
+        w = lw[blk.bank][slot].index_select(0, node)  # [A, k]
+        logits = child + w.to(child.dtype)
+        return logits.argmax(-1) if mode == "argmax" else gumbel_argmax(logits, generator)
+    g = torch.div(node, n, rounding_mode="floor")
+    j = node - g * n
+    ar = torch.arange(k, device=node.device)
+    base = g * k if blk.dense else node * k
+    refs = blk.ref_offset + base.unsqueeze(1) + ar  # [A, k]
+    child = ch[src_rows.unsqueeze(1), refs]  # [A, k]
+    slots = circuit._get(f"l{li}b{bi}_slots")
+    w = lw[blk.bank][slots[g], j]  # [A, k]
+    logits = child + w.to(child.dtype)
+    if mode == "argmax":
+        return logits.argmax(-1)
+    return gumbel_argmax(logits, generator)
+
+
+@dataclass
+class _Picked:
+    """The selected leaves of one block that fill a missing variable (``M`` of them).
+
+    Attributes:
+        rows: ``[M]`` pass row; ``ev_rows``: ``[M]`` its evidence row.
+        groups: ``[M]`` group in the block; ``nodes``: ``[M]`` node in the group; ``vars``: ``[M]`` variable.
+    """
+
+    rows: torch.Tensor
+    ev_rows: torch.Tensor
+    groups: torch.Tensor
+    nodes: torch.Tensor
+    vars: torch.Tensor
+
+
+def _picked_leaves(
+    blk: LeafBlockInfo, selection: Selection, ev: Evidence, row_source: torch.Tensor
+) -> _Picked | None:
+    """The selected leaves of block ``blk`` whose variable is missing in their evidence row (``None``: none)."""
+    rows, cols = selection.leaf_rows, selection.leaf_cols
+    sel = (cols >= blk.offset) & (cols < blk.offset + blk.num_groups * blk.num_nodes)
+    r, loc = rows[sel], cols[sel] - blk.offset
+    g = torch.div(loc, blk.num_nodes, rounding_mode="floor")
+    j = loc - g * blk.num_nodes
+    var = blk.vars[g]
+    er = row_source[r]
+    keep = ev.missing[er, var]
+    if not bool(keep.any()):
+        return None
+    return _Picked(r[keep], er[keep], g[keep], j[keep], var[keep])
+
+
+def fill_leaves(
+    circuit: TensorCircuit,
+    selection: Selection,
+    ev: Evidence,
+    row_source: torch.Tensor,
+    out: torch.Tensor,
+    mode: str,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Writes a value for every missing variable from its selected leaf.
+
+    Discrete leaves are evaluated through their block's log-probability table
+    (so families whose table depends on the node's position, such as
+    indicators with one value per node, are handled), then weighted by the
+    soft evidence: ``mode="mode"`` takes ``argmax_v p(v) w(v)``,
+    ``mode="sample"`` draws from ``p(v)^(1/temperature) w(v)``. With
+    candidate evidence ``v`` ranges over each entry's candidates. Other
+    families use their :meth:`~pcircuits.distributions.base.Distribution.mode`
+    and :meth:`~pcircuits.distributions.base.Distribution.sample`.
+
+    Args:
+        circuit: the compiled circuit.
+        selection: the result of :func:`downward`.
+        ev: the evidence of the upward pass (``B`` rows).
+        row_source: ``[R]`` evidence row of each pass row.
+        out: ``[R, V]`` values to fill in place (observed entries are kept).
+        mode: ``"mode"`` or ``"sample"``.
+        temperature: leaf temperature for ``mode="sample"``.
+        generator: random generator for ``mode="sample"``.
+
+    Returns:
+        ``out``.
+    """
+    if mode not in ("mode", "sample"):
+        raise ValueError(f"mode must be 'mode' or 'sample', got {mode!r}")
+    if ev.missing is None:
+        return out  # nothing to fill in
+    for blk in circuit.leaf_blocks():
+        picked = _picked_leaves(blk, selection, ev, row_source)
+        if picked is None:
+            continue
+        block_params = circuit.leaf_block_params(blk.index, circuit.params[blk.bank].detach())  # [G or 1, n, P]
+        g = torch.zeros_like(picked.groups) if block_params.shape[0] == 1 else picked.groups  # one shared slot
+        soft = cand = None
+        if ev.soft_evidence is not None and blk.dist.discrete:
+            soft = ev.soft_evidence[picked.ev_rows, picked.vars]
+            if ev.candidates is None:
+                soft = soft[:, : blk.dist.num_cats]
+            else:
+                cand = ev.candidates[picked.ev_rows, picked.vars]  # [M, K]
+        values = _leaf_values(blk, block_params, g, picked.nodes, soft, cand, mode, temperature, generator)
+        out[picked.rows, picked.vars] = values.to(out.dtype)
+    return out
+
+
+def _leaf_values(
+    blk: LeafBlockInfo,
+    block_params: torch.Tensor,
+    g: torch.Tensor,
+    j: torch.Tensor,
+    soft: torch.Tensor | None,
+    cand: torch.Tensor | None,
+    mode: str,
+    temperature: float,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """``[M]`` mode or draw of one block's selected leaves ``(g [M], j [M])`` under soft evidence ``[M, C or K]``."""
+    dist = blk.dist
+    if not isinstance(dist, DiscreteDistribution):
+        if mode == "mode":
+            return dist.mode(block_params[g, j], soft)
+        return dist.sample(block_params[g, j], soft, temperature, generator)
+    if mode == "mode" and soft is None:
+        # the same mode for every row that selects a leaf: one argmax per leaf node, then a lookup
+        return dist.log_table(block_params).argmax(-1)[g, j]
+    logits = dist.log_table(block_params)[g, j]  # [M, C]
+    if cand is not None:
+        logits = gather_categories(logits, cand)  # [M, K]
+    if mode == "sample" and temperature != 1.0:
+        logits = logits / temperature
+    if soft is not None:
+        logits = logits + soft.to(logits.dtype)
+    pick = logits.argmax(-1) if mode == "mode" else gumbel_argmax(logits, generator)
+    return pick if cand is None else cand.gather(1, pick.unsqueeze(1)).squeeze(1)
+
+
+def selected_leaf_logits(
+    circuit: TensorCircuit, selection: Selection, ev: Evidence, row_source: torch.Tensor
+) -> torch.Tensor:
+    """Each missing variable's unnormalised log-weights given its selected leaf, ``[R, V, C]`` or ``[R, V, K]``.
+
+    Entry ``(r, v, c)`` is ``log p_leaf(c) + log w_v(c)``, with ``p_leaf`` the
+    table of the discrete leaf that :func:`downward` selected for variable
+    ``v`` in pass row ``r`` and ``w`` the soft evidence of ``ev`` (which may
+    differ from the evidence of the upward pass, e.g. another temperature).
+    With candidates the last dimension runs over them (``c`` = ``candidates[.., k]``).
+    Drawing (or taking the argmax of) every row's softmax fills the missing
+    variables as :func:`fill_leaves` does, given the path.
+
+    Args:
+        circuit: the compiled circuit.
+        selection: the result of :func:`downward`.
+        ev: evidence over the ``B`` rows that ``row_source`` points into.
+        row_source: ``[R]`` evidence row of each pass row.
+
+    Returns:
+        ``[R, V, C]`` (``C`` = :attr:`TensorCircuit.max_cats`; ``-inf`` at
+        categories a leaf lacks) or ``[R, V, K]`` with candidates, in the
+        circuit's dtype (the soft evidence's with soft evidence); 0 at
+        observed and continuous variables.
+    """
+    R, V = row_source.numel(), circuit.num_vars
+    width = circuit.max_cats if ev.candidates is None else ev.candidates.shape[-1]
+    dtype = circuit.dtype if ev.soft_evidence is None else ev.soft_evidence.dtype
+    cond = torch.zeros(R, V, width, dtype=dtype, device=row_source.device)
+    if ev.missing is None:
+        return cond
+    for blk in circuit.leaf_blocks():
+        if not isinstance(blk.dist, DiscreteDistribution):
+            continue
+        picked = _picked_leaves(blk, selection, ev, row_source)
+        if picked is None:
+            continue
+        table = blk.dist.log_table(circuit.params[blk.bank].detach())  # [Q, n, C_leaf]
+        slot = blk.slots[picked.groups]
+        if ev.candidates is not None:
+            cand = ev.candidates[picked.ev_rows, picked.vars]  # [M, K]
+            lg = table[slot.unsqueeze(1), picked.nodes.unsqueeze(1), cand.clamp_max(table.shape[-1] - 1)]
+            lg = lg.masked_fill(cand >= table.shape[-1], -math.inf)  # ids the leaf lacks
+        else:
+            lg = table[slot, picked.nodes]  # [M, C_leaf]
+            if lg.shape[-1] < width:
+                lg = torch.cat([lg, lg.new_full((lg.shape[0], width - lg.shape[-1]), -math.inf)], -1)
+        if ev.soft_evidence is not None:
+            lg = lg + ev.soft_evidence[picked.ev_rows, picked.vars]
+        cond[picked.rows, picked.vars] = lg.to(cond.dtype)
+    return cond
+
+
+def empty_assignment(circuit: TensorCircuit, ev: Evidence, row_source: torch.Tensor) -> torch.Tensor:
+    """``[R, V]`` copy of the evidence values of each pass row (long, or float with continuous variables)."""
+    xd = ev.x_discrete.index_select(0, row_source)
+    if ev.x_continuous is None:
+        return xd.clone()
+    xc = ev.x_continuous.index_select(0, row_source)
+    return torch.where(circuit.continuous.unsqueeze(0), xc, xd.to(xc.dtype))
+
+
+def _finite_max(x: torch.Tensor, dim: int) -> torch.Tensor:
+    m = x.amax(dim, keepdim=True)
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+
+def leaf_flows(
+    circuit: TensorCircuit, outs: list[torch.Tensor], log_weights: dict[str, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Flows of the leaves: the probability that each leaf is on the active path, ``[B, N_0]``.
+
+    An explicit top-down pass over the outputs of a sum-product
+    :meth:`TensorCircuit.upward` pass (no autograd): the root has flow 1 (0
+    where its value is ``-inf``), a product passes its flow to every child,
+    and a sum node passes ``flow * w_k v_k / v_parent`` to child ``k``;
+    flows arriving at a node from several parents add up. The result equals
+    ``d log Z / d log v_leaf``, the gradient that autograd would give, at the
+    cost of about one more forward pass. Every exponent is ``<= 0`` (a
+    child's share of its parent), so the pass is stable in linear space.
+
+    Args:
+        circuit: the compiled circuit.
+        outs: ``[B, N_l]`` layer outputs of a sum-product upward pass.
+        log_weights: the normalised sum log-weights that pass used (default: the circuit's).
+
+    Returns:
+        ``[B, N_0]`` flows of the leaf layer (columns as in ``outs[0]``).
+    """
+    lay = circuit.layout
+    lw = log_weights if log_weights is not None else circuit.sum_log_weights()
+    root = outs[-1]
+    flows: list[torch.Tensor | None] = [None] * (len(lay.layers) + 1)
+    flows[-1] = torch.isfinite(root).to(root.dtype)
+    for li in range(len(lay.layers) - 1, -1, -1):
+        F, flows[li + 1] = flows[li + 1], None
+        if F is None:
+            continue
+        layer = lay.layers[li]
+        if isinstance(layer, ProductLayer):
+            _product_flows(circuit, li, layer, F, flows)
+        else:
+            _add_ref_flows(circuit, li, layer.gather, _sum_ref_flows(circuit, li, layer, F, outs, lw), flows)
+    if flows[0] is None:  # the root is a leaf
+        return torch.isfinite(root).to(root.dtype)
+    return flows[0]
+
+
+def _zero_flows(circuit: TensorCircuit, s: int, like: torch.Tensor) -> torch.Tensor:
+    """``[B, N_s]`` zero flows of layer ``s``."""
+    return torch.zeros(like.shape[0], circuit.layout.layer_sizes[s], dtype=like.dtype, device=like.device)
+
+
+def _product_flows(circuit: TensorCircuit, li: int, layer: ProductLayer, F: torch.Tensor, flows: list) -> None:
+    """Adds the flows ``F [B, N]`` of product layer ``li`` to its children (each reference gets its node's flow)."""
+    ref_layer, ref_col = gather_sources(circuit, li)
+    for s in layer.gather.sources:
+        pos = (ref_layer == s).nonzero(as_tuple=True)[0]
+        node = torch.div(pos, layer.k, rounding_mode="floor")  # reference pos belongs to node pos // k
+        if flows[s] is None:
+            flows[s] = _zero_flows(circuit, s, F)
+        flows[s].index_add_(1, ref_col[pos], F.index_select(1, node))
+
+
+def _sum_ref_flows(
+    circuit: TensorCircuit,
+    li: int,
+    layer,
+    F: torch.Tensor,
+    outs: list[torch.Tensor],
+    lw: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """``[B, refs]`` flow through every child reference of sum layer ``li``: ``flow * w_k v_k / v_parent``."""
+    B = F.shape[0]
+    P = outs[li + 1]
+    ch = circuit._gather(li, layer.gather, outs)
+    parts = []
+    start = 0
+    for bi, blk in enumerate(layer.blocks):
+        G, n, k = blk.num_groups, blk.num_nodes, blk.k
+        Fb = F[:, start : start + G * n].view(B, G, n)
+        Pb = P[:, start : start + G * n].view(B, G, n)
+        start += G * n
+        live = Fb > 0  # a node with positive flow has a finite value
+        w = lw[blk.bank].index_select(0, circuit._get(f"l{li}b{bi}_slots")).to(F.dtype)  # [G, n, k]
+        if blk.dense:
+            c = ch[:, blk.ref_offset : blk.ref_offset + G * k].view(B, G, k)
+            m = _finite_max(c, -1)  # [B, G, 1]
+            a = torch.where(live, Fb * torch.exp(m - Pb), torch.zeros((), dtype=F.dtype, device=F.device))
+            s = torch.matmul(a.transpose(0, 1), w.exp()).transpose(0, 1)  # [B, G, k]
+            f = torch.exp(c - m) * s
+        else:
+            c = ch[:, blk.ref_offset : blk.ref_offset + G * n * k].view(B, G, n, k)
+            # dead nodes (flow 0) divide by +inf: their children get exactly 0, never 0 * inf
+            Pb = torch.where(live, Pb, torch.full((), math.inf, dtype=F.dtype, device=F.device))
+            f = Fb.unsqueeze(-1) * torch.exp(c + w.unsqueeze(0) - Pb.unsqueeze(-1))
+        parts.append(f.reshape(B, -1))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+
+def _add_ref_flows(circuit: TensorCircuit, li: int, g, ref_flow: torch.Tensor, flows: list) -> None:
+    """Adds the flows ``ref_flow [B, refs]`` of layer ``li``'s child references to the layers they read."""
+    if g.identity:
+        s = g.sources[0]
+        flows[s] = ref_flow.clone() if flows[s] is None else flows[s].add_(ref_flow)
+        return
+    ref_layer, ref_col = gather_sources(circuit, li)
+    for s in g.sources:
+        if flows[s] is None:
+            flows[s] = _zero_flows(circuit, s, ref_flow)
+        if g.perm is None:
+            flows[s].index_add_(1, ref_col, ref_flow)
+        else:
+            pos = (ref_layer == s).nonzero(as_tuple=True)[0]
+            flows[s].index_add_(1, ref_col[pos], ref_flow.index_select(1, pos))
