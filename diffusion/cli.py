@@ -383,7 +383,9 @@ def _load_prior(spec: str | None, backbone):
 
     path = SHIPPED_PRIOR_FILE if spec == "shipped" else Path(spec)
     if not path.is_file():
-        raise ValueError(f"--prior: {spec!r} is not a prior file (write one with 'codd train-prior', or pass 'shipped')")
+        raise ValueError(
+            f"--prior: {spec!r} is not a prior file (write one with 'codd train-prior', or pass 'shipped')"
+        )
     prior = CoDDPrior.load(path)
     if prior.vocab_size != backbone.vocab_size:
         raise ValueError(

@@ -57,7 +57,7 @@ SHIPPED_BACKBONE_DIR = BUNDLED_DATA_DIR / "backbone"
 """The small GSM8K backbone shipped as package data (1.0 M parameters, 4 MB; project BPE tokenizer)."""
 
 SHIPPED_PRIOR_FILE = BUNDLED_DATA_DIR / "prior.safetensors"
-"""A CoDD prior (HMM, window 32) trained for `SHIPPED_BACKBONE_DIR` on GSM8K train answers (``codd --prior shipped``)."""
+"""A CoDD prior (HMM, window 32) trained for `SHIPPED_BACKBONE_DIR` on GSM8K answers (``codd ... --prior shipped``)."""
 
 
 @dataclass(frozen=True)
