@@ -2,7 +2,7 @@
 
 One command (CPU, one thread, about 20 minutes)::
 
-    python benchmarks/codd_gsm8k.py --model benchmarks/results/diffusion_backbone
+    python benchmarks/codd_gsm8k.py --model diffusion/bundled/backbone
 
 Steps:
 
@@ -436,7 +436,7 @@ def _table(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=str(ROOT / "benchmarks" / "results" / "diffusion_backbone"))
+    p.add_argument("--model", default=str(ROOT / "diffusion" / "bundled" / "backbone"))
     p.add_argument("--window", type=int, default=32)
     p.add_argument("--states", type=int, default=128)
     p.add_argument("--train-examples", type=int, default=4000)

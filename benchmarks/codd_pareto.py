@@ -12,7 +12,7 @@ Two tasks, one command each (CPU, one thread)::
   samples. The prior is trained on windows of teacher samples (seed 0); tau
   is chosen on validation draws (generator seeds 100+, never used below) at 4
   tokens per step.
-* ``gsm8k``: the shipped CPU backbone (``benchmarks/results/diffusion_backbone``)
+* ``gsm8k``: the shipped CPU backbone (``diffusion/bundled/backbone``)
   and its prior (``codd_gsm8k_prior.npz``, trained on GSM8K train answers),
   greedy block diffusion (gen length 128, block 32, low-confidence
   remasking; CoDD takes the MPE of ``p_hat``), on ``--questions`` GSM8K test
@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--prior-states", type=int, default=32)
     s.add_argument("--backbone-steps", type=int, default=1000)
     g = sub.add_parser("gsm8k")
-    g.add_argument("--model", default=str(ROOT / "benchmarks" / "results" / "diffusion_backbone"))
+    g.add_argument("--model", default=str(ROOT / "diffusion" / "bundled" / "backbone"))
     g.add_argument("--prior", default=str(ROOT / "benchmarks" / "results" / "codd_gsm8k_prior.npz"))
     g.add_argument("--questions", type=int, default=32)
     g.add_argument("--val-questions", type=int, default=16)

@@ -14,7 +14,7 @@ One command (CPU, one thread)::
 3. Write ``benchmarks/results/diffusion_gsm8k.json``, the plot
    ``docs/diffusion/gsm8k_factorization.png`` and the results page
    ``docs/diffusion/gsm8k-benchmark.md`` (tables generated from the JSON), and
-   copy the backbone to ``benchmarks/results/diffusion_backbone`` when it is
+   copy the backbone to ``diffusion/bundled/backbone`` when it is
    smaller than 15 MB.
 """
 
@@ -302,10 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     _plot(res, train_log, DOCS / plot_name)
     cmd = " ".join(["python benchmarks/diffusion_gsm8k.py", *(argv if argv is not None else sys.argv[1:])])
     (DOCS / f"gsm8k-benchmark{a.tag}.md").write_text(_page(res, meta, cmd, json_name))
-    if not a.no_ship and model.resolve() != (RESULTS / "diffusion_backbone").resolve():
+    if not a.no_ship and model.resolve() != (ROOT / "diffusion" / "bundled" / "backbone").resolve():
         size = _dir_size(model)
         if size < SHIP_LIMIT_BYTES:
-            dest = RESULTS / "diffusion_backbone"
+            dest = ROOT / "diffusion" / "bundled" / "backbone"
             if dest.exists():
                 shutil.rmtree(dest)
             shutil.copytree(model, dest)

@@ -4,10 +4,23 @@ Subcommands:
 
 * ``codd train-backbone``: train a small masked diffusion backbone
   (see `TrainConfig`).
-* ``codd generate``: generate answers for prompts with a saved backbone.
+* ``codd generate``: generate answers for prompts with a saved backbone,
+  optionally with a CoDD prior (``--prior``).
 * ``codd train-prior``: train a CoDD circuit prior on a frozen backbone.
 * ``codd evaluate``: held-out bound, log-likelihood by mask ratio and few-step
-  generation quality of a saved backbone on GSM8K-style data.
+  generation quality of a saved backbone on GSM8K-style data, optionally
+  with a CoDD prior.
+
+One path from training to generation: ``codd train-prior MODEL --output P``,
+then ``codd generate MODEL --prior P --prompt ...`` and ``codd evaluate MODEL
+--prior P``. ``MODEL`` may be left out: it defaults to the small GSM8K
+backbone shipped with the package (``diffusion.data.SHIPPED_BACKBONE_DIR``),
+and ``--prior shipped`` names the prior trained for it
+(``diffusion.data.SHIPPED_PRIOR_FILE``), so ``codd generate --prompt ...``
+works from any directory after ``pip install``. Every command takes a
+project backbone or a Hugging Face masked LM (LLaDA, Dream) with its own
+tokenizer; with a Hugging Face tokenizer each question is formatted with the
+tokenizer's chat template when it has one (`diffusion.tokenizers.HFTokenizer`).
 
 Run ``codd <subcommand> --help`` for the options.
 
@@ -46,6 +59,44 @@ _positive_float = float_in(0.0, low_open=True)
 _nonnegative_float = float_in(0.0)
 _rate = float_in(0.0, 1.0, high_open=True)
 _probability = float_in(0.0, 1.0, low_open=True)
+_fraction = float_in(0.0, 1.0)
+
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_TOKENIZER_HELP = (
+    "Text is encoded with the backbone's own tokenizer: the project tokenizer ([BOS] question [SEP]) or a Hugging "
+    "Face one, whose chat template (apply_chat_template, one user turn with the generation prompt) formats each "
+    "question when the tokenizer has one, else its own special tokens around it."
+)
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default=None,
+                   help="backbone directory: a project model, a Hugging Face masked LM, LLaDA or Dream "
+                   "(default: the small GSM8K backbone shipped with the package)")
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="device of the backbone, e.g. cpu or cuda (default: %(default)s)")
+    p.add_argument("--dtype", choices=_DTYPES, default="auto",
+                   help="parameter dtype of the backbone (auto: as saved; default: %(default)s)")
+
+
+def _add_codd(p: argparse.ArgumentParser) -> None:
+    from .codd.prior import SAMPLE_METHODS
+
+    p.add_argument("--prior", default=None,
+                   help="a CoDD prior file written by 'codd train-prior' for this backbone, or 'shipped' for the "
+                   "prior shipped with the package for the default backbone (default: no prior)")
+    p.add_argument("--pc-frac", type=_fraction, default=1.0,
+                   help="gamma in [0, 1]: use the prior in a window only when its mask ratio is at most gamma "
+                   "(default: %(default)s)")
+    p.add_argument("--pc-temperature", type=_positive_float, default=1.0,
+                   help="tau > 0 of p_hat ~ p_prior * prod p_backbone^(1/tau) (default: %(default)s)")
+    p.add_argument("--sampler", choices=list(SAMPLE_METHODS), default="latent",
+                   help="the prior's sampler (default: %(default)s)")
+    p.add_argument("--entropy-bound", type=_nonnegative_float, default=None,
+                   help="EB-Sampler: commit per step the longest prefix of positions whose entropy sum minus its "
+                   "largest entropy is at most this many nats (default: the fixed schedule)")
 
 
 def _add_trust(p: argparse.ArgumentParser, what: str = "the model directory") -> None:
@@ -112,22 +163,25 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gen-length", type=_positive_int, default=128)
-    p.add_argument("--block-length", type=_positive_int, default=32)
+    p.add_argument("--block-length", type=_positive_int, default=None,
+                   help="block length of block diffusion (default: 32, or --gen-length when that is shorter)")
     p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "margin", "entropy", "random"])
     p.add_argument("--temperature", type=_nonnegative_float, default=0.0)
     p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--threads", type=_positive_int, default=1)
     _add_trust(p)
+    _add_runtime(p)
+    _add_codd(p)
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
         help="generate answers with a saved backbone",
-        description="Generate with block diffusion. "
-        "Prompts come from --prompt (repeatable) or --prompts-file (one per line).",
+        description="Generate with block diffusion, optionally with a CoDD prior (--prior). "
+        "Prompts come from --prompt (repeatable) or --prompts-file (one per line). " + _TOKENIZER_HELP,
     )
-    p.add_argument("model", help="backbone directory (project model, HF masked LM, LLaDA or Dream)")
+    _add_model(p)
     p.add_argument("--prompt", action="append", default=[], help="a prompt (question); repeatable")
     p.add_argument("--prompts-file", help="text file with one prompt per line")
     p.add_argument(
@@ -147,9 +201,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="evaluate a saved backbone on held-out question-answer data",
         description="Held-out ELBO / perplexity bound, log-likelihood by mask-ratio bins and few-step "
-        "generation (exact match, annotation validity, tokens/s) at several tokens per step.",
+        "generation (exact match, annotation validity, tokens/s) at several tokens per step, with a CoDD "
+        "prior in generation when --prior is given. " + _TOKENIZER_HELP,
     )
-    p.add_argument("model", help="directory of a backbone trained with 'codd train-backbone'")
+    _add_model(p)
     p.add_argument("--data", default="gsm8k", help="'gsm8k', a directory with test.jsonl, or a .jsonl QA file")
     p.add_argument("--examples", type=_positive_int, default=200, help="held-out examples for the likelihood measures")
     p.add_argument("--questions", type=_positive_int, default=50, help="held-out questions for generation")
@@ -186,9 +241,10 @@ def _add_train_prior(sub: argparse._SubParsersAction) -> None:
         "train-prior",
         help="train a CoDD circuit prior on a frozen backbone",
         description="Mask windows of QA answers (t ~ U(0,1)), cache the backbone's (top-k) logits and fit an HMM "
-        "prior to the conditional likelihood with Adam; the best held-out circuit is saved with pcircuits.save.",
+        "prior to the conditional likelihood with Adam; the best held-out circuit is saved with pcircuits.save. "
+        + _TOKENIZER_HELP,
     )
-    p.add_argument("model", help="backbone directory")
+    _add_model(p)
     p.add_argument("--data", default="gsm8k", help="'gsm8k', a directory with train.jsonl, or a .jsonl QA file")
     p.add_argument("--output", default="prior.safetensors", help="circuit file (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
@@ -212,6 +268,7 @@ def _add_train_prior(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=_positive_int, default=1)
     p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    _add_runtime(p)
 
 
 def _cmd_train_prior(a: argparse.Namespace) -> int:
@@ -219,13 +276,15 @@ def _cmd_train_prior(a: argparse.Namespace) -> int:
 
     from .codd.training import train_prior_cli
 
-    check_output(a.output, "--output", [a.model, a.data], a.force)
+    model = _model_dir(a.model)
+    check_output(a.output, "--output", [model, a.data], a.force)
     torch.set_num_threads(a.threads)
     res = train_prior_cli(
-        a.model, a.data, a.output, window=a.window, states=a.states, num_windows=a.windows,
+        model, a.data, a.output, window=a.window, states=a.states, num_windows=a.windows,
         top_k=a.top_k or None, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, em_epochs=a.em_epochs,
         examples=a.examples, seed=a.seed, progress=False if a.no_progress else None, weighting=a.weighting,
         mask_scope=a.mask_scope, draws=a.draws, backoff_bins=a.backoff_bins, trust_remote_code=a.trust_remote_code,
+        device=a.device, dtype=_dtype(a.dtype),
     )
     print(json.dumps(res))
     return 0
@@ -283,19 +342,66 @@ def _cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
-def _load(model: str, trust_remote_code: bool, mask_token_id: int | None = None):
-    from .backbones import load_backbone
+def _model_dir(model: str | None) -> str:
+    """The backbone directory: ``model``, or the shipped backbone when it is None."""
+    if model is not None:
+        return model
+    from .data import SHIPPED_BACKBONE_DIR
 
-    return load_backbone(model, mask_token_id=mask_token_id, trust_remote_code=trust_remote_code)
+    return str(SHIPPED_BACKBONE_DIR)
 
 
-def _cmd_generate(a: argparse.Namespace) -> int:
+def _dtype(name: str):
+    """The torch dtype named by ``--dtype`` (None for ``auto``)."""
     import torch
 
-    from .data import encode_prompts
-    from .sampling import generate, left_padding_mask
+    return None if name == "auto" else getattr(torch, name)
 
-    torch.set_num_threads(a.threads)
+
+def _load(a: argparse.Namespace, mask_token_id: int | None = None):
+    """The backbone of ``a.model`` on ``a.device`` in ``a.dtype``, its tokenizer seen as a `TextTokenizer`."""
+    from .backbones import Backbone, load_backbone
+    from .tokenizers import as_text_tokenizer
+
+    model = _model_dir(a.model)
+    backbone = load_backbone(model, mask_token_id=mask_token_id, device=a.device, dtype=_dtype(a.dtype),
+                             trust_remote_code=a.trust_remote_code)
+    if not isinstance(backbone, Backbone):
+        raise ValueError(f"model: {model} is a {type(backbone).__name__}, not a masked diffusion backbone")
+    if backbone.tokenizer is None:
+        raise ValueError(f"model: {model} has no tokenizer; cannot encode text")
+    backbone.tokenizer = as_text_tokenizer(backbone.tokenizer)
+    return backbone
+
+
+def _load_prior(spec: str | None, backbone):
+    """The prior named by ``--prior`` (None: no prior; ``shipped``: the package's), checked against ``backbone``."""
+    if spec is None:
+        return None
+    from .codd.prior import CoDDPrior
+    from .data import SHIPPED_PRIOR_FILE
+
+    path = SHIPPED_PRIOR_FILE if spec == "shipped" else Path(spec)
+    if not path.is_file():
+        raise ValueError(
+            f"--prior: {spec!r} is not a prior file (write one with 'codd train-prior', or pass 'shipped')"
+        )
+    prior = CoDDPrior.load(path)
+    if prior.vocab_size != backbone.vocab_size:
+        raise ValueError(
+            f"--prior: {spec!r} was trained for a vocabulary of {prior.vocab_size} tokens, "
+            f"but the backbone has {backbone.vocab_size}; train a prior for this backbone with 'codd train-prior'"
+        )
+    return prior.to(backbone.device)
+
+
+def _block_length(a: argparse.Namespace) -> int:
+    """``--block-length``, by default 32 or ``--gen-length`` when that is shorter."""
+    return a.block_length if a.block_length is not None else min(32, a.gen_length)
+
+
+def _read_prompts(a: argparse.Namespace) -> list[str]:
+    """The prompts of ``--prompt`` and ``--prompts-file``."""
     prompts = list(a.prompt)
     if a.prompts_file:
         try:
@@ -306,21 +412,23 @@ def _cmd_generate(a: argparse.Namespace) -> int:
             raise ValueError(f"--prompts-file: cannot read {a.prompts_file!r} ({type(e).__name__})") from None
     if not prompts:
         raise ValueError("--prompt / --prompts-file: no prompts given")
-    backbone = _load(a.model, a.trust_remote_code, a.mask_token_id)
+    return prompts
+
+
+def _cmd_generate(a: argparse.Namespace) -> int:
+    import torch
+
+    from .data import prompt_batch
+    from .sampling import generate
+
+    torch.set_num_threads(a.threads)
+    prompts = _read_prompts(a)
+    backbone = _load(a, a.mask_token_id)
+    prior = _load_prior(a.prior, backbone)
     tok = backbone.tokenizer
-    if tok is None:
-        raise ValueError(f"model: {a.model} has no tokenizer; cannot encode text prompts")
-    if hasattr(tok, "bos_id"):
-        ids = encode_prompts(prompts, tok)
-        mask = left_padding_mask(ids, tok.pad_id)
-        eos = tok.eos_id
-    else:  # Hugging Face tokenizer
-        tok.padding_side = "left"
-        enc = tok(prompts, return_tensors="pt", padding=True)
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        eos = tok.eos_token_id
+    ids, mask = prompt_batch(prompts, tok)  # [B, P]
     steps = a.steps if a.steps is not None else a.gen_length // a.tokens_per_step
-    block = a.block_length if a.mode == "block" else None
+    block = _block_length(a) if a.mode == "block" else None
     out = generate(
         backbone,
         ids,
@@ -330,9 +438,15 @@ def _cmd_generate(a: argparse.Namespace) -> int:
         remasking=a.remasking,
         temperature=a.temperature,
         top_p=a.top_p,
+        entropy_bound=a.entropy_bound,
+        pc_frac=a.pc_frac,
+        pc_temperature=a.pc_temperature,
+        sampler=a.sampler,
+        prior=prior,
         generator=torch.Generator().manual_seed(a.seed),
         attention_mask=mask,
-    )
+    )  # [B, P + gen_length]
+    eos = tok.eos_id
     for p, row in zip(prompts, out[:, ids.shape[1] :].tolist(), strict=True):
         if eos is not None and eos in row:
             row = row[: row.index(eos)]
@@ -347,14 +461,10 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluation import evaluate_backbone
 
     if a.output:
-        check_output(a.output, "--output", [a.model, a.data], a.force)
+        check_output(a.output, "--output", [_model_dir(a.model), a.data], a.force)
     torch.set_num_threads(a.threads)
-    backbone = _load(a.model, a.trust_remote_code)
-    tok = backbone.tokenizer
-    if tok is None or not hasattr(tok, "bos_id"):
-        raise ValueError(
-            f"model: {a.model} is not a backbone trained with 'codd train-backbone' (no project tokenizer)"
-        )
+    backbone = _load(a)
+    prior = _load_prior(a.prior, backbone)
     if a.data == "gsm8k":
         held = load_gsm8k("test")
     elif Path(a.data).is_dir():
@@ -368,12 +478,17 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
         questions=a.questions,
         tokens_per_step=a.tokens_per_step,
         gen_length=a.gen_length,
-        block_length=a.block_length,
+        block_length=_block_length(a),
         remasking=a.remasking,
         temperature=a.temperature,
         batch_size=a.batch_size,
         seed=a.seed,
         max_answer_tokens=a.max_answer_tokens,
+        entropy_bound=a.entropy_bound,
+        pc_frac=a.pc_frac,
+        pc_temperature=a.pc_temperature,
+        sampler=a.sampler,
+        prior=prior,
     )
     text = json.dumps(results, indent=1)
     if a.output:

@@ -11,6 +11,11 @@ prompts); answers are padded on the right with ``[EOS]``, as in LLaDA's SFT, so
 a model learns to fill the unused tail of a fixed generation window with
 ``[EOS]``. Plain text files become fixed-length chunks with a one-token prompt
 (``[BOS]``).
+
+The prompt of a question is the tokenizer's ``prompt_ids(question)``
+(`diffusion.tokenizers.TextTokenizer.prompt_ids`): ``[BOS] question [SEP]``
+for the project's tokenizers; for a Hugging Face tokenizer wrapped by
+`diffusion.tokenizers.HFTokenizer`, its chat template when it has one.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ __all__ = [
     "EncodedExample",
     "Batch",
     "BUNDLED_DATA_DIR",
+    "SHIPPED_BACKBONE_DIR",
+    "SHIPPED_PRIOR_FILE",
     "default_gsm8k_dir",
     "read_jsonl_qa",
     "load_gsm8k",
@@ -40,10 +47,17 @@ __all__ = [
     "collate",
     "iterate_batches",
     "encode_prompts",
+    "prompt_batch",
 ]
 
 BUNDLED_DATA_DIR = Path(__file__).resolve().parent / "bundled"
 """Small GSM8K subset shipped with the package (``gsm8k_train.jsonl``, ``gsm8k_test.jsonl``, MIT ``LICENSE``)."""
+
+SHIPPED_BACKBONE_DIR = BUNDLED_DATA_DIR / "backbone"
+"""The small GSM8K backbone shipped as package data (1.0 M parameters, 4 MB; project BPE tokenizer)."""
+
+SHIPPED_PRIOR_FILE = BUNDLED_DATA_DIR / "prior.safetensors"
+"""A CoDD prior (HMM, window 32) trained for `SHIPPED_BACKBONE_DIR` on GSM8K answers (``codd ... --prior shipped``)."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +213,8 @@ def read_text_file(path: str | Path) -> str:
 def encode_qa(examples: Sequence[QAExample], tokenizer: TextTokenizer, max_length: int = 256) -> list[EncodedExample]:
     """Tokenize question-answer pairs.
 
-    The prompt is ``[BOS] question [SEP]`` and the target ``answer [EOS]``.
+    The prompt is ``[BOS] question [SEP]`` (the tokenizer's ``prompt_ids``) and
+    the target ``answer [EOS]``.
     Targets are truncated so that prompt + target fit in ``max_length``;
     examples whose prompt leaves fewer than 8 target positions are dropped.
 
@@ -213,13 +228,21 @@ def encode_qa(examples: Sequence[QAExample], tokenizer: TextTokenizer, max_lengt
     """
     out = []
     for ex in examples:
-        prompt = [tokenizer.bos_id, *tokenizer.encode(ex.question), tokenizer.sep_id]
+        prompt = _prompt_ids(tokenizer, ex.question)
         target = [*tokenizer.encode(ex.answer), tokenizer.eos_id]
         room = max_length - len(prompt)
         if room < 8:
             continue
         out.append(EncodedExample(tuple(prompt), tuple(target[:room])))
     return out
+
+
+def _prompt_ids(tokenizer: TextTokenizer, question: str) -> list[int]:
+    """The tokenizer's ``prompt_ids(question)``; ``[BOS] question [SEP]`` for a tokenizer without that method."""
+    build = getattr(tokenizer, "prompt_ids", None)
+    if build is not None:
+        return build(question)
+    return [tokenizer.bos_id, *tokenizer.encode(question), tokenizer.sep_id]
 
 
 def encode_text_chunks(text: str, tokenizer: TextTokenizer, max_length: int = 256) -> list[EncodedExample]:
@@ -320,13 +343,38 @@ def encode_prompts(questions: Sequence[str], tokenizer: TextTokenizer) -> torch.
         tokenizer: the tokenizer.
 
     Returns:
-        ``LongTensor[B, P]``: ``[PAD]... [BOS] question [SEP]`` rows.
+        ``LongTensor[B, P]``: ``[PAD]... [BOS] question [SEP]`` rows (the tokenizer's ``prompt_ids``).
+    """
+    return prompt_batch(questions, tokenizer)[0]
+
+
+def prompt_batch(questions: Sequence[str], tokenizer: TextTokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompts and their attention mask, for `diffusion.generate`.
+
+    The mask comes from the prompts' lengths, so it is right even when a
+    prompt starts with the padding id (a Hugging Face tokenizer whose padding
+    token is also its BOS or EOS).
+
+    Args:
+        questions: the question texts.
+        tokenizer: the tokenizer (its ``prompt_ids`` and ``pad_id``).
+
+    Returns:
+        ``(ids LongTensor[B, P], attention_mask BoolTensor[B, P])``, the mask
+        True on each row's real prompt tokens.
+
+    Raises:
+        ValueError: no questions, or a question whose prompt is empty.
     """
     if not questions:
         raise ValueError("questions: no prompts given")
-    enc = [[tokenizer.bos_id, *tokenizer.encode(q), tokenizer.sep_id] for q in questions]
+    enc = [_prompt_ids(tokenizer, q) for q in questions]
+    if any(not e for e in enc):
+        raise ValueError(f"questions: question {next(i for i, e in enumerate(enc) if not e)} encodes to no tokens")
     p = max(len(e) for e in enc)
     out = torch.full((len(enc), p), tokenizer.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(enc), p), dtype=torch.bool)
     for i, e in enumerate(enc):
         out[i, p - len(e) :] = torch.tensor(e)
-    return out
+        mask[i, p - len(e) :] = True
+    return out, mask

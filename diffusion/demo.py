@@ -1,7 +1,8 @@
 """A fast end-to-end demonstration of the diffusion package (under a minute on CPU).
 
-`run_demo` loads the small GSM8K backbone shipped with the repository
-(``benchmarks/results/diffusion_backbone``) when it is present, or otherwise
+`run_demo` loads the small GSM8K backbone shipped with the package
+(`SHIPPED_BACKBONE_DIR`, package data under ``diffusion/bundled/backbone``,
+found from any directory after ``pip install``) when it is present, or otherwise
 trains a tiny backbone for a few seconds on the GSM8K subset bundled in the
 package, then answers a few held-out questions with block diffusion at 1 and
 at 8 tokens per step and prints the answers with their calculator-annotation
@@ -19,15 +20,12 @@ from typing import Any
 import torch
 
 from .backbones import Backbone, load_backbone
-from .data import BUNDLED_DATA_DIR, encode_prompts, load_gsm8k
+from .data import BUNDLED_DATA_DIR, SHIPPED_BACKBONE_DIR, SHIPPED_PRIOR_FILE, encode_prompts, load_gsm8k
 from .evaluation import annotation_stats
 from .sampling import generate, left_padding_mask
 from .training import TrainConfig, train_backbone
 
-__all__ = ["run_demo", "SHIPPED_BACKBONE_DIR"]
-
-SHIPPED_BACKBONE_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "diffusion_backbone"
-"""Where the repository keeps its small trained GSM8K backbone."""
+__all__ = ["run_demo", "SHIPPED_BACKBONE_DIR", "SHIPPED_PRIOR_FILE"]
 
 
 def _tiny_backbone(seconds: float, log: Callable[[str], Any]) -> Backbone:

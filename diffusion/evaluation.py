@@ -33,8 +33,10 @@ import torch.nn.functional as F
 from pcircuits.learning.checks import build_config
 
 from .backbones import Backbone
-from .data import EncodedExample, QAExample, collate, encode_prompts, encode_qa
+from .codd.draw import check_codd_options
+from .data import EncodedExample, QAExample, collate, encode_qa, prompt_batch
 from .masking import mask_exact_ratio
+from .tokenizers import as_text_tokenizer
 
 __all__ = [
     "elbo_bound",
@@ -71,7 +73,8 @@ def elbo_bound(
     Carlo noise).
 
     Args:
-        backbone: the model; ``backbone.tokenizer`` supplies padding ids.
+        backbone: the model; ``backbone.tokenizer`` (the project's or a Hugging
+            Face one, see `diffusion.tokenizers.as_text_tokenizer`) supplies padding ids.
         examples: encoded held-out examples.
         batch_size: examples per forward pass.
         num_samples: times per example ``K``.
@@ -80,7 +83,7 @@ def elbo_bound(
     Returns:
         ``{"nll": nats per token, "ppl_bound": exp(nll), "tokens": count}``.
     """
-    tok = backbone.tokenizer
+    tok = as_text_tokenizer(backbone.tokenizer)
     gen = torch.Generator().manual_seed(seed)
     total = 0.0
     count = 0
@@ -130,7 +133,7 @@ def loglik_by_mask_ratio(
         One dict per bin: ``lo``, ``hi``, ``loglik`` (mean nats per masked
         token), ``ppl`` (``exp(-loglik)``), ``tokens``.
     """
-    tok = backbone.tokenizer
+    tok = as_text_tokenizer(backbone.tokenizer)
     gen = torch.Generator().manual_seed(seed)
     dev = backbone.device
     results = []
@@ -246,12 +249,15 @@ class GenerationEvalConfig:
         temperature: sampling temperature (0: greedy).
         batch_size: questions per generation batch.
         seed: sampling seed.
+        entropy_bound: gamma of the EB-Sampler (None: the fixed schedule; see `diffusion.generate`).
+        pc_frac, pc_temperature, sampler: the CoDD settings used with a prior (see `diffusion.GenerationConfig`).
         keep_samples: decoded samples kept per setting for inspection.
         progress: print progress lines.
 
     Raises:
         ValueError: ``tokens_per_step`` holds a value that is not a positive
-            int or does not divide ``block_length``.
+            int or does not divide ``block_length``, or a bad ``entropy_bound``,
+            ``pc_frac``, ``pc_temperature`` or ``sampler``.
     """
 
     tokens_per_step: Sequence[int] = (1, 2, 4, 8)
@@ -261,6 +267,10 @@ class GenerationEvalConfig:
     temperature: float = 0.0
     batch_size: int = 50
     seed: int = 0
+    entropy_bound: float | None = None
+    pc_frac: float = 1.0
+    pc_temperature: float = 1.0
+    sampler: str = "latent"
     keep_samples: int = 3
     progress: bool = False
 
@@ -271,6 +281,10 @@ class GenerationEvalConfig:
         for k in self.tokens_per_step:
             if self.block_length % k:
                 raise ValueError(f"tokens_per_step: {k} does not divide block_length={self.block_length}")
+        bound = self.entropy_bound
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float)) or not bound >= 0.0):
+            raise ValueError(f"entropy_bound: expected None or a number >= 0 (nats), got {bound!r}")
+        check_codd_options(self.pc_frac, self.pc_temperature, self.sampler)
 
 
 def evaluate_generation(
@@ -278,6 +292,7 @@ def evaluate_generation(
     examples: Sequence[QAExample],
     *,
     config: GenerationEvalConfig | None = None,
+    prior: object | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """Few-step generation quality and speed on held-out questions.
@@ -287,9 +302,11 @@ def evaluate_generation(
     block) and scored for final-answer exact match and annotation validity.
 
     Args:
-        backbone: a backbone with a project tokenizer attached.
+        backbone: a backbone with a tokenizer attached (the project's or a Hugging Face one).
         examples: held-out question-answer pairs.
         config: the settings (``None``: the defaults of `GenerationEvalConfig`).
+        prior: optional `diffusion.CoDDPrior` used by every generation (with the
+            config's ``pc_frac``, ``pc_temperature`` and ``sampler``).
         **options: fields of `GenerationEvalConfig` replacing those of ``config``,
             e.g. ``evaluate_generation(bb, ex, tokens_per_step=(1, 8))``.
 
@@ -312,7 +329,7 @@ def evaluate_generation(
     results = []
     for k in cfg.tokens_per_step:
         t0 = time.perf_counter()
-        texts = _generate_answers(backbone, examples, cfg.gen_length // k, cfg)
+        texts = _generate_answers(backbone, examples, cfg.gen_length // k, cfg, prior)
         seconds = time.perf_counter() - t0
         rec = _generation_record(k, cfg.gen_length // k, _score_answers(texts, examples), texts, seconds, cfg)
         if cfg.progress:
@@ -326,25 +343,31 @@ def evaluate_generation(
 
 
 def _generate_answers(
-    backbone: Backbone, examples: Sequence[QAExample], steps: int, cfg: GenerationEvalConfig
+    backbone: Backbone, examples: Sequence[QAExample], steps: int, cfg: GenerationEvalConfig, prior: object | None
 ) -> list[str]:
     """Generation phase: the decoded answers (up to their first ``[EOS]``) in ``steps`` steps, batch by batch."""
-    from .sampling import generate, left_padding_mask
+    from .sampling import generate
 
-    tok = backbone.tokenizer
+    tok = as_text_tokenizer(backbone.tokenizer)
     texts: list[str] = []
     for s in range(0, len(examples), cfg.batch_size):
         chunk = examples[s : s + cfg.batch_size]
-        prompts = encode_prompts([e.question for e in chunk], tok).to(backbone.device)  # [B, P]
+        prompts, mask = prompt_batch([e.question for e in chunk], tok)  # [B, P]
+        prompts = prompts.to(backbone.device)
         out = generate(
             backbone,
             prompts,
-            attention_mask=left_padding_mask(prompts, tok.pad_id),
+            attention_mask=mask,
             gen_length=cfg.gen_length,
             steps=steps,
             block_length=cfg.block_length,
             remasking=cfg.remasking,
             temperature=cfg.temperature,
+            entropy_bound=cfg.entropy_bound,
+            pc_frac=cfg.pc_frac,
+            pc_temperature=cfg.pc_temperature,
+            sampler=cfg.sampler,
+            prior=prior,
             generator=torch.Generator().manual_seed(cfg.seed + s),
         )  # [B, P + G]
         for row in out[:, prompts.shape[1] :].tolist():
@@ -404,6 +427,7 @@ def evaluate_backbone(
     progress: bool = True,
     *,
     config: GenerationEvalConfig | None = None,
+    prior: object | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Full evaluation of a project backbone on held-out question-answer pairs.
@@ -414,7 +438,8 @@ def evaluate_backbone(
     fits in ``max_answer_tokens`` (default ``gen_length``) tokens.
 
     Args:
-        backbone: a backbone with a project tokenizer (``backbone.tokenizer``).
+        backbone: a backbone with a tokenizer (``backbone.tokenizer``: the project's,
+            or a Hugging Face one seen through `diffusion.tokenizers.HFTokenizer`).
         heldout: held-out pairs.
         examples: pairs for `elbo_bound` and `loglik_by_mask_ratio`.
         questions: questions for `evaluate_generation`.
@@ -422,16 +447,19 @@ def evaluate_backbone(
         max_answer_tokens: answer length filter of the generation questions.
         progress: print progress lines (it replaces ``config.progress``).
         config: the generation settings (``None``: the defaults of `GenerationEvalConfig`).
+        prior: optional `diffusion.CoDDPrior` used in generation (the likelihood
+            measures are the backbone's own).
         **options: fields of `GenerationEvalConfig` replacing those of ``config``
             (``tokens_per_step``, ``gen_length``, ``block_length``, ``remasking``,
-            ``temperature``, ``batch_size``, ``seed``).
+            ``temperature``, ``batch_size``, ``seed``, ``entropy_bound``, ``pc_frac``,
+            ``pc_temperature``, ``sampler``).
 
     Returns:
         A JSON-serialisable dict with ``elbo``, ``loglik_by_mask_ratio``,
         ``generation`` and ``settings``.
     """
     cfg = build_config(GenerationEvalConfig, config, {**options, "progress": progress}, "evaluate_backbone")
-    tok = backbone.tokenizer
+    tok = as_text_tokenizer(backbone.tokenizer)
     enc = [e for e in encode_qa(heldout, tok, 10**9) if len(e.prompt) + len(e.target) <= max_length][:examples]
     elbo = elbo_bound(backbone, enc, num_samples=4)
     if progress:
@@ -439,7 +467,7 @@ def evaluate_backbone(
     bins = loglik_by_mask_ratio(backbone, enc)
     limit = max_answer_tokens if max_answer_tokens is not None else cfg.gen_length
     fit = [ex for ex in heldout if len(tok.encode(ex.answer)) + 1 <= limit][:questions]
-    gen = evaluate_generation(backbone, fit, config=cfg)
+    gen = evaluate_generation(backbone, fit, config=cfg, prior=prior)
     return {
         "elbo": elbo,
         "loglik_by_mask_ratio": bins,
@@ -451,6 +479,11 @@ def evaluate_backbone(
             "block_length": cfg.block_length,
             "remasking": cfg.remasking,
             "temperature": cfg.temperature,
+            "entropy_bound": cfg.entropy_bound,
+            "prior": prior is not None,
+            "pc_frac": cfg.pc_frac,
+            "pc_temperature": cfg.pc_temperature,
+            "sampler": cfg.sampler,
             "max_length": max_length,
             "max_answer_tokens": limit,
         },

@@ -10,6 +10,12 @@ Two tokenizers share one small interface (`TextTokenizer`):
 Both reserve the same special tokens at ids 0..5 (``[PAD]``, ``[MASK]``,
 ``[BOS]``, ``[SEP]``, ``[EOS]``, ``[UNK]``) and save themselves into a model
 directory next to the weights (`load_tokenizer` reads them back).
+
+A Hugging Face tokenizer (the one saved with a masked LM, LLaDA or Dream)
+is seen through the same interface by `HFTokenizer` (`as_text_tokenizer`
+wraps any tokenizer that is not already a `TextTokenizer`), so question-answer
+encoding, training of priors and evaluation work with either. Its prompts
+come from the tokenizer's chat template when it has one.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ __all__ = [
     "build_char_tokenizer",
     "load_tokenizer",
     "TOKENIZER_META_FILE",
+    "HFTokenizer",
+    "as_text_tokenizer",
 ]
 
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[MASK]", "[BOS]", "[SEP]", "[EOS]", "[UNK]")
@@ -103,6 +111,17 @@ class TextTokenizer:
     def special_ids(self) -> set[int]:
         """Ids of all special tokens."""
         return set(range(len(SPECIAL_TOKENS)))
+
+    def prompt_ids(self, question: str) -> list[int]:
+        """The prompt of a question: ``[BOS] question [SEP]``.
+
+        Args:
+            question: the question text.
+
+        Returns:
+            Its token ids.
+        """
+        return [self.bos_id, *self.encode(question), self.sep_id]
 
 
 class CharTokenizer(TextTokenizer):
@@ -289,3 +308,107 @@ def load_tokenizer(directory: str | Path) -> TextTokenizer:
             raise ValueError(f"{path}: not a readable BPE tokenizer file ({' '.join(str(e).split())[:200]})") from e
         return BPETokenizer(tok)
     raise ValueError(f"unknown tokenizer type {meta.get('type')!r} in {meta_path}")
+
+
+class HFTokenizer(TextTokenizer):
+    """A Hugging Face tokenizer seen through the `TextTokenizer` interface.
+
+    Prompts (`prompt_ids`) use the tokenizer's chat template when it has one
+    (one user message, ``add_generation_prompt=True``), else its own special
+    tokens around the question (for BERT: ``[CLS] question [SEP]``). The ids:
+
+    * ``eos_id``: ``eos_token_id``, else ``sep_token_id`` (a BERT-style
+      tokenizer ends answers with ``[SEP]``);
+    * ``pad_id``: ``pad_token_id``, else ``eos_id``;
+    * ``bos_id``: ``bos_token_id``, else ``cls_token_id`` (None when neither);
+    * ``sep_id``: ``sep_token_id``, else ``eos_id``;
+    * ``mask_id``: ``mask_token_id`` (None when there is none; the backbone's
+      mask id is what generation uses).
+
+    Args:
+        tokenizer: a ``transformers`` tokenizer (``PreTrainedTokenizerBase``).
+
+    Raises:
+        ValueError: the tokenizer has neither an EOS nor a SEP token (answers
+            could not be terminated).
+    """
+
+    kind = "hf"
+
+    def __init__(self, tokenizer: object):
+        for name in ("encode", "decode", "convert_tokens_to_ids"):
+            if not callable(getattr(tokenizer, name, None)):
+                raise TypeError(f"tokenizer: expected a Hugging Face tokenizer, got {type(tokenizer).__name__}")
+        self.tokenizer = tokenizer
+        eos = _first_id(tokenizer, "eos_token_id", "sep_token_id")
+        if eos is None:
+            raise ValueError("tokenizer: it has neither an EOS nor a SEP token to end answers with")
+        self.eos_id = eos
+        self.pad_id = _first_id(tokenizer, "pad_token_id", "eos_token_id", "sep_token_id")
+        self.bos_id = _first_id(tokenizer, "bos_token_id", "cls_token_id")
+        self.sep_id = _first_id(tokenizer, "sep_token_id", "eos_token_id")
+        self.mask_id = getattr(tokenizer, "mask_token_id", None)
+        self.unk_id = getattr(tokenizer, "unk_token_id", None)
+
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether prompts are built with the tokenizer's chat template."""
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def special_ids(self) -> set[int]:
+        return {int(i) for i in getattr(self.tokenizer, "all_special_ids", [])}
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def prompt_ids(self, question: str) -> list[int]:
+        """The chat template applied to one user message, else the tokenizer's special tokens around ``question``."""
+        if self.has_chat_template:
+            out = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+            if isinstance(out, dict) or hasattr(out, "keys"):
+                out = out["input_ids"]
+            return [int(i) for i in out]
+        return list(self.tokenizer.encode(question, add_special_tokens=True))
+
+    def save(self, directory: str | Path) -> None:
+        """Writes the wrapped tokenizer with its own ``save_pretrained``."""
+        self.tokenizer.save_pretrained(str(directory))
+
+
+def _first_id(tokenizer: object, *names: str) -> int | None:
+    """The first of the tokenizer's ``names`` attributes that is an id (not None)."""
+    for name in names:
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            return int(value)
+    return None
+
+
+def as_text_tokenizer(tokenizer: object) -> TextTokenizer:
+    """``tokenizer`` itself when it is a `TextTokenizer`, else an `HFTokenizer` over it.
+
+    Args:
+        tokenizer: a project tokenizer or a Hugging Face tokenizer.
+
+    Returns:
+        A `TextTokenizer`.
+
+    Raises:
+        ValueError: ``tokenizer`` is None (the backbone has no tokenizer).
+        TypeError: ``tokenizer`` is neither kind.
+    """
+    if tokenizer is None:
+        raise ValueError("tokenizer: the backbone has no tokenizer; text cannot be encoded")
+    if isinstance(tokenizer, TextTokenizer):
+        return tokenizer
+    return HFTokenizer(tokenizer)

@@ -30,6 +30,7 @@ from pcircuits import distributed as pdist
 from ..backbones import Backbone, load_backbone
 from ..masking import mask_exact_ratio
 from ..settings import with_overrides
+from ..tokenizers import as_text_tokenizer
 from .prior import CoDDPrior
 
 __all__ = [
@@ -670,7 +671,7 @@ def qa_token_matrix(examples: list, tokenizer: object, max_length: int = 256) ->
 
     Args:
         examples: `diffusion.QAExample` pairs.
-        tokenizer: the backbone's project tokenizer.
+        tokenizer: the backbone's tokenizer (a `diffusion.tokenizers.TextTokenizer`).
         max_length: maximal length.
 
     Returns:
@@ -718,6 +719,8 @@ class PriorJobConfig:
         draws: whole-answer mask draws per QA pair (``mask_scope="answer"``).
         backoff_bins: mask-ratio bins of the backoff weights (0: none).
         trust_remote_code: passed to `diffusion.backbones.load_backbone`.
+        device: the backbone's device (its logits are cached on the CPU).
+        dtype: the backbone's parameter dtype (None: as saved).
         epochs, batch_size, lr, em_epochs, progress, weighting: those of `PriorTrainConfig`.
         seed: seed of the data split, the windows, the prior's initialisation and the training.
 
@@ -734,6 +737,8 @@ class PriorJobConfig:
     draws: int = 4
     backoff_bins: int = 0
     trust_remote_code: bool = False
+    device: str = "cpu"
+    dtype: torch.dtype | None = None
     epochs: int = 5
     batch_size: int = 64
     lr: float = 0.05
@@ -836,7 +841,9 @@ def train_prior_cli(
     fits the backoff and writes ``output``.
 
     Args:
-        model: a saved backbone with a project tokenizer.
+        model: a saved backbone with a tokenizer: the project's, or a Hugging
+            Face one (encoded through `diffusion.tokenizers.HFTokenizer`, chat
+            template included).
         data: ``"gsm8k"``, a GSM8K folder or a JSONL file of QA pairs.
         output: the prior file.
         config: the settings (`PriorJobConfig`; default ``PriorJobConfig()``).
@@ -847,14 +854,14 @@ def train_prior_cli(
 
     Raises:
         TypeError: ``config`` not a `PriorJobConfig` or a keyword that is not a setting.
-        ValueError: a bad setting, or a model without a project tokenizer.
+        ValueError: a bad setting, or a model without a tokenizer.
     """
     job = with_overrides(PriorJobConfig, config, settings, "train_prior_cli")
     _init_torchrun_group()
-    backbone = load_backbone(model, trust_remote_code=job.trust_remote_code)
-    tok = backbone.tokenizer
-    if tok is None or not hasattr(tok, "eos_id"):
-        raise ValueError(f"model: {model} has no project tokenizer (train it with 'codd train-backbone')")
+    backbone = load_backbone(model, device=job.device, dtype=job.dtype, trust_remote_code=job.trust_remote_code)
+    if backbone.tokenizer is None:
+        raise ValueError(f"model: {model} has no tokenizer; QA text cannot be encoded")
+    backbone.tokenizer = as_text_tokenizer(backbone.tokenizer)
     qa = _load_qa(data, job.examples)
     g = torch.Generator().manual_seed(job.seed)
     held, qa = _hold_out(qa, job, g)

@@ -185,7 +185,14 @@ CODD_ERROR_CASES = [
     [],
     ["bogus"],
     ["generate"],
-    ["generate", "--prompt", "x"],
+    ["generate", "--prompt", "x", "--prior", "{d}/old.json"],  # not a prior file (default model: the shipped one)
+    [*_GEN, "--prior", "{d}/missing.safetensors"],
+    [*_GEN, "--prior", "shipped"],  # a prior for another vocabulary
+    [*_GEN, "--pc-frac", "1.5"],
+    [*_GEN, "--pc-temperature", "0"],
+    [*_GEN, "--sampler", "bogus"],
+    [*_GEN, "--entropy-bound", "-1"],
+    [*_GEN, "--dtype", "int8"],
     [*_GEN, "--tokens-per-step", "0"],
     [*_GEN, "--tokens-per-step", "two"],
     [*_GEN, "--steps", "0"],
@@ -222,9 +229,9 @@ CODD_ERROR_CASES = [
     ["train-prior", "{d}/bert", "--output", "{d}/bert/config.json", "--force"],
     ["train-prior", "{d}/bert", "--output", "{d}/bert", "--force"],
     ["train-prior", "{d}/bert", "--output", "{d}/missing/prior.npz"],
-    ["train-prior", "{d}/bert", "--output", "{d}/prior.npz"],  # a model without the project tokenizer
+    ["train-prior", "{d}/bert", "--output", "{d}/prior.npz", "--dtype", "int8"],
     ["train-prior", "{d}/code/bert", "--output", "{d}/prior.npz"],
-    ["evaluate", "{d}/bert"],  # not a project backbone
+    ["evaluate", "{d}/bert", "--prior", "shipped"],  # a prior for another vocabulary
     ["evaluate", "{d}/bert", "--tokens-per-step", "1", "0"],
     ["evaluate", "{d}/bert", "--examples", "0"],
     ["evaluate", "{d}/bert", "--output", "{d}/missing/res.json"],
