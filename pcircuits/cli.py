@@ -178,15 +178,6 @@ USER_ERRORS = (ValueError, TypeError, OSError)
 """Exceptions that ``main`` reports as one line (exit 2) instead of a traceback."""
 
 
-def _sampler() -> Callable | None:
-    """``pcircuits.queries.sampling.sample`` when that module exists, else ``None``."""
-    try:
-        from .queries.sampling import sample
-    except ImportError:
-        return None
-    return sample
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pcircuits`` command."""
     p = OneLineArgumentParser(prog="pcircuits", description="Learn, evaluate and sample probabilistic circuits.")
@@ -194,8 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_fit_parser(sub)
     _add_eval_parser(sub)
-    if _sampler() is not None:
-        _add_sample_parser(sub)
+    _add_sample_parser(sub)
     return p
 
 
@@ -368,8 +358,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    sample = _sampler()
-    assert sample is not None
+    from .queries.sampling import sample
+
     if args.out:
         check_output(args.out, "--out", [args.model], args.force)
     c = _load_model(args.model)

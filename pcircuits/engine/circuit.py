@@ -534,7 +534,7 @@ class TensorCircuit(nn.Module):
         if semiring not in ("sum", "max"):
             raise ValueError(f"semiring must be 'sum' or 'max', got {semiring!r}")
         backend = self.resolve_backend()
-        plan = self._plan()
+        plan = self.execution_plan()
         with kernels.use_backend(backend):
             if leaf_outputs is None:
                 leaf_outputs = self.leaf_values(ev, semiring)
@@ -551,7 +551,7 @@ class TensorCircuit(nn.Module):
         return list(outs)
 
     # ------------------------------------------------------ execution plan
-    def _plan(self) -> "_Plan":
+    def execution_plan(self) -> "_Plan":
         """The per-layer steps of an upward pass, built on first use and cached.
 
         Everything an upward pass decides from the layout alone (how each

@@ -94,7 +94,6 @@ def test_help(command, capsys):
     assert "usage: pcircuits" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(cli._sampler() is None, reason="pcircuits.queries.sampling is not available yet")
 def test_sample(tmp_path, small_data, capsys):
     train = write_data(tmp_path / "train.data", small_data)
     model = str(tmp_path / "m.npz")
@@ -210,7 +209,7 @@ ERROR_CASES = [
     ["fit", "{d}/data.csv", "-o", "{d}/new.npz", "--time-budget", "inf"],
     ["fit", "{d}/data.csv", "-o", "{d}/new.npz", "--threads", "0"],
     ["fit", "{d}/data.csv", "-o", "{d}/new.npz", "--patience", "0"],
-] + (SAMPLE_CASES if cli._sampler() is not None else [])
+] + SAMPLE_CASES
 
 
 def run_cli(main, argv):
@@ -252,7 +251,6 @@ def test_entry_point_prints_one_line_without_traceback(workdir):
     assert snapshot(workdir) == before
 
 
-@pytest.mark.skipif(cli._sampler() is None, reason="pcircuits.queries.sampling is not available yet")
 def test_force_replaces_an_output_atomically(workdir, tmp_path, capsys):
     out = tmp_path / "s.npy"
     out.write_bytes(b"old")

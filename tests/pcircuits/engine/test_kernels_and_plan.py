@@ -99,11 +99,11 @@ def test_plan_is_cached_and_rebuilt_after_moving_the_circuit():
     circuit = pc.compile(root, seed=1)
     x = torch.randint(0, 3, (8, 5), generator=torch.Generator().manual_seed(2))
     first = circuit(x)
-    plan = circuit._plan()
-    assert circuit._plan() is plan  # built once
+    plan = circuit.execution_plan()
+    assert circuit.execution_plan() is plan  # built once
     assert torch.equal(circuit(x), first)
     circuit.double()
-    assert circuit._plan() is not plan  # the buffers moved: a new plan
+    assert circuit.execution_plan() is not plan  # the buffers moved: a new plan
     again = circuit(x)
     assert again.dtype == torch.float64
     assert torch.allclose(again, first.double(), atol=1e-5)
@@ -126,4 +126,4 @@ def test_copies_and_pickles_build_their_own_plan():
     for other in (clone, loaded):
         assert "_buffer_cache" not in other.__dict__  # the plan was not copied
         assert torch.equal(other(x), want)
-        assert other._plan() is not circuit._plan()
+        assert other.execution_plan() is not circuit.execution_plan()
