@@ -13,7 +13,12 @@ Subcommands:
 
 One path from training to generation: ``codd train-prior MODEL --output P``,
 then ``codd generate MODEL --prior P --prompt ...`` and ``codd evaluate MODEL
---prior P``. ``MODEL`` may be left out: it defaults to the small GSM8K
+--prior P``. With a ``P`` that has no file suffix, ``train-prior`` writes a
+checkpoint directory (`CoDDPrior.save_pretrained`: ``config.json`` with the
+backbone's vocabulary size and mask id and the training settings, and
+``prior.safetensors``) and ``--prior P`` refuses it for a backbone with
+another vocabulary or mask id; ``P`` with a suffix (``prior.safetensors``,
+the default) is one circuit file. ``MODEL`` may be left out: it defaults to the small GSM8K
 backbone shipped with the package (``diffusion.data.SHIPPED_BACKBONE_DIR``),
 and ``--prior shipped`` names the prior trained for it
 (``diffusion.data.SHIPPED_PRIOR_FILE``), so ``codd generate --prompt ...``
@@ -246,7 +251,9 @@ def _add_train_prior(sub: argparse._SubParsersAction) -> None:
     )
     _add_model(p)
     p.add_argument("--data", default="gsm8k", help="'gsm8k', a directory with train.jsonl, or a .jsonl QA file")
-    p.add_argument("--output", default="prior.safetensors", help="circuit file (default: %(default)s)")
+    p.add_argument("--output", default="prior.safetensors",
+                   help="a checkpoint directory (config.json + prior.safetensors, recording the backbone and the "
+                   "settings) when the name has no file suffix, else one circuit file (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     _add_trust(p)
     p.add_argument("--window", type=_positive_int, default=16)
@@ -274,10 +281,10 @@ def _add_train_prior(sub: argparse._SubParsersAction) -> None:
 def _cmd_train_prior(a: argparse.Namespace) -> int:
     import torch
 
-    from .codd.training import train_prior_cli
+    from .codd.training import is_checkpoint_output, train_prior_cli
 
     model = _model_dir(a.model)
-    check_output(a.output, "--output", [model, a.data], a.force)
+    check_output(a.output, "--output", [model, a.data], a.force, directory=is_checkpoint_output(a.output))
     torch.set_num_threads(a.threads)
     res = train_prior_cli(
         model, a.data, a.output, window=a.window, states=a.states, num_windows=a.windows,
@@ -375,16 +382,28 @@ def _load(a: argparse.Namespace, mask_token_id: int | None = None):
 
 
 def _load_prior(spec: str | None, backbone):
-    """The prior named by ``--prior`` (None: no prior; ``shipped``: the package's), checked against ``backbone``."""
+    """The prior named by ``--prior`` (None: no prior; ``shipped``: the package's), checked against ``backbone``.
+
+    A checkpoint directory (`CoDDPrior.from_pretrained`) is refused when its
+    recorded vocabulary size or mask token id differs from the backbone's; a
+    single file records no mask id, so only its vocabulary is checked.
+    """
     if spec is None:
         return None
     from .codd.prior import CoDDPrior
     from .data import SHIPPED_PRIOR_FILE
 
     path = SHIPPED_PRIOR_FILE if spec == "shipped" else Path(spec)
+    if path.is_dir():
+        try:
+            prior = CoDDPrior.from_pretrained(path, backbone=backbone)
+        except ValueError as e:
+            raise ValueError(f"--prior: {e}") from None
+        return prior.to(backbone.device)
     if not path.is_file():
         raise ValueError(
-            f"--prior: {spec!r} is not a prior file (write one with 'codd train-prior', or pass 'shipped')"
+            f"--prior: {spec!r} is not a prior file or checkpoint directory "
+            "(write one with 'codd train-prior', or pass 'shipped')"
         )
     prior = CoDDPrior.load(path)
     if prior.vocab_size != backbone.vocab_size:

@@ -50,12 +50,13 @@ from pcircuits.distributions.base import DiscreteDistribution
 from pcircuits.engine.circuit import TensorCircuit
 from pcircuits.engine.downward import downward, gumbel_argmax, selected_leaf_logits
 from pcircuits.engine.evidence import Evidence
+from pcircuits.atomic import atomic_directory, atomic_write
 from pcircuits.io import load_with_extras
 from pcircuits.nodes import NodeGroup
 
 from ..proposals import logits_problem
 
-__all__ = ["CoDDPrior", "SAMPLE_METHODS", "ORDER_RULES"]
+__all__ = ["CoDDPrior", "SAMPLE_METHODS", "ORDER_RULES", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
 
 SAMPLE_METHODS: tuple[str, ...] = ("latent", "latent_tempered", "exact", "any_order")
 """Accepted values of ``method`` in `CoDDPrior.sample`."""
@@ -109,6 +110,171 @@ def _read_backoff_sidecar(side: Path) -> torch.Tensor:
     if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise ValueError(f"path: backoff sidecar {str(side)!r} must hold {{\"backoff\": [numbers]}}")
     return torch.tensor(values, dtype=torch.float64)
+
+
+CHECKPOINT_FORMAT = "codd-prior"
+"""The ``format`` name in the ``config.json`` of a prior checkpoint directory."""
+CHECKPOINT_VERSION = 1
+"""The ``format_version`` of the checkpoints `CoDDPrior.save_pretrained` writes."""
+CONFIG_NAME = "config.json"
+"""The settings file of a prior checkpoint directory."""
+CIRCUIT_NAME = "prior.safetensors"
+"""The circuit file (with the backoff weights) of a prior checkpoint directory."""
+_MAX_CONFIG_BYTES = 1 << 24
+_CONFIG_KEYS = frozenset(
+    {"format", "format_version", "window", "states", "vocab_size", "top_k", "backoff", "backbone", "training"}
+)
+_BACKBONE_KEYS = frozenset({"vocab_size", "mask_token_id"})
+
+
+def _num_states(circuit: TensorCircuit) -> int:
+    """Hidden states per position: the nodes of the largest leaf group (``H`` of an HMM prior)."""
+    return max(int(blk.num_nodes) for blk in circuit.leaf_blocks())
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _backbone_record(backbone: object) -> dict:
+    """``{"vocab_size", "mask_token_id"}`` of a `diffusion.backbones.Backbone` (anything with those attributes)."""
+    try:
+        vocab, mask = backbone.vocab_size, backbone.mask_token_id
+    except AttributeError:
+        raise TypeError(
+            f"backbone: expected a Backbone with vocab_size and mask_token_id, got {type(backbone).__name__}"
+        ) from None
+    vocab, mask = int(vocab), int(mask)
+    if not 0 <= mask < vocab:
+        raise ValueError(f"backbone: mask_token_id {mask} outside the vocabulary [0, {vocab})")
+    return {"vocab_size": vocab, "mask_token_id": mask}
+
+
+def _training_record(training: dict | None) -> dict | None:
+    """``training`` checked to be a JSON-serialisable dict with string keys (finite numbers only)."""
+    if training is None:
+        return None
+    if not isinstance(training, dict):
+        raise TypeError(f"training: expected a dict of JSON values or None, got {type(training).__name__}")
+    try:
+        text = json.dumps(training, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"training: expected JSON-serialisable settings ({e})") from None
+    out = json.loads(text)
+    if out != training:  # non-string keys are silently converted by json
+        raise ValueError("training: keys must be strings and values JSON types (dict, list, str, number, bool, null)")
+    return out
+
+
+def _config_error(where: str, what: str) -> ValueError:
+    return ValueError(f"path: {where!r}: {what}")
+
+
+def _parse_config(path: Path) -> object:
+    """The JSON value of ``config.json`` (``ValueError`` naming ``path`` when missing, too large or not JSON)."""
+    where = str(path)
+    try:
+        if path.stat().st_size > _MAX_CONFIG_BYTES:
+            raise ValueError(f"larger than {_MAX_CONFIG_BYTES} bytes")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"path: {where!r} is missing (not a prior checkpoint directory)") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise _config_error(where, f"unreadable ({' '.join(str(e).split())})") from None
+
+
+def _read_config(path: Path) -> dict:
+    """The parsed ``config.json`` of a checkpoint, checked whole (keys, types, ranges); not yet against the circuit."""
+    where = str(path)
+    cfg = _parse_config(path)
+    if not isinstance(cfg, dict):
+        raise _config_error(where, f"expected a JSON object, got {type(cfg).__name__}")
+    missing, unknown = sorted(_CONFIG_KEYS - set(cfg)), sorted(set(cfg) - _CONFIG_KEYS)
+    if missing:
+        raise _config_error(where, f"missing keys {missing}")
+    if unknown:
+        raise _config_error(where, f"unknown keys {unknown}")
+    if cfg["format"] != CHECKPOINT_FORMAT:
+        raise _config_error(where, f"format must be {CHECKPOINT_FORMAT!r}, got {cfg['format']!r}")
+    if cfg["format_version"] != CHECKPOINT_VERSION or not _is_int(cfg["format_version"]):
+        raise _config_error(where, f"format_version must be {CHECKPOINT_VERSION}, got {cfg['format_version']!r}")
+    for key, low in (("window", 1), ("states", 1), ("vocab_size", 2)):
+        if not _is_int(cfg[key]) or cfg[key] < low:
+            raise _config_error(where, f"{key} must be an int >= {low}, got {cfg[key]!r}")
+    top_k = cfg["top_k"]
+    if top_k is not None and (not _is_int(top_k) or not 1 <= top_k < cfg["vocab_size"]):
+        raise _config_error(where, f"top_k must be null or an int in [1, vocab_size), got {top_k!r}")
+    _check_config_backoff(where, cfg["backoff"])
+    _check_config_backbone(where, cfg["backbone"], cfg["vocab_size"])
+    if cfg["training"] is not None and not isinstance(cfg["training"], dict):
+        raise _config_error(where, f"training must be an object or null, got {type(cfg['training']).__name__}")
+    return cfg
+
+
+def _check_config_backoff(where: str, backoff: object) -> None:
+    if backoff is None:
+        return
+    ok = isinstance(backoff, list) and 1 <= len(backoff) <= MAX_BACKOFF_BINS
+    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in backoff)
+    if not ok:
+        raise _config_error(where, f"backoff must be null or a list of 1..{MAX_BACKOFF_BINS} numbers in [0, 1]")
+
+
+def _check_config_backbone(where: str, backbone: object, vocab: int) -> None:
+    if backbone is None:
+        return
+    if not isinstance(backbone, dict) or set(backbone) != _BACKBONE_KEYS:
+        raise _config_error(where, f"backbone must be null or an object with keys {sorted(_BACKBONE_KEYS)}")
+    bv, bm = backbone["vocab_size"], backbone["mask_token_id"]
+    if not _is_int(bv) or bv != vocab:
+        raise _config_error(where, f"backbone.vocab_size must equal vocab_size={vocab}, got {bv!r}")
+    if not _is_int(bm) or not 0 <= bm < vocab:
+        raise _config_error(where, f"backbone.mask_token_id must be an int in [0, {vocab}), got {bm!r}")
+
+
+def _check_against_circuit(where: str, cfg: dict, prior: CoDDPrior) -> None:
+    """Raises ``ValueError`` naming ``path`` if ``config.json`` disagrees with the circuit file."""
+    have = {"window": prior.window, "vocab_size": prior.vocab_size, "states": _num_states(prior.circuit)}
+    for key, value in have.items():
+        if cfg[key] != value:
+            raise _config_error(where, f"{key}={cfg[key]} but the circuit file {CIRCUIT_NAME} has {key}={value}")
+    saved = None if prior.backoff is None else prior.backoff.tolist()
+    if cfg["backoff"] != saved:
+        raise _config_error(where, f"backoff {cfg['backoff']} differs from that of {CIRCUIT_NAME} ({saved})")
+
+
+def _check_backbone_match(where: str, cfg: dict, backbone: object) -> None:
+    """Raises ``ValueError`` naming ``backbone`` if the prior was trained for another vocabulary or mask id."""
+    want = _backbone_record(backbone)
+    if cfg["vocab_size"] != want["vocab_size"]:
+        raise ValueError(
+            f"backbone: the prior {where!r} has a vocabulary of {cfg['vocab_size']} tokens, "
+            f"but the backbone has vocab_size={want['vocab_size']}"
+        )
+    rec = cfg["backbone"]
+    if rec is not None and rec["mask_token_id"] != want["mask_token_id"]:
+        raise ValueError(
+            f"backbone: the prior {where!r} was trained with mask_token_id={rec['mask_token_id']}, "
+            f"but the backbone has mask_token_id={want['mask_token_id']}"
+        )
+
+
+def _file_backoff(path: str | Path, extras: dict) -> torch.Tensor | None:
+    """The backoff weights ``[n_bins]`` of a prior file (its extras, or a version-1 sidecar), validated."""
+    where = os.fspath(path)
+    if _BACKOFF_KEY in extras:
+        backoff = extras[_BACKOFF_KEY]
+    elif _is_zip(where) and _backoff_path(path).is_file():
+        backoff = _read_backoff_sidecar(_backoff_path(path))
+    else:
+        return None
+    if backoff.dim() != 1 or not 1 <= backoff.numel() <= MAX_BACKOFF_BINS:
+        raise ValueError(
+            f"path: {where!r}: backoff must hold 1..{MAX_BACKOFF_BINS} weights, got shape {list(backoff.shape)}"
+        )
+    if not bool(torch.isfinite(backoff).all()) or not bool(((backoff >= 0) & (backoff <= 1)).all()):
+        raise ValueError(f"path: {where!r}: backoff weights must be finite and in [0, 1]")
+    return backoff
 
 
 class CoDDPrior:
@@ -208,25 +374,32 @@ class CoDDPrior:
         )
 
     @classmethod
-    def load(cls, path: str | Path, top_k: int | None = None) -> CoDDPrior:
-        """Loads a prior saved by `save` (one `pcircuits.save` file holding the circuit and the backoff).
+    def load(cls, path: str | Path, top_k: int | None | str = "config") -> CoDDPrior:
+        """Loads a prior saved by `save` (one file) or `save_pretrained` (a checkpoint directory).
 
-        Priors written by earlier versions (a version-1 ``.npz`` circuit with
-        the backoff weights in a ``<path>.backoff.json`` sidecar) still load.
+        A directory is read by `from_pretrained`. A file is one
+        `pcircuits.save` file holding the circuit and the backoff; priors
+        written by earlier versions (a version-1 ``.npz`` circuit with the
+        backoff weights in a ``<path>.backoff.json`` sidecar) still load.
         Every part is validated before use (see `pcircuits.load`); the backoff
         weights must be finite, in ``[0, 1]`` and of the declared length.
 
         Args:
-            path: the prior file.
-            top_k: candidate restriction.
+            path: the prior file or checkpoint directory.
+            top_k: candidate restriction; ``"config"`` (default): that of a
+                checkpoint's ``config.json``, ``None`` for a single file.
 
         Returns:
             The prior (window and vocabulary read from the circuit).
 
         Raises:
-            ValueError: a malformed file or sidecar, or a circuit that is not a
-                CoDD prior (the message names ``path``).
+            ValueError: a malformed file, sidecar or checkpoint, or a circuit
+                that is not a CoDD prior (the message names ``path``).
         """
+        if os.path.isdir(path):
+            return cls.from_pretrained(path, top_k=top_k)
+        if top_k == "config":
+            top_k = None
         where = os.fspath(path)
         circuit, extras = load_with_extras(path)
         unknown = sorted(set(extras) - {_BACKOFF_KEY})
@@ -238,19 +411,8 @@ class CoDDPrior:
             if str(e).startswith("top_k"):
                 raise
             raise ValueError(f"path: {where!r} is not a CoDD prior ({e})") from None
-        if _BACKOFF_KEY in extras:
-            backoff = extras[_BACKOFF_KEY]
-        elif _is_zip(where) and _backoff_path(path).is_file():
-            backoff = _read_backoff_sidecar(_backoff_path(path))
-        else:
-            backoff = None
+        backoff = _file_backoff(path, extras)
         if backoff is not None:
-            if backoff.dim() != 1 or not 1 <= backoff.numel() <= MAX_BACKOFF_BINS:
-                raise ValueError(
-                    f"path: {where!r}: backoff must hold 1..{MAX_BACKOFF_BINS} weights, got shape {list(backoff.shape)}"
-                )
-            if not bool(torch.isfinite(backoff).all()) or not bool(((backoff >= 0) & (backoff <= 1)).all()):
-                raise ValueError(f"path: {where!r}: backoff weights must be finite and in [0, 1]")
             prior.set_backoff(backoff)
         return prior
 
@@ -264,6 +426,99 @@ class CoDDPrior:
         extras = None if self.backoff is None else {_BACKOFF_KEY: self.backoff.detach().cpu()}
         pc.save(self.circuit, path, extras=extras)
         _backoff_path(path).unlink(missing_ok=True)
+
+    def save_pretrained(
+        self, directory: str | Path, backbone: object | None = None, training: dict | None = None
+    ) -> Path:
+        """Writes the prior as a checkpoint directory: ``config.json`` and ``prior.safetensors``.
+
+        ``config.json`` records the format (`CHECKPOINT_FORMAT`, version
+        `CHECKPOINT_VERSION`), ``window``, ``states`` (hidden states per
+        position), ``vocab_size``, ``top_k``, the ``backoff`` weights (or
+        null), the ``backbone``'s ``vocab_size`` and ``mask_token_id`` (or
+        null) and the ``training`` settings (or null); ``prior.safetensors``
+        is the circuit with its backoff (`save`). The whole directory is
+        replaced atomically (`pcircuits.atomic.atomic_directory`): a failed
+        save leaves a previous checkpoint loadable. Files of ``directory``
+        other than these two are kept.
+
+        Args:
+            directory: the checkpoint directory (created with its parents).
+            backbone: the `diffusion.backbones.Backbone` the prior was trained
+                for (its ``vocab_size`` must equal the prior's), or ``None``.
+            training: JSON-serialisable training settings, or ``None``.
+
+        Returns:
+            The checkpoint directory.
+
+        Raises:
+            ValueError: ``directory`` is an existing file, the backbone's
+                vocabulary differs from the prior's, or ``training`` is not
+                JSON-serialisable.
+            TypeError: ``backbone`` lacks ``vocab_size`` / ``mask_token_id``
+                or ``training`` is not a dict.
+        """
+        record = None if backbone is None else _backbone_record(backbone)
+        if record is not None and record["vocab_size"] != self.vocab_size:
+            raise ValueError(
+                f"backbone: vocab_size={record['vocab_size']} differs from the prior's vocab_size={self.vocab_size}"
+            )
+        config = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "window": self.window,
+            "states": _num_states(self.circuit),
+            "vocab_size": self.vocab_size,
+            "top_k": self.top_k,
+            "backoff": None if self.backoff is None else self.backoff.tolist(),
+            "backbone": record,
+            "training": _training_record(training),
+        }
+        target = Path(directory)
+        with atomic_directory(target) as tmp:
+            self.save(tmp / CIRCUIT_NAME)
+            with atomic_write(tmp / CONFIG_NAME, "w") as f:
+                json.dump(config, f, indent=2)
+                f.write("\n")
+        return target
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, backbone: object | None = None, top_k: int | None | str = "config"
+    ) -> CoDDPrior:
+        """Loads a checkpoint directory written by `save_pretrained`, checked whole.
+
+        ``config.json`` is validated (every key present, no unknown key,
+        types and ranges) and against ``prior.safetensors`` (window, states,
+        vocabulary and backoff must agree). With a ``backbone``, a prior
+        trained for another vocabulary size or mask token id is refused.
+
+        Args:
+            directory: the checkpoint directory.
+            backbone: the `diffusion.backbones.Backbone` the prior will be used
+                with, or ``None`` (no check).
+            top_k: candidate restriction; ``"config"`` (default): the saved one.
+
+        Returns:
+            The prior, with its backoff weights.
+
+        Raises:
+            ValueError: a missing or malformed ``config.json`` or circuit file
+                (naming ``path``), or a prior that does not match ``backbone``
+                (naming ``backbone`` and both values).
+        """
+        root = Path(directory)
+        if not root.is_dir():
+            raise ValueError(f"path: {os.fspath(directory)!r} is not a prior checkpoint directory")
+        cfg = _read_config(root / CONFIG_NAME)
+        circuit_file = root / CIRCUIT_NAME
+        if not circuit_file.is_file():
+            raise ValueError(f"path: {str(circuit_file)!r} is missing (not a prior checkpoint directory)")
+        if backbone is not None:
+            _check_backbone_match(os.fspath(directory), cfg, backbone)
+        prior = cls.load(circuit_file, cfg["top_k"] if top_k == "config" else top_k)
+        _check_against_circuit(str(root / CONFIG_NAME), cfg, prior)
+        return prior
 
     def to(self, *args, **kwargs) -> CoDDPrior:
         """Moves / casts the circuit (``prior.to(torch.float64)``); returns ``self``."""

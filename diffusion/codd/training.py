@@ -15,7 +15,11 @@ A few epochs of `pcircuits.em` on the windows' clean tokens can initialise the p
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -824,7 +828,7 @@ def _fit_saved_backoff(
 def train_prior_cli(
     model: str, data: str, output: str, config: PriorJobConfig | None = None, **settings: Any
 ) -> dict:
-    """``codd train-prior``: windows of QA answers, cached backbone logits, `fit_prior`, `pcircuits.save`.
+    """``codd train-prior``: windows of QA answers, cached backbone logits, `fit_prior`, a saved prior.
 
     ``mask_scope="window"`` draws ``num_windows`` windows with `make_windows`;
     ``"answer"`` masks whole answers ``draws`` times each and keeps every
@@ -845,7 +849,9 @@ def train_prior_cli(
             Face one (encoded through `diffusion.tokenizers.HFTokenizer`, chat
             template included).
         data: ``"gsm8k"``, a GSM8K folder or a JSONL file of QA pairs.
-        output: the prior file.
+        output: the prior: a checkpoint directory (`CoDDPrior.save_pretrained`,
+            recording the backbone's vocabulary and mask id and these settings)
+            when it has no file suffix, else one file (`CoDDPrior.save`).
         config: the settings (`PriorJobConfig`; default ``PriorJobConfig()``).
         **settings: fields of `PriorJobConfig`, overriding those of ``config``.
 
@@ -867,9 +873,40 @@ def train_prior_cli(
     held, qa = _hold_out(qa, job, g)
     x0, masked, logits, cand = _qa_windows(backbone, qa, job.num_windows, job, g)
     prior = CoDDPrior.hmm(job.window, job.states, backbone.vocab_size, seed=job.seed, top_k=job.top_k)
-    hist = fit_prior(prior, x0, masked, logits, job.train_config(output), candidates=cand)
-    backoff = None
-    if job.backoff_bins:
-        n_held = max(1, round(job.num_windows * len(held) / len(qa)))
-        backoff = _fit_saved_backoff(backbone, output, held, n_held, job, g)
+    with _best_file(output) as best:
+        hist = fit_prior(prior, x0, masked, logits, job.train_config(best), candidates=cand)
+        backoff = None
+        if job.backoff_bins:
+            n_held = max(1, round(job.num_windows * len(held) / len(qa)))
+            backoff = _fit_saved_backoff(backbone, best, held, n_held, job, g)
+        if best != output:
+            _write_checkpoint(best, output, backbone, job, data)
     return {"output": str(output), "heldout_nll": hist, "backoff": backoff}
+
+
+def is_checkpoint_output(output: str | Path) -> bool:
+    """Whether ``codd train-prior --output`` names a checkpoint directory (no file suffix) or a single file."""
+    return Path(output).suffix == ""
+
+
+@contextlib.contextmanager
+def _best_file(output: str | Path) -> Iterator[str | Path]:
+    """Where `fit_prior` keeps the best prior: ``output`` itself for a file, a temporary file for a directory."""
+    if not is_checkpoint_output(output):
+        yield output
+        return
+    parent = Path(output).absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{Path(output).name}.", suffix=".train", dir=parent) as tmp:
+        yield os.path.join(tmp, "best.safetensors")
+
+
+def _write_checkpoint(best: str | Path, output: str | Path, backbone: Backbone, job: PriorJobConfig, data: str) -> None:
+    """Writes the prior saved at ``best`` as the checkpoint directory ``output`` (one writer)."""
+    on = pdist.active(None)
+    with pdist.rank_zero_writes(on) as writer:
+        if writer:
+            settings = {f.name: getattr(job, f.name) for f in dataclasses.fields(job)}
+            settings["dtype"] = None if job.dtype is None else str(job.dtype).removeprefix("torch.")
+            settings["data"] = str(data)
+            CoDDPrior.load(best, job.top_k).save_pretrained(output, backbone=backbone, training=settings)

@@ -207,3 +207,30 @@ def test_help_names_the_chat_template_and_the_prior(name, capsys):
     assert "chat template" in text and "apply_chat_template" in text
     if name != "train-prior":
         assert "--prior" in text and "--pc-frac" in text and "--sampler" in text and "--entropy-bound" in text
+
+
+# ---------------------------------------------------------------------------------- checkpoint directory
+def test_train_prior_writes_a_checkpoint_directory_that_generate_loads(tmp_path, capsys):
+    ckpt = tmp_path / "runs" / "prior"  # no file suffix: a checkpoint directory, parents created
+    res = json.loads(_run(capsys, ["train-prior", "--output", str(ckpt), *TINY_PRIOR]))
+    assert res["output"] == str(ckpt)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["config.json", "prior.safetensors"]
+    assert [p.name for p in ckpt.parent.iterdir()] == ["prior"]  # no temporary file left behind
+    config = json.loads((ckpt / "config.json").read_text())
+    backbone = load_backbone(SHIPPED_BACKBONE_DIR)
+    assert config["backbone"] == {"vocab_size": 1024, "mask_token_id": backbone.mask_token_id}
+    assert (config["window"], config["states"], config["top_k"]) == (8, 4, 8)
+    assert config["training"]["num_windows"] == 48 and config["training"]["data"] == str(BUNDLED_DATA_DIR)
+
+    gen = ["generate", "--prior", str(ckpt), "--prompt", QUESTION, "--gen-length", "16", "--tokens-per-step", "2"]
+    printed = _answer(_run(capsys, gen), QUESTION)
+    assert printed == _direct_answer(SHIPPED_BACKBONE_DIR, ckpt, QUESTION, gen_length=16, steps=8)
+
+    config["backbone"]["mask_token_id"] = (backbone.mask_token_id + 1) % 1024  # trained for another mask id
+    (ckpt / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(gen) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "--prior" in err and "backbone" in err
+    assert f"mask_token_id={backbone.mask_token_id}" in err
+    assert f"mask_token_id={(backbone.mask_token_id + 1) % 1024}" in err

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import pcircuits as pc
 from diffusion.codd.prior import CoDDPrior
@@ -173,3 +174,152 @@ def test_a_circuit_that_is_not_a_prior_is_refused(tmp_path):
     pc.save(pc.compile(root), tmp_path / "g.st")
     with pytest.raises(ValueError, match="not a CoDD prior"):
         CoDDPrior.load(tmp_path / "g.st")
+
+
+# ------------------------------------------------------------------------------- checkpoint directories
+class FakeBackbone:
+    """What `save_pretrained` / `from_pretrained` read of a `diffusion.backbones.Backbone`."""
+
+    def __init__(self, vocab_size: int = 5, mask_token_id: int = 4):
+        self.vocab_size, self.mask_token_id = vocab_size, mask_token_id
+
+
+TRAINING = {"lr": 0.05, "epochs": 3, "data": "gsm8k", "top_k": None, "nested": {"seed": [1, 2]}}
+
+
+@pytest.mark.parametrize("backoff", [BACKOFF, [1 / 3, 0.1], None])
+def test_checkpoint_round_trip_is_bit_identical(tmp_path, backoff):
+    prior = small_prior(backoff)
+    prior.top_k = 3
+    out = prior.save_pretrained(tmp_path / "ckpt", backbone=FakeBackbone(), training=TRAINING)
+    assert out == tmp_path / "ckpt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary directory left
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "prior.safetensors"]
+    loaded = CoDDPrior.from_pretrained(out, backbone=FakeBackbone())
+    assert_same_prior(prior, loaded)
+    if backoff is not None:  # float64 weights survive both the file and the JSON exactly
+        assert loaded.backoff.dtype == torch.float64 and loaded.backoff.tolist() == backoff
+    assert loaded.top_k == 3 and CoDDPrior.from_pretrained(out, top_k=None).top_k is None
+    assert torch.equal(query(prior), query(loaded))
+    config = json.loads((out / "config.json").read_text())
+    assert config == {
+        "format": "codd-prior", "format_version": 1, "window": 4, "states": 3, "vocab_size": 5, "top_k": 3,
+        "backoff": backoff, "backbone": {"vocab_size": 5, "mask_token_id": 4}, "training": TRAINING,
+    }
+    # saved again from the loaded prior: the same config bytes and the same tensors (safetensors' header
+    # metadata order is not fixed, so the circuit files are compared tensor by tensor)
+    again = loaded.save_pretrained(tmp_path / "again", backbone=FakeBackbone(), training=TRAINING)
+    assert (out / "config.json").read_bytes() == (again / "config.json").read_bytes()
+    first, second = (load_file(d / "prior.safetensors") for d in (out, again))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_load_accepts_a_checkpoint_directory(tmp_path):
+    prior = small_prior()
+    prior.top_k = 2
+    prior.save_pretrained(tmp_path / "ckpt")
+    loaded = CoDDPrior.load(tmp_path / "ckpt")
+    assert_same_prior(prior, loaded)
+    assert loaded.top_k == 2 and CoDDPrior.load(tmp_path / "ckpt", top_k=4).top_k == 4
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["backbone"] is None
+
+
+@pytest.mark.parametrize(("backbone", "names"), [
+    (FakeBackbone(vocab_size=7, mask_token_id=4), ["vocab_size=7", "5 tokens"]),
+    (FakeBackbone(vocab_size=5, mask_token_id=0), ["mask_token_id=4", "mask_token_id=0"]),
+])
+def test_a_mismatched_backbone_is_refused(tmp_path, backbone, names):
+    small_prior().save_pretrained(tmp_path / "ckpt", backbone=FakeBackbone())
+    with pytest.raises(ValueError, match="^backbone") as err:
+        CoDDPrior.from_pretrained(tmp_path / "ckpt", backbone=backbone)
+    assert all(n in str(err.value) for n in names), str(err.value)
+
+
+def test_without_a_recorded_backbone_only_the_vocabulary_is_checked(tmp_path):
+    small_prior().save_pretrained(tmp_path / "ckpt")
+    CoDDPrior.from_pretrained(tmp_path / "ckpt", backbone=FakeBackbone(5, 0))
+    with pytest.raises(ValueError, match="^backbone.*vocab_size=6"):
+        CoDDPrior.from_pretrained(tmp_path / "ckpt", backbone=FakeBackbone(6, 0))
+
+
+def test_save_pretrained_refuses_bad_arguments(tmp_path):
+    prior = small_prior()
+    with pytest.raises(ValueError, match="^backbone"):
+        prior.save_pretrained(tmp_path / "a", backbone=FakeBackbone(vocab_size=9))
+    with pytest.raises(TypeError, match="^backbone"):
+        prior.save_pretrained(tmp_path / "a", backbone=object())
+    with pytest.raises(ValueError, match="^training"):
+        prior.save_pretrained(tmp_path / "a", training={"dtype": torch.float32})
+    with pytest.raises(ValueError, match="^training"):
+        prior.save_pretrained(tmp_path / "a", training={1: "int key"})
+    with pytest.raises(TypeError, match="^training"):
+        prior.save_pretrained(tmp_path / "a", training=[1])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="^path"):
+        prior.save_pretrained(tmp_path / "file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def _edit_config(edit):
+    def make(ckpt: Path) -> None:
+        path = ckpt / "config.json"
+        config = json.loads(path.read_text())
+        edit(config)
+        path.write_text(json.dumps(config))
+    return make
+
+
+BAD_CONFIG = {
+    "missing key": _edit_config(lambda c: c.pop("states")),
+    "unknown key": _edit_config(lambda c: c.update(hidden=3)),
+    "window wrong type": _edit_config(lambda c: c.update(window="4")),
+    "window a bool": _edit_config(lambda c: c.update(window=True)),
+    "window inconsistent": _edit_config(lambda c: c.update(window=5)),
+    "states inconsistent": _edit_config(lambda c: c.update(states=2)),
+    "vocab inconsistent": _edit_config(lambda c: c.update(vocab_size=6, backbone=None)),
+    "backoff inconsistent": _edit_config(lambda c: c.update(backoff=[0.5])),
+    "backoff out of range": _edit_config(lambda c: c.update(backoff=[1.5])),
+    "top_k too large": _edit_config(lambda c: c.update(top_k=5)),
+    "format": _edit_config(lambda c: c.update(format="other")),
+    "version": _edit_config(lambda c: c.update(format_version=2)),
+    "backbone keys": _edit_config(lambda c: c.update(backbone={"vocab_size": 5})),
+    "backbone vocab": _edit_config(lambda c: c.update(backbone={"vocab_size": 6, "mask_token_id": 0})),
+    "training type": _edit_config(lambda c: c.update(training=[1])),
+    "not an object": lambda ckpt: (ckpt / "config.json").write_text("[1, 2]"),
+    "not json": lambda ckpt: (ckpt / "config.json").write_text("{window: 4"),
+    "no config": lambda ckpt: (ckpt / "config.json").unlink(),
+    "no circuit": lambda ckpt: (ckpt / "prior.safetensors").unlink(),
+    "bad circuit": lambda ckpt: (ckpt / "prior.safetensors").write_bytes(b"\0" * 64),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIG))
+def test_malformed_checkpoints_raise_value_error_naming_the_path(tmp_path, case):
+    ckpt = tmp_path / "ckpt"
+    small_prior().save_pretrained(ckpt, backbone=FakeBackbone())
+    CoDDPrior.from_pretrained(ckpt)  # valid before the edit
+    BAD_CONFIG[case](ckpt)
+    with pytest.raises(ValueError, match="^path") as err:
+        CoDDPrior.from_pretrained(ckpt)
+    assert str(ckpt) in str(err.value)
+
+
+def test_an_interrupted_checkpoint_save_keeps_the_previous_directory(tmp_path, monkeypatch):
+    ckpt = tmp_path / "ckpt"
+    old = small_prior()
+    old.save_pretrained(ckpt, training={"run": 1})
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    new = CoDDPrior.hmm(window=4, num_latents=3, vocab_size=5, homogeneous=False, seed=7)
+
+    save = CoDDPrior.save
+
+    def broken_save(self, path):  # the circuit file is written, then the save fails
+        save(self, path)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(CoDDPrior, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        new.save_pretrained(ckpt, training={"run": 2})
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # the temporary directory is gone
+    assert_same_prior(old, CoDDPrior.from_pretrained(ckpt))
