@@ -366,9 +366,8 @@ def _candidate_log_prob(
 class DiscreteDistribution(Distribution):
     """A family over categories ``0..num_cats-1`` given by a log-probability table.
 
-    Subclasses implement [`log_table`][pcircuits.distributions.base.DiscreteDistribution.log_table] (and the parameter
-    methods); the
-    likelihood, soft evidence, sampling, mode and EM statistics follow from it.
+    Subclasses implement [`log_table`][pcircuits.distributions.base.DiscreteDistribution.log_table] (and the
+    parameter methods); the likelihood, soft evidence, sampling, mode and EM statistics follow from it.
     """
 
     discrete = True
