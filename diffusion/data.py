@@ -1,9 +1,11 @@
 """Corpora and batching for masked diffusion training and evaluation.
 
-Question-answer data (GSM8K) is laid out as::
+Question-answer data (GSM8K) is laid out as
 
-    [PAD]...[PAD] [BOS] question [SEP] | answer [EOS] [EOS]...[EOS]
-    <------------- prompt ------------> <--------- answer --------->
+```text
+[PAD]...[PAD] [BOS] question [SEP] | answer [EOS] [EOS]...[EOS]
+<------------- prompt ------------> <--------- answer --------->
+```
 
 Prompts are padded on the left so that every prompt in a batch ends at the
 same column (this is also how `diffusion.generate` receives batched

@@ -1,9 +1,10 @@
 """pcircuits: tractable probabilistic circuits for CPU and GPU.
 
-Build circuits from vectorized node groups (:func:`inputs`, :func:`multiply`,
-:func:`summate`), compile them with :func:`compile` into a
-:class:`TensorCircuit` (a ``torch.nn.Module``), query them exactly and learn
-their parameters with EM (:func:`em`, :func:`anemone`) or gradients.
+Build circuits from vectorized node groups ([`inputs`][pcircuits.nodes.inputs], [`multiply`][pcircuits.nodes.multiply],
+[`summate`][pcircuits.nodes.summate]), compile them with [`compile`][pcircuits.engine.circuit.compile] into a
+[`TensorCircuit`][pcircuits.engine.circuit.TensorCircuit] (a ``torch.nn.Module``), query them exactly and learn
+their parameters with EM ([`em`][pcircuits.learning.em.em], [`anemone`][pcircuits.learning.anemone.anemone]) or
+gradients.
 """
 
 from .distributions import Bernoulli, Categorical, Distribution, Gaussian, Indicator

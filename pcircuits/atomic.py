@@ -1,14 +1,14 @@
 """Atomic file writes: a failed save never destroys the file it replaces.
 
 Every writer of the project (circuits, priors, backbones, CLI outputs) goes
-through :func:`atomic_write`: the content is written to a temporary file in
+through [`atomic_write`][pcircuits.atomic.atomic_write]: the content is written to a temporary file in
 the target's own directory, flushed and ``fsync``-ed, then renamed over the
 target in one step (``os.replace``). If anything fails before the rename
 (an exception, a full disk, a file-size limit), the temporary file is removed
 and the previous target is left bit-identical.
 
 Savers that write a whole directory (a backbone with its tokenizer) use
-:func:`atomic_directory`: the files are written into a temporary sibling
+[`atomic_directory`][pcircuits.atomic.atomic_directory]: the files are written into a temporary sibling
 directory, which is then swapped in for the target, so a failed save leaves
 the previous directory loadable.
 """

@@ -3,11 +3,12 @@
 Data files are DEBD-style text (comma-separated integers, one example per
 line, optionally gzipped) or ``.npy`` arrays of shape ``[N, V]``.
 
-Examples::
-
+Examples:
+    ```bash
     pcircuits fit train.data --valid valid.data --out model.safetensors --learner hclt --latents 32
     pcircuits eval model.safetensors test.data
     pcircuits sample model.safetensors -n 10 --out samples.data
+    ```
 
 Like other Unix tools, every command reports a user error (a bad option, an
 unreadable file, an output it must not write) as one line

@@ -1,7 +1,7 @@
 """Data parallelism over ``torch.distributed``: ranks, sharding, all-reduce and one checkpoint writer.
 
 Launch the same script on every process with ``torchrun`` (gloo on CPU, NCCL
-on GPU). The training functions of the project (:func:`pcircuits.em`,
+on GPU). The training functions of the project ([`pcircuits.em`][pcircuits.learning.em.em],
 ``diffusion.codd.fit_prior``) take ``distributed: bool | None``:
 
 * ``None`` (default): data-parallel when a default process group is
@@ -9,7 +9,7 @@ on GPU). The training functions of the project (:func:`pcircuits.em`,
 * ``True``: data-parallel, and a ``ValueError`` if no group is initialised;
 * ``False``: single-process even inside a group (every rank trains alone).
 
-They never create a process group themselves: call :func:`init` (or
+They never create a process group themselves: call [`init`][pcircuits.distributed.init] (or
 ``torch.distributed.init_process_group``) once at the start of the script.
 Every rank passes the same full data; each works on its share of every batch
 and the sums (EM flows, gradients) are all-reduced before each update, so the

@@ -24,11 +24,11 @@ earlier versions) still load, through the same validation; their members'
 ``.npy`` headers are read and checked before any data is read (numpy would
 allocate a whole array from a member's header).
 
-**Validation.** :func:`load` checks the whole file before building the
+**Validation.** [`load`][pcircuits.io.load] checks the whole file before building the
 circuit from it: the format marker and version, the header's size
-(:data:`MAX_HEADER_BYTES`) and JSON, every structure field (group kinds,
+(`MAX_HEADER_BYTES`) and JSON, every structure field (group kinds,
 children pointing back only, integer ``num_nodes`` and variables within
-:data:`LIMITS`, registered distributions with valid arguments, tie targets),
+`LIMITS`, registered distributions with valid arguments, tie targets),
 every member's name, dtype and shape (edges against their group, parameters
 against the banks the structure compiles to), sizes against limits derived
 from the structure and the file's own length (so a file declaring huge
@@ -38,7 +38,7 @@ finite, frozen leaf parameters such as an Indicator's values equal to those
 the structure defines, extras finite). Every malformed file raises
 ``ValueError`` with a one-line message naming the path.
 
-:func:`save` writes through :func:`pcircuits.atomic.atomic_write`: a failed
+[`save`][pcircuits.io.save] writes through [`pcircuits.atomic.atomic_write`][pcircuits.atomic.atomic_write]: a failed
 save leaves the previous file intact.
 """
 
@@ -75,7 +75,7 @@ __all__ = [
     "structure_from_json",
 ]
 
-#: Version of the file format written by :func:`save`.
+#: Version of the file format written by [`save`][pcircuits.io.save].
 FORMAT_VERSION = 2
 _MAGIC_V2 = "pcircuits.circuit"
 _MAGIC_V1 = "pcircuits"
@@ -136,10 +136,10 @@ def _is_elementwise(g: ProductGroup) -> bool:
 
 
 def structure_from_json(data: dict[str, Any], arrays: Mapping[str, np.ndarray | torch.Tensor]) -> NodeGroup:
-    """Rebuilds the DAG written by :func:`structure_to_json`.
+    """Rebuilds the DAG written by [`structure_to_json`][pcircuits.io.structure_to_json].
 
     Raises:
-        ValueError: a malformed structure (see :func:`load` for the checks).
+        ValueError: a malformed structure (see [`load`][pcircuits.io.load] for the checks).
     """
     try:
         specs = _check_structure(data)
@@ -596,11 +596,11 @@ def save(
         path: the target file (any name; ``.safetensors`` is a natural suffix).
         extras: named finite tensors stored beside the circuit (``float64``);
             names are lower-case ``[a-z][a-z0-9_]*``; read back with
-            :func:`load_with_extras`.
+            [`load_with_extras`][pcircuits.io.load_with_extras].
 
     Raises:
         TypeError: ``circuit`` is not a `TensorCircuit`.
-        ValueError: a bad extra, a structure beyond :data:`LIMITS`, or a
+        ValueError: a bad extra, a structure beyond `LIMITS`, or a
             target whose directory does not exist.
     """
     if not isinstance(circuit, TensorCircuit):
@@ -644,7 +644,7 @@ def _check_extra_value(key: Any, value: Any) -> torch.Tensor:
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> TensorCircuit:
-    """Reads a circuit written by :func:`save` (version 2) or by earlier versions (version-1 ``.npz``).
+    """Reads a circuit written by [`save`][pcircuits.io.save] (version 2) or by earlier versions (version-1 ``.npz``).
 
     Raises:
         ValueError: the file is missing, malformed, written by an unknown
@@ -657,7 +657,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> T
 def load_with_extras(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> tuple[TensorCircuit, dict[str, torch.Tensor]]:
-    """Like :func:`load`, and also returns the extras saved with the circuit (``{name: float64 tensor}``)."""
+    """Like [`load`][pcircuits.io.load], and also returns the extras saved with the circuit (``{name: float64
+    tensor}``)."""
     where = os.fspath(path)
     if not os.path.exists(where):
         raise ValueError(f"path: no such file {where!r}")

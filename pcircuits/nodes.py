@@ -3,9 +3,9 @@
 A circuit is a DAG of *node groups*. Every group holds ``num_nodes`` nodes of
 one kind over one scope (a set of variables). Groups may be shared by several
 parents, so circuits are DAGs, not only trees. Nothing here computes: a
-circuit becomes tensor code through :func:`pcircuits.compile`.
+circuit becomes tensor code through [`pcircuits.compile`][pcircuits.engine.circuit.compile].
 
-Example:
+Examples:
     >>> import pcircuits as pc
     >>> a = pc.inputs(0, 4, pc.Categorical(3))
     >>> b = pc.inputs(1, 4, pc.Bernoulli())
@@ -145,7 +145,7 @@ class NodeGroup:
 
     @property
     def scope_set(self) -> Scope:
-        """The compact :class:`Scope` of the group (shared with children where equal; no copy)."""
+        """The compact [`Scope`][pcircuits.nodes.Scope] of the group (shared with children where equal; no copy)."""
         return self._scope
 
     @property

@@ -1,4 +1,5 @@
-"""Leaf distribution families. Each is one class fulfilling :class:`Distribution`."""
+"""Leaf distribution families. Each is one class fulfilling
+[`Distribution`][pcircuits.distributions.base.Distribution]."""
 
 from .base import DISTRIBUTIONS, DiscreteDistribution, Distribution
 from .bernoulli import Bernoulli

@@ -92,7 +92,7 @@ class Distribution:
 
         The block calls the first group's object on every member's parameter
         rows, so the key must include everything the methods read from the
-        object itself. The default is :meth:`signature`; a family whose
+        object itself. The default is [`signature`][pcircuits.distributions.base.Distribution.signature]; a family whose
         arguments live in its parameters (an Indicator's values) folds more.
         """
         return self.signature()
@@ -366,8 +366,8 @@ def _candidate_log_prob(
 class DiscreteDistribution(Distribution):
     """A family over categories ``0..num_cats-1`` given by a log-probability table.
 
-    Subclasses implement :meth:`log_table` (and the parameter methods); the
-    likelihood, soft evidence, sampling, mode and EM statistics follow from it.
+    Subclasses implement [`log_table`][pcircuits.distributions.base.DiscreteDistribution.log_table] (and the
+    parameter methods); the likelihood, soft evidence, sampling, mode and EM statistics follow from it.
     """
 
     discrete = True

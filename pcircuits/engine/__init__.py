@@ -1,10 +1,10 @@
 """Compilation of node-group DAGs into layered tensor modules.
 
 Public interface for queries, learners and clients (see ``docs/engine.md``):
-:class:`TensorCircuit` (``prepare``, ``leaf_values``, ``upward``,
+[`TensorCircuit`][pcircuits.engine.circuit.TensorCircuit] (``prepare``, ``leaf_values``, ``upward``,
 ``leaf_blocks()``, ``sum_blocks()``, ``banks()``, ``var_cats``,
-``continuous``), the records of :mod:`.blocks`, :class:`Evidence`, and the
-top-down passes of :mod:`.downward`.
+``continuous``), the records of `blocks`, [`Evidence`][pcircuits.engine.evidence.Evidence], and the
+top-down passes of [`downward`][pcircuits.engine.downward].
 """
 
 from .blocks import BankInfo, LeafBlockInfo, SumBlockInfo

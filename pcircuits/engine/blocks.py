@@ -1,7 +1,8 @@
 """Public records describing the compiled layers, for queries, learners and clients such as CoDD.
 
-:meth:`TensorCircuit.leaf_blocks`, :meth:`TensorCircuit.sum_blocks` and
-:meth:`TensorCircuit.banks` return these records; their tensors live on the
+[`TensorCircuit.leaf_blocks`][pcircuits.engine.circuit.TensorCircuit.leaf_blocks],
+[`TensorCircuit.sum_blocks`][pcircuits.engine.circuit.TensorCircuit.sum_blocks] and
+[`TensorCircuit.banks`][pcircuits.engine.circuit.TensorCircuit.banks] return these records; their tensors live on the
 circuit's device (the records are rebuilt after ``.to()``). They are read-only
 views of the layout: changing them changes nothing in the circuit.
 
@@ -27,8 +28,9 @@ class LeafBlockInfo:
     """A leaf block: ``G`` input groups of one family and size, computed by one batched call.
 
     Attributes:
-        index: position of the block in :meth:`TensorCircuit.leaf_blocks`
-            (and in the lists of :meth:`TensorCircuit.leaf_values`).
+        index: position of the block in
+            [`TensorCircuit.leaf_blocks`][pcircuits.engine.circuit.TensorCircuit.leaf_blocks]
+            (and in the lists of [`TensorCircuit.leaf_values`][pcircuits.engine.circuit.TensorCircuit.leaf_values]).
         dist: the family shared by the block's groups.
         groups: the ``G`` input groups.
         num_nodes: ``n``.

@@ -23,7 +23,8 @@ _BACKENDS = ("auto", "torch", "triton")
 
 
 class BlockEvidence(NamedTuple):
-    """The evidence of one leaf block's ``G`` groups (see :meth:`TensorCircuit.block_evidence`).
+    """The evidence of one leaf block's ``G`` groups (see
+    [`TensorCircuit.block_evidence`][pcircuits.engine.circuit.TensorCircuit.block_evidence]).
 
     Attributes:
         x: ``[B, G]`` values (long for discrete families, float otherwise).
@@ -42,8 +43,8 @@ class BlockEvidence(NamedTuple):
 class TensorCircuit(nn.Module):
     """A smooth, decomposable circuit compiled into layers of batched tensor operations.
 
-    Build one with :func:`pcircuits.compile`. Calling it returns the
-    log-likelihood of each example (see :meth:`forward`). Parameters are
+    Build one with [`pcircuits.compile`][pcircuits.engine.circuit.compile]. Calling it returns the
+    log-likelihood of each example (see [`forward`][pcircuits.engine.circuit.TensorCircuit.forward]). Parameters are
     unnormalised logits (sum weights, categorical leaves) or unconstrained raw
     values (Gaussian mean and log std), so gradient training needs no
     projection; EM writes normalised values back into them.
@@ -204,7 +205,7 @@ class TensorCircuit(nn.Module):
 
     @property
     def domain(self) -> Domain:
-        """The variables' domains as evidence checks use them (see :class:`~pcircuits.engine.evidence.Domain`)."""
+        """The variables' domains as evidence checks use them (see `Domain`)."""
         return Domain(self.num_vars, self.max_cats, self._var_cats, self._continuous)
 
     def leaf_blocks(self) -> list[LeafBlockInfo]:
@@ -237,7 +238,7 @@ class TensorCircuit(nn.Module):
         return blocks
 
     def banks(self) -> dict[str, BankInfo]:
-        """Every parameter bank by name (the keys of :attr:`params`), masks on the circuit's device."""
+        """Every parameter bank by name (the keys of `params`), masks on the circuit's device."""
         cache = self.__dict__.setdefault("_buffer_cache", {})
         banks = cache.get("banks")
         if banks is None:
@@ -301,7 +302,7 @@ class TensorCircuit(nn.Module):
                 the edge pattern are ignored, and each node needs a positive
                 weight on one of its edges); for an input group, raw
                 parameters ``[n, P]`` valid for its distribution (see
-                :meth:`~pcircuits.distributions.Distribution.check_params`;
+                [`check_params`][pcircuits.distributions.base.Distribution.check_params];
                 an Indicator group's values cannot be changed).
 
         Raises:
@@ -379,10 +380,10 @@ class TensorCircuit(nn.Module):
             x: ``[B, V]`` values (categories of discrete variables, reals of Gaussian ones).
             missing: ``[B, V]`` bool; True where the variable is unobserved.
             soft_evidence: ``[B, V, C]`` log-weights on discrete variables
-                (``C`` = :attr:`max_cats`), or ``[B, V, K]`` with ``candidates``.
+                (``C`` = `max_cats`), or ``[B, V, K]`` with ``candidates``.
             candidates: ``[B, V, K]`` integer category ids: soft evidence
                 over these ids only (``-inf`` for every other id); see
-                :mod:`pcircuits.engine.evidence`. Ignored on continuous variables.
+                `pcircuits.engine.evidence`. Ignored on continuous variables.
 
         Raises:
             TypeError: an argument is not a tensor or array, ``missing`` is not
@@ -401,10 +402,11 @@ class TensorCircuit(nn.Module):
         semiring: str = "sum",
         leaf_params: dict[str, torch.Tensor] | None = None,
     ) -> list[torch.Tensor]:
-        """Log-values of each leaf block, ``[B, G, n]`` per block (the leaf layer of :meth:`upward`).
+        """Log-values of each leaf block, ``[B, G, n]`` per block (the leaf layer of
+        [`upward`][pcircuits.engine.circuit.TensorCircuit.upward]).
 
         Args:
-            ev: evidence from :meth:`prepare`.
+            ev: evidence from [`prepare`][pcircuits.engine.circuit.TensorCircuit.prepare].
             semiring: ``"sum"``, or ``"max"`` (missing leaves take ``max_v log p(v) + log w(v)``).
             leaf_params: ``{bank: [Q, n, P]}`` raw parameters to use instead of the module's.
         """
@@ -449,7 +451,8 @@ class TensorCircuit(nn.Module):
         return cache[i]
 
     def block_evidence(self, ev: Evidence, i: int) -> BlockEvidence:
-        """The evidence of leaf block ``i``'s ``G`` groups, read at their variables (see :class:`BlockEvidence`)."""
+        """The evidence of leaf block ``i``'s ``G`` groups, read at their variables (see
+        [`BlockEvidence`][pcircuits.engine.circuit.BlockEvidence])."""
         blk = self.layout.leaf_blocks[i]
         vars_ = self._get(f"leaf{i}_vars")
         xs = ev.x_discrete if blk.dist.discrete else ev.x_continuous
@@ -471,7 +474,8 @@ class TensorCircuit(nn.Module):
         missing ``[B, G]`` and full soft evidence ``[B, G, C]`` of leaf block ``i``.
 
         Candidate evidence is expanded to the full soft evidence it means
-        (``-inf`` off the candidates); :meth:`block_evidence` keeps it compact.
+        (``-inf`` off the candidates); [`block_evidence`][pcircuits.engine.circuit.TensorCircuit.block_evidence] keeps
+        it compact.
         """
         blk = self.layout.leaf_blocks[i]
         p = self.params[blk.bank].index_select(0, self._get(f"leaf{i}_slots")) if params else None
@@ -517,12 +521,12 @@ class TensorCircuit(nn.Module):
         """Runs the upward pass and returns every layer's output.
 
         Args:
-            ev: evidence from :meth:`prepare`.
+            ev: evidence from [`prepare`][pcircuits.engine.circuit.TensorCircuit.prepare].
             semiring: ``"sum"`` for probabilities, ``"max"`` for max-product (MPE).
             log_weights: normalised sum log-weights to use instead of the
-                module's (as returned by :meth:`sum_log_weights`).
+                module's (as returned by [`sum_log_weights`][pcircuits.engine.circuit.TensorCircuit.sum_log_weights]).
             leaf_outputs: leaf block values to use instead of computing them
-                (as returned by :meth:`leaf_values`).
+                (as returned by [`leaf_values`][pcircuits.engine.circuit.TensorCircuit.leaf_values]).
             keep_outputs: keep every layer's output; with False, an output is
                 released after its last reader (lower peak memory) and only the
                 root layer is returned filled in (the others are ``None``).
@@ -576,7 +580,7 @@ class TensorCircuit(nn.Module):
         return plan
 
     def _reader(self, prefix: str, g: Gather) -> Callable[["_ChunkedOutputs"], torch.Tensor]:
-        """A function returning the ``[B, R]`` child values that gather ``g`` reads (see :meth:`_gather`)."""
+        """A function returning the ``[B, R]`` child values that gather ``g`` reads (see `_gather`)."""
         if g.identity:
             src = g.sources[0]
             return lambda outs: outs[src]
@@ -677,9 +681,9 @@ class TensorCircuit(nn.Module):
                 reals for Gaussian ones).
             missing: ``[B, V]`` bool; True marginalises that variable.
             soft_evidence: ``[B, V, C]`` log-weights ``log w_i(c)`` on discrete
-                variables (``C`` = :attr:`max_cats`), or ``[B, V, K]`` with ``candidates``.
+                variables (``C`` = `max_cats`), or ``[B, V, K]`` with ``candidates``.
             candidates: ``[B, V, K]`` category ids that ``soft_evidence`` weighs
-                (every other id has weight 0); see :meth:`prepare`.
+                (every other id has weight 0); see [`prepare`][pcircuits.engine.circuit.TensorCircuit.prepare].
 
         Returns:
             ``[B]``: ``log sum_{x_missing} p(x) * prod_i w_i(x_i)`` (the factor
@@ -779,7 +783,7 @@ def _is_int(dtype: torch.dtype) -> bool:
 
 
 def compile(root: NodeGroup, seed: int = 0, backend: str = "auto") -> TensorCircuit:
-    """Compiles a symbolic circuit into a :class:`TensorCircuit`.
+    """Compiles a symbolic circuit into a [`TensorCircuit`][pcircuits.engine.circuit.TensorCircuit].
 
     Args:
         root: the root group (exactly one node) over variables ``0..V-1``.
@@ -788,6 +792,6 @@ def compile(root: NodeGroup, seed: int = 0, backend: str = "auto") -> TensorCirc
             ``"torch"``, or ``"triton"`` (on CPU through ``TRITON_INTERPRET=1``).
 
     Raises:
-        ValueError: the circuit is not valid (see :func:`~pcircuits.engine.layout.build_layout`).
+        ValueError: the circuit is not valid (see [`build_layout`][pcircuits.engine.layout.build_layout]).
     """
     return TensorCircuit(root, seed=seed, backend=backend)

@@ -72,7 +72,7 @@ def gather_sources(circuit: TensorCircuit, li: int) -> tuple[torch.Tensor, torch
 
 
 def _gather_sources(circuit: TensorCircuit, li: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`gather_sources`, uncached."""
+    """[`gather_sources`][pcircuits.engine.downward.gather_sources], uncached."""
     g = circuit.layout.layers[li].gather
     dev = circuit.device
     if g.identity or g.perm is None:
@@ -123,7 +123,7 @@ def downward(
 
     Args:
         circuit: the compiled circuit.
-        outs: the layer outputs ``[B, N_l]`` of :meth:`TensorCircuit.upward`
+        outs: the layer outputs ``[B, N_l]`` of [`TensorCircuit.upward`][pcircuits.engine.circuit.TensorCircuit.upward]
             (``semiring="max"``: a max-product pass; ``"sum"``: a sum-product pass).
         row_source: ``[R]`` long, the row of ``outs`` that each of the ``R``
             rows of the pass reads (several rows may share one evidence row,
@@ -331,12 +331,12 @@ def fill_leaves(
     soft evidence: ``semiring="max"`` takes ``argmax_v p(v) w(v)``,
     ``semiring="sum"`` draws from ``p(v)^(1/temperature) w(v)``. With
     candidate evidence ``v`` ranges over each entry's candidates. Other
-    families use their :meth:`~pcircuits.distributions.base.Distribution.mode`
-    and :meth:`~pcircuits.distributions.base.Distribution.sample`.
+    families use their [`mode`][pcircuits.distributions.base.Distribution.mode]
+    and [`sample`][pcircuits.distributions.base.Distribution.sample].
 
     Args:
         circuit: the compiled circuit.
-        selection: the result of :func:`downward`.
+        selection: the result of [`downward`][pcircuits.engine.downward.downward].
         ev: the evidence of the upward pass (``B`` rows).
         row_source: ``[R]`` evidence row of each pass row.
         out: ``[R, V]`` values to fill in place (observed entries are kept).
@@ -406,21 +406,21 @@ def selected_leaf_logits(
     """Each missing variable's unnormalised log-weights given its selected leaf, ``[R, V, C]`` or ``[R, V, K]``.
 
     Entry ``(r, v, c)`` is ``log p_leaf(c) + log w_v(c)``, with ``p_leaf`` the
-    table of the discrete leaf that :func:`downward` selected for variable
+    table of the discrete leaf that [`downward`][pcircuits.engine.downward.downward] selected for variable
     ``v`` in pass row ``r`` and ``w`` the soft evidence of ``ev`` (which may
     differ from the evidence of the upward pass, e.g. another temperature).
     With candidates the last dimension runs over them (``c`` = ``candidates[.., k]``).
     Drawing (or taking the argmax of) every row's softmax fills the missing
-    variables as :func:`fill_leaves` does, given the path.
+    variables as [`fill_leaves`][pcircuits.engine.downward.fill_leaves] does, given the path.
 
     Args:
         circuit: the compiled circuit.
-        selection: the result of :func:`downward`.
+        selection: the result of [`downward`][pcircuits.engine.downward.downward].
         ev: evidence over the ``B`` rows that ``row_source`` points into.
         row_source: ``[R]`` evidence row of each pass row.
 
     Returns:
-        ``[R, V, C]`` (``C`` = :attr:`TensorCircuit.max_cats`; ``-inf`` at
+        ``[R, V, C]`` (``C`` = `TensorCircuit.max_cats`; ``-inf`` at
         categories a leaf lacks) or ``[R, V, K]`` with candidates, in the
         circuit's dtype (the soft evidence's with soft evidence); 0 at
         observed and continuous variables.
@@ -473,7 +473,7 @@ def leaf_flows(
     """Flows of the leaves: the probability that each leaf is on the active path, ``[B, N_0]``.
 
     An explicit top-down pass over the outputs of a sum-product
-    :meth:`TensorCircuit.upward` pass (no autograd): the root has flow 1 (0
+    [`TensorCircuit.upward`][pcircuits.engine.circuit.TensorCircuit.upward] pass (no autograd): the root has flow 1 (0
     where its value is ``-inf``), a product passes its flow to every child,
     and a sum node passes ``flow * w_k v_k / v_parent`` to child ``k``;
     flows arriving at a node from several parents add up. The result equals

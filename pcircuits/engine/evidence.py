@@ -34,7 +34,8 @@ __all__ = ["Evidence", "Domain", "build_evidence", "dense_soft_evidence"]
 
 @dataclass
 class Evidence:
-    """Checked evidence in the circuit's dtype and device (build it with :meth:`TensorCircuit.prepare`).
+    """Checked evidence in the circuit's dtype and device (build it with
+    [`TensorCircuit.prepare`][pcircuits.engine.circuit.TensorCircuit.prepare]).
 
     Attributes:
         x_discrete: ``[B, V]`` long; placeholder 0 at missing or continuous entries.
@@ -85,7 +86,8 @@ def build_evidence(
     candidates: torch.Tensor | np.ndarray | None,
     dtype: torch.dtype,
 ) -> Evidence:
-    """Checks evidence and converts it to ``domain``'s device and ``dtype``; see :meth:`TensorCircuit.prepare`."""
+    """Checks evidence and converts it to ``domain``'s device and ``dtype``; see
+    [`TensorCircuit.prepare`][pcircuits.engine.circuit.TensorCircuit.prepare]."""
     dev = domain.var_cats.device
     x = _check_x(domain, x).to(dev)
     missing = _check_missing(missing, x)

@@ -2,7 +2,7 @@
 
 The layout is pure structure (no parameters, no torch modules): the leaf
 layer, then one layer per (depth, kind), each occupying a contiguous range
-of node ids. A layer reads its children through a :class:`Gather` that picks
+of node ids. A layer reads its children through a [`Gather`][pcircuits.engine.layout.Gather] that picks
 the needed columns of earlier layers' outputs, so a forward pass is a few
 batched tensor operations per layer.
 """
@@ -64,7 +64,8 @@ def _range_start(ix: torch.Tensor) -> int | None:
 
 @dataclass
 class LeafBlock:
-    """Input groups with equal distribution fold key (:meth:`Distribution.fold_key`) and size, computed together."""
+    """Input groups with equal distribution fold key
+    ([`Distribution.fold_key`][pcircuits.distributions.base.Distribution.fold_key]) and size, computed together."""
 
     dist: Distribution
     num_nodes: int  # n, nodes per group

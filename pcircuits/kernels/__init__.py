@@ -75,21 +75,22 @@ def use_backend(name: str) -> Iterator[None]:
 
 
 def dense_sum(children, log_weights, semiring="sum", weights=None):
-    """See :func:`pcircuits.kernels.torch_ops.dense_sum`."""
+    """See [`pcircuits.kernels.torch_ops.dense_sum`][pcircuits.kernels.torch_ops.dense_sum]."""
     return active_backend().dense_sum(children, log_weights, semiring, weights=weights)
 
 
 def single_group_dense_sum(children, weights_t):
-    """See :func:`pcircuits.kernels.torch_ops.single_group_dense_sum` (the torch reference where a backend has none)."""
+    """See [`pcircuits.kernels.torch_ops.single_group_dense_sum`][pcircuits.kernels.torch_ops.single_group_dense_sum]
+    (the torch reference where a backend has none)."""
     op = getattr(active_backend(), "single_group_dense_sum", None)
     return (op or torch_ops.single_group_dense_sum)(children, weights_t)
 
 
 def sparse_sum(children, log_weights, semiring="sum"):
-    """See :func:`pcircuits.kernels.torch_ops.sparse_sum`."""
+    """See [`pcircuits.kernels.torch_ops.sparse_sum`][pcircuits.kernels.torch_ops.sparse_sum]."""
     return active_backend().sparse_sum(children, log_weights, semiring)
 
 
 def soft_evidence_lse(evidence, table):
-    """See :func:`pcircuits.kernels.torch_ops.soft_evidence_lse`."""
+    """See [`pcircuits.kernels.torch_ops.soft_evidence_lse`][pcircuits.kernels.torch_ops.soft_evidence_lse]."""
     return active_backend().soft_evidence_lse(evidence, table)

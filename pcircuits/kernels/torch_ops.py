@@ -11,10 +11,11 @@ import torch
 
 __all__ = ["dense_sum", "single_group_dense_sum", "max_plus", "sparse_sum", "soft_evidence_lse"]
 
-#: Elements of one ``[b, G, k, n]`` block of :func:`max_plus` (about 1 MB in float32: it stays in cache).
+#: Elements of one ``[b, G, k, n]`` block of [`max_plus`][pcircuits.kernels.torch_ops.max_plus] (about 1 MB in float32:
+#: it stays in cache).
 _MAX_PLUS_BLOCK = 1 << 18
-#: From this many weights per group on (``n * k``), :func:`max_plus` reduces over the innermost dimension
-#: (measured on one CPU thread: faster at 512 x 512, slower at 128 x 128).
+#: From this many weights per group on (``n * k``), [`max_plus`][pcircuits.kernels.torch_ops.max_plus] reduces over
+#: the innermost dimension (measured on one CPU thread: faster at 512 x 512, slower at 128 x 128).
 _MAX_PLUS_INNER = 1 << 17
 
 

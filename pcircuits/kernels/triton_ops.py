@@ -1,12 +1,12 @@
 """Triton kernels for the per-layer computations (the ``"triton"`` backend).
 
-Same contract as :mod:`pcircuits.kernels.torch_ops`: exact in log-space up
+Same contract as [`pcircuits.kernels.torch_ops`][pcircuits.kernels.torch_ops]: exact in log-space up
 to float32 rounding, ``-inf`` (with zero gradient) where all terms are
 ``-inf``, differentiable by autograd.
 
 What runs as a Triton kernel:
 
-- :func:`dense_sum` with ``semiring="sum"``: ``log sum_k exp(c[b,k] + w[n,k])``
+- [`dense_sum`][pcircuits.kernels.triton_ops.dense_sum] with ``semiring="sum"``: ``log sum_k exp(c[b,k] + w[n,k])``
   as a tiled matrix product. Each program owns a ``[BLOCK_B, BLOCK_N]`` output
   tile and walks over ``k``; it keeps a running maximum per batch row (over
   the children) and per node (over the log-weights), rescales its
@@ -15,25 +15,26 @@ What runs as a Triton kernel:
   The backward pass is two kernels, one for the children and one for the
   weights; the weight kernel loops over the batch inside the program, so the
   per-example edge flows are never stored.
-- :func:`dense_sum` with ``semiring="max"`` (MPE): a tiled max-plus product
+- [`dense_sum`][pcircuits.kernels.triton_ops.dense_sum] with ``semiring="max"`` (MPE): a tiled max-plus product
   that also records the arg-max child; the backward pass routes each output
   gradient to its arg-max child and edge (like ``torch.max``).
-- :func:`soft_evidence_lse`: the categorical leaf under soft evidence, the
+- [`soft_evidence_lse`][pcircuits.kernels.triton_ops.soft_evidence_lse]: the categorical leaf under soft evidence, the
   same tiled log-matmul-exp over ``C`` (up to ~150,000 categories). A table
   shared by all groups (``[1, n, C]``) is read once for the whole batch.
 
-:func:`sparse_sum` falls back to :func:`pcircuits.kernels.torch_ops.sparse_sum`
+[`sparse_sum`][pcircuits.kernels.triton_ops.sparse_sum] falls back to
+[`pcircuits.kernels.torch_ops.sparse_sum`][pcircuits.kernels.torch_ops.sparse_sum]
 (its children are already gathered per edge, so a kernel would only fuse
 element-wise work).
 
-Mixed precision (off by default): :func:`set_precision` or the
-:func:`precision` context manager (or the environment variable
+Mixed precision (off by default): [`set_precision`][pcircuits.kernels.triton_ops.set_precision] or the
+[`precision`][pcircuits.kernels.triton_ops.precision] context manager (or the environment variable
 ``PCIRCUITS_TRITON_PRECISION``) selects how the exponentiated tiles enter the
 matrix products: ``"ieee"`` (exact float32), ``"tf32"`` or ``"bf16"``. The
 accumulation, the maxima and the logarithms stay in float32 in every mode.
 
 On CPU tensors the kernels run through Triton's interpreter, which needs
-``TRITON_INTERPRET=1`` in the environment before :mod:`triton` is imported.
+``TRITON_INTERPRET=1`` in the environment before `triton` is imported.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ __all__ = [
     "interpreted",
 ]
 
-#: Accepted values of :func:`set_precision`.
+#: Accepted values of [`set_precision`][pcircuits.kernels.triton_ops.set_precision].
 PRECISIONS = ("ieee", "tf32", "bf16")
 
 _env_precision = os.environ.get("PCIRCUITS_TRITON_PRECISION", "ieee")
@@ -101,13 +102,14 @@ def set_precision(name: str) -> None:
 
 
 def get_precision() -> str:
-    """The matrix-product precision in effect (see :func:`set_precision`)."""
+    """The matrix-product precision in effect (see [`set_precision`][pcircuits.kernels.triton_ops.set_precision])."""
     return _PRECISION.get()
 
 
 @contextlib.contextmanager
 def precision(name: str) -> Iterator[None]:
-    """Selects the matrix-product precision inside a ``with`` block (see :func:`set_precision`)."""
+    """Selects the matrix-product precision inside a ``with`` block (see
+    [`set_precision`][pcircuits.kernels.triton_ops.set_precision])."""
     if name not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {name!r}")
     token = _PRECISION.set(name)
@@ -552,7 +554,8 @@ def dense_sum(
 
 
 def sparse_sum(children: torch.Tensor, log_weights: torch.Tensor, semiring: str = "sum") -> torch.Tensor:
-    """Sum layer with padded child lists: the torch implementation (see :func:`pcircuits.kernels.torch_ops.sparse_sum`).
+    """Sum layer with padded child lists: the torch implementation (see
+    [`pcircuits.kernels.torch_ops.sparse_sum`][pcircuits.kernels.torch_ops.sparse_sum]).
 
     Args:
         children: ``[B, G, n, k]`` child log-values.
@@ -571,7 +574,8 @@ def soft_evidence_lse(evidence: torch.Tensor, table: torch.Tensor, chunk: int = 
     One tiled log-matmul-exp kernel over ``C``. A table of shape ``[1, n, C]``
     is shared by all groups and read once for the whole batch. Entries whose
     shifted sum is too small to be trusted (terms lost to underflow) are
-    recomputed exactly, as in :func:`pcircuits.kernels.torch_ops.soft_evidence_lse`.
+    recomputed exactly, as in
+    [`pcircuits.kernels.torch_ops.soft_evidence_lse`][pcircuits.kernels.torch_ops.soft_evidence_lse].
 
     Args:
         evidence: ``[B, G, C]`` log-weights.

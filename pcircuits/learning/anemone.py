@@ -4,7 +4,7 @@ Reference: "Rethinking Probabilistic Circuit Parameter Learning", arXiv 2505.199
 
 Shapes: ``B`` examples in a batch, ``V`` variables, ``C`` categories; a sum
 bank's weights and flows are ``[slots, n, k]`` and a leaf bank's statistics
-``[slots, n, S]``, as in :mod:`pcircuits.learning.em`.
+``[slots, n, S]``, as in [`pcircuits.learning.em`][pcircuits.learning.em].
 
 **The update (joint likelihood).** Plain mini-batch EM moves every parameter
 the same fraction ``alpha`` of the way to the current batch's EM optimum, so a
@@ -57,7 +57,8 @@ from .em import Statistics, _checked_inputs, _updated_parameters, all_or_nothing
 
 __all__ = ["anemone", "anemone_step", "model_statistics", "OBJECTIVES"]
 
-#: The objectives :func:`anemone` and :func:`anemone_step` maximise.
+#: The objectives [`anemone`][pcircuits.learning.anemone.anemone] and
+#: [`anemone_step`][pcircuits.learning.anemone.anemone_step] maximise.
 OBJECTIVES = ("joint", "conditional")
 
 #: In the conditional update, no weight falls below this fraction of its old value in one step.
@@ -94,7 +95,7 @@ def _conditional_bank(
     """Statistics ``[slots, n, k]`` whose normalisation is the conditional step of one bank.
 
     ``theta`` are the bank's probabilities, ``pos``/``neg`` the flows of the
-    observed and soft-evidence passes, ``model`` its :func:`model_statistics`.
+    observed and soft-evidence passes, ``model`` its [`model_statistics`][pcircuits.learning.anemone.model_statistics].
     """
     a = step_size / count
     grad = (pos - theta * pos.sum(-1, keepdim=True)) - (neg - theta * neg.sum(-1, keepdim=True))
@@ -153,7 +154,7 @@ def anemone_step(
             targets of the masked entries too).
         missing: ``[B, V]`` bool: missing entries (``"joint"``) or the masked
             entries whose values are scored (``"conditional"``, required).
-        soft_evidence: ``[B, V, C]`` log-weights (see :meth:`~pcircuits.TensorCircuit.forward`).
+        soft_evidence: ``[B, V, C]`` log-weights (see [`forward`][pcircuits.engine.circuit.TensorCircuit.forward]).
         step_size: ``alpha`` in ``(0, 1]`` (1: the batch's EM optimum).
         pseudocount: Laplace smoothing counted with the batch.
         objective: ``"joint"`` (``log sum_{x_missing} p(x) prod w``) or
@@ -167,7 +168,7 @@ def anemone_step(
 
     Raises:
         TypeError, ValueError: bad arguments (each named), evidence that
-            :meth:`~pcircuits.TensorCircuit.prepare` refuses, or an update
+            [`prepare`][pcircuits.engine.circuit.TensorCircuit.prepare] refuses, or an update
             that would write NaN or ``inf`` (the circuit is then unchanged).
     """
     objective = _check_objective(objective)
@@ -199,7 +200,7 @@ def _step(
     objective: str,
     weights: torch.Tensor | None,
 ) -> torch.Tensor:
-    """:func:`anemone_step` on checked arguments."""
+    """[`anemone_step`][pcircuits.learning.anemone.anemone_step] on checked arguments."""
     dev = circuit.device
     data = data.to(dev)
     missing = None if missing is None else missing.to(dev)
@@ -274,7 +275,7 @@ def anemone(
         missing: ``[N, V]`` bool: missing entries (``"joint"``) or the masked
             entries scored by the conditional objective.
         soft_evidence: ``[N, V, C]`` log-weights on discrete variables.
-        objective: ``"joint"`` or ``"conditional"`` (see :func:`anemone_step`).
+        objective: ``"joint"`` or ``"conditional"`` (see [`anemone_step`][pcircuits.learning.anemone.anemone_step]).
         shuffle: reshuffle the batches every epoch.
         seed: seed of the shuffling.
         progress: show a progress bar (``None``: only on a terminal).

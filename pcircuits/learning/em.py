@@ -161,7 +161,8 @@ def _check_data(
     chunk_size: int,
     rows: slice | None = None,
 ) -> None:
-    """Runs :meth:`TensorCircuit.prepare`'s checks over ``data[rows]`` (default: all of it) before any update.
+    """Runs [`TensorCircuit.prepare`][pcircuits.engine.circuit.TensorCircuit.prepare]'s checks over ``data[rows]``
+    (default: all of it) before any update.
 
     Raises:
         TypeError, ValueError: from ``prepare``, prefixed with ``data`` and the rows checked.
@@ -218,7 +219,7 @@ def em(
         pseudocount: Laplace smoothing added per sum node and per leaf.
         missing: ``[N, V]`` bool, missing entries of ``data``.
         soft_evidence: ``[N, V, C]`` log-weights on discrete variables (see
-            :meth:`~pcircuits.TensorCircuit.forward`); EM then maximises
+            [`forward`][pcircuits.engine.circuit.TensorCircuit.forward]); EM then maximises
             ``log sum_{x_missing} p(x) prod_i w_i(x_i)``, for example softened
             data (all entries missing, weights spread around the observed value).
         shuffle: reshuffle mini-batches every epoch.
@@ -228,7 +229,7 @@ def em(
         checkpoint: a directory (created if missing; its parent must exist)
             where the circuit and the epochs done are written after every
             epoch (by rank 0 only; the other ranks wait), as
-            ``circuit-<epoch>.safetensors`` (a :func:`pcircuits.save` file) and
+            ``circuit-<epoch>.safetensors`` (a [`pcircuits.save`][pcircuits.io.save] file) and
             ``em_state.json``.
         resume: continue from ``checkpoint`` if it holds a state (its
             parameters replace the circuit's, the epochs done are skipped and
@@ -236,7 +237,7 @@ def em(
             replayed, so an interrupted run resumed gives the uninterrupted
             result); start from the circuit if it holds none.
         distributed: data-parallel over ``torch.distributed`` (see
-            :mod:`pcircuits.distributed`): ``None`` when a default process
+            [`pcircuits.distributed`][pcircuits.distributed]): ``None`` when a default process
             group with several ranks is initialised, ``True`` (required) or
             ``False``. Every rank passes the same ``data``; rank 0's
             parameters are broadcast first, each rank computes the statistics
@@ -254,7 +255,7 @@ def em(
             a non-numeric ``step_size``/``pseudocount``, or inputs that are not tensors.
         ValueError: ``epochs``, ``batch_size`` or ``chunk_size`` below 1,
             ``step_size`` outside ``(0, 1]``, ``pseudocount`` negative or not
-            finite, evidence that :meth:`~pcircuits.TensorCircuit.prepare`
+            finite, evidence that [`prepare`][pcircuits.engine.circuit.TensorCircuit.prepare]
             refuses (checked for all rows before the first update, the
             message prefixed with ``data``), or an update that would write
             NaN or ``inf`` into the circuit. The circuit is changed only when
@@ -381,7 +382,8 @@ def _run_em(
     checkpoint: Path | None = None,
     settings: dict | None = None,
 ) -> list[float]:
-    """The epochs ``start..epochs-1`` of :func:`em` on checked arguments; returns the mean log-likelihood per epoch.
+    """The epochs ``start..epochs-1`` of [`em`][pcircuits.learning.em.em] on checked arguments; returns the mean
+    log-likelihood per epoch.
 
     With ``on``, this rank handles its share of every chunk or batch and the
     statistics are all-reduced before each update.

@@ -1,16 +1,16 @@
 """Hidden Chow-Liu trees (HCLT): the structure over a tree and its learning.
 
-:func:`hclt_from_tree` builds an HCLT over a given tree of variables: a
-latent variable per data variable (:class:`HCLTGroups` holds its groups).
-:func:`learn_hclt` runs the whole procedure in named phases: *data* (checks,
+[`hclt_from_tree`][pcircuits.learning.hclt.hclt_from_tree] builds an HCLT over a given tree of variables: a
+latent variable per data variable ([`HCLTGroups`][pcircuits.learning.hclt.HCLTGroups] holds its groups).
+[`learn_hclt`][pcircuits.learning.hclt.learn_hclt] runs the whole procedure in named phases: *data* (checks,
 categories), *structure* (the Chow-Liu tree of
-:func:`~pcircuits.region_graphs.chow_liu_tree.chow_liu_tree`, the maximum
+[`chow_liu_tree`][pcircuits.region_graphs.chow_liu_tree.chow_liu_tree], the maximum
 spanning tree of the pairwise mutual information, and an HCLT over it),
 *initialisation* (latent variables from a k-means clustering of the data
 instead of at random) and *training* (mini-batch EM followed by full-batch EM
 with a pseudocount, keeping the parameters with the best validation
-log-likelihood). :class:`HCLTConfig` holds its settings. The template
-:func:`pcircuits.structures.hclt` builds the same structure without training.
+log-likelihood). [`HCLTConfig`][pcircuits.learning.hclt.HCLTConfig] holds its settings. The template
+`pcircuits.structures.hclt` builds the same structure without training.
 
 Shapes: ``N`` examples, ``V`` variables, ``C`` the largest number of
 categories, ``M`` latent states per variable (``num_latents``).
@@ -209,7 +209,7 @@ def init_hclt_kmeans(
 
     Args:
         circuit: the compiled HCLT.
-        groups: its :class:`HCLTGroups`.
+        groups: its [`HCLTGroups`][pcircuits.learning.hclt.HCLTGroups].
         data: ``[N, V]`` training data.
         seed: seed of the clustering and the noise.
         diagonal: weight of the identity in the transition initialisation.
@@ -289,7 +289,7 @@ def softened_evidence(x: torch.Tensor, cats: Sequence[int], softening: float) ->
 
 @dataclass
 class HCLTConfig:
-    """Settings of :func:`learn_hclt` (each can also be passed to it as a keyword).
+    """Settings of [`learn_hclt`][pcircuits.learning.hclt.learn_hclt] (each can also be passed to it as a keyword).
 
     Attributes:
         num_latents: latent states per variable.
@@ -323,7 +323,7 @@ class HCLTConfig:
 
     Raises:
         ValueError: a value out of range (the message names the field);
-            ``num_cats`` is checked against the data by :func:`learn_hclt`.
+            ``num_cats`` is checked against the data by [`learn_hclt`][pcircuits.learning.hclt.learn_hclt].
     """
 
     num_latents: int = 16
@@ -401,16 +401,16 @@ def learn_hclt(
         data: ``[N, V]`` training data (category indices).
         num_latents: latent states per variable (``None``: ``config``'s, 16 by default).
         valid: ``[N', V]`` validation data for model selection, or ``None``.
-        config: the settings (``None``: the defaults of :class:`HCLTConfig`).
-        **options: fields of :class:`HCLTConfig` replacing those of ``config``,
+        config: the settings (``None``: the defaults of [`HCLTConfig`][pcircuits.learning.hclt.HCLTConfig]).
+        **options: fields of [`HCLTConfig`][pcircuits.learning.hclt.HCLTConfig] replacing those of ``config``,
             e.g. ``learn_hclt(x, 32, fullbatch_epochs=5)``.
 
     Returns:
-        A :class:`FitResult`; ``info["tree"]`` holds the Chow-Liu tree.
+        A [`FitResult`][pcircuits.learning.hclt.FitResult]; ``info["tree"]`` holds the Chow-Liu tree.
 
     Raises:
         ValueError: bad data or argument values.
-        TypeError: an option that is not a field of :class:`HCLTConfig`.
+        TypeError: an option that is not a field of [`HCLTConfig`][pcircuits.learning.hclt.HCLTConfig].
     """
     t0 = time.perf_counter()
     if num_latents is not None:

@@ -10,10 +10,10 @@ of the clusters weighted by their sizes. Slices with fewer than
 ``min_instances`` rows, or any slice once the time or size budget is spent,
 become fully factorised products of leaves.
 
-:func:`learn_spn` runs in phases: *data* (checks, categories), *structure*
-(the recursive splitting of :class:`_LearnSPN`, which also records the
+[`learn_spn`][pcircuits.learning.learnspn.learn_spn] runs in phases: *data* (checks, categories), *structure*
+(the recursive splitting of `_LearnSPN`, which also records the
 parameters from counts) and *compilation* (the circuit, with those
-parameters). :class:`LearnSPNConfig` holds its settings.
+parameters). [`LearnSPNConfig`][pcircuits.learning.learnspn.LearnSPNConfig] holds its settings.
 
 Shapes: ``N`` examples (rows), ``V`` variables, ``d`` columns of a slice,
 ``C`` the largest number of categories.
@@ -80,7 +80,7 @@ def independent_components(x: np.ndarray, cats: Sequence[int], alpha: float = 0.
 
 @dataclass
 class LearnSPNConfig:
-    """Settings of :func:`learn_spn` (each can also be passed to it as a keyword).
+    """Settings of [`learn_spn`][pcircuits.learning.learnspn.learn_spn] (each can also be passed to it as a keyword).
 
     Attributes:
         num_cats: categories per variable (``None``: inferred from the data).
@@ -99,7 +99,7 @@ class LearnSPNConfig:
 
     Raises:
         ValueError: a value out of range (the message names the field);
-            ``num_cats`` is checked against the data by :func:`learn_spn`.
+            ``num_cats`` is checked against the data by [`learn_spn`][pcircuits.learning.learnspn.learn_spn].
     """
 
     num_cats: int | Sequence[int] | None = None
@@ -138,18 +138,19 @@ def learn_spn(
     Args:
         data: ``[N, V]`` training data (category indices).
         num_cats: categories per variable (``None``: ``config``'s, inferred by default).
-        config: the settings (``None``: the defaults of :class:`LearnSPNConfig`).
-        **options: fields of :class:`LearnSPNConfig` replacing those of ``config``,
+        config: the settings (``None``: the defaults of [`LearnSPNConfig`][pcircuits.learning.learnspn.LearnSPNConfig]).
+        **options: fields of [`LearnSPNConfig`][pcircuits.learning.learnspn.LearnSPNConfig] replacing those of
+            ``config``,
             e.g. ``learn_spn(x, min_instances=100)``.
 
     Returns:
-        A :class:`~pcircuits.learning.hclt.FitResult` whose circuit has
+        A [`FitResult`][pcircuits.learning.hclt.FitResult] whose circuit has
         its parameters set from counts; ``info`` holds the numbers of sum,
         product and leaf nodes.
 
     Raises:
         ValueError: bad data or argument values.
-        TypeError: an option that is not a field of :class:`LearnSPNConfig`.
+        TypeError: an option that is not a field of [`LearnSPNConfig`][pcircuits.learning.learnspn.LearnSPNConfig].
     """
     t0 = time.perf_counter()
     if num_cats is not None:

@@ -18,7 +18,8 @@ def log_likelihood(
     batch_size: int | None = None,
     candidates: torch.Tensor | np.ndarray | None = None,
 ) -> torch.Tensor:
-    """Log-likelihood of each example, ``[B]``; see :meth:`TensorCircuit.forward`.
+    """Log-likelihood of each example, ``[B]``; see
+    [`TensorCircuit.forward`][pcircuits.engine.circuit.TensorCircuit.forward].
 
     Args:
         circuit: a compiled circuit.
@@ -26,7 +27,8 @@ def log_likelihood(
         missing: ``[B, V]`` bool, True marginalises the variable.
         soft_evidence: ``[B, V, C]`` log-weights on discrete variables (``[B, V, K]`` with ``candidates``).
         batch_size: evaluate in chunks of this many examples (``None``: one pass).
-        candidates: ``[B, V, K]`` category ids weighed by ``soft_evidence`` (see :meth:`TensorCircuit.prepare`).
+        candidates: ``[B, V, K]`` category ids weighed by ``soft_evidence`` (see
+            [`TensorCircuit.prepare`][pcircuits.engine.circuit.TensorCircuit.prepare]).
     """
     if not isinstance(circuit, TensorCircuit):
         raise TypeError(f"circuit must be a TensorCircuit, got {type(circuit).__name__}")

@@ -43,7 +43,7 @@ def marginals(
         x: ``[B, V]`` values; entries under ``missing`` are ignored (may be NaN).
         missing: ``[B, V]`` bool, True where the variable is unobserved.
         soft_evidence: ``[B, V, C]`` log-weights on discrete variables
-            (``C`` = :attr:`TensorCircuit.max_cats`), ``[B, V, K]`` with
+            (``C`` = `TensorCircuit.max_cats`), ``[B, V, K]`` with
             ``candidates``, or ``None``.
         candidates: ``[B, V, K]`` category ids weighed by ``soft_evidence``
             (every other id has weight 0, so its posterior is 0), or ``None``.
@@ -57,9 +57,11 @@ def marginals(
         (the posterior is undefined).
 
     Raises:
-        TypeError: ``circuit`` is not a :class:`TensorCircuit`, or evidence of the wrong type.
+        TypeError: ``circuit`` is not a [`TensorCircuit`][pcircuits.engine.circuit.TensorCircuit], or evidence of the
+            wrong type.
         ValueError: evidence of the wrong shape or with invalid values, or
-            soft evidence on a Gaussian variable (see :meth:`TensorCircuit.prepare`).
+            soft evidence on a Gaussian variable (see
+            [`TensorCircuit.prepare`][pcircuits.engine.circuit.TensorCircuit.prepare]).
     """
     _check_circuit(circuit)
     ev = circuit.prepare(x, missing, soft_evidence, candidates)

@@ -35,7 +35,7 @@ def mpe(
     each ``x``, so this is the exact MPE ``argmax_x p(x) prod_i w_i(x_i)``;
     for other circuits it is the usual max-product approximation (exact MPE
     is NP-hard there) and ``log p(x)`` of the result, from
-    :meth:`TensorCircuit.forward`, can be larger than the returned value.
+    [`TensorCircuit.forward`][pcircuits.engine.circuit.TensorCircuit.forward], can be larger than the returned value.
     Missing Gaussian variables take the mean of their selected leaf (its mode).
 
     Args:
@@ -58,9 +58,10 @@ def mpe(
         evidence has probability 0 get ``-inf`` and an arbitrary completion.
 
     Raises:
-        TypeError: ``circuit`` is not a :class:`TensorCircuit`, or evidence of the wrong type.
+        TypeError: ``circuit`` is not a [`TensorCircuit`][pcircuits.engine.circuit.TensorCircuit], or evidence of the
+            wrong type.
         ValueError: evidence of the wrong shape or with invalid values (see
-            :meth:`TensorCircuit.prepare`).
+            [`TensorCircuit.prepare`][pcircuits.engine.circuit.TensorCircuit.prepare]).
     """
     _check_circuit(circuit)
     ev = circuit.prepare(x, missing, soft_evidence, candidates)

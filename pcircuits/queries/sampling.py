@@ -76,10 +76,11 @@ def sample(
         not on the sample's path.
 
     Raises:
-        TypeError: ``circuit`` is not a :class:`TensorCircuit`, or evidence of the wrong type.
+        TypeError: ``circuit`` is not a [`TensorCircuit`][pcircuits.engine.circuit.TensorCircuit], or evidence of the
+            wrong type.
         ValueError: ``num_samples`` below 1, ``temperature`` not positive,
             both ``generator`` and ``seed``, evidence of the wrong shape or
-            with invalid values (see :meth:`TensorCircuit.prepare`), or
+            with invalid values (see [`TensorCircuit.prepare`][pcircuits.engine.circuit.TensorCircuit.prepare]), or
             evidence with probability 0.
     """
     _check_circuit(circuit)
@@ -107,7 +108,8 @@ def sample(
 def _check_sampling(
     circuit: TensorCircuit, num_samples, temperature, generator: torch.Generator | None, seed: int | None
 ) -> tuple[int, torch.Generator | None]:
-    """``num_samples`` as an int and the generator to use; raises for bad arguments (see :func:`sample`)."""
+    """``num_samples`` as an int and the generator to use; raises for bad arguments (see
+    [`sample`][pcircuits.queries.sampling.sample])."""
     if not isinstance(num_samples, (int, np.integer)) or isinstance(num_samples, bool):
         raise TypeError(f"num_samples must be an int, got {type(num_samples).__name__}")
     if num_samples < 1:

@@ -1,8 +1,8 @@
 """Region graphs: the variable-scope skeletons that circuit templates are built on.
 
-A :class:`RegionGraph` holds regions (sets of variables) and partitions
+A [`RegionGraph`][pcircuits.region_graphs.graph.RegionGraph] holds regions (sets of variables) and partitions
 (splits of a region into disjoint child regions). The constructors build
-the classic families; :func:`pcircuits.structures.from_region_graph` turns
+the classic families; [`pcircuits.structures.from_region_graph`][pcircuits.structures.templates.from_region_graph] turns
 any of them into a circuit.
 """
 

@@ -1,9 +1,12 @@
 """Chow-Liu trees: the maximum spanning tree of the pairwise mutual information.
 
-:func:`chow_liu_tree` estimates the mutual information from smoothed counts
-and returns the tree; :func:`pcircuits.region_graphs.chow_liu` turns it into a
-region graph and :func:`pcircuits.learning.learn_hclt` into a hidden Chow-Liu tree.
-:func:`as_category_array`, :func:`check_num_cats` and :func:`one_hot` are the
+[`chow_liu_tree`][pcircuits.region_graphs.chow_liu_tree.chow_liu_tree] estimates the mutual information from
+smoothed counts and returns the tree;
+[`pcircuits.region_graphs.chow_liu`][pcircuits.region_graphs.constructors.chow_liu] turns it into a region graph
+and [`pcircuits.learning.learn_hclt`][pcircuits.learning.hclt.learn_hclt] into a hidden Chow-Liu tree.
+[`as_category_array`][pcircuits.region_graphs.chow_liu_tree.as_category_array],
+[`check_num_cats`][pcircuits.region_graphs.chow_liu_tree.check_num_cats] and
+[`one_hot`][pcircuits.region_graphs.chow_liu_tree.one_hot] are the
 checks and encodings of discrete data that the structure learners share.
 
 Shapes: ``N`` examples, ``V`` variables, ``C`` the largest number of categories.

@@ -264,7 +264,7 @@ def chow_liu(
         root_var: root of the tree (``None``: a centre).
 
     Returns:
-        A validated region graph (see :func:`tree_region_graph`).
+        A validated region graph (see [`tree_region_graph`][pcircuits.region_graphs.constructors.tree_region_graph]).
     """
     return tree_region_graph(chow_liu_tree(data, num_cats, pseudocount), root_var)
 

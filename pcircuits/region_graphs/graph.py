@@ -1,4 +1,5 @@
-"""The :class:`RegionGraph` type: regions (variable scopes) and their partitions."""
+"""The [`RegionGraph`][pcircuits.region_graphs.graph.RegionGraph] type: regions (variable scopes) and their
+partitions."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class RegionGraph:
     Node ids are ints; node attributes are ``kind`` (``"region"`` or
     ``"partition"``) and, for regions, ``scope`` (a ``frozenset``).
 
-    Example:
+    Examples:
         >>> rg = RegionGraph()
         >>> root = rg.add_region({0, 1})
         >>> rg.add_partition(root, [rg.add_region({0}), rg.add_region({1})])
@@ -208,7 +209,7 @@ class RegionGraph:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "RegionGraph":
-        """Rebuilds a graph written by :meth:`to_json` (ids are kept).
+        """Rebuilds a graph written by [`to_json`][pcircuits.region_graphs.graph.RegionGraph.to_json] (ids are kept).
 
         Raises:
             ValueError: ``data`` is not a region-graph description.
@@ -243,7 +244,7 @@ class RegionGraph:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RegionGraph":
-        """Reads a graph written by :meth:`save`.
+        """Reads a graph written by [`save`][pcircuits.region_graphs.graph.RegionGraph.save].
 
         Raises:
             ValueError: the file is missing or not a region-graph JSON file.

@@ -1,11 +1,13 @@
 """Ready-made circuit structures (templates) built from node groups.
 
-- :func:`from_region_graph`: any :class:`~pcircuits.region_graphs.RegionGraph`
-  with CP or Tucker layers;
-- :func:`hclt`: hidden Chow-Liu trees;
-- :func:`hmm`: hidden Markov models with tied parameters;
-- :func:`rat_spn`, :func:`pd`, :func:`qt`: RAT-SPNs, Poon-Domingos and quad-tree circuits;
-- :func:`mixture` / :func:`mixture_circuit`: mixtures of circuits.
+- [`from_region_graph`][pcircuits.structures.templates.from_region_graph]: any
+  [`RegionGraph`][pcircuits.region_graphs.graph.RegionGraph] with CP or Tucker layers;
+- `hclt`: hidden Chow-Liu trees;
+- [`hmm`][pcircuits.structures.templates.hmm]: hidden Markov models with tied parameters;
+- [`rat_spn`][pcircuits.structures.templates.rat_spn], [`pd`][pcircuits.structures.templates.pd],
+  [`qt`][pcircuits.structures.templates.qt]: RAT-SPNs, Poon-Domingos and quad-tree circuits;
+- [`mixture`][pcircuits.structures.templates.mixture] /
+  [`mixture_circuit`][pcircuits.structures.templates.mixture_circuit]: mixtures of circuits.
 """
 
 from .hclt import HCLTGroups, hclt, hclt_from_tree, tree_center

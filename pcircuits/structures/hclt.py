@@ -1,9 +1,9 @@
 """Hidden Chow-Liu trees (HCLT): a Chow-Liu tree with a latent variable per data variable.
 
-The template :func:`hclt` estimates the Chow-Liu tree
-(:func:`~pcircuits.region_graphs.chow_liu_tree.chow_liu_tree`) and builds
-the HCLT over it with :func:`~pcircuits.learning.hclt.hclt_from_tree`; both
-live in lower layers because the learner :func:`pcircuits.learning.learn_hclt`
+The template `hclt` estimates the Chow-Liu tree
+([`chow_liu_tree`][pcircuits.region_graphs.chow_liu_tree.chow_liu_tree]) and builds
+the HCLT over it with [`hclt_from_tree`][pcircuits.learning.hclt.hclt_from_tree]; both
+live in lower layers because the learner [`pcircuits.learning.learn_hclt`][pcircuits.learning.hclt.learn_hclt]
 needs them too. Shapes: ``N`` examples, ``V`` variables.
 """
 
@@ -41,9 +41,9 @@ def hclt(
         root_var: root of the tree (``None``: a centre).
 
     Returns:
-        The root group (compile it with :func:`pcircuits.compile`; for a
+        The root group (compile it with [`pcircuits.compile`][pcircuits.engine.circuit.compile]; for a
         clustering-based initialisation and training use
-        :func:`pcircuits.learning.learn_hclt`).
+        [`pcircuits.learning.learn_hclt`][pcircuits.learning.hclt.learn_hclt]).
     """
     num_latents = as_int(num_latents, "num_latents", minimum=1)
     arr = data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)

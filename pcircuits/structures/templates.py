@@ -26,7 +26,7 @@ __all__ = [
     "copy_parameters",
 ]
 
-#: Layer forms of :func:`from_region_graph`.
+#: Layer forms of [`from_region_graph`][pcircuits.structures.templates.from_region_graph].
 LAYER_FORMS = ("cp", "tucker")
 
 LeafSpec = Distribution | Callable[[int], Distribution] | int
@@ -139,7 +139,7 @@ def rat_spn(
         num_units: sum units per region.
         depth: binary splits per path (``None``: down to single variables).
         num_repetitions: random trees under the root.
-        leaf: leaf family (see :func:`from_region_graph`).
+        leaf: leaf family (see [`from_region_graph`][pcircuits.structures.templates.from_region_graph]).
         layer: ``"cp"`` or ``"tucker"``.
         num_input_units: leaves per variable (``None``: ``num_units``).
         seed: seed of the random trees.
@@ -170,7 +170,7 @@ def pd(
         height: image rows.
         width: image columns.
         num_units: sum units per region.
-        delta: cut step(s) of :func:`~pcircuits.region_graphs.poon_domingos`.
+        delta: cut step(s) of [`poon_domingos`][pcircuits.region_graphs.constructors.poon_domingos].
         leaf: leaf family (default: 256 categories per pixel).
         layer: ``"cp"`` or ``"tucker"``.
         num_input_units: leaves per pixel (``None``: ``num_units``).
@@ -196,7 +196,7 @@ def qt(
     layer: str = "cp",
     num_input_units: int | None = None,
 ) -> SumGroup:
-    """A quad-tree circuit over an image (see :func:`~pcircuits.region_graphs.quad_tree`).
+    """A quad-tree circuit over an image (see [`quad_tree`][pcircuits.region_graphs.constructors.quad_tree]).
 
     Args:
         height: image rows.
@@ -258,7 +258,7 @@ def mixture(*roots: NodeGroup, name: str | None = None) -> SumGroup:
 
     Returns:
         The mixture's root group; compile it, or use
-        :func:`mixture_circuit` to keep trained parameters.
+        [`mixture_circuit`][pcircuits.structures.templates.mixture_circuit] to keep trained parameters.
 
     Raises:
         ValueError: no roots, a root with more than one node, or different scopes.
