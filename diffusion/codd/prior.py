@@ -13,7 +13,7 @@ ignored). Because ``p_omega`` is a circuit, the normaliser, every marginal of
 tempered log-probabilities enter as soft evidence on the circuit's leaves.
 
 `CoDDPrior` hands the soft evidence to the circuit as top-``k`` candidate
-evidence (`CoDDPrior.engine_evidence`, :meth:`pcircuits.TensorCircuit.prepare`)
+evidence (`CoDDPrior.engine_evidence`, [`TensorCircuit.prepare`][pcircuits.engine.circuit.TensorCircuit.prepare])
 and runs the engine's passes on it: `TensorCircuit.upward` for the
 normaliser and the marginals, `pcircuits.engine.downward.downward` and
 `selected_leaf_logits` for the latent path and the tokens given it. With
