@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import operator
 from typing import Any, TypeVar
+
+from .._index import as_int
 
 __all__ = ["build_config", "check_int", "check_real"]
 
@@ -13,21 +14,15 @@ C = TypeVar("C")
 
 
 def check_int(value: object, name: str, minimum: int | None = None) -> int:
-    """``value`` as an int (numpy integers accepted, bools refused), at least ``minimum``.
+    """``value`` as an int (numpy integers and 0-d integer tensors accepted, bools refused), at least ``minimum``.
+
+    The same rule as every builder's integer arguments (`pcircuits._index.as_int`).
 
     Raises:
         TypeError: ``value`` is not an integer.
         ValueError: ``value < minimum``.
     """
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    try:
-        out = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})") from None
-    if minimum is not None and out < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {out}")
-    return out
+    return as_int(value, name, minimum)
 
 
 def check_real(
