@@ -271,7 +271,11 @@ def answer_window_topk(
         ms.append(m)
         vs.append(v)
         cs.append(c)
-    return torch.cat(xs), torch.cat(ms), torch.cat(vs), torch.cat(cs)
+    x0, masked = torch.cat(xs), torch.cat(ms)
+    del xs, ms
+    values = torch.cat(vs)  # one list at a time: its pieces are freed before the next is joined
+    del vs
+    return x0, masked, values, torch.cat(cs)
 
 
 def _check_answer_inputs(tokens: torch.Tensor, answer: torch.Tensor, window: int, draws: int) -> None:
