@@ -246,6 +246,10 @@ def answer_window_topk(
 
     Only ``[M, W, top_k + 1]`` values and ids are kept, never the ``[M, W, V]``
     logits: the memory grows with ``top_k`` instead of the vocabulary. The
+    caches are allocated once for every tile of every draw (an upper bound on
+    ``M``; windows without a masked position are dropped) and filled batch by
+    batch, so no second copy is made when they are joined; the returned
+    tensors are views of them. The
     windows, masks and random draws are those of `answer_window_logits` with
     the same generator, and the values and ids those of `topk_with_target` on
     its logits.
@@ -264,18 +268,27 @@ def answer_window_topk(
     _check_answer_inputs(tokens, answer, window, draws)
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k: expected a positive int, got {top_k!r}")
-    xs, ms, vs, cs = [], [], [], []
+    span = _answer_span(tokens, answer, getattr(backbone.tokenizer, "eos_id", None))
+    cap = draws * _tile_count(span, window)  # every tile of every draw: an upper bound on M
+    x0 = torch.empty(cap, window, dtype=torch.long)
+    masked = torch.empty(cap, window, dtype=torch.bool)
+    values = torch.empty(cap, window, top_k + 1, dtype=torch.float32)
+    cand = torch.empty(cap, window, top_k + 1, dtype=torch.long)
+    n = 0
     for x, m, lg in _answer_window_batches(backbone, tokens, answer, window, draws, generator, batch_size, progress):
         v, c = topk_with_target(lg, x, top_k)
-        xs.append(x)
-        ms.append(m)
-        vs.append(v)
-        cs.append(c)
-    x0, masked = torch.cat(xs), torch.cat(ms)
-    del xs, ms
-    values = torch.cat(vs)  # one list at a time: its pieces are freed before the next is joined
-    del vs
-    return x0, masked, values, torch.cat(cs)
+        b = len(x)
+        x0[n : n + b], masked[n : n + b], values[n : n + b], cand[n : n + b] = x, m, v, c
+        n += b
+    return x0[:n], masked[:n], values[:n], cand[:n]
+
+
+def _tile_count(span: torch.Tensor, window: int) -> int:
+    """Windows tiling the spans ``span [N, L]`` (`answer_tiles` of each row's first to last position)."""
+    L = span.shape[1]
+    starts = span.float().argmax(1).tolist()
+    ends = torch.where(span.any(1), L - span.flip(1).float().argmax(1), 0).tolist()
+    return sum(len(answer_tiles(a, b, window)) for a, b in zip(starts, ends, strict=True) if b > a)
 
 
 def _check_answer_inputs(tokens: torch.Tensor, answer: torch.Tensor, window: int, draws: int) -> None:
@@ -924,11 +937,7 @@ def _count_windows(backbone: Backbone, qa: tuple[torch.Tensor, torch.Tensor], n:
     if job.mask_scope == "window" or tokens.shape[0] == 0:
         return n
     span = _answer_span(tokens, answer, getattr(backbone.tokenizer, "eos_id", None))
-    ends = torch.where(span.any(1), span.shape[1] - span.flip(1).float().argmax(1), 0)
-    starts = span.float().argmax(1)
-    pairs = zip(starts.tolist(), ends.tolist(), strict=True)
-    tiles = sum(len(answer_tiles(a, b, job.window)) for a, b in pairs if b > a)
-    return job.draws * tiles
+    return job.draws * _tile_count(span, job.window)
 
 
 def _memory_estimate(backbone: Backbone, windows: int, length: int, job: PriorJobConfig) -> str:
