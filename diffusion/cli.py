@@ -247,6 +247,10 @@ def _add_train_prior(sub: argparse._SubParsersAction) -> None:
         help="train a CoDD circuit prior on a frozen backbone",
         description="Mask windows of QA answers (t ~ U(0,1)), cache the backbone's (top-k) logits and fit an HMM "
         "prior to the conditional likelihood with Adam; the best held-out circuit is saved with pcircuits.save. "
+        "Memory: the top-k cut is made inside the backbone loop, so the caches take windows x W x (top-k + 1) x 12 "
+        "bytes (float32 values, int64 ids; printed before the backbone pass, with a progress bar over its batches); "
+        "the full GSM8K with --mask-scope answer --draws 4 --backoff-bins 10 keeps about 235k windows "
+        "(2.8 GiB at W=16, top-k 64; measured peak RSS 3.7 GB, see docs/diffusion/codd.md, Memory). "
         + _TOKENIZER_HELP,
     )
     _add_model(p)
@@ -259,7 +263,9 @@ def _add_train_prior(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=_positive_int, default=16)
     p.add_argument("--states", type=_positive_int, default=64)
     p.add_argument("--windows", type=_positive_int, default=2000, help="training windows")
-    p.add_argument("--top-k", type=_nonnegative_int, default=64, help="candidates per position (0: full vocabulary)")
+    p.add_argument("--top-k", type=_nonnegative_int, default=64,
+                   help="candidates per position (0: full vocabulary, 4 x V cached bytes per position instead of "
+                   "12 x (K + 1))")
     p.add_argument("--epochs", type=_positive_int, default=5)
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--lr", type=_positive_float, default=0.05)

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ __all__ = [
     "backbone_window_logits",
     "answer_tiles",
     "answer_window_logits",
+    "answer_window_topk",
+    "prior_cache_bytes",
     "topk_with_target",
     "conditional_nll",
     "mean_nll",
@@ -218,6 +221,78 @@ def answer_window_logits(
     Raises:
         ValueError: mismatched shapes, ``draws < 1`` or sequences shorter than the window.
     """
+    _check_answer_inputs(tokens, answer, window, draws)
+    xs, ms, ls = [], [], []
+    for x, m, lg in _answer_window_batches(backbone, tokens, answer, window, draws, generator, batch_size, progress):
+        xs.append(x)
+        ms.append(m)
+        ls.append(lg)
+    return torch.cat(xs), torch.cat(ms), torch.cat(ls)
+
+
+@torch.no_grad()
+def answer_window_topk(
+    backbone: Backbone,
+    tokens: torch.Tensor,
+    answer: torch.Tensor,
+    window: int,
+    top_k: int,
+    draws: int = 1,
+    generator: torch.Generator | None = None,
+    batch_size: int = 32,
+    progress: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`answer_window_logits` with the top-``k`` cut (`topk_with_target`) made batch by batch.
+
+    Only ``[M, W, top_k + 1]`` values and ids are kept, never the ``[M, W, V]``
+    logits: the memory grows with ``top_k`` instead of the vocabulary. The
+    caches are allocated once for every tile of every draw (an upper bound on
+    ``M``; windows without a masked position are dropped) and filled batch by
+    batch, so no second copy is made when they are joined; the returned
+    tensors are views of them. The
+    windows, masks and random draws are those of `answer_window_logits` with
+    the same generator, and the values and ids those of `topk_with_target` on
+    its logits.
+
+    Args:
+        backbone, tokens, answer, window, draws, generator, batch_size, progress: as in `answer_window_logits`.
+        top_k: candidates kept per position (plus the target's).
+
+    Returns:
+        ``(x0 [M, W], masked [M, W], values [M, W, top_k + 1], candidates [M, W, top_k + 1])``:
+        float32 values (mask id at ``-inf``) and int64 token ids.
+
+    Raises:
+        ValueError: as `answer_window_logits`, or ``top_k`` not a positive int.
+    """
+    _check_answer_inputs(tokens, answer, window, draws)
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k: expected a positive int, got {top_k!r}")
+    span = _answer_span(tokens, answer, getattr(backbone.tokenizer, "eos_id", None))
+    cap = draws * _tile_count(span, window)  # every tile of every draw: an upper bound on M
+    x0 = torch.empty(cap, window, dtype=torch.long)
+    masked = torch.empty(cap, window, dtype=torch.bool)
+    values = torch.empty(cap, window, top_k + 1, dtype=torch.float32)
+    cand = torch.empty(cap, window, top_k + 1, dtype=torch.long)
+    n = 0
+    for x, m, lg in _answer_window_batches(backbone, tokens, answer, window, draws, generator, batch_size, progress):
+        v, c = topk_with_target(lg, x, top_k)
+        b = len(x)
+        x0[n : n + b], masked[n : n + b], values[n : n + b], cand[n : n + b] = x, m, v, c
+        n += b
+    return x0[:n], masked[:n], values[:n], cand[:n]
+
+
+def _tile_count(span: torch.Tensor, window: int) -> int:
+    """Windows tiling the spans ``span [N, L]`` (`answer_tiles` of each row's first to last position)."""
+    L = span.shape[1]
+    starts = span.float().argmax(1).tolist()
+    ends = torch.where(span.any(1), L - span.flip(1).float().argmax(1), 0).tolist()
+    return sum(len(answer_tiles(a, b, window)) for a, b in zip(starts, ends, strict=True) if b > a)
+
+
+def _check_answer_inputs(tokens: torch.Tensor, answer: torch.Tensor, window: int, draws: int) -> None:
+    """Raises ValueError unless ``answer`` matches ``tokens [N, L]``, ``L >= window`` and ``draws >= 1``."""
     N, L = tokens.shape
     if tuple(answer.shape) != (N, L):
         raise ValueError(f"answer: expected BoolTensor[{N}, {L}] like tokens, got {tuple(answer.shape)}")
@@ -225,9 +300,25 @@ def answer_window_logits(
         raise ValueError(f"tokens: sequences of length {L} are shorter than the window {window}")
     if not isinstance(draws, int) or draws < 1:
         raise ValueError(f"draws: expected a positive int, got {draws!r}")
+
+
+def _answer_window_batches(
+    backbone: Backbone,
+    tokens: torch.Tensor,
+    answer: torch.Tensor,
+    window: int,
+    draws: int,
+    generator: torch.Generator | None,
+    batch_size: int,
+    progress: bool | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One backbone call per ``batch_size`` sequences: ``(x0 [b, W], masked [b, W], logits [b, W, V])`` each.
+
+    A tqdm bar counts the backbone batches (``progress=None``: on a terminal only).
+    """
+    N = tokens.shape[0]
     span = _answer_span(tokens, answer, getattr(backbone.tokenizer, "eos_id", None))
     seqs = torch.arange(N).repeat(draws)
-    xs, ms, ls = [], [], []
     for s in tqdm(range(0, len(seqs), batch_size), desc="backbone logits", disable=progress is False, leave=False):
         r = seqs[s : s + batch_size]
         ids, sp = tokens[r], span[r]
@@ -238,10 +329,7 @@ def answer_window_logits(
         rows, pos = _span_tiles(sp, window)
         mw = m[rows[:, None], pos]
         keep = mw.any(1)
-        xs.append(ids[rows[:, None], pos][keep])
-        ms.append(mw[keep])
-        ls.append(lg[rows[:, None], pos][keep])
-    return torch.cat(xs), torch.cat(ms), torch.cat(ls)
+        yield ids[rows[:, None], pos][keep], mw[keep], lg[rows[:, None], pos][keep]
 
 
 def _answer_span(tokens: torch.Tensor, answer: torch.Tensor, eos: int | None) -> torch.Tensor:
@@ -786,31 +874,98 @@ def _hold_out(qa: list, job: PriorJobConfig, generator: torch.Generator) -> tupl
 
 
 def _qa_windows(
-    backbone: Backbone, examples: list, n: int, job: PriorJobConfig, generator: torch.Generator
+    backbone: Backbone,
+    qa: tuple[torch.Tensor, torch.Tensor],
+    n: int,
+    job: PriorJobConfig,
+    generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``(x0 [M, W], masked [M, W], logits [M, W, V or K], candidates [M, W, K] or None)`` of the QA pairs."""
-    tokens, answer = qa_token_matrix(examples, backbone.tokenizer)
+    """``(x0 [M, W], masked [M, W], logits [M, W, V or K], candidates [M, W, K] or None)`` of ``qa``.
+
+    ``qa`` is ``(tokens [N, L], answer [N, L])`` from `qa_token_matrix`. With
+    ``job.top_k`` the cut is made batch by batch inside the backbone loop, so
+    no ``[M, W, V]`` tensor is ever kept (`prior_cache_bytes`).
+    """
+    tokens, answer = qa
     if job.mask_scope == "window":
         rows, starts, masked = make_windows(tokens, job.window, answer, n, generator)
         x0, logits, cand = backbone_window_logits(
             backbone, tokens, rows, starts, masked, top_k=job.top_k, progress=job.progress
         )
         return x0, masked, logits, cand
-    x0, masked, logits = answer_window_logits(
-        backbone, tokens, answer, job.window, job.draws, generator, progress=job.progress
-    )
     if job.top_k is None:
+        x0, masked, logits = answer_window_logits(
+            backbone, tokens, answer, job.window, job.draws, generator, progress=job.progress
+        )
         return x0, masked, logits, None
-    logits, cand = topk_with_target(logits, x0, job.top_k)
-    return x0, masked, logits, cand
+    return answer_window_topk(
+        backbone, tokens, answer, job.window, job.top_k, job.draws, generator, progress=job.progress
+    )
+
+
+def prior_cache_bytes(windows: int, window: int, top_k: int | None, vocab_size: int) -> int:
+    """Bytes of the window caches `train_prior_cli` keeps for ``windows`` windows of length ``window``.
+
+    Per position: the target (int64) and its mask flag (bool), plus either
+    ``top_k + 1`` float32 values and their int64 token ids, or (``top_k=None``)
+    all ``vocab_size`` float32 logits.
+
+    Args:
+        windows: cached windows ``M``.
+        window: window length ``W``.
+        top_k: candidates per position, or None for the whole vocabulary.
+        vocab_size: the backbone's vocabulary ``V``.
+
+    Returns:
+        ``M * W * (9 + 12 * (top_k + 1))`` or ``M * W * (9 + 4 * V)``.
+
+    Raises:
+        ValueError: a negative ``windows`` or a non-positive ``window``, ``top_k`` or ``vocab_size``.
+    """
+    if windows < 0:
+        raise ValueError(f"windows: expected a non-negative int, got {windows!r}")
+    for name, val in (("window", window), ("vocab_size", vocab_size), ("top_k", 1 if top_k is None else top_k)):
+        if val < 1:
+            raise ValueError(f"{name}: expected a positive int, got {val!r}")
+    per_pos = 8 + 1 + (4 * vocab_size if top_k is None else (top_k + 1) * (4 + 8))
+    return windows * window * per_pos
+
+
+def _count_windows(backbone: Backbone, qa: tuple[torch.Tensor, torch.Tensor], n: int, job: PriorJobConfig) -> int:
+    """Windows `_qa_windows` caches for ``qa`` (answer scope: an upper bound, all tiles of every draw)."""
+    tokens, answer = qa
+    if job.mask_scope == "window" or tokens.shape[0] == 0:
+        return n
+    span = _answer_span(tokens, answer, getattr(backbone.tokenizer, "eos_id", None))
+    return job.draws * _tile_count(span, job.window)
+
+
+def _memory_estimate(backbone: Backbone, windows: int, length: int, job: PriorJobConfig) -> str:
+    """One line: the caches kept for ``windows`` windows, the backbone's parameters and one backbone batch."""
+    gib = 1024**3
+    k = "V" if job.top_k is None else f"K={job.top_k + 1}"
+    cache = prior_cache_bytes(windows, job.window, job.top_k, backbone.vocab_size)
+    params = getattr(backbone, "parameters", None)
+    weights = sum(p.numel() * p.element_size() for p in params()) if callable(params) else 0
+    batch = 32 * length * backbone.vocab_size * 4  # float32 logits of one backbone call
+    return (
+        f"train-prior: estimated memory kept: {windows} windows x W={job.window} x {k} = {cache / gib:.2f} GiB "
+        f"of window caches, backbone {weights / gib:.2f} GiB, {batch / gib:.2f} GiB per backbone batch"
+    )
 
 
 def _fit_saved_backoff(
-    backbone: Backbone, output: str, held: list, n: int, job: PriorJobConfig, generator: torch.Generator
+    backbone: Backbone,
+    output: str,
+    held: tuple[torch.Tensor, torch.Tensor],
+    n: int,
+    job: PriorJobConfig,
+    generator: torch.Generator,
 ) -> list[float]:
     """Fits the backoff weights of the prior saved at ``output`` on ``n`` windows of ``held`` and saves it again.
 
-    One reader and writer (rank 0); the weights are broadcast to the other ranks.
+    ``held`` is ``(tokens, answer)`` from `qa_token_matrix`. One reader and
+    writer (rank 0); the weights are broadcast to the other ranks.
     """
     on = pdist.active(None)
     backoff = None
@@ -871,14 +1026,20 @@ def train_prior_cli(
     qa = _load_qa(data, job.examples)
     g = torch.Generator().manual_seed(job.seed)
     held, qa = _hold_out(qa, job, g)
-    x0, masked, logits, cand = _qa_windows(backbone, qa, job.num_windows, job, g)
+    n_held = max(1, round(job.num_windows * len(held) / len(qa))) if held else 0
+    train_qa = qa_token_matrix(qa, backbone.tokenizer)
+    held_qa = qa_token_matrix(held, backbone.tokenizer) if held else None
+    if job.progress is not False and pdist.rank(pdist.active(None)) == 0:
+        windows = _count_windows(backbone, train_qa, job.num_windows, job)
+        windows += _count_windows(backbone, held_qa, n_held, job) if held_qa is not None else 0
+        print(_memory_estimate(backbone, windows, train_qa[0].shape[1], job), file=sys.stderr, flush=True)
+    x0, masked, logits, cand = _qa_windows(backbone, train_qa, job.num_windows, job, g)
     prior = CoDDPrior.hmm(job.window, job.states, backbone.vocab_size, seed=job.seed, top_k=job.top_k)
     with _best_file(output) as best:
         hist = fit_prior(prior, x0, masked, logits, job.train_config(best), candidates=cand)
         backoff = None
-        if job.backoff_bins:
-            n_held = max(1, round(job.num_windows * len(held) / len(qa)))
-            backoff = _fit_saved_backoff(backbone, best, held, n_held, job, g)
+        if held_qa is not None:
+            backoff = _fit_saved_backoff(backbone, best, held_qa, n_held, job, g)
         if best != output:
             _write_checkpoint(best, output, backbone, job, data)
     return {"output": str(output), "heldout_nll": hist, "backoff": backoff}

@@ -148,3 +148,88 @@ def test_bad_settings_name_themselves():
     got = (train.epochs, train.lr, train.em_epochs, train.seed, train.weighting, train.batch_size)
     assert got == (3, 0.2, 1, 5, "window", 7)
     assert train.checkpoint == "out.prior" and train.valid_frac == PriorTrainConfig().valid_frac
+
+
+def test_answer_window_topk_cuts_batch_by_batch_as_the_full_cut(monkeypatch):
+    from diffusion.codd import training
+    from diffusion.codd.training import answer_window_logits, answer_window_topk, topk_with_target
+
+    g = torch.Generator().manual_seed(1)
+    N, L, W, V, K, B = 6, 30, 4, 9, 3, 4
+    tokens = torch.randint(3, V, (N, L), generator=g)
+    answer = torch.zeros(N, L, dtype=torch.bool)
+    answer[:, 12:] = True
+    full = answer_window_logits(_StubBackbone(V), tokens, answer, W, 2, torch.Generator().manual_seed(5), B)
+    want_v, want_c = topk_with_target(full[2], full[0], K)
+    widths = []
+
+    def spy(logits, x0, k):
+        widths.append(len(logits))  # windows of one backbone batch, never all of them
+        return topk_with_target(logits, x0, k)
+
+    monkeypatch.setattr(training, "topk_with_target", spy)
+    x0, masked, vals, cand = answer_window_topk(
+        _StubBackbone(V), tokens, answer, W, K, 2, torch.Generator().manual_seed(5), B
+    )
+    assert torch.equal(x0, full[0]) and torch.equal(masked, full[1])
+    assert torch.equal(vals, want_v) and torch.equal(cand, want_c)
+    assert vals.shape == cand.shape == (len(x0), W, K + 1) and vals.dtype == torch.float32
+    assert len(widths) == -(-2 * N // B) and sum(widths) == len(x0) and max(widths) < len(x0)
+    with pytest.raises(ValueError, match="top_k"):
+        answer_window_topk(_StubBackbone(V), tokens, answer, W, 0)
+
+
+def test_prior_cache_bytes_and_the_window_count():
+    from diffusion.codd.training import PriorJobConfig, _count_windows, answer_window_logits, prior_cache_bytes
+
+    assert prior_cache_bytes(10, 16, 64, 1024) == 10 * 16 * (8 + 1 + 65 * (4 + 8))
+    assert prior_cache_bytes(10, 16, None, 1024) == 10 * 16 * (8 + 1 + 1024 * 4)
+    assert prior_cache_bytes(0, 16, 64, 1024) == 0
+    for bad in (dict(windows=-1), dict(window=0), dict(top_k=0), dict(vocab_size=0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            prior_cache_bytes(**{"windows": 1, "window": 4, "top_k": 2, "vocab_size": 9, **bad})
+    g = torch.Generator().manual_seed(0)
+    N, L, W, V = 5, 30, 4, 9
+    tokens = torch.randint(3, V, (N, L), generator=g)
+    answer = torch.zeros(N, L, dtype=torch.bool)
+    answer[:, 10:] = True
+    tokens[0, 20:] = 2  # span [10, 21): tiles at 10, 14, 17; the others [10, 30): 10, 14, 18, 22, 26
+    job = PriorJobConfig(window=W, mask_scope="answer", draws=3)
+    count = _count_windows(_StubBackbone(V), (tokens, answer), 0, job)
+    assert count == 3 * (3 + 4 * 5)
+    x0, _, _ = answer_window_logits(_StubBackbone(V), tokens, answer, W, draws=3, generator=g)
+    assert len(x0) <= count  # tiles without a masked position are dropped
+    assert _count_windows(_StubBackbone(V), (tokens, answer), 7, PriorJobConfig(window=W)) == 7
+
+
+def test_train_prior_keeps_only_k_wide_caches(monkeypatch, tmp_path, capsys):
+    from diffusion.codd import training
+    from diffusion.data import BUNDLED_DATA_DIR, SHIPPED_BACKBONE_DIR
+
+    seen = []
+    real_fit, real_backoff = training.fit_prior, CoDDPrior.fit_backoff
+
+    def fit_spy(prior, x0, masked, logits, config, candidates=None):
+        seen.append(("fit", tuple(logits.shape), tuple(candidates.shape)))
+        return real_fit(prior, x0, masked, logits, config, candidates=candidates)
+
+    def backoff_spy(self, x0, logits, masked, bins, candidates=None):
+        seen.append(("backoff", tuple(logits.shape), tuple(candidates.shape)))
+        return real_backoff(self, x0, logits, masked, bins=bins, candidates=candidates)
+
+    monkeypatch.setattr(training, "fit_prior", fit_spy)
+    monkeypatch.setattr(CoDDPrior, "fit_backoff", backoff_spy)
+
+    def no_full_cache(*args, **kwargs):
+        raise AssertionError("the [M, W, V] logits cache must not be built with top_k")
+
+    monkeypatch.setattr(training, "answer_window_logits", no_full_cache)
+    res = training.train_prior_cli(
+        str(SHIPPED_BACKBONE_DIR), str(BUNDLED_DATA_DIR), str(tmp_path / "p.safetensors"), window=8, states=4,
+        top_k=8, epochs=1, batch_size=16, examples=20, mask_scope="answer", draws=1, backoff_bins=2, progress=None,
+    )
+    assert [s[0] for s in seen] == ["fit", "backoff"] and res["backoff"] is not None
+    for _, lshape, cshape in seen:
+        assert lshape == cshape and lshape[1:] == (8, 9)  # [M, W, top_k + 1], never [M, W, V]
+    err = capsys.readouterr().err
+    assert "estimated memory kept" in err and "W=8 x K=9" in err
