@@ -13,14 +13,16 @@ Two tasks, one command each (CPU, one thread)::
   is chosen on validation draws (generator seeds 100+, never used below) at 4
   tokens per step.
 * ``gsm8k``: the shipped CPU backbone (``diffusion/bundled/backbone``)
-  and its prior (``codd_gsm8k_prior.npz``, trained on GSM8K train answers),
+  and the prior of ``benchmarks/codd_gsm8k.py``
+  (``codd_gsm8k_prior.safetensors``: trained on GSM8K train answers outside
+  the dev slice of `gsm8k_protocol`, its backoff fitted on the dev slice),
   greedy block diffusion (gen length 128, block 32, low-confidence
   remasking; CoDD takes the MPE of ``p_hat``), on ``--questions`` GSM8K test
   questions; quality is the validity of the ``<<a op b=c>>c`` annotations
   (and exact match, arithmetic, copy consistency). tau and the EB bounds of
-  the matched-budget table are chosen on ``--val-questions`` GSM8K test
-  questions disjoint from the evaluated ones (the backbone and the prior were
-  fitted on GSM8K train, so no knob sees the evaluation questions).
+  the matched-budget table are chosen on ``--val-questions`` questions of
+  the GSM8K *train* dev slice (`gsm8k_protocol`), so nothing is fitted or
+  chosen on GSM8K test.
 
 Backbone calls are counted per sequence: the steps in which that sequence
 committed a token (the calls it needs when decoded alone; in a batch a
@@ -51,9 +53,11 @@ import torch  # noqa: E402
 from diffusion.sampling import GenerationTrace, generate  # noqa: E402
 from pcircuits.atomic import atomic_write  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from gsm8k_protocol import boot_diff, boot_mean, boot_ratio, gsm8k_splits  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 ASSETS = ROOT / "docs" / "assets"
-BOOT = 2000
 
 
 def _log(msg: str) -> None:
@@ -63,33 +67,6 @@ def _log(msg: str) -> None:
 def calls_per_row(trace: GenerationTrace) -> np.ndarray:
     """``[B]`` backbone calls each row needs alone: the distinct steps at which it committed a token."""
     return np.array([len(set(r)) for r in trace.commit_step.tolist()], dtype=float)
-
-
-def boot_mean(x: np.ndarray, rng: np.random.Generator) -> list[float]:
-    """Bootstrap 95% interval of the mean of ``x [n]``."""
-    idx = rng.integers(0, len(x), size=(BOOT, len(x)))
-    m = x[idx].mean(1)
-    return [float(np.percentile(m, 2.5)), float(np.percentile(m, 97.5))]
-
-
-def boot_diff(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, paired: bool) -> list[float]:
-    """Bootstrap 95% interval of ``mean(a) - mean(b)`` (paired: one resample of the shared items)."""
-    ia = rng.integers(0, len(a), size=(BOOT, len(a)))
-    ib = ia if paired else rng.integers(0, len(b), size=(BOOT, len(b)))
-    d = a[ia].mean(1) - b[ib].mean(1)
-    return [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))]
-
-
-def boot_ratio(num: np.ndarray, den: np.ndarray, rng: np.random.Generator, base: tuple | None = None) -> list[float]:
-    """Bootstrap 95% interval of ``sum(num) / sum(den)`` over items.
-
-    With ``base``, of the difference to the same ratio of ``base`` on the same resample.
-    """
-    idx = rng.integers(0, len(num), size=(BOOT, len(num)))
-    r = num[idx].sum(1) / np.maximum(den[idx].sum(1), 1)
-    if base is not None:
-        r = r - base[0][idx].sum(1) / np.maximum(base[1][idx].sum(1), 1)
-    return [float(np.percentile(r, 2.5)), float(np.percentile(r, 97.5))]
 
 
 # ----------------------------------------------------------------- synthetic
@@ -271,7 +248,6 @@ def _validity(r: dict) -> float:
 def run_gsm8k(a) -> dict:
     from diffusion.backbones import load_backbone
     from diffusion.codd.prior import CoDDPrior
-    from diffusion.data import load_gsm8k
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -279,9 +255,13 @@ def run_gsm8k(a) -> dict:
     bb = load_backbone(a.model, device="cpu", dtype=torch.float32)
     tok = bb.tokenizer
     prior = CoDDPrior.load(a.prior, top_k=a.gen_top_k)
-    pool = load_gsm8k("test", directory=a.gsm8k_dir)
-    fit = [ex for ex in pool if len(tok.encode(ex.answer)) + 1 <= a.gen_length]
-    test, val = fit[: a.questions], fit[a.questions : a.questions + a.val_questions]
+    splits = gsm8k_splits(a.dev_size, directory=a.gsm8k_dir)
+    pool = splits.test
+
+    def fits(exs: list) -> list:
+        return [ex for ex in exs if len(tok.encode(ex.answer)) + 1 <= a.gen_length]
+
+    test, val = fits(pool)[: a.questions], fits(splits.dev_questions)[: a.val_questions]
     res: dict = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python benchmarks/codd_pareto.py " + " ".join(sys.argv[1:]),
@@ -292,7 +272,7 @@ def run_gsm8k(a) -> dict:
                   "taus": a.taus, "decoding": "greedy, low_confidence; CoDD: MPE of p_hat (sampler latent)",
                   "test_questions": "the first questions of GSM8K test whose answer fits gen_length",
                   "test_pool": len(pool),
-                  "val_questions_from": "the next ones (disjoint)"},
+                  "val_questions_from": "the second half of the GSM8K train dev slice (gsm8k_protocol)"},
     }
     # knobs on the validation questions
     vk = max(a.ks)
@@ -532,7 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--backbone-steps", type=int, default=1000)
     g = sub.add_parser("gsm8k")
     g.add_argument("--model", default=str(ROOT / "diffusion" / "bundled" / "backbone"))
-    g.add_argument("--prior", default=str(ROOT / "benchmarks" / "results" / "codd_gsm8k_prior.npz"))
+    g.add_argument("--prior", default=str(ROOT / "benchmarks" / "results" / "codd_gsm8k_prior.safetensors"),
+                   help="the prior of benchmarks/codd_gsm8k.py (trained on GSM8K train outside the dev slice)")
+    g.add_argument("--dev-size", type=int, default=600, help="the dev slice of GSM8K train (as in codd_gsm8k.py)")
     g.add_argument("--questions", type=int, default=32)
     g.add_argument("--val-questions", type=int, default=16)
     g.add_argument("--gen-length", type=int, default=128)

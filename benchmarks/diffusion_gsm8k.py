@@ -254,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ship", action="store_true", help="do not copy the backbone to benchmarks/results")
     p.add_argument("--device", default="cpu", help="where the backbone runs, e.g. cpu or cuda (default: %(default)s)")
     p.add_argument("--tag", default="", help="suffix of the output names (JSON, plot, docs page), e.g. _gpu")
+    p.add_argument(
+        "--stages-from",
+        default=None,
+        help="an earlier results JSON of the same backbone whose training stages to report, for a copy (such as "
+        "diffusion/bundled/backbone) whose --init-from directories are gone; only evaluation is rerun",
+    )
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.device.startswith("cuda"):
@@ -272,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     meta = json.loads((model / "codd_backbone.json").read_text())
     stages = _lineage(model)
     train_log = _combined_log(stages)
+    if a.stages_from:
+        stages = json.loads(Path(a.stages_from).read_text())["training_stages"]
+        train_log = None  # the per-step logs stay with the original training directories
     t0 = time.perf_counter()
     res = evaluate_backbone(
         backbone,

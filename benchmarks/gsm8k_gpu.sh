@@ -5,7 +5,9 @@
 #
 # 1. smoke: the whole pipeline below with tiny sizes (fails fast on a broken set-up);
 # 2. trains a larger backbone than the CPU one (`codd train-backbone`, bf16 autocast,
-#    TRAIN_MIN minutes, the checkpoint with the best held-out bound kept);
+#    TRAIN_MIN minutes, the checkpoint with the best held-out bound kept) on GSM8K train
+#    minus the dev slice of benchmarks/gsm8k_protocol.py, that slice serving as the held-out
+#    set, so neither its weights nor the checkpoint choice see the dev slice or GSM8K test;
 # 3. evaluates it: `benchmarks/diffusion_gsm8k.py --tag _gpu` (likelihood bound, NLL by
 #    mask ratio, few-step generation at 1, 2, 4 and 8 tokens per step);
 # 4. CoDD on it: `benchmarks/codd_gsm8k.py --out codd_gsm8k_gpu` (prior trained on the
@@ -56,7 +58,7 @@ pack() {
   log "packing results into $OUT"
   files=()
   for f in "$RESULTS"/diffusion_gsm8k_gpu.json "$RESULTS"/codd_gsm8k_gpu.json "$RESULTS"/codd_gsm8k_gpu.md \
-           "$RESULTS"/codd_gsm8k_gpu.png "$RESULTS"/codd_gsm8k_gpu_prior.npz "$RESULTS"/codd_gsm8k_gpu_prior.json "$RESULTS"/gpu_quick_cuda.* \
+           "$RESULTS"/codd_gsm8k_gpu.png "$RESULTS"/codd_gsm8k_gpu_prior.safetensors "$RESULTS"/codd_gsm8k_gpu_prior.json "$RESULTS"/gpu_quick_cuda.* \
            "$RESULTS"/gpu_nvidia* docs/diffusion/gsm8k-benchmark_gpu.md docs/diffusion/gsm8k_factorization_gpu.png \
            "$MODEL"/training_log.json "$MODEL"/codd_backbone.json runs/smoke_*.log runs/*_gpu.log runs/gpu_*.log; do
     [ -f "$f" ] && files+=("$f")
@@ -89,7 +91,7 @@ smoke() {
   $PY benchmarks/diffusion_gsm8k.py --model runs/smoke --device "$DEVICE" --questions 4 --examples 8 --tag _smoke \
     --no-ship > runs/smoke_eval.log 2>&1 &&
   $PY benchmarks/codd_gsm8k.py --model runs/smoke --device "$DEVICE" --prior-backend "$1" --states 8 --window 32 \
-    --train-examples 64 --num-windows 64 --epochs 1 --nll-examples 8 --questions 4 --val-questions 4 --gammas 1.0 \
+    --train-examples 64 --num-windows 64 --epochs 1 --dev-size 20 --draws 1 --nll-examples 8 --questions 4 --val-questions 4 --gammas 1.0 \
     --taus 1.0 --batch-size 4 --out codd_smoke > runs/smoke_codd_$1.log 2>&1
 }
 if has smoke; then
@@ -101,8 +103,9 @@ fi
 
 # ------------------------------------------------------------------ 2. backbone
 if has train; then
-log "training the backbone for $TRAIN_MIN min"
-$PY -m diffusion.cli train-backbone --output "$MODEL" --device "$DEVICE" --precision "$PRECISION" \
+log "training the backbone for $TRAIN_MIN min (GSM8K train minus the dev slice)"
+$PY benchmarks/gsm8k_protocol.py runs/gsm8k_fit
+$PY -m diffusion.cli train-backbone --data runs/gsm8k_fit --output "$MODEL" --device "$DEVICE" --precision "$PRECISION" \
   --hidden-size "$HIDDEN" --layers "$LAYERS" --heads "$HEADS" --intermediate-size "$MLP" --max-length "$MAXLEN" --batch-size "$BATCH" \
   --lr "$LR" --warmup-steps 200 --weight-decay 0.1 --dropout "$DROPOUT" --epochs 1000 --max-minutes "$TRAIN_MIN" \
   --eval-every 500 --keep-best --no-progress --force 2>&1 | tee runs/train_gpu.log | grep -v "^\s*$" | tail -n 25
