@@ -11,6 +11,9 @@ Test modules import shared helpers from here, never from one another;
 - :data:`W`, :data:`V`, :data:`H`, :func:`tiny_prior`, :func:`random_case`,
   :func:`brute_posterior`, :func:`total_variation`: a tiny CoDD prior and its
   brute-force reference over all completions of a window.
+- :data:`STANDIN_SPECS`, :func:`diffusion_lm_standin`: LLaDA- and Dream-shaped
+  remote-code directories (real vocabulary size, mask id and chat-template
+  format; tiny random model).
 
 Shapes: ``N`` positions, ``V`` vocabulary, ``B`` rows, ``W`` window.
 """
@@ -42,6 +45,8 @@ __all__ = [
     "random_case",
     "brute_posterior",
     "total_variation",
+    "STANDIN_SPECS",
+    "diffusion_lm_standin",
 ]
 
 SHARED_DATA = Path(__file__).parents[2].parent / "shared" / "data"
@@ -181,3 +186,144 @@ def total_variation(samples: torch.Tensor, dist: dict) -> float:
     cnt = Counter(tuple(r) for r in samples.tolist())
     keys = set(cnt) | set(dist)
     return 0.5 * sum(abs(cnt.get(k, 0) / n - dist.get(k, 0.0)) for k in keys)
+
+
+# ------------------------------------------------------------------- LLaDA- and Dream-shaped stand-ins
+#: What a stand-in shares with the real checkpoint: vocabulary size, mask / EOS / PAD ids, ``model_type``,
+#: ``architectures`` and the ``auto_map`` class names (``config.json`` of LLaDA-8B-Instruct and
+#: Dream-v0-Instruct-7B). Widths and depths are tiny.
+STANDIN_SPECS: dict[str, dict] = {
+    "llada": {
+        "model_type": "llada", "config_class": "LLaDAConfig", "model_class": "LLaDAModelLM",
+        "module": "llada", "vocab_size": 126464, "mask_token_id": 126336, "eos_token_id": 126081,
+        "pad_token_id": 126081, "mask_token": "<|mdm_mask|>", "eos_token": "<|endoftext|>",
+        "chat_template": "<|startoftext|>{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>"
+                         "\n\n{{ m['content'] }}<|eot_id|>{% endfor %}"
+                         "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}",
+        "extra_tokens": ["<|startoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+    },
+    "dream": {
+        "model_type": "Dream", "config_class": "DreamConfig", "model_class": "DreamModel",
+        "module": "dream", "vocab_size": 152064, "mask_token_id": 151666, "eos_token_id": 151643,
+        "pad_token_id": 151643, "mask_token": "<|mask|>", "eos_token": "<|endoftext|>",
+        "chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+        "extra_tokens": ["<|im_start|>", "<|im_end|>"],
+    },
+}
+
+_STANDIN_CONFIG_SRC = '''
+from transformers import PretrainedConfig
+
+
+class {config_class}(PretrainedConfig):
+    model_type = "{model_type}"
+
+    def __init__(self, vocab_size=64, hidden_size=16, mask_token_id=63, **kwargs):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.mask_token_id = mask_token_id
+        super().__init__(**kwargs)
+'''
+
+_STANDIN_MODEL_SRC = '''
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import MaskedLMOutput
+
+from .configuration_{module} import {config_class}
+
+
+class {model_class}(PreTrainedModel):
+    """Embedding, one bidirectional single-head attention layer over the visible keys, vocabulary head."""
+
+    config_class = {config_class}
+
+    def __init__(self, config):
+        super().__init__(config)
+        d = config.hidden_size
+        self.emb = nn.Embedding(config.vocab_size, d)
+        self.pos = nn.Embedding(512, d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.head = nn.Linear(d, config.vocab_size)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
+        b, n = input_ids.shape
+        if position_ids is None:
+            position_ids = torch.arange(n, device=input_ids.device).expand(b, n)
+        h = self.emb(input_ids) + self.pos(position_ids)
+        q, k, v = self.qkv(h).chunk(3, dim=-1)
+        scores = q @ k.transpose(1, 2) / h.shape[-1] ** 0.5  # [B, N, N]
+        if attention_mask is not None:
+            keys = attention_mask.bool()
+            keys = keys[:, None, :] if keys.dim() == 2 else keys[:, 0]  # 2-D (LLaDA) or [B, 1, N, N] (Dream)
+            scores = scores.masked_fill(~keys, -1e9)
+        return MaskedLMOutput(logits=self.head(h + torch.softmax(scores, -1) @ v))
+'''
+
+
+def _standin_tokenizer(spec: dict, texts: list[str]):
+    """A WordPiece tokenizer over ``spec["vocab_size"]`` ids: words learnt from ``texts`` at the low ids,
+    the special tokens at the real checkpoint's ids, unused fillers elsewhere; with the chat template."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    learner = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    learner.normalizer = normalizers.BertNormalizer(lowercase=True)
+    learner.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.BertPreTokenizer(),
+                                                     pre_tokenizers.Digits(individual_digits=True)])
+    trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=["[UNK]"], show_progress=False)
+    learner.train_from_iterator([*texts, "user assistant"], trainer)
+    specials = {spec["mask_token"]: spec["mask_token_id"], spec["eos_token"]: spec["eos_token_id"]}
+    taken = set(specials.values())
+    for i, tok in enumerate(spec["extra_tokens"]):
+        specials[tok] = spec["mask_token_id"] + 1 + i
+        taken.add(specials[tok])
+    vocab = dict(learner.get_vocab())
+    vocab.update(specials)
+    used = set(vocab.values())
+    for i in range(spec["vocab_size"]):
+        if i not in used:
+            vocab[f"[unused{i}]"] = i
+    wp = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    wp.normalizer, wp.pre_tokenizer, wp.decoder = learner.normalizer, learner.pre_tokenizer, decoders.WordPiece()
+    wp.add_special_tokens(list(specials))
+    tok = PreTrainedTokenizerFast(tokenizer_object=wp, unk_token="[UNK]", mask_token=spec["mask_token"],
+                                  eos_token=spec["eos_token"], pad_token=spec["eos_token"],
+                                  additional_special_tokens=spec["extra_tokens"])
+    tok.chat_template = spec["chat_template"]
+    return tok
+
+
+def diffusion_lm_standin(tmp_path: Path, kind: str, texts: list[str], hidden_size: int = 16,
+                         seed: int = 0) -> Path:
+    """A LLaDA- or Dream-shaped remote-code directory (``kind``: ``"llada"`` or ``"dream"``) in ``tmp_path / kind``.
+
+    Same ``model_type``, ``architectures``, ``auto_map`` class names, vocabulary size and mask / EOS ids as the
+    real checkpoint (`STANDIN_SPECS`), a tokenizer with a chat template in the checkpoint's format, and a tiny
+    random model (width ``hidden_size``, one attention layer) whose code lives in the directory, so
+    `diffusion.load_backbone` needs ``trust_remote_code=True``.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    spec = STANDIN_SPECS[kind]
+    out = tmp_path / kind
+    out.mkdir(parents=True)
+    module = spec["module"]
+    (out / f"configuration_{module}.py").write_text(_STANDIN_CONFIG_SRC.format(**spec))
+    (out / f"modeling_{module}.py").write_text(_STANDIN_MODEL_SRC.format(**spec))
+    config = {
+        "model_type": spec["model_type"], "architectures": [spec["model_class"]],
+        "auto_map": {"AutoConfig": f"configuration_{module}.{spec['config_class']}",
+                     "AutoModel": f"modeling_{module}.{spec['model_class']}"},
+        "vocab_size": spec["vocab_size"], "hidden_size": hidden_size, "mask_token_id": spec["mask_token_id"],
+        "eos_token_id": spec["eos_token_id"], "pad_token_id": spec["pad_token_id"],
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    torch.manual_seed(seed)
+    cfg = AutoConfig.from_pretrained(str(out), trust_remote_code=True, local_files_only=True)
+    AutoModel.from_config(cfg, trust_remote_code=True).eval().save_pretrained(out)
+    _standin_tokenizer(spec, texts).save_pretrained(out)
+    return out
