@@ -1029,7 +1029,7 @@ def train_prior_cli(
     n_held = max(1, round(job.num_windows * len(held) / len(qa))) if held else 0
     train_qa = qa_token_matrix(qa, backbone.tokenizer)
     held_qa = qa_token_matrix(held, backbone.tokenizer) if held else None
-    if job.progress is not False and pdist.rank(pdist.active(None)) == 0:
+    if pdist.rank(pdist.active(None)) == 0:  # the estimate prints with or without progress bars
         windows = _count_windows(backbone, train_qa, job.num_windows, job)
         windows += _count_windows(backbone, held_qa, n_held, job) if held_qa is not None else 0
         print(_memory_estimate(backbone, windows, train_qa[0].shape[1], job), file=sys.stderr, flush=True)
