@@ -278,6 +278,9 @@ def _add_train_prior(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backoff-bins", type=_nonnegative_int, default=0,
                    help="fit backoff weights in this many mask-ratio bins on the held-out windows (0: none)")
     p.add_argument("--examples", type=_positive_int, default=None, help="use the first N QA pairs")
+    p.add_argument("--backbone-batch-size", type=_positive_int, default=32,
+                   help="sequences per backbone call while caching logits; each call holds batch x length x V "
+                   "float32 logits, so lower it for large vocabularies on small GPUs (default: %(default)s)")
     p.add_argument("--threads", type=_positive_int, default=1)
     p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -296,6 +299,7 @@ def _cmd_train_prior(a: argparse.Namespace) -> int:
         model, a.data, a.output, window=a.window, states=a.states, num_windows=a.windows,
         top_k=a.top_k or None, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, em_epochs=a.em_epochs,
         examples=a.examples, seed=a.seed, progress=False if a.no_progress else None, weighting=a.weighting,
+        backbone_batch=a.backbone_batch_size,
         mask_scope=a.mask_scope, draws=a.draws, backoff_bins=a.backoff_bins, trust_remote_code=a.trust_remote_code,
         device=a.device, dtype=_dtype(a.dtype),
     )

@@ -813,6 +813,8 @@ class PriorJobConfig:
         trust_remote_code: passed to `diffusion.backbones.load_backbone`.
         device: the backbone's device (its logits are cached on the CPU).
         dtype: the backbone's parameter dtype (None: as saved).
+        backbone_batch: sequences per backbone call when caching logits (bounds the ``[b, L, V]`` logits
+            of one call).
         epochs, batch_size, lr, em_epochs, progress, weighting: those of `PriorTrainConfig`.
         seed: seed of the data split, the windows, the prior's initialisation and the training.
 
@@ -831,6 +833,7 @@ class PriorJobConfig:
     trust_remote_code: bool = False
     device: str = "cpu"
     dtype: torch.dtype | None = None
+    backbone_batch: int = 32
     epochs: int = 5
     batch_size: int = 64
     lr: float = 0.05
@@ -844,6 +847,8 @@ class PriorJobConfig:
             raise ValueError(f"mask_scope: expected 'window' or 'answer', got {self.mask_scope!r}")
         if self.weighting not in ("token", "window"):
             raise ValueError(f"weighting: expected 'token' or 'window', got {self.weighting!r}")
+        if isinstance(self.backbone_batch, bool) or not isinstance(self.backbone_batch, int) or self.backbone_batch < 1:
+            raise ValueError(f"backbone_batch: expected a positive int, got {self.backbone_batch!r}")
 
     def train_config(self, checkpoint: str | Path) -> PriorTrainConfig:
         """The `fit_prior` settings of this job, saving the best prior at ``checkpoint``."""
@@ -890,16 +895,19 @@ def _qa_windows(
     if job.mask_scope == "window":
         rows, starts, masked = make_windows(tokens, job.window, answer, n, generator)
         x0, logits, cand = backbone_window_logits(
-            backbone, tokens, rows, starts, masked, top_k=job.top_k, progress=job.progress
+            backbone, tokens, rows, starts, masked, batch_size=job.backbone_batch, top_k=job.top_k,
+            progress=job.progress,
         )
         return x0, masked, logits, cand
     if job.top_k is None:
         x0, masked, logits = answer_window_logits(
-            backbone, tokens, answer, job.window, job.draws, generator, progress=job.progress
+            backbone, tokens, answer, job.window, job.draws, generator, batch_size=job.backbone_batch,
+            progress=job.progress,
         )
         return x0, masked, logits, None
     return answer_window_topk(
-        backbone, tokens, answer, job.window, job.top_k, job.draws, generator, progress=job.progress
+        backbone, tokens, answer, job.window, job.top_k, job.draws, generator, batch_size=job.backbone_batch,
+        progress=job.progress,
     )
 
 
@@ -947,7 +955,7 @@ def _memory_estimate(backbone: Backbone, windows: int, length: int, job: PriorJo
     cache = prior_cache_bytes(windows, job.window, job.top_k, backbone.vocab_size)
     params = getattr(backbone, "parameters", None)
     weights = sum(p.numel() * p.element_size() for p in params()) if callable(params) else 0
-    batch = 32 * length * backbone.vocab_size * 4  # float32 logits of one backbone call
+    batch = job.backbone_batch * length * backbone.vocab_size * 4  # float32 logits of one backbone call
     return (
         f"train-prior: estimated memory kept: {windows} windows x W={job.window} x {k} = {cache / gib:.2f} GiB "
         f"of window caches, backbone {weights / gib:.2f} GiB, {batch / gib:.2f} GiB per backbone batch"

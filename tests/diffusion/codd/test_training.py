@@ -233,3 +233,29 @@ def test_train_prior_keeps_only_k_wide_caches(monkeypatch, tmp_path, capsys):
         assert lshape == cshape and lshape[1:] == (8, 9)  # [M, W, top_k + 1], never [M, W, V]
     err = capsys.readouterr().err
     assert "estimated memory kept" in err and "W=8 x K=9" in err
+
+
+def test_backbone_batch_reaches_the_backbone_loop_and_is_checked(tmp_path, monkeypatch, capsys):
+    from diffusion.codd import training
+    from diffusion.data import BUNDLED_DATA_DIR, SHIPPED_BACKBONE_DIR
+
+    with pytest.raises(ValueError, match="backbone_batch"):
+        training.PriorJobConfig(backbone_batch=0)
+    with pytest.raises(ValueError, match="backbone_batch"):
+        training.PriorJobConfig(backbone_batch=True)
+    seen = []
+    original = training.answer_window_topk
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["batch_size"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "answer_window_topk", spy)
+    training.train_prior_cli(
+        str(SHIPPED_BACKBONE_DIR), str(BUNDLED_DATA_DIR), str(tmp_path / "p.safetensors"), window=8, states=4,
+        top_k=8, epochs=1, batch_size=16, examples=12, mask_scope="answer", draws=1, progress=False,
+        backbone_batch=3,
+    )
+    assert seen == [3]
+    err = capsys.readouterr().err
+    assert "estimated memory kept" in err  # printed even without progress bars
