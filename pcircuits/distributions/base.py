@@ -299,6 +299,11 @@ def candidate_table(table: torch.Tensor, candidates: torch.Tensor) -> torch.Tens
     if bool(outside.any()):
         cand = candidates.clamp_max(C - 1)
         return candidate_table(table, cand).masked_fill(outside.unsqueeze(2), -math.inf)
+    if table.shape[0] == 1 and table.stride(1) == 1 and table.shape[1] > 1:
+        # category-major memory (a cached table, see TensorCircuit.leaf_table): one contiguous row per candidate
+        B, G, K = candidates.shape
+        rows = table[0].transpose(0, 1).index_select(0, candidates.reshape(-1))  # [B * G * K, n]
+        return rows.view(B, G, K, -1).transpose(2, 3)
     if table.shape[0] == 1:
         return table[0][:, candidates].permute(1, 2, 0, 3)
     groups = torch.arange(table.shape[0], device=candidates.device).view(1, -1, 1)
@@ -376,8 +381,10 @@ class DiscreteDistribution(Distribution):
         """``[..., n, C]`` log-probabilities from raw parameters ``[..., n, P]``."""
         raise NotImplementedError
 
-    def log_prob(self, params, x, missing, soft_evidence, slots=None, candidates=None):
-        table = self.log_table(params)  # [Q, n, C]
+    def log_prob(self, params, x, missing, soft_evidence, slots=None, candidates=None, table=None):
+        """See `Distribution.log_prob`; ``table`` is ``log_table(params)`` ``[Q, n, C]`` when the caller has it."""
+        if table is None:
+            table = self.log_table(params)  # [Q, n, C]
         B, G = x.shape
         if slots is None:
             slots = torch.arange(G, device=x.device)
@@ -402,8 +409,10 @@ class DiscreteDistribution(Distribution):
             out = torch.where(missing.unsqueeze(-1), marg, out)
         return out
 
-    def max_log_prob(self, params, soft_evidence, candidates=None):
-        table = self.log_table(params)
+    def max_log_prob(self, params, soft_evidence, candidates=None, table=None):
+        """See `Distribution.max_log_prob`; ``table`` is ``log_table(params)`` when the caller has it."""
+        if table is None:
+            table = self.log_table(params)
         if soft_evidence is None:
             return table.amax(-1).unsqueeze(0)
         if candidates is not None:
