@@ -115,6 +115,14 @@ class Distribution:
         """Random raw parameters ``[num_nodes, P]`` (float64; the module casts them)."""
         raise NotImplementedError
 
+    def init_params_into(self, out: torch.Tensor, generator: torch.Generator) -> None:
+        """Writes the values of ``init_params(out.shape[0], generator)`` into ``out [n, P]`` (any float dtype).
+
+        The compiler calls this to fill each bank in place; a family with large
+        parameter vectors overrides it to avoid the float64 intermediate.
+        """
+        out.copy_(self.init_params(out.shape[0], generator))
+
     def check_params(self, params: torch.Tensor, name: str = "params") -> None:
         """Raises ``ValueError`` naming ``name`` unless ``params`` are valid raw parameters of this family.
 

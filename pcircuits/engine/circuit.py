@@ -88,8 +88,10 @@ class TensorCircuit(nn.Module):
             if spec.kind == "leaf":
                 # every slot from its own group's distribution: groups of one bank share the family
                 # and its shape, not the parameters (an Indicator's values are its parameters)
-                rows = [g.dist.init_params(spec.shape[0], gen) for g in spec.groups]
-                p = nn.Parameter(torch.stack(rows).float(), requires_grad=spec.dist.trainable)
+                table = torch.empty(len(spec.groups), *spec.shape, dtype=torch.float32)  # filled in place
+                for row, g in zip(table, spec.groups, strict=True):
+                    g.dist.init_params_into(row, gen)
+                p = nn.Parameter(table, requires_grad=spec.dist.trainable)
             else:
                 u = torch.rand((spec.slots, *spec.shape), generator=gen, dtype=torch.float64)
                 p = nn.Parameter(torch.log(-torch.log(u.clamp_min(1e-12))).float())  # Dirichlet(1) weights
