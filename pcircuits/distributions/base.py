@@ -283,7 +283,9 @@ def register(cls: type[Distribution]) -> type[Distribution]:
     return cls
 
 
-def _stable_einsum_lse(ev: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def _stable_einsum_lse(
+    ev: torch.Tensor, table: torch.Tensor, shifted: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
     """``log sum_c exp(ev[b,g,c] + table[g,n,c])`` as a matrix product.
 
     ``ev [B, G, C]``, ``table [G, n, C]`` -> ``[B, G, n]``. Each side is
@@ -293,7 +295,7 @@ def _stable_einsum_lse(ev: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """
     from ..kernels import soft_evidence_lse
 
-    return soft_evidence_lse(ev, table)
+    return soft_evidence_lse(ev, table, shifted)
 
 
 def candidate_table(table: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -389,8 +391,9 @@ class DiscreteDistribution(Distribution):
         """``[..., n, C]`` log-probabilities from raw parameters ``[..., n, P]``."""
         raise NotImplementedError
 
-    def log_prob(self, params, x, missing, soft_evidence, slots=None, candidates=None, table=None):
-        """See `Distribution.log_prob`; ``table`` is ``log_table(params)`` ``[Q, n, C]`` when the caller has it."""
+    def log_prob(self, params, x, missing, soft_evidence, slots=None, candidates=None, table=None, shifted=None):
+        """See `Distribution.log_prob`; ``table`` is ``log_table(params)`` ``[Q, n, C]`` when the caller has it,
+        ``shifted`` its ``(exp(table - m), m)`` (`pcircuits.kernels.torch_ops.table_exp`) for full soft evidence."""
         if table is None:
             table = self.log_table(params)  # [Q, n, C]
         B, G = x.shape
@@ -410,7 +413,9 @@ class DiscreteDistribution(Distribution):
             ev = soft_evidence
             out = out + ev.gather(2, x.unsqueeze(-1))
             if missing is not None and bool(missing.any()):
-                marg = _stable_einsum_lse(ev, table)
+                if shifted is not None:
+                    shifted = tuple(_block_table(t, slots) for t in shifted)
+                marg = _stable_einsum_lse(ev, table, shifted)
                 out = torch.where(missing.unsqueeze(-1), marg, out)
         elif missing is not None:
             marg = safe_logsumexp(table, -1).unsqueeze(0)  # [1, G, n]; 0 when normalised

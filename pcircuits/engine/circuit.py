@@ -423,8 +423,13 @@ class TensorCircuit(nn.Module):
             slots = self._get(f"leaf{i}_slots")
             if isinstance(blk.dist, DiscreteDistribution):  # the normalised table, once per parameter change
                 extra["table"] = self.leaf_table(i, bank)
+                dense = be.candidates is None and be.soft_evidence is not None and be.missing is not None
+                shifted = self._cached_table_exp(blk.bank, extra["table"]) if dense and bool(be.missing.any()) else None
+                if shifted is not None:
+                    extra["shifted"] = shifted  # exponentiated once per parameter change, like the table
             out = blk.dist.log_prob(bank, be.x, be.missing, be.soft_evidence, slots=slots, **extra)
             if semiring == "max" and (be.missing is not None or be.soft_evidence is not None):
+                extra.pop("shifted", None)
                 if "table" in extra:
                     extra["table"] = self.leaf_block_params(i, extra["table"])  # [G or 1, n, C]
                 best = blk.dist.max_log_prob(self.leaf_block_params(i, bank), be.soft_evidence, **extra)
@@ -474,6 +479,27 @@ class TensorCircuit(nn.Module):
             table = table.transpose(1, 2).contiguous().transpose(1, 2)
         cache[blk.bank] = (key, own.detach(), table)  # the kept reference pins the storage (no address reuse)
         return table
+
+    def leaf_table_exp(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(exp(table - m) [Q, n, C], m [Q, n, 1])`` of `leaf_table` ``i`` (``m``: finite row maxima).
+
+        What a leaf under full soft evidence multiplies (one matrix product per
+        block); cached with the table and computed on first use.
+        """
+        table = self.leaf_table(i)
+        shifted = self._cached_table_exp(self.layout.leaf_blocks[i].bank, table)
+        return shifted if shifted is not None else kernels.torch_ops.table_exp(table)
+
+    def _cached_table_exp(self, bank: str, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`leaf_table_exp` of ``bank`` when ``table`` is its cached table (computed once), else None."""
+        cache = self.__dict__.get("_table_cache", {})
+        hit = cache.get(bank)
+        if hit is None or hit[2] is not table:
+            return None
+        if len(hit) == 3:
+            with torch.no_grad():
+                hit = cache[bank] = (*hit, kernels.torch_ops.table_exp(table))
+        return hit[3]
 
     def clear_leaf_tables(self) -> None:
         """Drops the cached leaf tables of `leaf_table` (needed only after writes through ``param.data``)."""
