@@ -415,6 +415,11 @@ class DiscreteDistribution(Distribution):
             if missing is not None and bool(missing.any()):
                 if shifted is not None:
                     shifted = tuple(_block_table(t, slots) for t in shifted)
+                if table.shape[0] == 1 and not bool(missing.all()):
+                    # one shared table: the product only for the missing entries (observed ones keep log p(x) w(x))
+                    b, g = missing.nonzero(as_tuple=True)
+                    marg = _stable_einsum_lse(ev[b, g].unsqueeze(1), table, shifted)[:, 0]  # [M, n]
+                    return out.index_put((b, g), marg)
                 marg = _stable_einsum_lse(ev, table, shifted)
                 out = torch.where(missing.unsqueeze(-1), marg, out)
         elif missing is not None:

@@ -158,9 +158,17 @@ def sparse_sum(children: torch.Tensor, log_weights: torch.Tensor, semiring: str 
 
 
 def table_exp(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(exp(table - m), m)`` for a log-table ``[G, n, C]``: ``m [G, n, 1]`` its finite row maxima (0 where none)."""
+    """``(exp(table - m), m)`` for a log-table ``[G, n, C]``: ``m [G, n, 1]`` its finite row maxima (0 where none).
+
+    The exponentiated table is contiguous (rows of ``C``) whatever the layout
+    of ``table``: the ``[B, C] x [C, n]`` product reads it fastest that way.
+    """
     m = _finite_max(table, -1)
-    return torch.exp(table - m), m
+    if torch.is_grad_enabled() and table.requires_grad:
+        return torch.exp(table - m), m
+    e = torch.empty(table.shape, dtype=table.dtype, device=table.device)
+    torch.sub(table, m, out=e)
+    return e.exp_(), m
 
 
 def soft_evidence_lse(
