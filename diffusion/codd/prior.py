@@ -1284,7 +1284,7 @@ class CoDDPrior:
         generator: torch.Generator | None,
         semiring: str,
     ) -> torch.Tensor:
-        """``cond [B, W, K]``: a downward pass over the upward outputs ``outs``, then ``log E_{z_i}(c) + w_leaf_i(c)``."""
+        """``cond [B, W, K]``: a downward pass over the upward ``outs``, then ``log E_{z_i}(c) + w_leaf_i(c)``."""
         circuit = self.circuit
         lw = {k: v.detach() for k, v in circuit.sum_log_weights().items()}
         rows = torch.arange(x.shape[0], device=x.device)

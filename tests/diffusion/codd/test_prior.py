@@ -317,7 +317,9 @@ def _brute_marginals(prior: CoDDPrior, x, logits, masked, tau: float) -> torch.T
 
 
 @pytest.mark.parametrize("top_k", [None, 3])
-@pytest.mark.parametrize(("method", "tau"), [("exact", 0.6), ("latent", 1.0), ("latent_tempered", 0.6), ("latent", 0.6)])
+@pytest.mark.parametrize(
+    ("method", "tau"), [("exact", 0.6), ("latent", 1.0), ("latent_tempered", 0.6), ("latent", 0.6)]
+)
 def test_marginals_and_sample_equal_the_two_calls_and_enumeration(method, tau, top_k):
     prior = _prior(window=3, vocab=5, top_k=top_k)
     x, logits, masked = _case(11, window=3, vocab=5)
