@@ -656,7 +656,12 @@ class CoDDPrior:
 
     # --------------------------------------------------------------- leaves
     def engine_evidence(
-        self, x: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        masked: torch.Tensor,
+        w: torch.Tensor,
+        cand: torch.Tensor | None,
+        dense: bool | None = None,
     ) -> Evidence:
         """The circuit's evidence for the soft evidence ``w`` on the masked positions.
 
@@ -667,12 +672,16 @@ class CoDDPrior:
         ``[B, N_0, V]`` candidate gather of the leaf layer would exceed
         ``_DENSE_LIMIT`` elements, the full soft evidence ``[B, W, V]`` (0 at
         observed positions) is passed instead (one matrix product per leaf block).
+        ``dense=True`` takes that path whatever the size (passes that do not
+        differentiate the parameters use the circuit's cached exponentiated
+        table, so the product is the cheaper path at every size).
 
         Args:
             x: ``LongTensor[B, W]`` (masked entries are ignored).
             masked: ``BoolTensor[B, W]``.
             w: ``FloatTensor[B, W, K]`` log-weights (``K = V`` without ``cand``).
             cand: ``LongTensor[B, W, K]`` token ids, or None.
+            dense: without ``cand``, True for the full soft evidence, None to decide by size.
 
         Returns:
             `pcircuits.engine.evidence.Evidence` over ``B`` rows.
@@ -684,7 +693,7 @@ class CoDDPrior:
         on = masked.unsqueeze(-1)
         if cand is None:
             width = sum(blk.num_groups * blk.num_nodes for blk in circuit.leaf_blocks())
-            if B * width * V > _DENSE_LIMIT:
+            if dense or B * width * V > _DENSE_LIMIT:
                 return circuit.prepare(xo, masked, torch.where(on, w, torch.zeros((), dtype=w.dtype, device=w.device)))
             cand = torch.arange(V, device=x.device).expand(B, W, V)
         K = cand.shape[-1]
@@ -707,7 +716,7 @@ class CoDDPrior:
         ``detach`` cuts the graph to the circuit's parameters (the graph to ``w`` is kept).
         """
         circuit = self.circuit
-        ev = self.engine_evidence(x, masked, w, cand)
+        ev = self.engine_evidence(x, masked, w, cand, dense=True if detach and semiring == "sum" else None)
         lw = circuit.sum_log_weights()
         if not detach:
             return circuit.upward(ev, semiring, log_weights=lw)
