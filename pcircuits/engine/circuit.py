@@ -497,8 +497,9 @@ class TensorCircuit(nn.Module):
         if hit is None or hit[2] is not table:
             return None
         if len(hit) == 3:
-            with torch.no_grad():
-                hit = cache[bank] = (*hit, kernels.torch_ops.table_exp(table))
+            with torch.no_grad():  # from the parameters' own rows (reading the category-major table is slow)
+                rows = self.layout.banks[bank].dist.log_table(hit[1])  # [Q, n, C], a new tensor
+                hit = cache[bank] = (*hit, kernels.torch_ops.table_exp(rows, out=rows))
         return hit[3]
 
     def clear_leaf_tables(self) -> None:

@@ -157,16 +157,17 @@ def sparse_sum(children: torch.Tensor, log_weights: torch.Tensor, semiring: str 
     return _safe_log(torch.exp(x - m).sum(-1, keepdim=True)).squeeze(-1) + m.squeeze(-1)
 
 
-def table_exp(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def table_exp(table: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(exp(table - m), m)`` for a log-table ``[G, n, C]``: ``m [G, n, 1]`` its finite row maxima (0 where none).
 
-    The exponentiated table is contiguous (rows of ``C``) whatever the layout
-    of ``table``: the ``[B, C] x [C, n]`` product reads it fastest that way.
+    Without gradients the exponentiated table is written to ``out`` (which
+    may be ``table`` itself), or to a new contiguous tensor (rows of ``C``,
+    the layout the ``[B, C] x [C, n]`` product reads fastest).
     """
     m = _finite_max(table, -1)
     if torch.is_grad_enabled() and table.requires_grad:
         return torch.exp(table - m), m
-    e = torch.empty(table.shape, dtype=table.dtype, device=table.device)
+    e = torch.empty(table.shape, dtype=table.dtype, device=table.device) if out is None else out
     torch.sub(table, m, out=e)
     return e.exp_(), m
 
