@@ -577,7 +577,9 @@ class CoDDPrior:
             ``log_softmax(logits / tau)`` over the kept candidates, 0 at
             observed positions.
         """
-        z = logits.to(self.dtype) / temperature
+        z = logits.to(self.dtype)
+        if temperature != 1.0:
+            z = z / temperature
         cand = None
         if top_k is not None:
             z, cand = z.topk(top_k, dim=-1)

@@ -446,31 +446,20 @@ def selected_leaf_logits(
         picked = _picked_leaves(blk, selection, ev, row_source)
         if picked is None:
             continue
-        table = circuit.leaf_table(blk.index)  # [Q, n, C_leaf], cached per parameter change
         slot = blk.slots[picked.groups]
         if ev.candidates is not None:
+            table = circuit.leaf_table(blk.index)  # [Q, n, C_leaf], cached per parameter change
             cand = ev.candidates[picked.ev_rows, picked.vars]  # [M, K]
             lg = table[slot.unsqueeze(1), picked.nodes.unsqueeze(1), cand.clamp_max(table.shape[-1] - 1)]
             lg = lg.masked_fill(cand >= table.shape[-1], -math.inf)  # ids the leaf lacks
-        else:
-            lg = _table_rows(table, slot, picked.nodes)  # [M, C_leaf]
+        else:  # whole rows: each selected node's table from its own (contiguous) parameter row
+            lg = blk.dist.log_table(circuit.params[blk.bank].detach()[slot, picked.nodes])  # [M, C_leaf]
             if lg.shape[-1] < width:
                 lg = torch.cat([lg, lg.new_full((lg.shape[0], width - lg.shape[-1]), -math.inf)], -1)
         if ev.soft_evidence is not None:
             lg = lg + ev.soft_evidence[picked.ev_rows, picked.vars]
         cond[picked.rows, picked.vars] = lg.to(cond.dtype)
     return cond
-
-
-def _table_rows(table: torch.Tensor, slot: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
-    """``table [Q, n, C]`` read at ``(slot [M], nodes [M])`` -> ``[M, C]``.
-
-    A category-major table (``TensorCircuit.leaf_table``) of one slot is read
-    category by category (each category's row of ``n`` is one memory block).
-    """
-    if table.shape[0] == 1 and table.stride(1) == 1:
-        return table[0].transpose(0, 1).index_select(1, nodes).transpose(0, 1)
-    return table[slot, nodes]
 
 
 def empty_assignment(circuit: TensorCircuit, ev: Evidence, row_source: torch.Tensor) -> torch.Tensor:
