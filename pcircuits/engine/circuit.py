@@ -447,7 +447,8 @@ class TensorCircuit(nn.Module):
         e.g. EM, ``copy_``, an optimiser step or ``load_state_dict``, bumps
         it; writes through ``param.data`` do not, so call `clear_leaf_tables`
         after those). No cache is used when ``bank`` is not the module's own
-        parameter (``leaf_params``) or when autograd records the parameters.
+        parameter (``leaf_params``), when autograd records the parameters, or
+        in inference mode.
         The cached table is stored category-major (``[Q, C, n]`` memory,
         returned as a ``[Q, n, C]`` view), so reading a few categories of
         every node is a contiguous row read.
@@ -466,7 +467,8 @@ class TensorCircuit(nn.Module):
         if bank is None:
             bank = own
         cacheable = bank.data_ptr() == own.data_ptr() and bank.shape == own.shape and bank.stride() == own.stride()
-        if not cacheable or (torch.is_grad_enabled() and bank.requires_grad) or own.is_inference():
+        inference = torch.is_inference_mode_enabled() or own.is_inference()  # its tensors cannot enter autograd later
+        if not cacheable or (torch.is_grad_enabled() and bank.requires_grad) or inference:
             return blk.dist.log_table(bank)
         cache = self.__dict__.setdefault("_table_cache", {})
         hit = cache.get(blk.bank)

@@ -133,3 +133,17 @@ def test_categorical_init_params_into_draws_the_documented_values(monkeypatch, c
     dist.init_params_into(out, torch.Generator().manual_seed(3))
     assert torch.equal(out, ref.float())
     assert torch.equal(dist.init_params(6, torch.Generator().manual_seed(3)), ref)
+
+
+def test_a_table_built_in_inference_mode_is_not_kept_for_later_gradients():
+    circuit = pc.compile(hmm(3, 4, 6), seed=0).to(torch.float64)
+    soft = torch.randn(1, 3, 6, dtype=torch.float64)
+    x, missing = torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool)
+    with torch.inference_mode():
+        ref = circuit(x, missing, soft)
+    for p in circuit.parameters():
+        p.requires_grad_(False)
+    w = soft.clone().requires_grad_()
+    out = circuit(x, missing, w)  # gradients to the evidence only: a cached table would enter autograd
+    out.sum().backward()
+    assert torch.allclose(out.detach(), ref) and w.grad is not None
