@@ -279,10 +279,18 @@ class CoDDDraw:
         as from `_window_inputs`, for the active windows only.
         """
         r, xw, lw, mw, pos, mblk = win
-        tokens, cond = self._draw_cond(xw, lw, mw)  # [M, W], [M, W, V] or None
-        post = None
-        if cond is None or self.entropy:
-            post = self.prior.marginals(xw, lw, mw, self.tau)  # [M, W, V]
+        if self.sampler != "latent_tempered" and self.temperature != 0.0:
+            # a joint draw and the marginals of the same windows: one upward pass serves both where it can
+            self.prior_calls += xw.shape[0]
+            post, tokens = self.prior.marginals_and_sample(
+                xw, lw, mw, self.tau, self.sampler, self.generator, order=self.remasking
+            )
+            cond = None
+        else:
+            tokens, cond = self._draw_cond(xw, lw, mw)  # [M, W], [M, W, V] or None
+            post = None
+            if cond is None or self.entropy:
+                post = self.prior.marginals(xw, lw, mw, self.tau)  # [M, W, V]
         logp = cond if cond is not None else torch.log(post.clamp_min(0.0))
         conf = confidence_scores(logp.to(score.dtype), tokens, self.remasking, self.generator)
         rr = r[:, None].expand_as(pos)[mblk]

@@ -577,7 +577,9 @@ class CoDDPrior:
             ``log_softmax(logits / tau)`` over the kept candidates, 0 at
             observed positions.
         """
-        z = logits.to(self.dtype) / temperature
+        z = logits.to(self.dtype)
+        if temperature != 1.0:
+            z = z / temperature
         cand = None
         if top_k is not None:
             z, cand = z.topk(top_k, dim=-1)
@@ -656,7 +658,12 @@ class CoDDPrior:
 
     # --------------------------------------------------------------- leaves
     def engine_evidence(
-        self, x: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        masked: torch.Tensor,
+        w: torch.Tensor,
+        cand: torch.Tensor | None,
+        dense: bool | None = None,
     ) -> Evidence:
         """The circuit's evidence for the soft evidence ``w`` on the masked positions.
 
@@ -667,12 +674,16 @@ class CoDDPrior:
         ``[B, N_0, V]`` candidate gather of the leaf layer would exceed
         ``_DENSE_LIMIT`` elements, the full soft evidence ``[B, W, V]`` (0 at
         observed positions) is passed instead (one matrix product per leaf block).
+        ``dense=True`` takes that path whatever the size (passes that do not
+        differentiate the parameters use the circuit's cached exponentiated
+        table, so the product is the cheaper path at every size).
 
         Args:
             x: ``LongTensor[B, W]`` (masked entries are ignored).
             masked: ``BoolTensor[B, W]``.
             w: ``FloatTensor[B, W, K]`` log-weights (``K = V`` without ``cand``).
             cand: ``LongTensor[B, W, K]`` token ids, or None.
+            dense: without ``cand``, True for the full soft evidence, None to decide by size.
 
         Returns:
             `pcircuits.engine.evidence.Evidence` over ``B`` rows.
@@ -684,7 +695,7 @@ class CoDDPrior:
         on = masked.unsqueeze(-1)
         if cand is None:
             width = sum(blk.num_groups * blk.num_nodes for blk in circuit.leaf_blocks())
-            if B * width * V > _DENSE_LIMIT:
+            if dense or B * width * V > _DENSE_LIMIT:
                 return circuit.prepare(xo, masked, torch.where(on, w, torch.zeros((), dtype=w.dtype, device=w.device)))
             cand = torch.arange(V, device=x.device).expand(B, W, V)
         K = cand.shape[-1]
@@ -707,7 +718,7 @@ class CoDDPrior:
         ``detach`` cuts the graph to the circuit's parameters (the graph to ``w`` is kept).
         """
         circuit = self.circuit
-        ev = self.engine_evidence(x, masked, w, cand)
+        ev = self.engine_evidence(x, masked, w, cand, dense=True if detach and semiring == "sum" else None)
         lw = circuit.sum_log_weights()
         if not detach:
             return circuit.upward(ev, semiring, log_weights=lw)
@@ -1003,20 +1014,100 @@ class CoDDPrior:
         self, x: torch.Tensor, logits: torch.Tensor, masked: torch.Tensor, tau: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Marginals ``[B, W, V]`` and ``log Z`` ``[B]`` (checked inputs)."""
-        B, W, V = logits.shape
+        w, cand = self._soft(logits.detach(), masked, tau, self.top_k)
+        post, root, _ = self._marginal_pass(x, masked, w, cand)
+        return post, root
+
+    def _marginal_pass(
+        self, x: torch.Tensor, masked: torch.Tensor, w: torch.Tensor, cand: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """One upward pass and its backward pass under the soft evidence ``w [B, W, K]`` (candidates ``cand``).
+
+        Returns:
+            ``(post [B, W, V], log Z [B], outs)``: the marginals (one-hot at
+            observed positions, NaN rows where ``Z = 0``), the log-normaliser
+            and the upward pass's layer outputs ``[B, N_l]`` (detached), which
+            a downward pass can reuse.
+        """
+        B, W = x.shape
+        V = self.vocab_size
         with torch.enable_grad():
-            w, cand = self._soft(logits.detach(), masked, tau, self.top_k)
             w = w.detach().requires_grad_()
-            root = self._upward(x, masked, w, cand, detach=True)[-1][:, 0]
+            outs = self._upward(x, masked, w, cand, detach=True)
+            root = outs[-1][:, 0]
             finite = torch.isfinite(root)
             total = torch.where(finite, root, torch.zeros_like(root)).sum()
             (g,) = torch.autograd.grad(total, w, allow_unused=True)
         g = torch.zeros_like(w) if g is None else g.detach()
-        post = g if cand is None else torch.zeros(B, W, V, dtype=g.dtype, device=g.device).scatter_add_(-1, cand, g)
-        onehot = F.one_hot(torch.where(masked, torch.zeros_like(x), x), V).to(post.dtype)
-        post = torch.where(masked.unsqueeze(-1), post, onehot)
-        post = post.masked_fill((~finite).view(B, 1, 1) & masked.unsqueeze(-1), math.nan)
-        return post, root.detach()
+        if cand is None:
+            post = g.clone()
+        else:
+            post = torch.zeros(B, W, V, dtype=g.dtype, device=g.device).scatter_add_(-1, cand, g)
+        obs = ~masked
+        if bool(obs.any()):  # one-hot rows at observed positions
+            b, i = obs.nonzero(as_tuple=True)
+            post[b, i] = 0.0
+            post[b, i, x[b, i]] = 1.0
+        if not bool(finite.all()):
+            post = post.masked_fill((~finite).view(B, 1, 1) & masked.unsqueeze(-1), math.nan)
+        return post, root.detach(), [o.detach() for o in outs]
+
+    def marginals_and_sample(
+        self,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        masked: torch.Tensor,
+        temperature: float = 1.0,
+        method: str = "latent",
+        generator: torch.Generator | None = None,
+        order: str = "low_confidence",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`marginals` and a `sample` of the same inputs, sharing their passes where the evidence is the same.
+
+        Returns what ``sample(x, logits, masked, temperature, method,
+        generator, order)`` followed by ``marginals(x, logits, masked,
+        temperature)`` return, drawing the same random numbers in the same
+        order (so the same generator state gives the same tokens). When the
+        path is drawn under the marginals' evidence (``"exact"``,
+        ``"latent_tempered"``, or ``"latent"`` at ``temperature=1``) one
+        upward pass serves both: its backward pass gives the marginals and a
+        downward pass over its outputs the latent path. Otherwise the two
+        are computed one after the other.
+
+        Args:
+            x, logits, masked, temperature, method, generator, order: as in `sample`.
+
+        Returns:
+            ``(marginals [B, W, V], tokens [B, W])``.
+
+        Raises:
+            TypeError, ValueError: as `sample` (evidence of probability 0 raises).
+        """
+        tau = _check_temperature(temperature)
+        shared = method in ("exact", "latent_tempered") or (method == "latent" and tau == 1.0)
+        if method not in SAMPLE_METHODS or not shared:
+            tokens = self.sample(x, logits, masked, temperature, method, generator, order)
+            return self.marginals(x, logits, masked, temperature), tokens
+        if order not in ORDER_RULES:
+            raise ValueError(f"order: unknown rule {order!r}; expected one of {', '.join(ORDER_RULES)}")
+        x, logits, masked = self._check(x, logits, masked)
+        with torch.no_grad():
+            use = None
+            if self.backoff is not None:  # the mixture's component of each row, drawn first as in sample
+                lam = self.mix_weight(masked)
+                use = torch.rand(lam.shape, generator=generator, dtype=lam.dtype, device=lam.device) < lam
+            w, cand = self._soft(logits, masked, tau, self.top_k)
+            post, root, outs = self._marginal_pass(x, masked, w, cand)
+            out = torch.where(masked, torch.zeros_like(x), x).clone()
+            if bool(masked.any()):
+                _check_root(root)
+                cond = self._leaf_logits_given_path(x, masked, outs, w, cand, generator, "sum")
+                out = _tokens_from(cond, cand, masked, out, generator, "sum")
+            if use is None:
+                return post, out
+            out = torch.where(use.unsqueeze(1), out, self._factorized_draw(x, masked, w, cand, generator))
+            lam = self.mix_weight(masked).to(post.dtype).view(-1, 1, 1)
+            return lam * post + (1 - lam) * self._factorized_probs(x, masked, w, cand), out
 
     def sample(
         self,
@@ -1161,9 +1252,7 @@ class CoDDPrior:
         if not bool(masked.any()):
             return out
         cond, cand = self._path_leaf_logits(x, logits, masked, tau_path, tau_leaf, generator, semiring)
-        pick = cond.argmax(-1) if semiring == "max" else gumbel_argmax(cond, generator)  # [B, W]
-        tok = pick if cand is None else cand.gather(-1, pick.unsqueeze(-1))[..., 0]
-        return torch.where(masked, tok, out)
+        return _tokens_from(cond, cand, masked, out, generator, semiring)
 
     def _path_leaf_logits(
         self,
@@ -1190,21 +1279,29 @@ class CoDDPrior:
         Raises:
             ValueError: evidence of probability 0 under the prior.
         """
-        circuit = self.circuit
-        B = x.shape[0]
         w_path, cand = self._soft(logits, masked, tau_path, self.top_k)
         w_leaf = w_path if tau_leaf == tau_path else self._soft(logits, masked, tau_leaf, self.top_k)[0]
         outs = self._upward(x, masked, w_path, cand, detach=True, semiring=semiring)
-        root = outs[-1][:, 0]
-        if not bool(torch.isfinite(root).all()):
-            b = int((~torch.isfinite(root)).nonzero()[0])
-            raise ValueError(f"the evidence of row {b} has probability 0 under the prior; nothing to sample")
+        _check_root(outs[-1][:, 0])
+        return self._leaf_logits_given_path(x, masked, outs, w_leaf, cand, generator, semiring), cand
+
+    def _leaf_logits_given_path(
+        self,
+        x: torch.Tensor,
+        masked: torch.Tensor,
+        outs: list[torch.Tensor],
+        w_leaf: torch.Tensor,
+        cand: torch.Tensor | None,
+        generator: torch.Generator | None,
+        semiring: str,
+    ) -> torch.Tensor:
+        """``cond [B, W, K]``: a downward pass over the upward ``outs``, then ``log E_{z_i}(c) + w_leaf_i(c)``."""
+        circuit = self.circuit
         lw = {k: v.detach() for k, v in circuit.sum_log_weights().items()}
-        rows = torch.arange(B, device=x.device)
+        rows = torch.arange(x.shape[0], device=x.device)
         sel = downward(circuit, outs, rows, semiring, generator, lw)
         ev_leaf = circuit.prepare(torch.where(masked, torch.zeros_like(x), x), masked, w_leaf, cand)
-        cond = selected_leaf_logits(circuit, sel, ev_leaf, rows)  # [B, W, K], 0 at observed positions
-        return cond, cand
+        return selected_leaf_logits(circuit, sel, ev_leaf, rows)  # [B, W, K], 0 at observed positions
 
     def path_conditionals(
         self,
@@ -1301,6 +1398,27 @@ class CoDDPrior:
             out[rows[active], pos[active]] = tok[active]
             left[rows[active], pos[active]] = False
         return out
+
+
+def _check_root(root: torch.Tensor) -> None:
+    """Raises ``ValueError`` if a row's ``log Z`` (``root [B]``) is not finite: nothing to sample."""
+    if not bool(torch.isfinite(root).all()):
+        b = int((~torch.isfinite(root)).nonzero()[0])
+        raise ValueError(f"the evidence of row {b} has probability 0 under the prior; nothing to sample")
+
+
+def _tokens_from(
+    cond: torch.Tensor,
+    cand: torch.Tensor | None,
+    masked: torch.Tensor,
+    out: torch.Tensor,
+    generator: torch.Generator | None,
+    semiring: str,
+) -> torch.Tensor:
+    """``out [B, W]`` with each masked token drawn from (``"sum"``) or the argmax of (``"max"``) ``cond [B, W, K]``."""
+    pick = cond.argmax(-1) if semiring == "max" else gumbel_argmax(cond, generator)  # [B, W]
+    tok = pick if cand is None else cand.gather(-1, pick.unsqueeze(-1))[..., 0]
+    return torch.where(masked, tok, out)
 
 
 def _best_mix_weights(lp_codd: torch.Tensor, lp_fact: torch.Tensor, masked: torch.Tensor, bins: int) -> list[float]:

@@ -115,6 +115,14 @@ class Distribution:
         """Random raw parameters ``[num_nodes, P]`` (float64; the module casts them)."""
         raise NotImplementedError
 
+    def init_params_into(self, out: torch.Tensor, generator: torch.Generator) -> None:
+        """Writes the values of ``init_params(out.shape[0], generator)`` into ``out [n, P]`` (any float dtype).
+
+        The compiler calls this to fill each bank in place; a family with large
+        parameter vectors overrides it to avoid the float64 intermediate.
+        """
+        out.copy_(self.init_params(out.shape[0], generator))
+
     def check_params(self, params: torch.Tensor, name: str = "params") -> None:
         """Raises ``ValueError`` naming ``name`` unless ``params`` are valid raw parameters of this family.
 
@@ -275,7 +283,9 @@ def register(cls: type[Distribution]) -> type[Distribution]:
     return cls
 
 
-def _stable_einsum_lse(ev: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def _stable_einsum_lse(
+    ev: torch.Tensor, table: torch.Tensor, shifted: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
     """``log sum_c exp(ev[b,g,c] + table[g,n,c])`` as a matrix product.
 
     ``ev [B, G, C]``, ``table [G, n, C]`` -> ``[B, G, n]``. Each side is
@@ -285,7 +295,7 @@ def _stable_einsum_lse(ev: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """
     from ..kernels import soft_evidence_lse
 
-    return soft_evidence_lse(ev, table)
+    return soft_evidence_lse(ev, table, shifted)
 
 
 def candidate_table(table: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -299,6 +309,11 @@ def candidate_table(table: torch.Tensor, candidates: torch.Tensor) -> torch.Tens
     if bool(outside.any()):
         cand = candidates.clamp_max(C - 1)
         return candidate_table(table, cand).masked_fill(outside.unsqueeze(2), -math.inf)
+    if table.shape[0] == 1 and table.stride(1) == 1 and table.shape[1] > 1:
+        # category-major memory (a cached table, see TensorCircuit.leaf_table): one contiguous row per candidate
+        B, G, K = candidates.shape
+        rows = table[0].transpose(0, 1).index_select(0, candidates.reshape(-1))  # [B * G * K, n]
+        return rows.view(B, G, K, -1).transpose(2, 3)
     if table.shape[0] == 1:
         return table[0][:, candidates].permute(1, 2, 0, 3)
     groups = torch.arange(table.shape[0], device=candidates.device).view(1, -1, 1)
@@ -376,8 +391,11 @@ class DiscreteDistribution(Distribution):
         """``[..., n, C]`` log-probabilities from raw parameters ``[..., n, P]``."""
         raise NotImplementedError
 
-    def log_prob(self, params, x, missing, soft_evidence, slots=None, candidates=None):
-        table = self.log_table(params)  # [Q, n, C]
+    def log_prob(self, params, x, missing, soft_evidence, slots=None, candidates=None, table=None, shifted=None):
+        """See `Distribution.log_prob`; ``table`` is ``log_table(params)`` ``[Q, n, C]`` when the caller has it,
+        ``shifted`` its ``(exp(table - m), m)`` (`pcircuits.kernels.torch_ops.table_exp`) for full soft evidence."""
+        if table is None:
+            table = self.log_table(params)  # [Q, n, C]
         B, G = x.shape
         if slots is None:
             slots = torch.arange(G, device=x.device)
@@ -395,15 +413,24 @@ class DiscreteDistribution(Distribution):
             ev = soft_evidence
             out = out + ev.gather(2, x.unsqueeze(-1))
             if missing is not None and bool(missing.any()):
-                marg = _stable_einsum_lse(ev, table)
+                if shifted is not None:
+                    shifted = tuple(_block_table(t, slots) for t in shifted)
+                if table.shape[0] == 1 and not bool(missing.all()):
+                    # one shared table: the product only for the missing entries (observed ones keep log p(x) w(x))
+                    b, g = missing.nonzero(as_tuple=True)
+                    marg = _stable_einsum_lse(ev[b, g].unsqueeze(1), table, shifted)[:, 0]  # [M, n]
+                    return out.index_put((b, g), marg)
+                marg = _stable_einsum_lse(ev, table, shifted)
                 out = torch.where(missing.unsqueeze(-1), marg, out)
         elif missing is not None:
             marg = safe_logsumexp(table, -1).unsqueeze(0)  # [1, G, n]; 0 when normalised
             out = torch.where(missing.unsqueeze(-1), marg, out)
         return out
 
-    def max_log_prob(self, params, soft_evidence, candidates=None):
-        table = self.log_table(params)
+    def max_log_prob(self, params, soft_evidence, candidates=None, table=None):
+        """See `Distribution.max_log_prob`; ``table`` is ``log_table(params)`` when the caller has it."""
+        if table is None:
+            table = self.log_table(params)
         if soft_evidence is None:
             return table.amax(-1).unsqueeze(0)
         if candidates is not None:

@@ -11,6 +11,8 @@ from .base import DiscreteDistribution, _check_last_dim, _first_bad, register
 
 __all__ = ["Categorical"]
 
+_INIT_CHUNK = 1 << 20  # float64 values drawn and transformed at a time by init_params_into
+
 
 @register
 class Categorical(DiscreteDistribution):
@@ -31,8 +33,20 @@ class Categorical(DiscreteDistribution):
         return {"num_cats": self._num_cats}
 
     def init_params(self, num_nodes, generator):
-        u = torch.rand(num_nodes, self._num_cats, generator=generator, dtype=torch.float64)
-        return torch.log(-torch.log(u.clamp_min(1e-12)))  # softmax of this is Dirichlet(1)
+        out = torch.empty(num_nodes, self._num_cats, dtype=torch.float64)
+        self.init_params_into(out, generator)
+        return out
+
+    def init_params_into(self, out, generator):
+        """``log(-log(u))`` of float64 uniforms (softmax of it is Dirichlet(1)), drawn and transformed a few rows
+        at a time in float64 then written into ``out [n, C]``: the values of one whole draw, without its copies."""
+        rows = max(1, _INIT_CHUNK // self._num_cats)
+        buf = torch.empty(min(rows, out.shape[0]), self._num_cats, dtype=torch.float64)
+        for start in range(0, out.shape[0], rows):
+            u = buf[: min(rows, out.shape[0] - start)]
+            u.uniform_(generator=generator)  # the same stream as one torch.rand of the whole table
+            u.clamp_min_(1e-12).log_().neg_().log_()
+            out[start : start + u.shape[0]].copy_(u)
 
     def log_table(self, params):
         return torch.log_softmax(params, -1)

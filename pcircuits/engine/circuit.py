@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .. import kernels
+from ..distributions.base import DiscreteDistribution
 from .._index import as_int
 from ..nodes import NodeGroup
 from .blocks import BankInfo, LeafBlockInfo, SumBlockInfo
@@ -87,8 +88,10 @@ class TensorCircuit(nn.Module):
             if spec.kind == "leaf":
                 # every slot from its own group's distribution: groups of one bank share the family
                 # and its shape, not the parameters (an Indicator's values are its parameters)
-                rows = [g.dist.init_params(spec.shape[0], gen) for g in spec.groups]
-                p = nn.Parameter(torch.stack(rows).float(), requires_grad=spec.dist.trainable)
+                table = torch.empty(len(spec.groups), *spec.shape, dtype=torch.float32)  # filled in place
+                for row, g in zip(table, spec.groups, strict=True):
+                    g.dist.init_params_into(row, gen)
+                p = nn.Parameter(table, requires_grad=spec.dist.trainable)
             else:
                 u = torch.rand((spec.slots, *spec.shape), generator=gen, dtype=torch.float64)
                 p = nn.Parameter(torch.log(-torch.log(u.clamp_min(1e-12))).float())  # Dirichlet(1) weights
@@ -124,12 +127,14 @@ class TensorCircuit(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .double() replace the buffers
         self.__dict__.pop("_buffer_cache", None)
+        self.__dict__.pop("_table_cache", None)
         return super()._apply(fn, *args, **kwargs)
 
     def __getstate__(self) -> dict:
         """The module's state without the buffer cache (its execution plan holds closures over this instance)."""
         state = self.__dict__.copy()
         state.pop("_buffer_cache", None)
+        state.pop("_table_cache", None)
         return state
 
     def _register_gather(self, prefix: str, g: Gather) -> None:
@@ -416,13 +421,92 @@ class TensorCircuit(nn.Module):
             be = self.block_evidence(ev, i)
             extra = {} if be.candidates is None else {"candidates": be.candidates}
             slots = self._get(f"leaf{i}_slots")
+            if isinstance(blk.dist, DiscreteDistribution):  # the normalised table, once per parameter change
+                extra["table"] = self.leaf_table(i, bank)
+                dense = be.candidates is None and be.soft_evidence is not None and be.missing is not None
+                shifted = self._cached_table_exp(blk.bank, extra["table"]) if dense and bool(be.missing.any()) else None
+                if shifted is not None:
+                    extra["shifted"] = shifted  # exponentiated once per parameter change, like the table
             out = blk.dist.log_prob(bank, be.x, be.missing, be.soft_evidence, slots=slots, **extra)
             if semiring == "max" and (be.missing is not None or be.soft_evidence is not None):
+                extra.pop("shifted", None)
+                if "table" in extra:
+                    extra["table"] = self.leaf_block_params(i, extra["table"])  # [G or 1, n, C]
                 best = blk.dist.max_log_prob(self.leaf_block_params(i, bank), be.soft_evidence, **extra)
                 if be.missing is not None:  # observed entries already hold log p(x) + log w(x)
                     out = torch.where(be.missing.unsqueeze(-1), best.expand_as(out), out)
             outs.append(out)
         return outs
+
+    def leaf_table(self, i: int, bank: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-probability table ``[Q, n, C]`` of discrete leaf block ``i``'s bank (``dist.log_table`` of it).
+
+        The table is computed once per parameter change and cached: a later
+        call returns the same tensor while the bank keeps its storage and
+        its version counter (every in-place write through the parameter,
+        e.g. EM, ``copy_``, an optimiser step or ``load_state_dict``, bumps
+        it; writes through ``param.data`` do not, so call `clear_leaf_tables`
+        after those). No cache is used when ``bank`` is not the module's own
+        parameter (``leaf_params``), when autograd records the parameters, or
+        in inference mode.
+        The cached table is stored category-major (``[Q, C, n]`` memory,
+        returned as a ``[Q, n, C]`` view), so reading a few categories of
+        every node is a contiguous row read.
+
+        Args:
+            i: a discrete leaf block.
+            bank: the bank's parameters ``[Q, n, P]`` (default: the module's).
+
+        Raises:
+            ValueError: block ``i`` is not discrete.
+        """
+        blk = self.layout.leaf_blocks[i]
+        if not isinstance(blk.dist, DiscreteDistribution):
+            raise ValueError(f"i: leaf block {i} has {blk.dist!r} leaves, not a discrete family with a table")
+        own = self.params[blk.bank]
+        if bank is None:
+            bank = own
+        cacheable = bank.data_ptr() == own.data_ptr() and bank.shape == own.shape and bank.stride() == own.stride()
+        inference = torch.is_inference_mode_enabled() or own.is_inference()  # its tensors cannot enter autograd later
+        if not cacheable or (torch.is_grad_enabled() and bank.requires_grad) or inference:
+            return blk.dist.log_table(bank)
+        cache = self.__dict__.setdefault("_table_cache", {})
+        hit = cache.get(blk.bank)
+        key = (own.data_ptr(), own._version, own.dtype, own.device)
+        if hit is not None and hit[0] == key:
+            return hit[2]
+        cache.pop(blk.bank, None)  # the stale table goes before the new one is computed
+        with torch.no_grad():
+            table = blk.dist.log_table(own.detach())  # [Q, n, C]
+            table = table.transpose(1, 2).contiguous().transpose(1, 2)
+        cache[blk.bank] = (key, own.detach(), table)  # the kept reference pins the storage (no address reuse)
+        return table
+
+    def leaf_table_exp(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(exp(table - m) [Q, n, C], m [Q, n, 1])`` of `leaf_table` ``i`` (``m``: finite row maxima).
+
+        What a leaf under full soft evidence multiplies (one matrix product per
+        block); cached with the table and computed on first use.
+        """
+        table = self.leaf_table(i)
+        shifted = self._cached_table_exp(self.layout.leaf_blocks[i].bank, table)
+        return shifted if shifted is not None else kernels.torch_ops.table_exp(table)
+
+    def _cached_table_exp(self, bank: str, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`leaf_table_exp` of ``bank`` when ``table`` is its cached table (computed once), else None."""
+        cache = self.__dict__.get("_table_cache", {})
+        hit = cache.get(bank)
+        if hit is None or hit[2] is not table:
+            return None
+        if len(hit) == 3:
+            with torch.no_grad():  # from the parameters' own rows (reading the category-major table is slow)
+                rows = self.layout.banks[bank].dist.log_table(hit[1])  # [Q, n, C], a new tensor
+                hit = cache[bank] = (*hit, kernels.torch_ops.table_exp(rows, out=rows))
+        return hit[3]
+
+    def clear_leaf_tables(self) -> None:
+        """Drops the cached leaf tables of `leaf_table` (needed only after writes through ``param.data``)."""
+        self.__dict__.pop("_table_cache", None)
 
     def leaf_block_params(self, i: int, bank: torch.Tensor | None = None) -> torch.Tensor:
         """Parameters of leaf block ``i``: ``[G, n, P]``, or ``[1, n, P]`` when all its groups share one slot.

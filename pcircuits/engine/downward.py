@@ -364,7 +364,10 @@ def fill_leaves(
                 soft = soft[:, : blk.dist.num_cats]
             else:
                 cand = ev.candidates[picked.ev_rows, picked.vars]  # [M, K]
-        values = _leaf_values(blk, block_params, g, picked.nodes, soft, cand, semiring, temperature, generator)
+        table = None
+        if isinstance(blk.dist, DiscreteDistribution):  # [G or 1, n, C], rows of the cached table
+            table = circuit.leaf_block_params(blk.index, circuit.leaf_table(blk.index))
+        values = _leaf_values(blk, block_params, g, picked.nodes, soft, cand, semiring, temperature, generator, table)
         out[picked.rows, picked.vars] = values.to(out.dtype)
     return out
 
@@ -379,17 +382,23 @@ def _leaf_values(
     semiring: str,
     temperature: float,
     generator: torch.Generator | None,
+    table: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``[M]`` mode or draw of one block's selected leaves ``(g [M], j [M])`` under soft evidence ``[M, C or K]``."""
+    """``[M]`` mode or draw of one block's selected leaves ``(g [M], j [M])`` under soft evidence ``[M, C or K]``.
+
+    ``table`` is the block's ``log_table(block_params)`` ``[G or 1, n, C]`` (discrete families; computed if None).
+    """
     dist = blk.dist
     if not isinstance(dist, DiscreteDistribution):
         if semiring == "max":
             return dist.mode(block_params[g, j], soft)
         return dist.sample(block_params[g, j], soft, temperature, generator)
+    if table is None:
+        table = dist.log_table(block_params)
     if semiring == "max" and soft is None:
         # the same mode for every row that selects a leaf: one argmax per leaf node, then a lookup
-        return dist.log_table(block_params).argmax(-1)[g, j]
-    logits = dist.log_table(block_params)[g, j]  # [M, C]
+        return table.argmax(-1)[g, j]
+    logits = table[g, j]  # [M, C]
     if cand is not None:
         logits = gather_categories(logits, cand)  # [M, K]
     if semiring == "sum" and temperature != 1.0:
@@ -437,14 +446,14 @@ def selected_leaf_logits(
         picked = _picked_leaves(blk, selection, ev, row_source)
         if picked is None:
             continue
-        table = blk.dist.log_table(circuit.params[blk.bank].detach())  # [Q, n, C_leaf]
         slot = blk.slots[picked.groups]
         if ev.candidates is not None:
+            table = circuit.leaf_table(blk.index)  # [Q, n, C_leaf], cached per parameter change
             cand = ev.candidates[picked.ev_rows, picked.vars]  # [M, K]
             lg = table[slot.unsqueeze(1), picked.nodes.unsqueeze(1), cand.clamp_max(table.shape[-1] - 1)]
             lg = lg.masked_fill(cand >= table.shape[-1], -math.inf)  # ids the leaf lacks
-        else:
-            lg = table[slot, picked.nodes]  # [M, C_leaf]
+        else:  # whole rows: each selected node's table from its own (contiguous) parameter row
+            lg = blk.dist.log_table(circuit.params[blk.bank].detach()[slot, picked.nodes])  # [M, C_leaf]
             if lg.shape[-1] < width:
                 lg = torch.cat([lg, lg.new_full((lg.shape[0], width - lg.shape[-1]), -math.inf)], -1)
         if ev.soft_evidence is not None:

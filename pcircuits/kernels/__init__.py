@@ -91,6 +91,10 @@ def sparse_sum(children, log_weights, semiring="sum"):
     return active_backend().sparse_sum(children, log_weights, semiring)
 
 
-def soft_evidence_lse(evidence, table):
-    """See [`pcircuits.kernels.torch_ops.soft_evidence_lse`][pcircuits.kernels.torch_ops.soft_evidence_lse]."""
-    return active_backend().soft_evidence_lse(evidence, table)
+def soft_evidence_lse(evidence, table, shifted=None):
+    """See [`pcircuits.kernels.torch_ops.soft_evidence_lse`][pcircuits.kernels.torch_ops.soft_evidence_lse]
+    (``shifted``, the exponentiated table a caller keeps, is used by the torch backend)."""
+    backend = active_backend()
+    if shifted is not None and backend is torch_ops:
+        return torch_ops.soft_evidence_lse(evidence, table, shifted=shifted)
+    return backend.soft_evidence_lse(evidence, table)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["dense_sum", "single_group_dense_sum", "max_plus", "sparse_sum", "soft_evidence_lse"]
+__all__ = ["dense_sum", "single_group_dense_sum", "max_plus", "sparse_sum", "soft_evidence_lse", "table_exp"]
 
 #: Elements of one ``[b, G, k, n]`` block of [`max_plus`][pcircuits.kernels.torch_ops.max_plus] (about 1 MB in float32:
 #: it stays in cache).
@@ -157,7 +157,27 @@ def sparse_sum(children: torch.Tensor, log_weights: torch.Tensor, semiring: str 
     return _safe_log(torch.exp(x - m).sum(-1, keepdim=True)).squeeze(-1) + m.squeeze(-1)
 
 
-def soft_evidence_lse(evidence: torch.Tensor, table: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
+def table_exp(table: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(exp(table - m), m)`` for a log-table ``[G, n, C]``: ``m [G, n, 1]`` its finite row maxima (0 where none).
+
+    Without gradients the exponentiated table is written to ``out`` (which
+    may be ``table`` itself), or to a new contiguous tensor (rows of ``C``,
+    the layout the ``[B, C] x [C, n]`` product reads fastest).
+    """
+    m = _finite_max(table, -1)
+    if torch.is_grad_enabled() and table.requires_grad:
+        return torch.exp(table - m), m
+    e = torch.empty(table.shape, dtype=table.dtype, device=table.device) if out is None else out
+    torch.sub(table, m, out=e)
+    return e.exp_(), m
+
+
+def soft_evidence_lse(
+    evidence: torch.Tensor,
+    table: torch.Tensor,
+    chunk: int = 1 << 16,
+    shifted: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """``log sum_c exp(evidence[b, g, c] + table[g, n, c])``, as a batched matrix product.
 
     Both sides are shifted by their row maxima and exponentiated, so the cost
@@ -169,15 +189,17 @@ def soft_evidence_lse(evidence: torch.Tensor, table: torch.Tensor, chunk: int = 
         evidence: ``[B, G, C]`` log-weights.
         table: ``[G, n, C]`` log-probabilities, or ``[1, n, C]`` shared by all groups.
         chunk: entries recomputed exactly per step.
+        shifted: ``(exp(table - m2), m2)`` with ``m2 [G or 1, n, 1]`` the
+            finite row maxima of ``table``, when the caller keeps them (a
+            cached table); computed here otherwise.
 
     Returns:
         ``[B, G, n]``.
     """
     B, G, C = evidence.shape
     m1 = _finite_max(evidence, -1)  # [B, G, 1]
-    m2 = _finite_max(table, -1)  # [G, n, 1]
     e1 = torch.exp(evidence - m1)
-    e2 = torch.exp(table - m2)
+    e2, m2 = shifted if shifted is not None else table_exp(table)
     if table.shape[0] == 1:  # one table for all groups: a single [B*G, C] x [C, n] product
         s = (e1.reshape(B * G, C) @ e2[0].transpose(0, 1)).view(B, G, -1)
     else:

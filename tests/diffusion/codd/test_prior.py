@@ -304,3 +304,62 @@ def test_partial_log_prob_marginalises_the_summed_out_positions_by_enumeration(s
                           prior.log_prob(x, logits, masked), atol=1e-9)
     with pytest.raises(ValueError, match="summed_out"):
         prior.partial_log_prob(x, logits, masked, masked)
+
+
+def _brute_marginals(prior: CoDDPrior, x, logits, masked, tau: float) -> torch.Tensor:
+    """``[B, W, V]`` marginals of p_hat by enumerating each row's completions."""
+    out = torch.zeros(len(x), prior.window, prior.vocab_size, dtype=torch.float64)
+    for b in range(len(x)):
+        for k, p in _brute(prior, x[b], logits[b], masked[b], tau).items():
+            for i in range(prior.window):
+                out[b, i, k[i]] += p
+    return out
+
+
+@pytest.mark.parametrize("top_k", [None, 3])
+@pytest.mark.parametrize(
+    ("method", "tau"), [("exact", 0.6), ("latent", 1.0), ("latent_tempered", 0.6), ("latent", 0.6)]
+)
+def test_marginals_and_sample_equal_the_two_calls_and_enumeration(method, tau, top_k):
+    prior = _prior(window=3, vocab=5, top_k=top_k)
+    x, logits, masked = _case(11, window=3, vocab=5)
+    if top_k is not None:  # p_hat of a top-k prior is that of the full prior on logits cut to the top k
+        cut = logits.masked_fill(logits < logits.topk(top_k, -1).values[..., -1:], -math.inf)
+    else:
+        cut = logits
+    post, tok = prior.marginals_and_sample(x, logits, masked, tau, method, torch.Generator().manual_seed(5))
+    assert (post - _brute_marginals(CoDDPrior(prior.circuit, 3, 5), x, cut, masked, tau)).abs().max() < 1e-9
+    ref = prior.sample(x, logits, masked, tau, method, torch.Generator().manual_seed(5))
+    assert torch.equal(tok, ref)  # the same random numbers, drawn in the same order
+    assert torch.equal(tok[~masked], x[~masked])
+
+
+def test_marginals_and_sample_draws_p_hat_and_mixes_the_backoff():
+    prior = _prior()
+    x, logits, masked = _case(12, batch=1)
+    masked[0] = torch.tensor([True, False, True])
+    tau, n = 0.8, 20000
+    xs, ls, ms = x.expand(n, -1), logits.expand(n, -1, -1), masked.expand(n, -1)
+    post, s = prior.marginals_and_sample(xs, ls, ms, tau, "exact", torch.Generator().manual_seed(0))
+    assert _tv(s, _brute(prior, x[0], logits[0], masked[0], tau)) < 0.02
+    assert torch.allclose(post[0], _brute_marginals(prior, x, logits, masked, tau)[0], atol=1e-9)
+    prior.set_backoff([0.3, 0.6])
+    post, s = prior.marginals_and_sample(x, logits, masked, tau, "exact", torch.Generator().manual_seed(3))
+    assert torch.allclose(post, prior.marginals(x, logits, masked, tau), atol=1e-12)
+    assert torch.equal(s, prior.sample(x, logits, masked, tau, "exact", torch.Generator().manual_seed(3)))
+
+
+def test_marginals_and_sample_refuses_impossible_evidence_and_bad_options():
+    prior = _prior()
+    x, logits, masked = _case(13, batch=1)
+    with pytest.raises(ValueError, match="method"):
+        prior.marginals_and_sample(x, logits, masked, 1.0, "nope")
+    with pytest.raises(ValueError, match="order"):
+        prior.marginals_and_sample(x, logits, masked, 1.0, "exact", order="nope")
+    with torch.no_grad():  # observed token 0 at position 1 impossible under every hidden state
+        for blk in prior.circuit.leaf_blocks():
+            prior.circuit.params[blk.bank][..., 0] = -math.inf
+    masked[0] = torch.tensor([True, False, True])
+    x[0, 1] = 0
+    with pytest.raises(ValueError, match="probability 0"):
+        prior.marginals_and_sample(x, logits, masked, 1.0, "exact")
