@@ -168,10 +168,17 @@ def all_reduce_gradients(params: Iterable[torch.Tensor]) -> None:
 
 
 def broadcast_tensors(tensors: Iterable[torch.Tensor], src: int = 0) -> None:
-    """Overwrites each tensor with rank ``src``'s value, in place (e.g. parameters before training)."""
+    """Overwrites each tensor with rank ``src``'s value, in place (e.g. parameters before training).
+
+    The value is received into a buffer and copied with ``copy_``, so the
+    tensor's version counter moves and caches keyed on it (such as
+    `TensorCircuit.leaf_table`) see the change.
+    """
     with torch.no_grad():
         for t in tensors:
-            dist.broadcast(t.data, src=src)
+            buf = t.detach().clone()
+            dist.broadcast(buf, src=src)
+            t.copy_(buf)
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -201,3 +201,20 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
     after = _params(c)
     for k, v in before.items():
         np.testing.assert_array_equal(after[k], v)  # failed resumes leave the circuit unchanged
+
+
+def test_broadcast_moves_the_version_so_cached_leaf_tables_refresh(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store1'}", rank=0, world_size=1)
+    try:
+        c = _circuit(0)
+        x, _ = _data()
+        before = c(x[:8])
+        name = next(iter(c.params))
+        with torch.no_grad():
+            c.leaf_table(0)  # cache the table of the first leaf bank
+            version = c.params[name]._version
+            pdist.broadcast_tensors([c.params[name]], src=0)
+        assert c.params[name]._version > version
+        assert torch.equal(c(x[:8]), before)
+    finally:
+        dist.destroy_process_group()
