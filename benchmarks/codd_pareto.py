@@ -241,6 +241,12 @@ def _gsm8k_run(
     return rec
 
 
+def _repo_path(path: str) -> str:
+    """``path`` relative to the repository when it lies inside it (results stay valid in any checkout)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
+
+
 def _validity(r: dict) -> float:
     return float(r["valid"].sum() / max(r["total"].sum(), 1))
 
@@ -266,8 +272,8 @@ def run_gsm8k(a) -> dict:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python benchmarks/codd_pareto.py " + " ".join(sys.argv[1:]),
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": 1},
-        "setup": {"model": str(Path(a.model).relative_to(ROOT)) if Path(a.model).is_absolute() else a.model,
-                  "prior": str(a.prior), "prior_top_k": a.gen_top_k, "questions": len(test), "val_questions": len(val),
+        "setup": {"model": _repo_path(a.model), "prior": _repo_path(a.prior), "prior_top_k": a.gen_top_k,
+                  "questions": len(test), "val_questions": len(val),
                   "gen_length": a.gen_length, "block_length": a.block_length, "ks": a.ks, "gammas": a.gammas,
                   "taus": a.taus, "decoding": "greedy, low_confidence; CoDD: MPE of p_hat (sampler latent)",
                   "test_questions": "the first questions of GSM8K test whose answer fits gen_length",
