@@ -1,30 +1,60 @@
-"""GPU benchmark: pcircuits (torch and Triton backends) against PyJuice.
+"""GPU benchmark: pcircuits (torch and Triton backends) against PyJuice, and the CoDD step beside an 8B backbone.
 
-One command on a CUDA machine (a few minutes)::
+One command on a CUDA machine (within ten minutes; ``--budget-s`` sets the
+limit, default 540 s)::
 
     python benchmarks/gpu_benchmark.py
 
-and a tiny CPU smoke test (Triton through its interpreter)::
+and a CPU smoke test at tiny sizes (Triton through its interpreter)::
 
     python benchmarks/gpu_benchmark.py --quick
 
-For each circuit it reports the time of a forward pass, a forward+backward
-pass and a mini-batch EM step, and the peak GPU memory of each:
+Sections, in this order (a section that would not fit in the time left is
+skipped and the report says so; the report is rewritten after each section,
+so a run cut short still leaves what it measured):
 
-- HCLT over a random spanning tree of 784 variables with 256 categories,
-  ``L`` latent states per variable (about 2.5M and 40M sum edges), batch 512;
-- Poon-Domingos (PD) on a 28x28 image: rectangles on a 4-pixel grid, split
-  along every grid line, 4x4 cells factorised into pixels (about 15M and 56M
-  edges), batch 512;
-- the CoDD-sized HMM (32 positions, 1024 states, vocabulary 126,464,
-  batch 1 and 16) under soft evidence, dense and top-128, and its leaf
-  (``soft_evidence_lse``) against the time to read the emission matrix once
-  (a plain ``.sum()`` over it, the memory-bandwidth reference).
+1. *CoDD overhead.* One denoising step of a random-weight decoder with
+   LLaDA-8B's shape (hidden 4096, 32 layers, 32 heads, MLP 12,288,
+   vocabulary 126,464; about 8.0B parameters) in bfloat16, created directly
+   on the device, batch 1, at sequence lengths 256, 512 and 1024, beside the
+   step of the CoDD prior (`CoDDPrior.marginals_and_sample`: exact marginals
+   and one joint draw) of the paper's HMM (window 32, 1,024 states) with
+   top-64 candidates and with the full vocabulary, and the ratios prior step
+   / backbone step. The backbone is transformers' Llama with causal
+   attention: LLaDA's attention is bidirectional, which has the same weight
+   matrix products; only the attention-score products differ (they are 3.5%
+   of the step's 15.9 TFLOP at 1,024 tokens, 0.9% at 256, and a causal
+   kernel may skip up to half of them).
+2. *Structures* (one of each kind first, the largest last). For each
+   circuit the time of a forward pass, a forward+backward pass and a
+   mini-batch EM step, and the peak GPU memory of each, for every pcircuits
+   backend and PyJuice:
 
-PyJuice (``pip install pyjuice``) is imported lazily; without it its columns
-are empty and the report says why. Before timing, the log-likelihoods of
-pcircuits and PyJuice are checked equal on the benchmark batch (parameters
-are copied from pcircuits into the PyJuice nodes before compiling).
+   - HCLT over a random spanning tree of 784 variables with 256 categories,
+     ``L`` latent states per variable (about 2.5M and 40M sum edges), batch 512
+     (PyJuice blocks of up to 32 nodes);
+   - Poon-Domingos (PD) on a 28x28 image: rectangles on a 4-pixel grid, split
+     along every grid line, 4x4 cells factorised into pixels (about 13M and
+     52M edges), batch 512;
+   - the CoDD-sized homogeneous HMM (32 positions, 1,024 states, vocabulary
+     126,464; the emission table and the transition matrix tied across
+     positions) on hard evidence, batch 512 (PyJuice blocks of up to 1,024
+     nodes, as in PyJuice's own HMM example).
+
+   PyJuice (``pip install pyjuice``) is imported lazily; without it (or
+   without CUDA) its columns are empty and the report says why. Each circuit
+   is rebuilt in PyJuice node group by node group (`to_pyjuice`, tied groups
+   as PyJuice's tied duplicates) with the parameters of pcircuits, and the
+   log-likelihoods of both are checked equal on the benchmark batch before
+   anything of PyJuice is timed.
+3. *HMM soft evidence.* The CoDD-sized HMM under soft evidence, dense and
+   top-128, batch 1 and 16, and its leaf (``soft_evidence_lse``) against the
+   time to read the emission matrix once (a plain ``.sum()`` over it, the
+   memory-bandwidth reference).
+
+With ``--quick`` every size is scaled down (the CoDD rows use a 2-layer,
+hidden-256 decoder and a small vocabulary): those rows are a smoke test of
+the code path, not a measurement.
 
 Writes ``benchmarks/results/gpu_<device>.json``, ``.md`` and ``.png``.
 """
@@ -47,13 +77,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-if not torch.cuda.is_available():  # Triton on CPU only runs through its interpreter
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+if __name__ == "__main__" and not torch.cuda.is_available():  # Triton on CPU only runs through its interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # (not when imported: the importer's session keeps its own setting)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pcircuits as pc  # noqa: E402
 from pcircuits import kernels  # noqa: E402
+from pcircuits.atomic import atomic_write  # noqa: E402
 from pcircuits.learning.em import apply_statistics, expected_statistics  # noqa: E402
 from pcircuits.nodes import NodeGroup  # noqa: E402
 
@@ -118,9 +149,7 @@ def pd_pcircuits(side: int, latents: int, cats: int, delta: int = 4) -> tuple[No
         top = (r0, r1, c0, c1) == (0, cells, 0, cells)
         n = 1 if top else latents
         if r1 - r0 == 1 and c1 - c0 == 1:
-            pix = [
-                (r, c) for r in range(r0 * delta, r1 * delta) for c in range(c0 * delta, c1 * delta)
-            ]
+            pix = [(r, c) for r in range(r0 * delta, r1 * delta) for c in range(c0 * delta, c1 * delta)]
             lv = [pc.inputs(r * side + c, latents, pc.Categorical(cats)) for r, c in pix]
             prods = [pc.multiply(*lv)]
             trace.append(("cell", key, lv, prods))
@@ -153,42 +182,109 @@ def hmm_pcircuits(length: int, states: int, vocab: int) -> NodeGroup:
 
 
 # ----------------------------------------------------------------------------- PyJuice mirror
-def _block_size(n: int) -> int:
+def _block_size(n: int, cap: int = 32) -> int:
+    """The largest power of two dividing ``n`` and at most ``min(n, cap)`` (a PyJuice block size)."""
     b = 1
-    while b * 2 <= min(n, 32) and n % (b * 2) == 0:
+    while b * 2 <= min(n, cap) and n % (b * 2) == 0:
         b *= 2
     return b
 
 
-def to_pyjuice(circuit: pc.TensorCircuit, root: NodeGroup) -> Any:
-    """Rebuilds a pcircuits circuit in PyJuice node by node, copying its (normalised) parameters."""
+def _sum_children(juice: Any, made: dict[int, Any], g: NodeGroup) -> list:
+    """The PyJuice children of sum group ``g``: an input child is wrapped in a one-child product.
+
+    PyJuice wraps input children of sums that way itself; doing it here gives
+    every copy of a tied sum children of one type, which its ``duplicate``
+    requires.
+    """
+    return [juice.multiply(made[id(c)]) if c.kind == "input" else made[id(c)] for c in g.children]
+
+
+def to_pyjuice(circuit: pc.TensorCircuit, root: NodeGroup, max_block: int = 32) -> Any:
+    """Rebuilds a pcircuits circuit in PyJuice group by group, copying its (normalised) parameters.
+
+    Groups tied in pcircuits (``tie_with``, e.g. the emission leaves and
+    transition sums of a homogeneous HMM) become PyJuice duplicates with
+    ``tie_params=True`` of the first group of their tie class met in
+    topological order; only that one receives parameters.
+
+    Args:
+        circuit: the compiled circuit (its parameters are copied).
+        root: the root group ``circuit`` was compiled from.
+        max_block: the largest PyJuice block size to use.
+
+    Returns:
+        The PyJuice root nodes (compile with ``juice.compile``).
+
+    Raises:
+        ValueError: a product group is not element-wise (only those are mirrored).
+    """
     import pyjuice as juice
     import pyjuice.nodes.distributions as dists
 
     made: dict[int, Any] = {}
+    source: dict[int, Any] = {}  # per tie class (keyed by its owner group): the PyJuice nodes the others duplicate
     for g in root:
-        bs = _block_size(g.num_nodes)
+        owner = getattr(g, "tied_to", None) or g
+        src = source.get(id(owner))
+        bs = _block_size(g.num_nodes, max_block)
         if g.kind == "input":
-            ns = juice.inputs(
-                g.var,
-                num_node_blocks=g.num_nodes // bs,
-                block_size=bs,
-                dist=dists.Categorical(num_cats=g.dist.num_cats),
-            )
-            probs = torch.softmax(circuit.group_parameters(g).detach().double(), -1).float().cpu()
-            ns.set_params(probs.reshape(-1))
+            if src is not None:
+                ns = src.duplicate(g.var, tie_params=True)
+            else:
+                ns = juice.inputs(
+                    g.var,
+                    num_node_blocks=g.num_nodes // bs,
+                    block_size=bs,
+                    dist=dists.Categorical(num_cats=g.dist.num_cats),
+                )
+                probs = torch.softmax(circuit.group_parameters(g).detach().double(), -1).float().cpu()
+                ns.set_params(probs.reshape(-1))
         elif g.kind == "product":
             if not all(int(e) == i for i in range(g.num_nodes) for e in g.edges[i]):
                 raise ValueError("only element-wise products are mirrored")
             ns = juice.multiply(*[made[id(c)] for c in g.children])
         else:
-            ns = juice.summate(*[made[id(c)] for c in g.children], num_node_blocks=g.num_nodes // bs, block_size=bs)
-            ns.set_params(circuit.group_parameters(g).detach().float().cpu())
+            chs = _sum_children(juice, made, g)
+            if src is not None:
+                ns = src.duplicate(*chs, tie_params=True)
+            else:
+                ns = juice.summate(*chs, num_node_blocks=g.num_nodes // bs, block_size=bs)
+                ns.set_params(circuit.group_parameters(g).detach().float().cpu())
+        if src is None and g.kind != "product":
+            source[id(owner)] = ns
         made[id(g)] = ns
     return made[id(root)]
 
 
 # ----------------------------------------------------------------------------- timing
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    """Prints ``msg`` with the wall-clock time and the seconds since the script was loaded."""
+    print(f"[{time.strftime('%H:%M:%S')} +{time.perf_counter() - _T0:6.1f}s] {msg}", flush=True)
+
+
+class Budget:
+    """The time left to a run: a section starts only if its estimate fits (``fits``), else it is recorded as skipped."""
+
+    def __init__(self, seconds: float):
+        self.end = time.perf_counter() + seconds
+        self.skipped: list[str] = []
+
+    def left(self) -> float:
+        return self.end - time.perf_counter()
+
+    def fits(self, what: str, needs: float) -> bool:
+        """Whether ``needs`` seconds are left; if not, logs and records ``what`` as skipped."""
+        if self.left() >= needs:
+            return True
+        self.skipped.append(f"{what}: skipped, {self.left():.0f} s left of the budget and it needs about {needs:.0f} s")
+        log(self.skipped[-1])
+        return False
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -282,9 +378,11 @@ def _pyjuice_module():
         return None, f"PyJuice not available ({type(e).__name__}: {e}); pip install pyjuice to fill its columns"
 
 
-def run_structure(name: str, root: NodeGroup, batch: int, cats: int, device, backends, args, pyjuice_ok: bool) -> dict:
-    """Benchmarks one structure on every pcircuits backend and on PyJuice."""
-    print(f"[{name}] compiling", flush=True)
+def run_structure(
+    name: str, root: NodeGroup, batch: int, cats: int, device, backends, args, pyjuice_ok: bool, pj_block: int = 32
+) -> dict:
+    """Benchmarks one structure on every pcircuits backend and on PyJuice (blocks of at most ``pj_block`` nodes)."""
+    log(f"[{name}] compiling")
     t0 = time.perf_counter()
     circuit = pc.compile(root, seed=0, backend="torch").to(device)
     compile_s = time.perf_counter() - t0
@@ -302,7 +400,7 @@ def run_structure(name: str, root: NodeGroup, batch: int, cats: int, device, bac
     for b in backends:
         circuit.backend = b
         circuit.load_state_dict(start)  # each backend is timed from the same parameters
-        print(f"[{name}] pcircuits/{b}", flush=True)
+        log(f"[{name}] pcircuits/{b}")
         rec["pcircuits"][b] = bench_pcircuits(circuit, x, device, args.warmup, args.repeats)
     circuit.load_state_dict(start)
     if len(lls) > 1:
@@ -313,16 +411,21 @@ def run_structure(name: str, root: NodeGroup, batch: int, cats: int, device, bac
 
         def mirror():
             circuit.backend = backends[0]
-            pj_root = to_pyjuice(circuit, root)
-            pjc = juice.compile(pj_root)
+            pj_root = to_pyjuice(circuit, root, max_block=pj_block)
+            log(f"[{name}] pyjuice compiling")
+            pjc = (getattr(juice, "compile", None) or juice.TensorCircuit)(pj_root)
             pjc.to(device)
             with torch.no_grad():
                 pj_ll = pjc(x).reshape(-1).double().cpu()
             diff = float((pj_ll - lls[backends[0]]).abs().max())
-            print(f"[{name}] pyjuice max |ll diff| = {diff:.3g}", flush=True)
+            log(f"[{name}] pyjuice max |ll diff| = {diff:.3g}")
+            equal = diff < 1e-3 * max(1.0, float(lls[backends[0]].abs().max()))
+            if not equal:  # timing a different function would compare nothing
+                return {"error": f"log-likelihoods differ by {diff:.3g}: not timed",
+                        "max_abs_ll_diff_vs_pcircuits": diff}  # fmt: skip
             res = bench_pyjuice(pjc, x, device, args.warmup, args.repeats)
             res["max_abs_ll_diff_vs_pcircuits"] = diff
-            res["outputs_equal"] = diff < 1e-3 * max(1.0, float(lls[backends[0]].abs().max()))
+            res["outputs_equal"] = equal
             del pjc
             return res
 
@@ -352,7 +455,7 @@ def run_hmm(length: int, states: int, vocab: int, batches: list[int], topk: int,
     table = torch.log_softmax(torch.randn(1, states, vocab, generator=gen), -1).to(device)
     rec["emission_read"] = measure(lambda: table.sum(), device, args.warmup, args.repeats)
     rec["emission_gib"] = table.numel() * table.element_size() / 2**30
-    print("[hmm] compiling", flush=True)
+    log("[hmm] compiling")
     root = hmm_pcircuits(length, states, vocab)
     circuit = pc.compile(root, seed=0, backend="torch").to(device)
     rec["num_edges"] = circuit.num_edges
@@ -366,6 +469,7 @@ def run_hmm(length: int, states: int, vocab: int, batches: list[int], topk: int,
             run: dict[str, Any] = {"batch": B, "evidence": kind, "leaf": {}, "engine": {}}
             for b in backends:
                 mod = kernels.BACKENDS[b]
+
                 def leaf(mod=mod, soft=soft):
                     return mod.soft_evidence_lse(soft, table)
 
@@ -388,15 +492,165 @@ def run_hmm(length: int, states: int, vocab: int, batches: list[int], topk: int,
                         return circuit(x, miss, soft)
 
                 run["engine"][b] = _guard(lambda fwd=fwd: measure(fwd, device, args.warmup, args.repeats))
-            print(
-                f"[hmm] B={B} {kind}: {json.dumps({k: v.get('seconds') for k, v in run['leaf'].items()})}", flush=True
-            )
+            log(f"[hmm] B={B} {kind}: {json.dumps({k: v.get('seconds') for k, v in run['leaf'].items()})}")
             rec["runs"].append(run)
             soft = None
     circuit = None  # drop the reference (the closures above share its cell) before emptying the cache
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    return rec
+
+
+# ----------------------------------------------------------------------------- CoDD overhead
+LLADA_8B = {"hidden": 4096, "layers": 32, "heads": 32, "mlp": 12288, "vocab": 126464}
+QUICK_BACKBONE = {"hidden": 256, "layers": 2, "heads": 4, "mlp": 768, "vocab": 2048}
+
+
+def build_backbone(shape: dict, max_len: int, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> Any:
+    """A random-weight Llama-style decoder of ``shape`` made directly on ``device`` in ``dtype``.
+
+    The parameters are created in ``dtype`` on ``device`` (default dtype and
+    default device set while the model is built), so no float32 copy of the
+    weights ever exists.
+
+    Args:
+        shape: ``hidden``, ``layers``, ``heads``, ``mlp`` (SwiGLU width) and ``vocab``.
+        max_len: the longest sequence it will see.
+        device, dtype: where and in what the weights live.
+
+    Returns:
+        A ``transformers`` ``LlamaForCausalLM`` in eval mode: ids ``[B, L]`` to logits ``[B, L, V]``.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=shape["vocab"], hidden_size=shape["hidden"], intermediate_size=shape["mlp"],
+        num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"], num_key_value_heads=shape["heads"],
+        max_position_embeddings=max_len, tie_word_embeddings=False, attn_implementation="sdpa",
+    )  # fmt: skip
+    prev = torch.get_default_dtype()
+    torch.manual_seed(0)
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(prev)
+    return model.eval()
+
+
+def backbone_flops(shape: dict, length: int) -> float:
+    """FLOPs of one forward pass over ``length`` tokens: weight products plus attention scores (no causal saving)."""
+    h, f, n = shape["hidden"], shape["mlp"], shape["layers"]
+    per_token = 2 * n * (4 * h * h + 3 * h * f) + 2 * h * shape["vocab"]
+    return float(per_token * length + n * 4 * length * length * h)
+
+
+def time_backbone(model: Any, shape: dict, lengths: list[int], device, warmup: int, repeats: int) -> list[dict]:
+    """Median seconds of one forward pass (one denoising step) at batch 1 for each sequence length."""
+    rows = []
+    gen = torch.Generator().manual_seed(3)
+    for L in lengths:
+        ids = torch.randint(0, shape["vocab"], (1, L), generator=gen).to(device)
+
+        def step(ids=ids):
+            with torch.inference_mode():
+                return model(input_ids=ids, use_cache=False).logits  # [1, L, V]
+
+        row: dict[str, Any] = {"length": L, **_guard(lambda step=step: measure(step, device, warmup, repeats))}
+        if "seconds" in row:
+            row["finite"] = bool(torch.isfinite(step()).all())
+            row["flops"] = backbone_flops(shape, L)
+            row["tflops_per_s"] = row["flops"] / row["seconds"] / 1e12
+        log(f"[codd] backbone L={L}: {row.get('seconds', row.get('error'))}")
+        rows.append(row)
+    return rows
+
+
+def _prior_inputs(window: int, vocab: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x [1, W]``, ``logits [1, W, V]`` (float32), ``masked [1, W]`` (the first quarter observed), on ``device``."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(vocab, (1, window), generator=g)
+    logits = torch.randn(1, window, vocab, generator=g) * 2.0
+    masked = torch.ones(1, window, dtype=torch.bool)
+    masked[0, : window // 4] = False
+    return x.to(device), logits.to(device), masked.to(device)
+
+
+def time_prior(window: int, states: int, vocab: int, top_k: int, device, warmup: int, repeats: int) -> list[dict]:
+    """The prior's step (`CoDDPrior.marginals_and_sample`) with ``top_k`` candidates and with the full vocabulary.
+
+    One homogeneous HMM prior is built (on the CPU, then moved) and shared by
+    both rows. Each row records the first call (which normalises the
+    emission table) apart from the median of the later ones.
+    """
+    from diffusion import CoDDPrior
+
+    t = time.perf_counter()
+    full = CoDDPrior.hmm(window, states, vocab, top_k=None).to(device)
+    build_s = time.perf_counter() - t
+    x, logits, masked = _prior_inputs(window, vocab, device)
+    rows = []
+    for prior in (CoDDPrior(full.circuit, window, vocab, top_k=top_k), full):
+        gen = torch.Generator(device=device).manual_seed(1)
+
+        def step(prior=prior, gen=gen):
+            return prior.marginals_and_sample(x, logits, masked, 1.0, "latent", gen)
+
+        t = time.perf_counter()
+        step()
+        _sync(device)
+        row: dict[str, Any] = {"top_k": prior.top_k, "first_call_s": time.perf_counter() - t, "build_s": build_s}
+        row.update(_guard(lambda step=step: measure(step, device, warmup, repeats)))
+        log(f"[codd] prior top_k={prior.top_k}: {row.get('seconds', row.get('error'))}")
+        rows.append(row)
+    return rows
+
+
+def run_codd_overhead(
+    shape: dict, lengths: list[int], prior: tuple[int, int, int], device, warmup: int, repeats: int, smoke: bool
+) -> dict:
+    """One denoising step of a random-weight backbone of ``shape`` beside the CoDD prior's step.
+
+    Args:
+        shape: the backbone's shape (see `build_backbone`); its ``vocab`` is the prior's too.
+        lengths: sequence lengths of the backbone step (batch 1).
+        prior: ``(window, states, top_k)`` of the homogeneous HMM prior.
+        device: where both run.
+        warmup, repeats: runs before timing and timed runs (the median is kept).
+        smoke: the sizes are not the paper's (recorded, and the report says so).
+
+    Returns:
+        The record: backbone rows per length, prior rows (top-k and full
+        vocabulary) and ``ratios`` (prior step / backbone step per length).
+    """
+    window, states, top_k = prior
+    rec: dict[str, Any] = {
+        "smoke_test": smoke, "backbone_shape": shape, "dtype": "bfloat16",
+        "prior": {"window": window, "states": states, "vocab": shape["vocab"], "top_k": top_k},
+    }  # fmt: skip
+    log(f"[codd] building the backbone {shape}")
+    t = time.perf_counter()
+    model = build_backbone(shape, max(lengths), device)
+    rec["backbone_build_s"] = time.perf_counter() - t
+    rec["backbone_params"] = sum(p.numel() for p in model.parameters())
+    rec["backbone_param_dtypes"] = sorted({str(p.dtype) for p in model.parameters()})
+    rec["backbone"] = time_backbone(model, shape, lengths, device, warmup, repeats)
+    model = None  # free the backbone before the prior's tables are made
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    rec["prior_steps"] = _guard(
+        lambda: {"rows": time_prior(window, states, shape["vocab"], top_k, device, warmup, repeats)}
+    )
+    rec["ratios"] = [
+        {"length": b["length"], "top_k": p["top_k"], "prior_over_backbone": p["seconds"] / b["seconds"]}
+        for b in rec["backbone"]
+        if "seconds" in b
+        for p in rec["prior_steps"].get("rows", [])
+        if "seconds" in p
+    ]
     return rec
 
 
@@ -457,8 +711,11 @@ def _hmm_section(h: dict, backends: list[str]) -> list[str]:
         f"Reading the emission matrix once ({h['emission_gib']:.2f} GiB, `table.sum()`): "
         f"{_fmt(h['emission_read'])} ms.",
         "",
-        "| batch | evidence | " + " | ".join(f"leaf {b}" for b in backends) + " | leaf torch top-k gather | "
-        + " | ".join(f"engine fwd {b}" for b in backends) + " |",
+        "| batch | evidence | "
+        + " | ".join(f"leaf {b}" for b in backends)
+        + " | leaf torch top-k gather | "
+        + " | ".join(f"engine fwd {b}" for b in backends)
+        + " |",
         "|" + "---|" * (3 + 2 * len(backends)),
     ]
     for r in h["runs"]:
@@ -467,6 +724,47 @@ def _hmm_section(h: dict, backends: list[str]) -> list[str]:
         lines.append(
             f"| {r['batch']} | {r['evidence']} | {leaf} | {_fmt(r['leaf'].get('torch_gather_topk'))} | {engine} |"
         )
+    return lines
+
+
+def _codd_section(c: dict) -> list[str]:
+    """The section of the CoDD-overhead record: backbone and prior steps and their ratios."""
+    sh, pr = c["backbone_shape"], c["prior"]
+    title = "## CoDD overhead: one denoising step"
+    if c["smoke_test"]:
+        title += " (smoke test at scaled-down sizes, not a measurement)"
+    lines = ["", title, ""]
+    if "error" in c:
+        return lines + [f"Failed: {c['error']}"]
+    lines += [
+        f"Backbone: random-weight Llama-style decoder, hidden {sh['hidden']}, {sh['layers']} layers, "
+        f"{sh['heads']} heads, MLP {sh['mlp']}, vocabulary {sh['vocab']:,} ({c['backbone_params'] / 1e9:.3f}B "
+        f"parameters, {', '.join(c['backbone_param_dtypes'])}, built in {c['backbone_build_s']:.1f} s), batch 1, "
+        "causal SDPA attention (the same weight products as bidirectional attention). Prior: homogeneous HMM, "
+        f"window {pr['window']}, {pr['states']:,} states, float32; its step is `CoDDPrior.marginals_and_sample` "
+        "(marginals and one joint draw, a quarter of the window observed). Times in ms (median).",
+        "",
+    ]
+    prior_rows = c.get("prior_steps", {}).get("rows", [])
+    if "error" in c.get("prior_steps", {}):
+        lines += [f"Prior failed: {c['prior_steps']['error']}", ""]
+    for r in prior_rows:
+        which = f"top-{r['top_k']}" if r["top_k"] else "full vocabulary"
+        lines.append(
+            f"- prior {which}: step {_fmt(r)} ms, first call {r['first_call_s'] * 1e3:.1f} ms "
+            f"(normalises the table), build {r['build_s']:.2f} s"
+        )
+    head = "| length | backbone step | backbone TFLOP/s | " + " | ".join(
+        f"prior {'top-' + str(r['top_k']) if r['top_k'] else 'full'} | ratio" for r in prior_rows
+    )
+    lines += ["", head + " |", "|" + "---|" * (3 + 2 * len(prior_rows))]
+    for b in c["backbone"]:
+        cells = [str(b["length"]), _fmt(b), f"{b['tflops_per_s']:.3g}" if "tflops_per_s" in b else b.get("error", "-")]
+        for r in prior_rows:
+            ratio = next((q["prior_over_backbone"] for q in c["ratios"]
+                          if q["length"] == b["length"] and q["top_k"] == r["top_k"]), None)  # fmt: skip
+            cells += [_fmt(r), "-" if ratio is None else f"{ratio:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -508,15 +806,18 @@ def _plot(res: dict, cols: list[tuple[str, str | None]], stem: str) -> None:
         ax.set_ylabel("ms")
         ax.set_title(op)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{res['device']}")
+    fig.suptitle(res["device"] + (" (--quick: a smoke test, not a measurement)" if res.get("quick") else ""))
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{stem}.png", dpi=110)
+    with atomic_write(RESULTS / f"{stem}.png") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
 
 
-def write_report(res: dict, stem: str) -> None:
-    """Writes ``{stem}.json``, ``{stem}.md`` and ``{stem}.png`` under benchmarks/results."""
+def write_report(res: dict, stem: str, plot: bool = True) -> None:
+    """Writes ``{stem}.json``, ``{stem}.md`` and (with ``plot``) ``{stem}.png`` under benchmarks/results."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=2))
+    with atomic_write(RESULTS / f"{stem}.json", "w") as f:
+        f.write(json.dumps(res, indent=2) + "\n")
     lines = [
         f"# GPU benchmark: {res['device']}",
         "",
@@ -525,21 +826,58 @@ def write_report(res: dict, stem: str) -> None:
         "times in ms, peak memory in GiB above the resident circuit.",
         "",
     ]
+    if res.get("quick"):
+        lines += ["> `--quick`: every size is scaled down; this report is a smoke test of the code paths, "
+                  "not a measurement.", ""]  # fmt: skip
     if res.get("pyjuice_note"):
         lines += [f"> {res['pyjuice_note']}", ""]
     cols = [("pcircuits", b) for b in res["backends"]] + [("pyjuice", None)]
     lines += _structure_table(res, cols)
+    if res.get("codd_overhead"):
+        lines += _codd_section(res["codd_overhead"])
     for h in res.get("hmm", []):
         lines += _hmm_section(h, res["backends"])
     lines += _errors(res)
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    if res.get("skipped"):
+        lines += ["", "Skipped for time:", ""] + [f"- {w}" for w in res["skipped"]]
+    with atomic_write(RESULTS / f"{stem}.md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    if not plot:
+        return
     try:
         _plot(res, cols, stem)
     except Exception as e:  # noqa: BLE001
         print(f"plot skipped: {e}")
 
 
-def main(argv: list[str] | None = None) -> dict:
+def plan(quick: bool) -> dict:
+    """The sizes of a run: structures ``(name, build, batch, categories, PyJuice block cap)``, HMM and CoDD sizes,
+    and the seconds each section is budgeted to need before it starts."""
+    if quick:
+        return {
+            "structures": [("HCLT V=12 L=8", lambda: hclt_pcircuits(12, 8, 5)[0], 16, 5, 32),
+                           ("PD 8x8 L=4", lambda: pd_pcircuits(8, 4, 5)[0], 16, 5, 32),
+                           ("HMM T=4 n=16 V=300", lambda: hmm_pcircuits(4, 16, 300), 16, 300, 16)],
+            "hmm": (4, 16, 300, [1, 2], 8),
+            "codd": (QUICK_BACKBONE, [32, 64], (8, 32, 8)),
+            "needs": {"structure": 5, "codd": 20, "hmm": 10},
+        }  # fmt: skip
+    # sum edges: HCLT ~ 783 L^2 (L=56: 2.5M, L=224: 39M);
+    # PD on 28x28 with a 4-pixel grid ~ 3,185 L^2 (L=64: 13M, L=128: 52M);
+    # the HMM: PyJuice's own HMM example uses blocks of up to 1,024 nodes
+    return {
+        "structures": [("HCLT 2.5M", lambda: hclt_pcircuits(784, 56, 256)[0], 512, 256, 32),
+                       ("PD 13M", lambda: pd_pcircuits(28, 64, 256)[0], 512, 256, 32),
+                       ("HMM T=32 n=1024 V=126464", lambda: hmm_pcircuits(32, 1024, 126464), 512, 126464, 1024),
+                       ("HCLT 40M", lambda: hclt_pcircuits(784, 224, 256)[0], 512, 256, 32),
+                       ("PD 52M", lambda: pd_pcircuits(28, 128, 256)[0], 512, 256, 32)],
+        "hmm": (32, 1024, 126464, [1, 16], 128),
+        "codd": (LLADA_8B, [256, 512, 1024], (32, 1024, 64)),
+        "needs": {"structure": 60, "codd": 120, "hmm": 60},
+    }  # fmt: skip
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke test)")
     ap.add_argument(
@@ -548,23 +886,29 @@ def main(argv: list[str] | None = None) -> dict:
         default="ieee",
         help="matrix-product precision of the Triton kernels",
     )
-    ap.add_argument("--skip-hmm", action="store_true")
+    ap.add_argument("--skip-hmm", action="store_true", help="skip the HMM soft-evidence section")
     ap.add_argument("--skip-pyjuice", action="store_true")
+    ap.add_argument("--skip-structures", action="store_true", help="skip the structures section")
+    ap.add_argument("--skip-codd", action="store_true", help="skip the CoDD-overhead section")
+    ap.add_argument("--budget-s", type=float, default=540.0, help="a section starts only if it fits in what is left")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--out", default=None, help="file stem under benchmarks/results (default gpu_<device>)")
     args = ap.parse_args(argv)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    args.repeats = args.repeats if args.repeats is not None else (3 if args.quick else 5)
+    if args.warmup < 0 or args.repeats < 1 or args.budget_s <= 0:
+        ap.error("--warmup must be >= 0, --repeats >= 1 and --budget-s > 0")
+    return args
+
+
+def _header(args: argparse.Namespace, device: torch.device, backends: list[str]) -> dict:
+    """The run's description: device, versions, settings and whether PyJuice can run."""
     dev_name = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else f"CPU ({platform.processor() or platform.machine()})"
     )
-    backends = ["torch"] + (["triton"] if "triton" in kernels.BACKENDS else [])
-    if "triton" in backends:
-        kernels.BACKENDS["triton"].set_precision(args.precision)
     pj, note = (None, "PyJuice skipped (--skip-pyjuice)") if args.skip_pyjuice else _pyjuice_module()
     if pj is not None and device.type != "cuda":
         note = "PyJuice columns need a CUDA device"
@@ -574,43 +918,62 @@ def main(argv: list[str] | None = None) -> dict:
         triton_version = triton.__version__
     except Exception:  # noqa: BLE001
         triton_version = None
-    res: dict[str, Any] = {
+    return {
         "device": dev_name, "torch": torch.__version__, "triton": triton_version,
-        "pyjuice": getattr(pj, "__version__", None), "pyjuice_note": note, "backends": backends,
-        "precision": args.precision, "quick": args.quick, "warmup": args.warmup, "repeats": args.repeats,
-        "structures": [], "hmm": [],
+        "pyjuice": getattr(pj, "__version__", None), "pyjuice_note": note, "pyjuice_ok": pj is not None,
+        "backends": backends, "precision": args.precision, "quick": args.quick, "warmup": args.warmup,
+        "repeats": args.repeats, "budget_s": args.budget_s, "threads": torch.get_num_threads(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "structures": [], "hmm": [], "skipped": [],
     }  # fmt: skip
-    if args.quick:
-        plan = [("HCLT V=12 L=8", lambda: hclt_pcircuits(12, 8, 5)[0], 16, 5),
-                ("PD 8x8 L=4", lambda: pd_pcircuits(8, 4, 5)[0], 16, 5)]  # fmt: skip
-        hmm = (4, 16, 300, [1, 2], 8)
-    else:
-        # sum edges: HCLT ~ 783 L^2 (L=56: 2.5M, L=224: 39M);
-        # PD on 28x28 with a 4-pixel grid ~ 3,185 L^2 (L=64: 13M, L=128: 52M)
-        plan = [("HCLT 2.5M", lambda: hclt_pcircuits(784, 56, 256)[0], 512, 256),
-                ("HCLT 40M", lambda: hclt_pcircuits(784, 224, 256)[0], 512, 256),
-                ("PD 13M", lambda: pd_pcircuits(28, 64, 256)[0], 512, 256),
-                ("PD 52M", lambda: pd_pcircuits(28, 128, 256)[0], 512, 256)]  # fmt: skip
-        hmm = (32, 1024, 126464, [1, 16], 128)
-    for name, build, batch, cats in plan:
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parse(argv)
+    budget = Budget(args.budget_s)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backends = ["torch"] + (["triton"] if "triton" in kernels.BACKENDS else [])
+    if "triton" in backends:
+        kernels.BACKENDS["triton"].set_precision(args.precision)
+    res = _header(args, device, backends)
+    sizes = plan(args.quick)
+    needs = sizes["needs"]
+    reserve = 0 if args.skip_hmm else needs["hmm"]  # the structures leave time for the last section
+    stem = args.out or "gpu_" + re.sub(r"[^a-z0-9]+", "_", res["device"].lower()).strip("_")
+    log(f"{res['device']}, budget {args.budget_s:.0f} s, writing benchmarks/results/{stem}.*")
+    if not args.skip_codd and budget.fits("CoDD overhead", needs["codd"]):
+        shape, lengths, prior = sizes["codd"]
+        smoke = args.quick or device.type != "cuda"
+        res["codd_overhead"] = _guard(
+            lambda: run_codd_overhead(shape, lengths, prior, device, args.warmup, args.repeats, smoke)
+        )
+        res["codd_overhead"].setdefault("smoke_test", smoke)
+        res["codd_overhead"].setdefault("backbone_shape", shape)
+        res["codd_overhead"].setdefault("prior", {})
+        write_report(res | {"skipped": budget.skipped}, stem, plot=False)
+    for name, build, batch, cats, pj_block in [] if args.skip_structures else sizes["structures"]:
+        if not budget.fits(f"structure {name}", needs["structure"] + reserve):
+            continue
         rec = _guard(
-            lambda name=name, build=build, batch=batch, cats=cats: run_structure(
-                name, build(), batch, cats, device, backends, args, pj is not None
+            lambda name=name, build=build, batch=batch, cats=cats, pj_block=pj_block: run_structure(
+                name, build(), batch, cats, device, backends, args, res["pyjuice_ok"], pj_block
             )
         )
         rec.setdefault("name", name)
         rec.setdefault("batch", batch)
         rec.setdefault("num_edges", 0)
         res["structures"].append(rec)
-    if not args.skip_hmm:
-        h = _guard(lambda: run_hmm(*hmm, device=device, backends=backends, args=args))
+        write_report(res | {"skipped": budget.skipped}, stem, plot=False)
+    if not args.skip_hmm and budget.fits("HMM soft evidence", needs["hmm"]):
+        h = _guard(lambda: run_hmm(*sizes["hmm"], device=device, backends=backends, args=args))
         if "error" in h:
-            print(f"[hmm] {h['error']}")
+            log(f"[hmm] {h['error']}")
             res["hmm_error"] = h
         else:
             res["hmm"].append(h)
-    stem = args.out or "gpu_" + re.sub(r"[^a-z0-9]+", "_", dev_name.lower()).strip("_")
+    res["skipped"] = budget.skipped
+    res["wall_s"] = time.perf_counter() - _T0
     write_report(res, stem)
+    log(f"done in {res['wall_s']:.0f} s")
     print((RESULTS / f"{stem}.md").read_text())
     return res
 
