@@ -1075,13 +1075,20 @@ class CoDDPrior:
         are computed one after the other.
 
         Args:
-            x, logits, masked, temperature, method, generator, order: as in `sample`.
+            x: ``[B, W]`` window tokens, as in `sample`.
+            logits: ``[B, W, V]`` backbone logits, as in `sample`.
+            masked: ``[B, W]`` bool, the positions to fill, as in `sample`.
+            temperature: tau, as in `sample`.
+            method: the sampler, as in `sample`.
+            generator: the random generator, as in `sample`.
+            order: the order rule, as in `sample`.
 
         Returns:
             ``(marginals [B, W, V], tokens [B, W])``.
 
         Raises:
-            TypeError, ValueError: as `sample` (evidence of probability 0 raises).
+            ValueError: as `sample` (evidence of probability 0 raises), and for an unknown ``order``.
+            TypeError: as `sample`.
         """
         tau = _check_temperature(temperature)
         shared = method in ("exact", "latent_tempered") or (method == "latent" and tau == 1.0)
