@@ -250,7 +250,7 @@ def _add_train_prior(sub: argparse._SubParsersAction) -> None:
         "Memory: the top-k cut is made inside the backbone loop, so the caches take windows x W x (top-k + 1) x 12 "
         "bytes (float32 values, int64 ids; printed before the backbone pass, with a progress bar over its batches); "
         "the full GSM8K with --mask-scope answer --draws 4 --backoff-bins 10 keeps about 235k windows "
-        "(2.8 GiB at W=16, top-k 64; measured peak RSS 3.7 GB, see docs/diffusion/codd.md, Memory). "
+        "(2.8 GiB at W=16, top-k 64; measured peak RSS 3.6 GB for the whole run, see docs/diffusion/codd.md, Memory). "
         + _TOKENIZER_HELP,
     )
     _add_model(p)
