@@ -39,7 +39,9 @@ numerator's flows as the node's batch share, ``theta' = theta + alpha / B *
 g / (alpha F+_n / B + (1 - alpha) q_n)`` (for ``F- = 0`` it is exactly the
 joint update above), shortened per node where needed so that no weight loses
 more than half of its value (the difference of flows can point below zero;
-the joint update never does). Sum weights and discrete leaves only.
+the joint update never does). A node whose step size is undefined (``alpha =
+1`` and no flow from the observed rows) keeps its weights. Sum weights and
+discrete leaves only.
 """
 
 from __future__ import annotations
@@ -104,7 +106,10 @@ def _conditional_bank(
     # shorten the step of a node where some weight would lose more than _KEEP of its value
     room = torch.where(step < 0, _KEEP * theta * norm / (-step).clamp_min(1e-300), torch.full_like(step, math.inf))
     scale = room.amin(-1, keepdim=True).clamp(max=1.0)
-    return (norm * theta + scale * step).clamp_min(0.0)
+    out = (norm * theta + scale * step).clamp_min(0.0)
+    # a node with no step size (alpha = 1 and no flow from the observed rows) keeps its weights: all-zero
+    # statistics leave a node unchanged, where rounding remnants of the step would normalise to a wrong row
+    return torch.where(norm > 0, out, torch.zeros_like(out))
 
 
 def _conditional_statistics(
