@@ -90,7 +90,8 @@ def _add_codd(p: argparse.ArgumentParser) -> None:
     from .codd.prior import SAMPLE_METHODS
 
     p.add_argument("--prior", default=None,
-                   help="a CoDD prior file written by 'codd train-prior' for this backbone, or 'shipped' for the "
+                   help="a CoDD prior written by 'codd train-prior' for this backbone (a checkpoint directory or a "
+                   "single file), or 'shipped' for the "
                    "prior shipped with the package for the default backbone (default: no prior)")
     p.add_argument("--pc-frac", type=_fraction, default=1.0,
                    help="gamma in [0, 1]: use the prior in a window only when its mask ratio is at most gamma "
@@ -247,8 +248,9 @@ def _add_train_prior(sub: argparse._SubParsersAction) -> None:
         help="train a CoDD circuit prior on a frozen backbone",
         description="Mask windows of QA answers (t ~ U(0,1)), cache the backbone's (top-k) logits and fit an HMM "
         "prior to the conditional likelihood with Adam; the best held-out circuit is saved with pcircuits.save. "
-        "Memory: the top-k cut is made inside the backbone loop, so the caches take windows x W x (top-k + 1) x 12 "
-        "bytes (float32 values, int64 ids; printed before the backbone pass, with a progress bar over its batches); "
+        "Memory: the top-k cut is made inside the backbone loop, so the caches take windows x W x (9 + 12 x (top-k + "
+        "1)) bytes (targets and mask flags, float32 values, int64 ids; printed before the backbone pass, with a "
+        "progress bar over its batches); "
         "the full GSM8K with --mask-scope answer --draws 4 --backoff-bins 10 keeps about 235k windows "
         "(2.8 GiB at W=16, top-k 64; measured peak RSS 3.6 GB for the whole run, see docs/diffusion/codd.md, Memory). "
         + _TOKENIZER_HELP,
@@ -260,15 +262,20 @@ def _add_train_prior(sub: argparse._SubParsersAction) -> None:
                    "settings) when the name has no file suffix, else one circuit file (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     _add_trust(p)
-    p.add_argument("--window", type=_positive_int, default=16)
-    p.add_argument("--states", type=_positive_int, default=64)
+    p.add_argument("--window", type=_positive_int, default=16,
+                   help="positions W of the prior's window (default: %(default)s)")
+    p.add_argument("--states", type=_positive_int, default=64,
+                   help="hidden states of the HMM prior (default: %(default)s)")
     p.add_argument("--windows", type=_positive_int, default=2000, help="training windows")
     p.add_argument("--top-k", type=_nonnegative_int, default=64,
                    help="candidates per position (0: full vocabulary, 4 x V cached bytes per position instead of "
                    "12 x (K + 1))")
-    p.add_argument("--epochs", type=_positive_int, default=5)
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--lr", type=_positive_float, default=0.05)
+    p.add_argument("--epochs", type=_positive_int, default=5,
+                   help="Adam epochs over the windows (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=64,
+                   help="windows per Adam step of the prior (the backbone's batch is --backbone-batch-size; "
+                   "default: %(default)s)")
+    p.add_argument("--lr", type=_positive_float, default=0.05, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--em-epochs", type=_nonnegative_int, default=0, help="EM epochs on the windows' tokens first")
     p.add_argument("--weighting", choices=["token", "window"], default="token",
                    help="each masked token counts once (token) or each window does (window)")
@@ -281,9 +288,10 @@ def _add_train_prior(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone-batch-size", type=_positive_int, default=32,
                    help="sequences per backbone call while caching logits; each call holds batch x length x V "
                    "float32 logits, so lower it for large vocabularies on small GPUs (default: %(default)s)")
-    p.add_argument("--threads", type=_positive_int, default=1)
-    p.add_argument("--seed", type=_nonnegative_int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=_positive_int, default=1, help="CPU threads of torch (default: %(default)s)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0,
+                   help="seed of the split, the windows, the initialisation and the training (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the memory estimate still prints)")
     _add_runtime(p)
 
 
