@@ -46,7 +46,8 @@ PCIRCUITS_LAYERS: tuple[tuple[str, ...], ...] = (
 )
 
 ALLOWED: dict[tuple[str, str], str] = {
-    # The leaves' soft evidence calls the kernels' dispatch point (soft_evidence_lse), one layer up on the map.
+    # The leaves' soft evidence calls the kernels' dispatch points (soft_evidence_lse, soft_evidence_max), one layer
+    # up on the map.
     ("pcircuits.distributions.base", "pcircuits.kernels"): "leaf soft evidence through the kernel dispatch",
 }
 

@@ -329,41 +329,6 @@ def gather_categories(table: torch.Tensor, candidates: torch.Tensor) -> torch.Te
     return table.gather(-1, candidates.clamp_max(C - 1)).masked_fill(outside, -math.inf)
 
 
-_MAX_EVIDENCE_BLOCK = 1 << 21
-"""Entries of one block of `max_plus_evidence`'s broadcast sum (16 MB in float64)."""
-
-
-def max_plus_evidence(ev: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """``max_c ev[b, g, c] + table[g, n, c]`` without the whole ``[B, G, n, C]`` sum.
-
-    ``ev [B, G, C]``, ``table [G or 1, n, C]`` -> ``[B, G, n]``. The categories
-    are taken in blocks, each reduced over a non-innermost dimension of the
-    category-major table (vectorised along ``n``; a cached table of
-    `TensorCircuit.leaf_table` is already category-major, another one is
-    transposed once), with a running maximum; with fewer than 32 nodes the
-    blocks are reduced over the innermost category dimension instead. The result equals
-    ``(table.unsqueeze(0) + ev.unsqueeze(2)).amax(-1)`` exactly: the same
-    float additions, then maxima.
-    """
-    B, G, C = ev.shape
-    n = table.shape[1]
-    step = max(1, _MAX_EVIDENCE_BLOCK // max(1, B * G * n))
-    out = None
-    if n < 32:  # few nodes: reduce over the innermost (category) dimension of a category-minor table
-        t = table if table.stride(-1) == 1 else table.contiguous()  # [Q, n, C]
-        for c0 in range(0, C, step):
-            part = (ev[:, :, None, c0 : c0 + step] + t[:, :, c0 : c0 + step].unsqueeze(0)).amax(-1)
-            out = part if out is None else torch.maximum(out, part, out=out)
-        return out
-    t = table.transpose(1, 2)  # [Q, C, n]
-    if t.stride(-1) != 1:
-        t = t.contiguous()
-    for c0 in range(0, C, step):
-        part = (ev[:, :, c0 : c0 + step].unsqueeze(-1) + t[:, c0 : c0 + step].unsqueeze(0)).amax(2)  # [B, G, n]
-        out = part if out is None else torch.maximum(out, part, out=out)
-    return out
-
-
 def _observed_log_prob(
     table: torch.Tensor, x: torch.Tensor, outside: torch.Tensor, slots: torch.Tensor
 ) -> torch.Tensor:
@@ -470,7 +435,9 @@ class DiscreteDistribution(Distribution):
             return table.amax(-1).unsqueeze(0)
         if candidates is not None:
             return (candidate_table(table, candidates) + soft_evidence.unsqueeze(2)).amax(-1)
-        return max_plus_evidence(soft_evidence, table)
+        from ..kernels import soft_evidence_max
+
+        return soft_evidence_max(soft_evidence, table)
 
     def _weighted_table(self, params, soft_evidence, temperature: float, candidates=None) -> torch.Tensor:
         table = self.log_table(params)

@@ -1,7 +1,7 @@
 """Per-layer compute kernels behind one dispatch point.
 
 The engine asks for an operation (``dense_sum``, ``single_group_dense_sum``,
-``sparse_sum``, ``soft_evidence_lse``) and gets the implementation of the
+``sparse_sum``, ``soft_evidence_lse``, ``soft_evidence_max``) and gets the implementation of the
 active backend: plain torch everywhere, Triton kernels where registered and
 selected. A backend may leave an operation out; the torch reference then
 computes it. Nothing outside this package calls a backend module directly.
@@ -27,6 +27,7 @@ __all__ = [
     "single_group_dense_sum",
     "sparse_sum",
     "soft_evidence_lse",
+    "soft_evidence_max",
 ]
 
 #: Backend name -> module providing ``dense_sum``, ``sparse_sum`` and ``soft_evidence_lse``
@@ -98,3 +99,10 @@ def soft_evidence_lse(evidence, table, shifted=None):
     if shifted is not None and backend is torch_ops:
         return torch_ops.soft_evidence_lse(evidence, table, shifted=shifted)
     return backend.soft_evidence_lse(evidence, table)
+
+
+def soft_evidence_max(evidence, table):
+    """See [`pcircuits.kernels.torch_ops.soft_evidence_max`][pcircuits.kernels.torch_ops.soft_evidence_max]
+    (the torch reference where a backend has none)."""
+    op = getattr(active_backend(), "soft_evidence_max", None)
+    return (op or torch_ops.soft_evidence_max)(evidence, table)

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["dense_sum", "single_group_dense_sum", "max_plus", "sparse_sum", "soft_evidence_lse", "table_exp"]
+__all__ = [
+    "dense_sum",
+    "single_group_dense_sum",
+    "max_plus",
+    "sparse_sum",
+    "soft_evidence_lse",
+    "soft_evidence_max",
+    "table_exp",
+]
 
 #: Elements of one ``[b, G, k, n]`` block of [`max_plus`][pcircuits.kernels.torch_ops.max_plus] (about 1 MB in float32:
 #: it stays in cache).
@@ -170,6 +178,41 @@ def table_exp(table: torch.Tensor, out: torch.Tensor | None = None) -> tuple[tor
     e = torch.empty(table.shape, dtype=table.dtype, device=table.device) if out is None else out
     torch.sub(table, m, out=e)
     return e.exp_(), m
+
+
+_MAX_EVIDENCE_BLOCK = 1 << 21
+"""Entries of one block of `soft_evidence_max`'s broadcast sum (16 MB in float64)."""
+
+
+def soft_evidence_max(ev: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``max_c ev[b, g, c] + table[g, n, c]`` without the whole ``[B, G, n, C]`` sum.
+
+    ``ev [B, G, C]``, ``table [G or 1, n, C]`` -> ``[B, G, n]``. The categories
+    are taken in blocks, each reduced over a non-innermost dimension of the
+    category-major table (vectorised along ``n``; a cached table of
+    `TensorCircuit.leaf_table` is already category-major, another one is
+    transposed once), with a running maximum; with fewer than 32 nodes the
+    blocks are reduced over the innermost category dimension instead. The result equals
+    ``(table.unsqueeze(0) + ev.unsqueeze(2)).amax(-1)`` exactly: the same
+    float additions, then maxima.
+    """
+    B, G, C = ev.shape
+    n = table.shape[1]
+    step = max(1, _MAX_EVIDENCE_BLOCK // max(1, B * G * n))
+    out = None
+    if n < 32:  # few nodes: reduce over the innermost (category) dimension of a category-minor table
+        t = table if table.stride(-1) == 1 else table.contiguous()  # [Q, n, C]
+        for c0 in range(0, C, step):
+            part = (ev[:, :, None, c0 : c0 + step] + t[:, :, c0 : c0 + step].unsqueeze(0)).amax(-1)
+            out = part if out is None else torch.maximum(out, part, out=out)
+        return out
+    t = table.transpose(1, 2)  # [Q, C, n]
+    if t.stride(-1) != 1:
+        t = t.contiguous()
+    for c0 in range(0, C, step):
+        part = (ev[:, :, c0 : c0 + step].unsqueeze(-1) + t[:, c0 : c0 + step].unsqueeze(0)).amax(2)  # [B, G, n]
+        out = part if out is None else torch.maximum(out, part, out=out)
+    return out
 
 
 def soft_evidence_lse(

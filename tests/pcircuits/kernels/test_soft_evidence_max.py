@@ -1,19 +1,19 @@
-"""`max_plus_evidence` equals the broadcast maximum exactly, for both table layouts and both node regimes."""
+"""`soft_evidence_max` equals the broadcast maximum exactly, for both table layouts and both node regimes."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pcircuits.distributions import base
-from pcircuits.distributions.base import max_plus_evidence
+from pcircuits.kernels import torch_ops
+from pcircuits.kernels.torch_ops import soft_evidence_max
 
 
 @pytest.mark.parametrize("n", [3, 40])
 @pytest.mark.parametrize("groups", [1, 3])
 @pytest.mark.parametrize("category_major", [False, True])
 def test_equals_the_broadcast_maximum(monkeypatch, n, groups, category_major):
-    monkeypatch.setattr(base, "_MAX_EVIDENCE_BLOCK", 97)  # many blocks, ragged last one
+    monkeypatch.setattr(torch_ops, "_MAX_EVIDENCE_BLOCK", 97)  # many blocks, ragged last one
     g = torch.Generator().manual_seed(n * 10 + groups)
     B, G, C = 2, 3, 50
     ev = torch.randn(B, G, C, generator=g, dtype=torch.float64)
@@ -24,4 +24,4 @@ def test_equals_the_broadcast_maximum(monkeypatch, n, groups, category_major):
     if category_major:
         table = table.transpose(1, 2).contiguous().transpose(1, 2)
     want = (table.unsqueeze(0) + ev.unsqueeze(2)).amax(-1)
-    assert torch.equal(max_plus_evidence(ev, table), want)
+    assert torch.equal(soft_evidence_max(ev, table), want)
