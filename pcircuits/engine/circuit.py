@@ -490,7 +490,7 @@ class TensorCircuit(nn.Module):
         """
         table = self.leaf_table(i)
         shifted = self._cached_table_exp(self.layout.leaf_blocks[i].bank, table)
-        return shifted if shifted is not None else kernels.torch_ops.table_exp(table)
+        return shifted if shifted is not None else kernels.table_exp(table)
 
     def _cached_table_exp(self, bank: str, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """`leaf_table_exp` of ``bank`` when ``table`` is its cached table (computed once), else None."""
@@ -501,7 +501,7 @@ class TensorCircuit(nn.Module):
         if len(hit) == 3:
             with torch.no_grad():  # from the parameters' own rows (reading the category-major table is slow)
                 rows = self.layout.banks[bank].dist.log_table(hit[1])  # [Q, n, C], a new tensor
-                hit = cache[bank] = (*hit, kernels.torch_ops.table_exp(rows, out=rows))
+                hit = cache[bank] = (*hit, kernels.table_exp(rows, out=rows))
         return hit[3]
 
     def clear_leaf_tables(self) -> None:

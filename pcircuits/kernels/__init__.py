@@ -28,6 +28,7 @@ __all__ = [
     "sparse_sum",
     "soft_evidence_lse",
     "soft_evidence_max",
+    "table_exp",
 ]
 
 #: Backend name -> module providing ``dense_sum``, ``sparse_sum`` and ``soft_evidence_lse``
@@ -106,3 +107,9 @@ def soft_evidence_max(evidence, table):
     (the torch reference where a backend has none)."""
     op = getattr(active_backend(), "soft_evidence_max", None)
     return (op or torch_ops.soft_evidence_max)(evidence, table)
+
+
+def table_exp(table, out=None):
+    """See [`pcircuits.kernels.torch_ops.table_exp`][pcircuits.kernels.torch_ops.table_exp] (what
+    ``soft_evidence_lse`` takes as ``shifted``; the same on every backend)."""
+    return torch_ops.table_exp(table, out=out)
