@@ -784,16 +784,23 @@ def qa_token_matrix(examples: list, tokenizer: object, max_length: int = 256) ->
     return tokens, answer
 
 
-def _init_torchrun_group() -> None:
-    """Initialises the default process group when started by ``torchrun`` with several processes.
+@contextlib.contextmanager
+def _torchrun_group() -> Iterator[None]:
+    """The default process group for the block, when started by ``torchrun`` with several processes.
 
-    The group is destroyed when the interpreter exits (the CLI's process).
+    A group this creates is destroyed when the block ends, after every rank
+    has finished it (a barrier on success), so no rank tears down gloo while
+    another still uses it; leaving that to interpreter exit could abort a
+    rank ("terminate called without an active exception").
     """
-    import atexit
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and pdist.init():
-        atexit.register(torch.distributed.destroy_process_group)
+    started = int(os.environ.get("WORLD_SIZE", "1")) > 1 and pdist.init()
+    try:
+        yield
+        if started:
+            torch.distributed.barrier()
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------------- train_prior_cli
@@ -1026,7 +1033,12 @@ def train_prior_cli(
         ValueError: a bad setting, or a model without a tokenizer.
     """
     job = with_overrides(PriorJobConfig, config, settings, "train_prior_cli")
-    _init_torchrun_group()
+    with _torchrun_group():
+        return _train_prior_job(model, data, output, job)
+
+
+def _train_prior_job(model: str | Path, data: str, output: str | Path, job: PriorJobConfig) -> dict:
+    """`train_prior_cli`'s work once the settings are checked (and the process group, if any, is up)."""
     backbone = load_backbone(model, device=job.device, dtype=job.dtype, trust_remote_code=job.trust_remote_code)
     if backbone.tokenizer is None:
         raise ValueError(f"model: {model} has no tokenizer; QA text cannot be encoded")
