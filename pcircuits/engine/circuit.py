@@ -421,20 +421,23 @@ class TensorCircuit(nn.Module):
             be = self.block_evidence(ev, i)
             extra = {} if be.candidates is None else {"candidates": be.candidates}
             slots = self._get(f"leaf{i}_slots")
+            # a max-product pass replaces every missing entry by the leaf's best value below, so the
+            # marginal of a missing entry is never computed there (only observed entries are read)
+            marginal = be.missing if semiring == "sum" else None
             if isinstance(blk.dist, DiscreteDistribution):  # the normalised table, once per parameter change
                 extra["table"] = self.leaf_table(i, bank)
-                dense = be.candidates is None and be.soft_evidence is not None and be.missing is not None
-                shifted = self._cached_table_exp(blk.bank, extra["table"]) if dense and bool(be.missing.any()) else None
+                dense = be.candidates is None and be.soft_evidence is not None and marginal is not None
+                shifted = self._cached_table_exp(blk.bank, extra["table"]) if dense and bool(marginal.any()) else None
                 if shifted is not None:
                     extra["shifted"] = shifted  # exponentiated once per parameter change, like the table
-            out = blk.dist.log_prob(bank, be.x, be.missing, be.soft_evidence, slots=slots, **extra)
+            out = blk.dist.log_prob(bank, be.x, marginal, be.soft_evidence, slots=slots, **extra)
             if semiring == "max" and (be.missing is not None or be.soft_evidence is not None):
-                extra.pop("shifted", None)
                 if "table" in extra:
                     extra["table"] = self.leaf_block_params(i, extra["table"])  # [G or 1, n, C]
                 best = blk.dist.max_log_prob(self.leaf_block_params(i, bank), be.soft_evidence, **extra)
                 if be.missing is not None:  # observed entries already hold log p(x) + log w(x)
-                    out = torch.where(be.missing.unsqueeze(-1), best.expand_as(out), out)
+                    in_place = not (torch.is_grad_enabled() and (out.requires_grad or best.requires_grad))
+                    out = torch.where(be.missing.unsqueeze(-1), best, out, out=out if in_place else None)
             outs.append(out)
         return outs
 
@@ -716,6 +719,13 @@ class TensorCircuit(nn.Module):
                     if wt is None:
                         wt = ctx.wt_cache[key] = ctx.probs_of(blk.bank)[slot].t()  # [k, n]
                     return kernels.single_group_dense_sum(c, wt)
+                if ctx.semiring == "max" and ctx.backend == "torch":
+                    # the same layer in the max-product semiring, on cached transposed log-weights
+                    mkey = ("max", *key)
+                    lwt = ctx.wt_cache.get(mkey)
+                    if lwt is None:
+                        lwt = ctx.wt_cache[mkey] = ctx.lw[blk.bank][slot].t().contiguous()  # [k, n]
+                    return kernels.single_group_max_plus(c, lwt)
                 w = ctx.lw[blk.bank][slot : slot + 1]  # [1, n, k]
                 return kernels.dense_sum(c.unsqueeze(1), w, ctx.semiring).reshape(ctx.B, -1)
 
@@ -791,7 +801,7 @@ class _PassContext:
 
     def __init__(self, lw: dict[str, torch.Tensor], semiring: str, backend: str, B: int):
         self.lw, self.semiring, self.backend, self.B = lw, semiring, backend, B
-        self.wt_cache: dict[tuple[str, int], torch.Tensor] = {}
+        self.wt_cache: dict[tuple, torch.Tensor] = {}
         self._probs: dict[str, torch.Tensor] = {}
 
     def probs_of(self, bank: str) -> torch.Tensor:

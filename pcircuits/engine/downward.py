@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import kernels
 from ..distributions.base import DiscreteDistribution, gather_categories
 from .blocks import LeafBlockInfo
 from .circuit import Evidence, TensorCircuit
@@ -145,7 +146,7 @@ def downward(
     walk = _Walk(circuit, outs, row_source, semiring, generator, log_weights, record_choices)
     R = row_source.numel()
     pending: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(len(lay.layers) + 1)]
-    pending[-1].append((torch.arange(R, device=dev), torch.zeros(R, dtype=torch.long, device=dev)))
+    pending[-1].append((walk.all_rows, torch.zeros(R, dtype=torch.long, device=dev)))
     for li in range(len(lay.layers) - 1, -1, -1):
         parts, pending[li + 1] = pending[li + 1], []
         if parts:
@@ -174,16 +175,25 @@ class _Walk:
         self.semiring, self.generator, self.record = semiring, generator, record_choices
         self.lw = log_weights if log_weights is not None else circuit.sum_log_weights()
         self.choices: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        # every pass row, in order: the root's active rows, passed on unchanged wherever a layer keeps one
+        # active node per row in row order (a chain); where the pass rows are the evidence rows themselves
+        # (MPE), such a layer reads the upward outputs by slicing instead of gathering rows
+        self.all_rows = torch.arange(row_source.numel(), device=row_source.device)
+        self.rows_are_evidence_rows = row_source.numel() == outs[-1].shape[0] and bool(
+            torch.equal(row_source, self.all_rows)
+        )
 
     def layer(self, li: int, rows: torch.Tensor, cols: torch.Tensor, pending: list) -> None:
         """Activates the children of layer ``li``'s active nodes ``(rows [A], cols [A])`` in ``pending``."""
         layer = self.circuit.layout.layers[li]
+        if isinstance(layer, ProductLayer):
+            term_cols = _term_columns(self.circuit, li)
+            if term_cols is not None:
+                # child slot j reads source layer j alone: no per-reference source masks (same order as below)
+                for term, col_of_node in zip(layer.terms, term_cols, strict=True):
+                    pending[term.sources[0]].append((rows, col_of_node[cols]))
+                return
         ref_layer, ref_col = gather_sources(self.circuit, li)
-        if isinstance(layer, ProductLayer) and _one_source_per_term(layer):
-            # child slot j reads source layer j alone: no per-reference source masks (same order as below)
-            for j, term in enumerate(layer.terms):
-                pending[term.sources[0]].append((rows, ref_col[cols * layer.k + j]))
-            return
         if isinstance(layer, ProductLayer):
             k = layer.k
             ref = (cols.unsqueeze(1) * k + torch.arange(k, device=cols.device)).reshape(-1)
@@ -193,10 +203,11 @@ class _Walk:
             if picked is None:
                 return
             ref_rows, ref = picked
-        col = ref_col[ref]
         if len(layer.gather.sources) == 1 and not layer.gather.pad:  # no reference to the zero pad
-            pending[layer.gather.sources[0]].append((ref_rows, col))
+            # an identity gather reads column r of its source for reference r
+            pending[layer.gather.sources[0]].append((ref_rows, ref if layer.gather.identity else ref_col[ref]))
             return
+        col = ref_col[ref]
         src = ref_layer[ref]
         for s in layer.gather.sources:
             sel = src == s
@@ -219,8 +230,10 @@ class _Walk:
             start += size
             if r.numel() == 0:
                 continue
+            whole = self.rows_are_evidence_rows and r is self.all_rows  # row i of the pass reads row i of ch
+            src_rows = r if self.rows_are_evidence_rows else self.row_source[r]
             chosen = _choose(
-                self.circuit, li, bi, blk, ch, self.lw, self.row_source[r], node, self.semiring, self.generator
+                self.circuit, li, bi, blk, ch, self.lw, src_rows, node, self.semiring, self.generator, whole
             )
             if self.record:
                 self.choices[(li, bi)] = (r, node, chosen)
@@ -234,7 +247,7 @@ class _Walk:
 def _chosen_ref(blk: SumBlock, node: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     """``[A]`` child reference (in the layer's gather) of child slot ``chosen`` of the block's nodes ``node``."""
     if blk.dense and blk.num_groups == 1:
-        return chosen + blk.ref_offset
+        return chosen + blk.ref_offset if blk.ref_offset else chosen
     g = torch.div(node, blk.num_nodes, rounding_mode="floor")
     base = g * blk.k if blk.dense else node * blk.k
     return blk.ref_offset + base + chosen
@@ -244,6 +257,23 @@ def _one_source_per_term(layer: ProductLayer) -> bool:
     """Whether every child slot of ``layer`` reads one source layer (no pad), each slot a different one."""
     sources = [t.sources[0] for t in layer.terms if len(t.sources) == 1 and not t.pad]
     return len(sources) == len(layer.terms) and len(set(sources)) == len(sources)
+
+
+def _term_columns(circuit: TensorCircuit, li: int) -> list[torch.Tensor] | None:
+    """Per child slot ``j`` of product layer ``li``, ``[N]`` the source column of each node's ``j``-th child.
+
+    ``None`` unless every slot reads one source layer (see `_one_source_per_term`). Cached with the buffers.
+    """
+    cache = circuit.__dict__.setdefault("_buffer_cache", {})
+    key = ("term_columns", li)
+    if key not in cache:
+        layer = circuit.layout.layers[li]
+        cols = None
+        if _one_source_per_term(layer):
+            ref_col = gather_sources(circuit, li)[1].view(-1, layer.k)  # [N, k]
+            cols = [ref_col[:, j].contiguous() for j in range(layer.k)]
+        cache[key] = cols
+    return cache[key]
 
 
 def _choose(
@@ -257,12 +287,22 @@ def _choose(
     node: torch.Tensor,
     semiring: str,
     generator: torch.Generator | None,
+    whole: bool = False,
 ) -> torch.Tensor:
-    """Child slot ``[A]`` chosen by the active nodes ``node [A]`` of one sum block."""
+    """Child slot ``[A]`` chosen by the active nodes ``node [A]`` of one sum block.
+
+    ``whole``: ``src_rows`` is ``0..B-1`` in order (every row of ``ch``), so no rows are gathered.
+    """
     n, k = blk.num_nodes, blk.k
     if blk.dense and blk.num_groups == 1:  # one group (a chain's layer): contiguous reads
         slot = blk.slot_start if blk.slot_start is not None else int(blk.slots[0])
-        child = ch[:, blk.ref_offset : blk.ref_offset + k].index_select(0, src_rows)  # [A, k]
+        child = ch[:, blk.ref_offset : blk.ref_offset + k]
+        if semiring == "max":  # fused gather, add and arg-max where the compiled CPU kernel runs
+            chosen = kernels.argmax_plus(child, None if whole else src_rows, lw[blk.bank][slot], node)
+            if chosen is not None:
+                return chosen
+        if not whole:
+            child = child.index_select(0, src_rows)  # [A, k]
         w = lw[blk.bank][slot].index_select(0, node)  # [A, k]
         logits = child + w.to(child.dtype)
         return logits.argmax(-1) if semiring == "max" else gumbel_argmax(logits, generator)
@@ -296,21 +336,43 @@ class _Picked:
     vars: torch.Tensor
 
 
+def _leaf_context(circuit: TensorCircuit, ev: Evidence, row_source: torch.Tensor) -> tuple[int, bool]:
+    """``(leaf layer size, whether row_source is 0..B-1)``: what `_picked_leaves` needs beyond one block."""
+    size = sum(b.num_groups * b.num_nodes for b in circuit.leaf_blocks())
+    identity = row_source.numel() == ev.batch_size and bool(
+        torch.equal(row_source, torch.arange(ev.batch_size, device=row_source.device))
+    )
+    return size, identity
+
+
 def _picked_leaves(
-    blk: LeafBlockInfo, selection: Selection, ev: Evidence, row_source: torch.Tensor
+    blk: LeafBlockInfo,
+    selection: Selection,
+    ev: Evidence,
+    row_source: torch.Tensor,
+    leaf_layer_size: int,
+    rows_are_evidence_rows: bool,
 ) -> _Picked | None:
-    """The selected leaves of block ``blk`` whose variable is missing in their evidence row (``None``: none)."""
+    """The selected leaves of block ``blk`` whose variable is missing in their evidence row (``None``: none).
+
+    ``leaf_layer_size``: the number of leaf nodes; ``rows_are_evidence_rows``: ``row_source`` is ``0..R-1``.
+    """
     rows, cols = selection.leaf_rows, selection.leaf_cols
-    sel = (cols >= blk.offset) & (cols < blk.offset + blk.num_groups * blk.num_nodes)
-    r, loc = rows[sel], cols[sel] - blk.offset
+    end = blk.offset + blk.num_groups * blk.num_nodes
+    if blk.offset == 0 and end == leaf_layer_size:  # the only leaf block: every selected leaf is in it
+        r, loc = rows, cols
+    else:
+        sel = ((cols >= blk.offset) & (cols < end)).nonzero().squeeze(1)
+        r, loc = rows.index_select(0, sel), cols.index_select(0, sel) - blk.offset
     g = torch.div(loc, blk.num_nodes, rounding_mode="floor")
-    j = loc - g * blk.num_nodes
     var = blk.vars[g]
-    er = row_source[r]
-    keep = ev.missing[er, var]
-    if not bool(keep.any()):
+    er = r if rows_are_evidence_rows else row_source[r]
+    keep = ev.missing[er, var].nonzero().squeeze(1)
+    if keep.numel() == 0:
         return None
-    return _Picked(r[keep], er[keep], g[keep], j[keep], var[keep])
+    g, r, loc = g.index_select(0, keep), r.index_select(0, keep), loc.index_select(0, keep)
+    er = r if rows_are_evidence_rows else er.index_select(0, keep)
+    return _Picked(r, er, g, loc - g * blk.num_nodes, var.index_select(0, keep))
 
 
 def fill_leaves(
@@ -351,8 +413,9 @@ def fill_leaves(
         raise ValueError(f"semiring must be 'sum' or 'max', got {semiring!r}")
     if ev.missing is None:
         return out  # nothing to fill in
+    context = _leaf_context(circuit, ev, row_source)
     for blk in circuit.leaf_blocks():
-        picked = _picked_leaves(blk, selection, ev, row_source)
+        picked = _picked_leaves(blk, selection, ev, row_source, *context)
         if picked is None:
             continue
         block_params = circuit.leaf_block_params(blk.index, circuit.params[blk.bank].detach())  # [G or 1, n, P]
@@ -440,10 +503,11 @@ def selected_leaf_logits(
     cond = torch.zeros(R, V, width, dtype=dtype, device=row_source.device)
     if ev.missing is None:
         return cond
+    context = _leaf_context(circuit, ev, row_source)
     for blk in circuit.leaf_blocks():
         if not isinstance(blk.dist, DiscreteDistribution):
             continue
-        picked = _picked_leaves(blk, selection, ev, row_source)
+        picked = _picked_leaves(blk, selection, ev, row_source, *context)
         if picked is None:
             continue
         slot = blk.slots[picked.groups]

@@ -1,8 +1,8 @@
 """Per-layer compute kernels behind one dispatch point.
 
 The engine asks for an operation (``dense_sum``, ``single_group_dense_sum``,
-``sparse_sum``, ``soft_evidence_lse``, ``soft_evidence_max``) and gets the implementation of the
-active backend: plain torch everywhere, Triton kernels where registered and
+``single_group_max_plus``, ``sparse_sum``, ``soft_evidence_lse``, ``soft_evidence_max``) and gets the
+implementation of the active backend: plain torch everywhere, Triton kernels where registered and
 selected. A backend may leave an operation out; the torch reference then
 computes it. Nothing outside this package calls a backend module directly.
 """
@@ -16,7 +16,7 @@ import importlib.util
 from types import ModuleType
 from typing import Iterator
 
-from . import torch_ops
+from . import native, torch_ops
 
 __all__ = [
     "BACKENDS",
@@ -25,6 +25,8 @@ __all__ = [
     "active_backend",
     "dense_sum",
     "single_group_dense_sum",
+    "single_group_max_plus",
+    "argmax_plus",
     "sparse_sum",
     "soft_evidence_lse",
     "soft_evidence_max",
@@ -86,6 +88,20 @@ def single_group_dense_sum(children, weights_t):
     (the torch reference where a backend has none)."""
     op = getattr(active_backend(), "single_group_dense_sum", None)
     return (op or torch_ops.single_group_dense_sum)(children, weights_t)
+
+
+def single_group_max_plus(children, log_weights_t):
+    """See [`pcircuits.kernels.torch_ops.single_group_max_plus`][pcircuits.kernels.torch_ops.single_group_max_plus]
+    (the torch reference where a backend has none)."""
+    op = getattr(active_backend(), "single_group_max_plus", None)
+    return (op or torch_ops.single_group_max_plus)(children, log_weights_t)
+
+
+def argmax_plus(children, rows, log_weights, nodes):
+    """``argmax_k children[rows[i], k] + log_weights[nodes[i], k]`` (``[A]`` long) by the compiled CPU kernel of
+    [`pcircuits.kernels.native.argmax_plus`][pcircuits.kernels.native.argmax_plus], or None where it does not
+    apply (the caller then computes it with torch)."""
+    return native.argmax_plus(children, rows, log_weights, nodes)
 
 
 def sparse_sum(children, log_weights, semiring="sum"):

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import torch
 
+from . import native
+
 __all__ = [
     "dense_sum",
     "single_group_dense_sum",
+    "single_group_max_plus",
     "max_plus",
     "sparse_sum",
     "soft_evidence_lse",
@@ -107,7 +110,9 @@ def max_plus(children: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
     ``n * k < 2**17`` the weights are transposed to ``[G, k, n]`` so each
     block reduces over a non-innermost dimension (vectorised along ``n``). The result
     equals ``(children.unsqueeze(2) + log_weights.unsqueeze(0)).amax(-1)``
-    exactly: the same float additions, then a maximum. Under autograd the
+    exactly: the same float additions, then a maximum. On the CPU the
+    compiled kernel of [`pcircuits.kernels.native`][pcircuits.kernels.native] computes the same
+    values about 5x faster where it is available. Under autograd the
     broadcast form with ``max`` is used (the gradient goes to one maximiser).
 
     Args:
@@ -119,10 +124,29 @@ def max_plus(children: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
     """
     if torch.is_grad_enabled() and (children.requires_grad or log_weights.requires_grad):
         return (children.unsqueeze(2) + log_weights.unsqueeze(0)).max(-1).values
+    out = native.max_plus(children, log_weights.transpose(1, 2))
+    if out is not None:
+        return out
     G, n, k = log_weights.shape
     if n * k >= _MAX_PLUS_INNER:  # one row's block no longer fits in cache: reduce the innermost dimension
         return _blocked_max_plus(children.unsqueeze(2), log_weights, -1)
     return _blocked_max_plus(children.unsqueeze(-1), log_weights.transpose(1, 2).contiguous(), 2)
+
+
+def single_group_max_plus(children: torch.Tensor, log_weights_t: torch.Tensor) -> torch.Tensor:
+    """Dense sum of one group in the max-product semiring, on transposed log-weights a caller keeps.
+
+    Args:
+        children: ``[B, k]`` child log-values.
+        log_weights_t: ``[k, n]`` normalised log-weights, transposed (contiguous for speed).
+
+    Returns:
+        ``[B, n]`` log-values, equal to ``max_plus(children[:, None], log_weights_t.t()[None])[:, 0]``.
+    """
+    out = native.max_plus(children.unsqueeze(1), log_weights_t.unsqueeze(0))
+    if out is not None:
+        return out[:, 0]
+    return max_plus(children.unsqueeze(1), log_weights_t.t().unsqueeze(0))[:, 0]
 
 
 def _blocked_max_plus(children: torch.Tensor, weights: torch.Tensor, dim: int) -> torch.Tensor:
@@ -194,10 +218,19 @@ def soft_evidence_max(ev: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     transposed once), with a running maximum; with fewer than 32 nodes the
     blocks are reduced over the innermost category dimension instead. The result equals
     ``(table.unsqueeze(0) + ev.unsqueeze(2)).amax(-1)`` exactly: the same
-    float additions, then maxima.
+    float additions, then maxima. On the CPU the compiled kernel of
+    [`pcircuits.kernels.native`][pcircuits.kernels.native] computes the same values where it is available.
     """
     B, G, C = ev.shape
     n = table.shape[1]
+    if table.shape[0] == 1 and G > 1:  # one table for every group: the groups are rows of one product
+        out = native.max_plus(ev.reshape(B * G, 1, C), table.transpose(1, 2))
+        if out is not None:
+            return out.view(B, G, n)
+    else:
+        out = native.max_plus(ev, table.transpose(1, 2))
+        if out is not None:
+            return out
     step = max(1, _MAX_EVIDENCE_BLOCK // max(1, B * G * n))
     out = None
     if n < 32:  # few nodes: reduce over the innermost (category) dimension of a category-minor table

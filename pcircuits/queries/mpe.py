@@ -67,7 +67,9 @@ def mpe(
     ev = circuit.prepare(x, missing, soft_evidence, candidates)
     with torch.no_grad():
         lw = circuit.sum_log_weights()
-        outs = circuit.upward(ev, semiring="max", log_weights=lw)
+        # without missing values nothing is backtracked: only the root value is needed, and releasing
+        # each layer's output after its last reader lets the allocator reuse warm memory
+        outs = circuit.upward(ev, semiring="max", log_weights=lw, keep_outputs=ev.missing is not None)
         rows = torch.arange(ev.batch_size, device=circuit.device)
         out = empty_assignment(circuit, ev, rows)
         if ev.missing is not None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pcircuits as pc
-from pcircuits.kernels import torch_ops
+from pcircuits.kernels import native, torch_ops
 
 
 def _broadcast_max(children: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
@@ -17,10 +17,20 @@ def _broadcast_max(children: torch.Tensor, log_weights: torch.Tensor) -> torch.T
     return (children.unsqueeze(2) + log_weights.unsqueeze(0)).amax(-1)
 
 
+def _use_compiled_kernel(on: bool, monkeypatch) -> None:
+    """Runs a test with the compiled max-plus kernel (skipped without a C compiler) or with torch alone."""
+    native._reset()
+    monkeypatch.setenv("PCIRCUITS_NATIVE", "1" if on else "0")
+    if on and not native.available():
+        pytest.skip(f"compiled kernel unavailable: {native.status()}")
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (7, 1, 5, 3), (300, 1, 128, 64), (33, 4, 6, 9)])
 @pytest.mark.parametrize("block", [1 << 18, 50])
 @pytest.mark.parametrize("inner", [1 << 17, 1])
-def test_max_plus_equals_the_broadcast_maximum(shape, block, inner, monkeypatch):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_max_plus_equals_the_broadcast_maximum(shape, block, inner, compiled, monkeypatch):
+    _use_compiled_kernel(compiled, monkeypatch)
     monkeypatch.setattr(torch_ops, "_MAX_PLUS_BLOCK", block)  # 50: several row blocks per call
     monkeypatch.setattr(torch_ops, "_MAX_PLUS_INNER", inner)  # 1: always the innermost reduction
     B, G, n, k = shape
@@ -37,7 +47,9 @@ def test_max_plus_equals_the_broadcast_maximum(shape, block, inner, monkeypatch)
     assert bool(torch.isneginf(got[0, 0]).all())
 
 
-def test_max_plus_with_ties_and_float64():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_max_plus_with_ties_and_float64(compiled, monkeypatch):
+    _use_compiled_kernel(compiled, monkeypatch)
     gen = torch.Generator().manual_seed(3)
     children = torch.randint(-3, 1, (40, 2, 10), generator=gen).double()
     log_weights = torch.randint(-2, 1, (2, 6, 10), generator=gen).double()

@@ -5,14 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pcircuits.kernels import torch_ops
+from pcircuits.kernels import native, torch_ops
 from pcircuits.kernels.torch_ops import soft_evidence_max
 
 
 @pytest.mark.parametrize("n", [3, 40])
 @pytest.mark.parametrize("groups", [1, 3])
 @pytest.mark.parametrize("category_major", [False, True])
-def test_equals_the_broadcast_maximum(monkeypatch, n, groups, category_major):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_equals_the_broadcast_maximum(monkeypatch, n, groups, category_major, compiled):
+    native._reset()
+    monkeypatch.setenv("PCIRCUITS_NATIVE", "1" if compiled else "0")
+    if compiled and not native.available():
+        pytest.skip(native.status())
     monkeypatch.setattr(torch_ops, "_MAX_EVIDENCE_BLOCK", 97)  # many blocks, ragged last one
     g = torch.Generator().manual_seed(n * 10 + groups)
     B, G, C = 2, 3, 50

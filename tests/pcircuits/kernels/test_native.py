@@ -1,0 +1,141 @@
+"""The compiled CPU max-plus kernel: equal to the broadcast form bit for bit, safe to load, and optional."""
+
+import os
+import stat
+
+import pytest
+import torch
+
+import pcircuits as pc
+from pcircuits.kernels import native, torch_ops
+from tests.pcircuits.queries.helpers import evidence, random_circuit
+
+
+@pytest.fixture
+def kernel(monkeypatch):
+    """The compiled kernel, loaded afresh under the test's environment (skipped without a C compiler)."""
+    native._reset()
+    monkeypatch.setenv("PCIRCUITS_NATIVE", "1")
+    if native._compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    yield
+    native._reset()
+
+
+def _reference(children: torch.Tensor, weights_t: torch.Tensor) -> torch.Tensor:
+    return (children.unsqueeze(-1) + weights_t.unsqueeze(0)).amax(2)
+
+
+def test_a_machine_with_a_compiler_uses_the_kernel(kernel):
+    assert native.available(), native.status()
+    assert native.status().startswith("in use: compiled with")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (8, 1, 64, 64), (13, 2, 70, 129), (256, 1, 128, 128), (9, 3, 5, 1)])
+def test_bit_identical_to_the_broadcast_maximum(kernel, dtype, shape):
+    B, G, k, n = shape
+    gen = torch.Generator().manual_seed(sum(shape))
+    children = (torch.randn(B, G + 1, k, generator=gen, dtype=dtype) * 3)[:, 1:]  # rows not contiguous
+    weights_t = torch.randn(G, k, n, generator=gen, dtype=dtype).log_softmax(1)
+    children[0, 0] = -float("inf")  # a row with no finite child
+    weights_t[-1, :, -1] = -float("inf")  # a node with no finite weight
+    got = native.max_plus(children, weights_t)
+    assert got is not None and got.shape == (B, G, n) and got.dtype == dtype
+    assert torch.equal(got, _reference(children, weights_t))
+    assert bool(torch.isneginf(got[0, 0]).all()) and bool(torch.isneginf(got[:, -1, -1]).all())
+
+
+def test_rows_split_over_threads_give_the_same_result(kernel):
+    gen = torch.Generator().manual_seed(0)
+    children = torch.randn(203, 1, 256, generator=gen)
+    weights_t = torch.randn(1, 256, 160, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        got = native.max_plus(children, weights_t)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(got, _reference(children, weights_t))
+
+
+def test_not_used_where_it_does_not_apply(kernel):
+    a = torch.randn(4, 1, 3)
+    w = torch.randn(1, 3, 2)
+    assert native.max_plus(a.half(), w.half()) is None  # dtype
+    assert native.max_plus(a, w.double()) is None  # mixed dtypes
+    assert native.max_plus(a.requires_grad_(), w) is None  # autograd
+    assert native.max_plus(torch.randn(0, 1, 3), w) is None  # empty
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+    native._reset()
+    monkeypatch.setenv("PCIRCUITS_NATIVE", "0")
+    try:
+        assert not native.available()
+        assert native.status() == "not in use: turned off by PCIRCUITS_NATIVE=0"
+        children, weights = torch.randn(5, 1, 4), torch.randn(1, 3, 4)
+        assert torch.equal(torch_ops.max_plus(children, weights), _reference(children, weights.transpose(1, 2)))
+    finally:
+        native._reset()
+
+
+def test_no_compiler_means_torch_alone(monkeypatch):
+    native._reset()
+    monkeypatch.setenv("PCIRCUITS_NATIVE", "1")
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    try:
+        assert not native.available()
+        assert "no C compiler" in native.status()
+    finally:
+        native._reset()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_cache_directory_others_can_write_is_refused(kernel, tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("PCIRCUITS_CACHE_DIR", str(shared))
+    assert not native.available()
+    assert "writable by other users" in native.status()
+    assert list(shared.iterdir()) == []  # nothing compiled into it
+
+
+def test_compiles_into_a_new_private_directory_atomically(kernel, tmp_path, monkeypatch):
+    cache = tmp_path / "a" / "b"
+    monkeypatch.setenv("PCIRCUITS_CACHE_DIR", str(cache))
+    assert native.available(), native.status()
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    files = [p.name for p in cache.iterdir()]
+    assert len(files) == 1 and files[0].startswith("max_plus-") and not files[0].endswith(".tmp")
+    native._reset()  # a second process finds the library and does not compile again
+    mtime = (cache / files[0]).stat().st_mtime_ns
+    assert native.available() and (cache / files[0]).stat().st_mtime_ns == mtime
+
+
+def test_a_library_that_computes_wrong_values_is_not_used(kernel, tmp_path, monkeypatch):
+    """A library that fails the check against torch on first load is refused with a warning, never used."""
+    monkeypatch.setenv("PCIRCUITS_CACHE_DIR", str(tmp_path / "cache"))
+    broken = native._SOURCE.replace("acc[r][j] > t ? acc[r][j] : t", "acc[r][j] < t ? acc[r][j] : t")
+    assert broken != native._SOURCE
+    monkeypatch.setattr(native, "_SOURCE", broken)
+    with pytest.warns(RuntimeWarning, match="disagrees with torch"):
+        assert not native.available()
+    assert native.max_plus(torch.randn(4, 1, 3), torch.randn(1, 3, 2)) is None
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mpe_is_the_same_with_and_without_the_kernel(seed, monkeypatch):
+    """End to end on random DAG circuits (every leaf type, missing values, soft evidence): MPE agrees exactly."""
+    root, kinds = random_circuit(seed)
+    circuit = pc.compile(root, seed=seed).double()
+    x, miss, soft = evidence(seed, kinds, batch=9, soft=seed % 2 == 0)
+    runs = []
+    for switch in ("0", "1"):
+        native._reset()
+        monkeypatch.setenv("PCIRCUITS_NATIVE", switch)
+        runs.append(pc.mpe(circuit, x, miss, soft, return_log_prob=True))
+    native._reset()
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert torch.equal(runs[0][1], runs[1][1])
