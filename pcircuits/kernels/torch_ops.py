@@ -16,6 +16,7 @@ __all__ = [
     "single_group_dense_sum",
     "single_group_max_plus",
     "max_plus",
+    "broadcast_max_plus",
     "sparse_sum",
     "soft_evidence_lse",
     "soft_evidence_max",
@@ -127,6 +128,20 @@ def max_plus(children: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
     out = native.max_plus(children, log_weights.transpose(1, 2))
     if out is not None:
         return out
+    return broadcast_max_plus(children, log_weights)
+
+
+def broadcast_max_plus(children: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """[`max_plus`][pcircuits.kernels.torch_ops.max_plus] by torch alone (no gradient): blocks of rows of the
+    broadcast sum, each reduced with ``amax``.
+
+    Args:
+        children: ``[B, G, k]`` child log-values.
+        log_weights: ``[G, n, k]`` normalised log-weights.
+
+    Returns:
+        ``[B, G, n]`` log-values.
+    """
     G, n, k = log_weights.shape
     if n * k >= _MAX_PLUS_INNER:  # one row's block no longer fits in cache: reduce the innermost dimension
         return _blocked_max_plus(children.unsqueeze(2), log_weights, -1)

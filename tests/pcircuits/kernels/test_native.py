@@ -2,6 +2,7 @@
 
 import os
 import stat
+import time
 
 import pytest
 import torch
@@ -86,7 +87,7 @@ def test_no_compiler_means_torch_alone(monkeypatch):
     monkeypatch.setenv("CC", "/nonexistent/cc")
     try:
         assert not native.available()
-        assert "no C compiler" in native.status()
+        assert "is not an executable C compiler" in native.status()
     finally:
         native._reset()
 
@@ -139,3 +140,54 @@ def test_mpe_is_the_same_with_and_without_the_kernel(seed, monkeypatch):
     native._reset()
     assert torch.equal(runs[0][0], runs[1][0])
     assert torch.equal(runs[0][1], runs[1][1])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_runs_the_threaded_kernel(kernel):
+    """After fork the parent's worker threads are gone; the child starts its own instead of waiting on them."""
+    gen = torch.Generator().manual_seed(1)
+    children, weights_t = torch.randn(64, 1, 256, generator=gen), torch.randn(1, 256, 160, generator=gen)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        want = native.max_plus(children, weights_t).numpy()  # the parent's pool exists now
+        assert (want == _reference(children, weights_t).numpy()).all()
+        pid = os.fork()
+        if pid == 0:  # child: exit 0 only if the threaded call returns the right values
+            # (compared with numpy: torch's own OpenMP regions are not usable in a forked child)
+            ok = bool((native.max_plus(children, weights_t).numpy() == want).all())
+            os._exit(0 if ok else 1)
+        deadline = time.monotonic() + 60
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung on the threaded kernel")
+        status = done[1]
+    finally:
+        torch.set_num_threads(threads)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+_X86 = __import__("platform").machine().lower() in ("x86_64", "amd64")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        pytest.param(("-O3", "-march=native", "-mno-avx512f", "-shared", "-fPIC"), id="avx2-tiles",
+                     marks=pytest.mark.skipif(not _X86, reason="x86 flag")),
+        pytest.param(("-O3", "-shared", "-fPIC"), id="portable-loops"),
+    ],
+)
+def test_every_code_path_of_the_kernel_is_exact(kernel, tmp_path, monkeypatch, flags):
+    """The tiles for another instruction set, and the portable loops, give the broadcast values too."""
+    monkeypatch.setenv("PCIRCUITS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "_FLAGS", flags)
+    assert native.available(), native.status()  # compiled with these flags and passed its own check
+    for dtype in (torch.float32, torch.float64):
+        gen = torch.Generator().manual_seed(7)
+        children = torch.randn(37, 2, 150, generator=gen, dtype=dtype)
+        weights_t = torch.randn(2, 150, 131, generator=gen, dtype=dtype)
+        assert torch.equal(native.max_plus(children, weights_t), _reference(children, weights_t))
