@@ -22,9 +22,12 @@ and the CPU's feature flags, so a cache shared between different machines
 never loads a library built for another CPU. The library is written
 atomically, loaded only from a directory owned by the user and writable by
 no one else, and checked against the broadcast form on a small input before
-first use. Without a compiler, or with ``PCIRCUITS_NATIVE=0``, or if any of
-these steps fails, the torch implementation is used (same results, slower);
-[`status`][pcircuits.kernels.native.status] says which, and why.
+first use. Inputs holding NaN or ``+inf`` are left to torch (whose maxima
+propagate NaN). Without a compiler, or with ``PCIRCUITS_NATIVE=0``, the
+torch implementation is used silently (same results, slower); any other
+failure also falls back to torch, with a ``RuntimeWarning``.
+[`status`][pcircuits.kernels.native.status] says which path runs, and why.
+The environment is read once per process, on first use.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import stat
 import subprocess
@@ -112,15 +116,27 @@ static long pc_tile_{name}_{RB}x{NV}(const {T} *a, long a_b, long a_g, const {T}
 }}
 """
 _MAIN = r"""
-void pc_max_plus_{name}(const {T} *a, long a_b, long a_g, const {T} *w, {T} *out,
-                        long B, long G, long K, long N) {{
-  /* out[b, g, j] = max_k a[b * a_b + g * a_g + k] + w[(g * K + k) * N + j]; out is [B, G, N] contiguous */
+int pc_max_plus_{name}(const {T} *a, long a_b, long a_g, const {T} *w, {T} *out,
+                       long B, long G, long K, long N) {{
+  /* out[b, g, j] = max_k a[b * a_b + g * a_g + k] + w[(g * K + k) * N + j]; out is [B, G, N] contiguous.
+     Returns 1, computing nothing, if an input is NaN or +inf (torch's maximum propagates NaN; the caller
+     leaves such inputs to torch), else 0. */
+  int bad = 0;
+  for (long b = 0; b < B; b++)
+    for (long g = 0; g < G; g++)
+      for (long k = 0; k < K; k++) {{
+        const {T} x = a[b * a_b + g * a_g + k];
+        bad |= (x != x) | (x == __builtin_inf());
+      }}
+  for (long i = 0; i < G * K * N; i++) {{ const {T} x = w[i]; bad |= (x != x) | (x == __builtin_inf()); }}
+  if (bad) return 1;
   for (long g = 0; g < G; g++) {{
     const {T} *wg = w + g * K * N;
     long j = 0;
 {CALLS}
     pc_generic_{name}(a, a_b, a_g, wg, out, 0, B, G, g, K, N, j, N);  /* columns no tile covers */
   }}
+  return 0;
 }}
 """
 _CALL = r"""    {{
@@ -161,20 +177,25 @@ def _max_plus_source() -> str:
 
 
 _ARGMAX_TEMPLATE = r"""
-void pc_argmax_plus_{name}(const {T} *c, long c_b, const long *rows, const {T} *w, long w_n,
-                           const long *nodes, long A, long K, long *out) {{
-  /* out[i] = the first k maximising c[r * c_b + k] + w[nodes[i] * w_n + k], r = rows ? rows[i] : i */
+int pc_argmax_plus_{name}(const {T} *c, long c_b, const long *rows, const {T} *w, long w_n,
+                          const long *nodes, long A, long K, long *out) {{
+  /* out[i] = the first k maximising c[r * c_b + k] + w[nodes[i] * w_n + k], r = rows ? rows[i] : i.
+     Returns 1 as soon as a sum is NaN (torch's arg-max picks NaN; the caller leaves such rows to torch), else 0. */
   for (long i = 0; i < A; i++) {{
     const {T} *ci = c + (rows ? rows[i] : i) * c_b;
     const {T} *wi = w + nodes[i] * w_n;
     {T} best = -__builtin_inf();
     long arg = 0;
+    int bad = 0;
     for (long k = 0; k < K; k++) {{
       const {T} t = ci[k] + wi[k];
+      bad |= t != t;
       if (t > best) {{ best = t; arg = k; }}
     }}
+    if (bad) return 1;
     out[i] = arg;
   }}
+  return 0;
 }}
 """
 _SOURCE = _max_plus_source() + "".join(
@@ -204,14 +225,21 @@ def _switched_off() -> bool:
     return os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off")
 
 
-def _compiler() -> str | None:
-    cc = os.environ.get("CC")
+def _compiler() -> list[str] | None:
+    """The compiler command: ``$CC`` split like a shell would (``ccache gcc`` works), else ``cc``, ``gcc`` or
+    ``clang`` found on the ``PATH``; None where there is none (or ``$CC``'s program is not found)."""
+    cc = os.environ.get("CC", "").strip()
     if cc:
-        return shutil.which(cc) or (cc if os.path.isfile(cc) else None)
+        try:
+            words = shlex.split(cc)
+        except ValueError:
+            return None
+        exe = shutil.which(words[0]) if words else None
+        return [exe, *words[1:]] if exe else None
     for name in ("cc", "gcc", "clang"):
         path = shutil.which(name)
         if path:
-            return path
+            return [path]
     return None
 
 
@@ -234,7 +262,7 @@ def _cpu_signature() -> str:
 def _cache_dir() -> Path:
     explicit = os.environ.get(ENV_CACHE_DIR)
     if explicit:
-        return Path(explicit)
+        return Path(os.path.expanduser(explicit))
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "pcircuits"
 
@@ -254,7 +282,7 @@ def _private_dir(path: Path) -> str | None:
     return None
 
 
-def _compile(cc: str, path: Path) -> str | None:
+def _compile(cc: list[str], path: Path) -> str | None:
     """Compiles the kernel into ``path`` atomically; an error message, or None."""
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "max_plus.c")
@@ -265,15 +293,23 @@ def _compile(cc: str, path: Path) -> str | None:
         for flags in (_FLAGS, _PORTABLE_FLAGS):
             try:
                 proc = subprocess.run(
-                    [cc, *flags, src, "-o", str(partial)], capture_output=True, text=True, timeout=120
+                    [*cc, *flags, src, "-o", str(partial)], capture_output=True, text=True, timeout=120
                 )
             except (OSError, subprocess.SubprocessError) as e:
                 errors.append(str(e))
                 continue
-            if proc.returncode == 0:
-                os.replace(partial, path)
+            if proc.returncode == 0 and partial.is_file():
+                try:
+                    os.replace(partial, path)
+                except OSError as e:
+                    errors.append(f"could not move the library into place ({e})")
+                    continue
                 return None
-            errors.append(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
+            if proc.returncode == 0:
+                errors.append("the compiler exited 0 but wrote no library")
+            else:
+                lines = proc.stderr.strip().splitlines()
+                errors.append(lines[-1] if lines else f"exit {proc.returncode}")
         partial.unlink(missing_ok=True)
         return "; ".join(errors)
 
@@ -288,7 +324,7 @@ def _bind(lib: ctypes.CDLL) -> None:
         for suffix in ("f32", "f64"):
             fn = getattr(lib, f"{base}_{suffix}")
             fn.argtypes = args
-            fn.restype = None
+            fn.restype = ctypes.c_int
 
 
 def _self_test(lib: ctypes.CDLL) -> str | None:
@@ -302,45 +338,77 @@ def _self_test(lib: ctypes.CDLL) -> str | None:
         w[1, :, 2] = -float("inf")
         out = _call(lib, a, w, threads=1)
         ref = (a.unsqueeze(-1) + w.unsqueeze(0)).amax(2)
+        with_nan = a.clone()
+        with_nan[2, 0, 3] = float("nan")
         c = torch.randint(-3, 1, (9, 12), generator=gen).to(dtype)[:, 2:]  # ties; rows not contiguous
         c[4] = -float("inf")
         lw = torch.randint(-2, 1, (5, 10), generator=gen).to(dtype)
         rows = torch.randint(0, 9, (30,), generator=gen)
         nodes = torch.randint(0, 5, (30,), generator=gen)
         arg = _call_argmax(lib, c, rows, lw, nodes)
-        if not (torch.equal(out, ref) and torch.equal(arg, (c[rows] + lw[nodes]).argmax(-1))):
+        agree = (
+            out is not None
+            and arg is not None
+            and torch.equal(out, ref)
+            and torch.equal(arg, (c[rows] + lw[nodes]).argmax(-1))
+            and _call(lib, with_nan, w, threads=1) is None  # NaN is left to torch
+        )
+        if not agree:
             return f"the compiled kernel disagrees with torch in {dtype} (compiler or flags not supported)"
     return None
 
 
 def _load() -> tuple[ctypes.CDLL | None, str]:
+    """The checked library, or None and the reason; unexpected failures also warn (a missing compiler does not)."""
     if _switched_off():
         return None, f"turned off by {ENV_SWITCH}={os.environ.get(ENV_SWITCH)}"
     cc = _compiler()
     if cc is None:
-        if os.environ.get("CC"):
+        if os.environ.get("CC", "").strip():
             return None, f"CC={os.environ['CC']!r} is not an executable C compiler"
         return None, "no C compiler found (set CC, or install cc/gcc/clang)"
+    try:
+        lib, problem = _build_and_check(cc)
+    except Exception as e:  # never let the optional kernel break a query
+        lib, problem = None, f"unexpected error ({type(e).__name__}: {e})"
+    if lib is None:
+        warnings.warn(f"pcircuits: {problem}; MPE uses the torch implementation", RuntimeWarning, stacklevel=4)
+        return None, problem
+    return lib, problem
+
+
+def _library_path(directory: Path, cc: list[str]) -> Path:
+    """Where the library built by ``cc`` for this CPU lives: the name hashes source, compiler, flags and CPU."""
+    key = hashlib.sha256("\0".join([_SOURCE, *cc, " ".join(_FLAGS), _cpu_signature()]).encode()).hexdigest()[:24]
+    return directory / f"max_plus-{key}{'.dll' if sys.platform == 'win32' else '.so'}"
+
+
+def _build_and_check(cc: list[str]) -> tuple[ctypes.CDLL | None, str]:
+    """Finds or compiles the library for ``cc`` in the cache directory, loads and checks it."""
     directory = _cache_dir()
     problem = _private_dir(directory)
     if problem is not None:
         return None, problem
-    key = hashlib.sha256("\0".join([_SOURCE, cc, " ".join(_FLAGS), _cpu_signature()]).encode()).hexdigest()[:24]
-    path = directory / f"max_plus-{key}{'.dll' if sys.platform == 'win32' else '.so'}"
-    if not path.exists():
-        problem = _compile(cc, path)
-        if problem is not None:
-            return None, f"compiling with {cc} failed: {problem}"
-    try:
-        lib = ctypes.CDLL(str(path))
-        _bind(lib)
-    except (OSError, AttributeError) as e:
-        return None, f"loading {path} failed ({e})"
+    path = _library_path(directory, cc)
+    command = " ".join(cc)
+    for attempt in range(2):  # a cached file that does not load (truncated, corrupted) is rebuilt once
+        if not path.exists():
+            problem = _compile(cc, path)
+            if problem is not None:
+                return None, f"compiling with {command} failed: {problem}"
+        try:
+            lib = ctypes.CDLL(str(path))
+            _bind(lib)
+            break
+        except (OSError, AttributeError) as e:
+            if attempt == 1:
+                return None, f"loading {path} failed ({e})"
+            path.unlink(missing_ok=True)
     problem = _self_test(lib)
     if problem is not None:
-        warnings.warn(f"pcircuits: {problem}; MPE uses the torch implementation", RuntimeWarning, stacklevel=3)
+        path.unlink(missing_ok=True)  # the next process compiles afresh
         return None, problem
-    return lib, f"compiled with {cc} ({path})"
+    return lib, f"compiled with {command} ({path})"
 
 
 def _library() -> ctypes.CDLL | None:
@@ -371,38 +439,44 @@ def _reset() -> None:
         _state = None
 
 
-def _call(lib: ctypes.CDLL, a: torch.Tensor, w: torch.Tensor, threads: int) -> torch.Tensor:
-    """Runs the kernel: ``a [B, G, K]`` (unit stride along ``K``), ``w [G, K, N]`` contiguous -> ``[B, G, N]``."""
+def _call(lib: ctypes.CDLL, a: torch.Tensor, w: torch.Tensor, threads: int) -> torch.Tensor | None:
+    """Runs the kernel: ``a [B, G, K]`` (unit stride along ``K``), ``w [G, K, N]`` contiguous -> ``[B, G, N]``.
+
+    None where an input is NaN or ``+inf`` (the kernel computes nothing then; torch's maximum propagates NaN).
+    """
     B, G, K = a.shape
     N = w.shape[2]
     out = torch.empty(B, G, N, dtype=a.dtype)
     fn = lib.pc_max_plus_f32 if a.dtype == torch.float32 else lib.pc_max_plus_f64
     if threads <= 1 or B < 16 or B * G * N * K < _PARALLEL_MIN_WORK:
-        fn(a.data_ptr(), a.stride(0), a.stride(1), w.data_ptr(), out.data_ptr(), B, G, K, N)
-        return out
+        bad = fn(a.data_ptr(), a.stride(0), a.stride(1), w.data_ptr(), out.data_ptr(), B, G, K, N)
+        return None if bad else out
     rows = -(-B // threads)
     rows = -(-rows // 8) * 8  # whole blocks of 8 rows per thread
     size = a.element_size()
 
-    def part(b0: int) -> None:  # ctypes releases the GIL for the call
+    def part(b0: int) -> int:  # ctypes releases the GIL for the call
         nb = min(rows, B - b0)
-        fn(a.data_ptr() + b0 * a.stride(0) * size, a.stride(0), a.stride(1), w.data_ptr(),
-           out.data_ptr() + b0 * G * N * size, nb, G, K, N)
+        return fn(a.data_ptr() + b0 * a.stride(0) * size, a.stride(0), a.stride(1), w.data_ptr(),
+                  out.data_ptr() + b0 * G * N * size, nb, G, K, N)
 
-    list(_thread_pool(threads).map(part, range(0, B, rows)))
-    return out
+    bad = any(list(_thread_pool(threads).map(part, range(0, B, rows))))
+    return None if bad else out
 
 
 def _call_argmax(
     lib: ctypes.CDLL, c: torch.Tensor, rows: torch.Tensor | None, w: torch.Tensor, nodes: torch.Tensor
-) -> torch.Tensor:
-    """Runs the arg-max kernel: ``c [B, K]``, ``w [n, K]`` (unit stride along ``K``), ``rows``/``nodes [A]`` long."""
+) -> torch.Tensor | None:
+    """Runs the arg-max kernel: ``c [B, K]``, ``w [n, K]`` (unit stride along ``K``), ``rows``/``nodes [A]`` long.
+
+    None where a sum is NaN (torch's arg-max picks NaN; the caller computes such a pass with torch).
+    """
     A, K = nodes.numel(), c.shape[1]
     out = torch.empty(A, dtype=torch.long)
     fn = lib.pc_argmax_plus_f32 if c.dtype == torch.float32 else lib.pc_argmax_plus_f64
-    fn(c.data_ptr(), c.stride(0), None if rows is None else rows.data_ptr(), w.data_ptr(), w.stride(0),
-       nodes.data_ptr(), A, K, out.data_ptr())
-    return out
+    bad = fn(c.data_ptr(), c.stride(0), None if rows is None else rows.data_ptr(), w.data_ptr(), w.stride(0),
+             nodes.data_ptr(), A, K, out.data_ptr())
+    return None if bad else out
 
 
 def _thread_pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
@@ -417,8 +491,9 @@ def max_plus(children: torch.Tensor, weights_t: torch.Tensor) -> torch.Tensor | 
     """``max_k children[b, g, k] + weights_t[g, k, j]`` by the compiled kernel, or None where it does not apply.
 
     It applies to CPU tensors of float32 or float64 (both the same dtype)
-    that need no gradient, once the kernel is available. Rows are split over
-    `torch.get_num_threads()` threads for large layers.
+    that need no gradient and hold no NaN or ``+inf``, once the kernel is
+    available. Rows are split over `torch.get_num_threads()` threads for
+    large layers.
 
     Args:
         children: ``[B, G, k]`` log-values (any strides; copied if ``k`` is not contiguous).
@@ -455,7 +530,8 @@ def argmax_plus(
     The backtracking step of MPE for one dense group: each active node
     ``nodes[i]`` in pass row ``rows[i]`` follows its maximising child. Ties
     go to the first maximiser, like `torch.argmax`. It applies where
-    [`max_plus`][pcircuits.kernels.native.max_plus] does (CPU, float32 or float64, no gradient).
+    [`max_plus`][pcircuits.kernels.native.max_plus] does (CPU, float32 or float64, no gradient), and
+    not where a sum is NaN (torch's arg-max picks the NaN).
 
     Args:
         children: ``[B, k]`` child log-values (copied if ``k`` is not contiguous).

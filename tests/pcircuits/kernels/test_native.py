@@ -98,7 +98,8 @@ def test_a_cache_directory_others_can_write_is_refused(kernel, tmp_path, monkeyp
     shared.mkdir()
     shared.chmod(0o777)
     monkeypatch.setenv("PCIRCUITS_CACHE_DIR", str(shared))
-    assert not native.available()
+    with pytest.warns(RuntimeWarning, match="writable by other users"):
+        assert not native.available()
     assert "writable by other users" in native.status()
     assert list(shared.iterdir()) == []  # nothing compiled into it
 
@@ -191,3 +192,64 @@ def test_every_code_path_of_the_kernel_is_exact(kernel, tmp_path, monkeypatch, f
         children = torch.randn(37, 2, 150, generator=gen, dtype=dtype)
         weights_t = torch.randn(2, 150, 131, generator=gen, dtype=dtype)
         assert torch.equal(native.max_plus(children, weights_t), _reference(children, weights_t))
+
+
+def test_a_compiler_that_writes_nothing_falls_back_with_a_reason(kernel, tmp_path, monkeypatch):
+    """``CC=true`` exits 0 without writing a library: no crash, a warning, torch computes, status says why."""
+    monkeypatch.setenv("PCIRCUITS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", "true")
+    with pytest.warns(RuntimeWarning, match="wrote no library"):
+        assert not native.available()
+    assert "wrote no library" in native.status()
+    assert native.max_plus(torch.randn(4, 1, 3), torch.randn(1, 3, 2)) is None
+
+
+def test_a_corrupted_cached_library_is_rebuilt(kernel, tmp_path, monkeypatch):
+    """A cached file that does not load (truncated by a full disk, say) is compiled again, not left in the way."""
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    monkeypatch.setenv("PCIRCUITS_CACHE_DIR", str(cache))
+    lib = native._library_path(cache, native._compiler())
+    lib.write_bytes(b"not a shared library")
+    assert native.available(), native.status()
+    assert lib.read_bytes()[:4] != b"not "
+
+
+def test_compiler_command_with_arguments_and_a_home_relative_cache(kernel, tmp_path, monkeypatch):
+    """``CC`` may carry arguments (``ccache gcc``, ``gcc -O2``); ``~`` in the cache directory is the home."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PCIRCUITS_CACHE_DIR", "~/kernels")
+    monkeypatch.setenv("CC", f"{native._compiler()[0]} -Wall")
+    assert native.available(), native.status()
+    assert (tmp_path / "kernels").is_dir() and "-Wall" in native.status()
+
+
+def test_nan_is_left_to_torch_which_propagates_it(kernel):
+    """A NaN (e.g. a parameter after a diverged training run) gives NaN as in torch, never a finite maximum."""
+    children = torch.tensor([[[float("nan"), 0.0, 1.0]]])
+    weights_t = torch.zeros(1, 3, 2)
+    assert native.max_plus(children, weights_t) is None
+    assert bool(torch_ops.max_plus(children, weights_t.transpose(1, 2)).isnan().all())
+    assert native.argmax_plus(children[0], None, torch.zeros(1, 3), torch.tensor([0])) is None
+    assert native.max_plus(torch.tensor([[[float("inf"), 0.0]]]), torch.zeros(1, 2, 1)) is None  # +inf too
+
+
+def test_mpe_of_a_circuit_with_a_nan_parameter_matches_torch(monkeypatch):
+    """A parameter gone NaN (a diverged run writing ``.data``) gives MPE NaN values with or without the kernel."""
+    circuit = pc.compile(pc.structures.hmm(6, 16, 5), seed=0)
+    bank = next(iter(circuit.params))
+    with torch.no_grad():
+        circuit.params[bank].view(-1)[3] = float("nan")
+    circuit.clear_leaf_tables()
+    x = torch.randint(0, 5, (4, 6), generator=torch.Generator().manual_seed(0))
+    miss = torch.zeros(4, 6, dtype=torch.bool)
+    miss[:, ::2] = True
+    runs = []
+    for switch in ("0", "1"):
+        native._reset()
+        monkeypatch.setenv("PCIRCUITS_NATIVE", switch)
+        runs.append(pc.mpe(circuit, x, miss, return_log_prob=True))
+    native._reset()
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert torch.allclose(runs[0][1], runs[1][1], equal_nan=True)
+    assert bool(runs[0][1].isnan().any())
