@@ -535,11 +535,6 @@ def empty_assignment(circuit: TensorCircuit, ev: Evidence, row_source: torch.Ten
     return torch.where(circuit.continuous.unsqueeze(0), xc, xd.to(xc.dtype))
 
 
-def _finite_max(x: torch.Tensor, dim: int) -> torch.Tensor:
-    m = x.amax(dim, keepdim=True)
-    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-
-
 def leaf_flows(
     circuit: TensorCircuit, outs: list[torch.Tensor], log_weights: dict[str, torch.Tensor] | None = None
 ) -> torch.Tensor:
@@ -567,6 +562,7 @@ def leaf_flows(
     root = outs[-1]
     flows: list[torch.Tensor | None] = [None] * (len(lay.layers) + 1)
     flows[-1] = torch.isfinite(root).to(root.dtype)
+    probs: dict[str, torch.Tensor] = {}
     for li in range(len(lay.layers) - 1, -1, -1):
         F, flows[li + 1] = flows[li + 1], None
         if F is None:
@@ -575,7 +571,8 @@ def leaf_flows(
         if isinstance(layer, ProductLayer):
             _product_flows(circuit, li, layer, F, flows)
         else:
-            _add_ref_flows(circuit, li, layer.gather, _sum_ref_flows(circuit, li, layer, F, outs, lw), flows)
+            ref_flow = _sum_ref_flows(circuit, li, layer, F, outs, lw, probs)
+            _add_ref_flows(circuit, li, layer.gather, ref_flow, flows)
     if flows[0] is None:  # the root is a leaf
         return torch.isfinite(root).to(root.dtype)
     return flows[0]
@@ -586,15 +583,29 @@ def _zero_flows(circuit: TensorCircuit, s: int, like: torch.Tensor) -> torch.Ten
     return torch.zeros(like.shape[0], circuit.layout.layer_sizes[s], dtype=like.dtype, device=like.device)
 
 
+def _product_flow_routes(circuit: TensorCircuit, li: int) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Per source layer ``s`` of product layer ``li``: ``(s, node [R_s], column [R_s])``, the node of each of its
+    references into ``s`` and the column it reads there. Cached with the buffers."""
+    cache = circuit.__dict__.setdefault("_buffer_cache", {})
+    key = ("product_flow_routes", li)
+    if key not in cache:
+        layer = circuit.layout.layers[li]
+        ref_layer, ref_col = gather_sources(circuit, li)
+        routes = []
+        for s in layer.gather.sources:
+            pos = (ref_layer == s).nonzero(as_tuple=True)[0]
+            node = torch.div(pos, layer.k, rounding_mode="floor")  # reference pos belongs to node pos // k
+            routes.append((s, node, ref_col[pos]))
+        cache[key] = routes
+    return cache[key]
+
+
 def _product_flows(circuit: TensorCircuit, li: int, layer: ProductLayer, F: torch.Tensor, flows: list) -> None:
     """Adds the flows ``F [B, N]`` of product layer ``li`` to its children (each reference gets its node's flow)."""
-    ref_layer, ref_col = gather_sources(circuit, li)
-    for s in layer.gather.sources:
-        pos = (ref_layer == s).nonzero(as_tuple=True)[0]
-        node = torch.div(pos, layer.k, rounding_mode="floor")  # reference pos belongs to node pos // k
+    for s, node, col in _product_flow_routes(circuit, li):
         if flows[s] is None:
             flows[s] = _zero_flows(circuit, s, F)
-        flows[s].index_add_(1, ref_col[pos], F.index_select(1, node))
+        flows[s].index_add_(1, col, F.index_select(1, node))
 
 
 def _sum_ref_flows(
@@ -604,8 +615,12 @@ def _sum_ref_flows(
     F: torch.Tensor,
     outs: list[torch.Tensor],
     lw: dict[str, torch.Tensor],
+    probs: dict[str, torch.Tensor],
 ) -> torch.Tensor:
-    """``[B, refs]`` flow through every child reference of sum layer ``li``: ``flow * w_k v_k / v_parent``."""
+    """``[B, refs]`` flow through every child reference of sum layer ``li``: ``flow * w_k v_k / v_parent``.
+
+    ``probs``: the pass's cache of ``exp(lw[bank])``, filled on first use.
+    """
     B = F.shape[0]
     P = outs[li + 1]
     ch = circuit._gather(li, layer.gather, outs)
@@ -616,21 +631,52 @@ def _sum_ref_flows(
         Fb = F[:, start : start + G * n].view(B, G, n)
         Pb = P[:, start : start + G * n].view(B, G, n)
         start += G * n
-        live = Fb > 0  # a node with positive flow has a finite value
-        w = lw[blk.bank].index_select(0, circuit._get(f"l{li}b{bi}_slots")).to(F.dtype)  # [G, n, k]
         if blk.dense:
             c = ch[:, blk.ref_offset : blk.ref_offset + G * k].view(B, G, k)
-            m = _finite_max(c, -1)  # [B, G, 1]
-            a = torch.where(live, Fb * torch.exp(m - Pb), torch.zeros((), dtype=F.dtype, device=F.device))
-            s = torch.matmul(a.transpose(0, 1), w.exp()).transpose(0, 1)  # [B, G, k]
-            f = torch.exp(c - m) * s
+            m = c.amax(-1, keepdim=True).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # [B, G, 1] finite shift
+            # a node with positive flow has a finite value P >= m, so exp(m - P) <= 1; a node with flow 0
+            # (value -inf) gives 0 * inf = NaN here, which is its flow to pass on: 0
+            a = torch.sub(m, Pb).exp_().mul_(Fb).nan_to_num_(nan=0.0)
+            s = torch.matmul(a.transpose(0, 1), _block_weights(circuit, li, bi, blk, probs, lw, F.dtype))
+            f = torch.sub(c, m).exp_().mul_(s.transpose(0, 1))  # [B, G, k]
         else:
+            live = Fb > 0  # a node with positive flow has a finite value
+            w = lw[blk.bank].index_select(0, circuit._get(f"l{li}b{bi}_slots")).to(F.dtype)  # [G, n, k]
             c = ch[:, blk.ref_offset : blk.ref_offset + G * n * k].view(B, G, n, k)
             # dead nodes (flow 0) divide by +inf: their children get exactly 0, never 0 * inf
             Pb = torch.where(live, Pb, torch.full((), math.inf, dtype=F.dtype, device=F.device))
             f = Fb.unsqueeze(-1) * torch.exp(c + w.unsqueeze(0) - Pb.unsqueeze(-1))
         parts.append(f.reshape(B, -1))
     return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+
+def _block_weights(
+    circuit: TensorCircuit,
+    li: int,
+    bi: int,
+    blk: SumBlock,
+    probs: dict[str, torch.Tensor],
+    lw: dict[str, torch.Tensor],
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``[G, n, k]`` weights (probabilities) of dense block ``bi`` of sum layer ``li``, exponentiated once per pass."""
+    p = probs.get(blk.bank)
+    if p is None:
+        p = probs[blk.bank] = lw[blk.bank].to(dtype).exp()
+    if blk.slot_start is not None:  # contiguous slots: a view
+        return p[blk.slot_start : blk.slot_start + blk.num_groups]
+    return p.index_select(0, circuit._get(f"l{li}b{bi}_slots"))
+
+
+def _sum_flow_route(circuit: TensorCircuit, li: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(position [R_s], column [R_s])`` of sum layer ``li``'s references into source layer ``s``. Cached."""
+    cache = circuit.__dict__.setdefault("_buffer_cache", {})
+    key = ("sum_flow_route", li, s)
+    if key not in cache:
+        ref_layer, ref_col = gather_sources(circuit, li)
+        pos = (ref_layer == s).nonzero(as_tuple=True)[0]
+        cache[key] = (pos, ref_col[pos])
+    return cache[key]
 
 
 def _add_ref_flows(circuit: TensorCircuit, li: int, g, ref_flow: torch.Tensor, flows: list) -> None:
@@ -646,5 +692,5 @@ def _add_ref_flows(circuit: TensorCircuit, li: int, g, ref_flow: torch.Tensor, f
         if g.perm is None:
             flows[s].index_add_(1, ref_col, ref_flow)
         else:
-            pos = (ref_layer == s).nonzero(as_tuple=True)[0]
-            flows[s].index_add_(1, ref_col[pos], ref_flow.index_select(1, pos))
+            pos, col = _sum_flow_route(circuit, li, s)
+            flows[s].index_add_(1, col, ref_flow.index_select(1, pos))
