@@ -137,6 +137,11 @@ class TensorCircuit(nn.Module):
         state.pop("_table_cache", None)
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        """Restores a copied or unpickled circuit; its layout is re-keyed by the copied groups it now holds."""
+        super().__setstate__(state)
+        self.layout.rekey()
+
     def _register_gather(self, prefix: str, g: Gather) -> None:
         for si, idx in enumerate(g.indices):
             self._buf(f"{prefix}_src{si}", idx)

@@ -145,12 +145,25 @@ class Layout:
     layers: list[ProductLayer | SumLayer]  # inner layers; layer i+1 in the output list
     layer_sizes: list[int]  # nodes per layer, leaf layer first
     banks: dict[str, BankSpec]
-    location: dict[int, tuple[int, int]]  # id(group) -> (layer index, first column)
-    param_slot: dict[int, tuple[str, int]]  # id(group owning parameters) -> (bank, slot)
+    #: id(group owning parameters) -> (bank, slot); keyed by the identity of this layout's own groups, so it is
+    #: rebuilt by `rekey` whenever the groups are copied with the layout (deepcopy, unpickling)
+    param_slot: dict[int, tuple[str, int]]
     #: layer -> (chunk sizes, {(start, length): chunk}) for outputs read as several column ranges
     splits: dict[int, tuple[list[int], dict[tuple[int, int], int]]] = field(default_factory=dict)
     #: layer -> index of the last layer reading its output (lets a forward pass free it early)
     last_use: dict[int, int] = field(default_factory=dict)
+
+    def rekey(self) -> None:
+        """Rebuilds `param_slot` from the parameter owners of the banks (after the groups were copied).
+
+        A copied layout holds copies of its groups, whose identities differ
+        from the keys it was built with: without this, a lookup by one of its
+        own groups would fail, and a lookup by an unrelated object that
+        happened to reuse a freed identity could return another group's slot.
+        """
+        self.param_slot = {
+            id(owner): (bank, slot) for bank, spec in self.banks.items() for slot, owner in enumerate(spec.groups)
+        }
 
 
 def _check_scope(root: NodeGroup, groups: list[NodeGroup]) -> tuple[int, list[int | None]]:
@@ -224,9 +237,7 @@ def build_layout(root: NodeGroup) -> Layout:
             layer = _sum_layer(members, li, banks, location, layer_sizes)
         layers.append(layer)
         layer_sizes.append(layer.num_nodes)
-    layout = Layout(
-        root, groups, num_vars, var_cats, leaf_blocks, layers, layer_sizes, banks.banks, location, banks.slot_of
-    )
+    layout = Layout(root, groups, num_vars, var_cats, leaf_blocks, layers, layer_sizes, banks.banks, banks.slot_of)
     layout.splits = _split_plan(layers, layer_sizes)
     layout.last_use = _last_use(layers)
     return layout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import pcircuits as pc
@@ -103,3 +104,23 @@ def test_block_evidence_reads_each_group_at_its_variable():
             assert torch.equal(be.soft_evidence, soft[:, v, : blk.dist.num_cats])
         else:
             assert be.soft_evidence is None and be.candidates is None
+
+
+def test_a_copied_or_unpickled_circuit_looks_up_its_own_groups():
+    """Group lookups after deepcopy/pickle use the copy's groups; the originals are refused, never mistaken."""
+    import copy
+    import pickle
+
+    root = pc.structures.hmm(5, 4, 3)
+    circuit = pc.compile(root, seed=0)
+    trans, emit = root.children[0].children
+    for clone in (copy.deepcopy(circuit), pickle.loads(pickle.dumps(circuit))):
+        c_trans, c_emit = clone.root.children[0].children
+        assert torch.equal(clone.group_parameters(c_trans), circuit.group_parameters(trans))
+        assert torch.equal(clone.group_parameters(c_emit), circuit.group_parameters(emit))
+        with pytest.raises(ValueError, match="has no parameters in this circuit"):
+            clone.group_parameters(trans)  # a group of the original circuit, not of the copy
+        clone.set_group_parameters(c_emit, torch.zeros_like(clone.group_parameters(c_emit)))
+        assert not torch.equal(clone.group_parameters(c_emit), circuit.group_parameters(emit))  # independent
+    x = torch.randint(0, 3, (4, 5), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(copy.deepcopy(circuit)(x), circuit(x))
