@@ -191,7 +191,7 @@ class _Walk:
             if term_cols is not None:
                 # child slot j reads source layer j alone: no per-reference source masks (same order as below)
                 for term, col_of_node in zip(layer.terms, term_cols, strict=True):
-                    pending[term.sources[0]].append((rows, col_of_node[cols]))
+                    pending[term.sources[0]].append((rows, col_of_node.index_select(0, cols)))
                 return
         ref_layer, ref_col = gather_sources(self.circuit, li)
         if isinstance(layer, ProductLayer):

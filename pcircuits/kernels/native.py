@@ -559,5 +559,8 @@ def argmax_plus(
         children = children.contiguous()
     if log_weights.stride(1) != 1:
         log_weights = log_weights.contiguous()
-    rows = None if rows is None else rows.to(torch.long).contiguous()
-    return _call_argmax(lib, children, rows, log_weights, nodes.to(torch.long).contiguous())
+    if rows is not None and (rows.dtype != torch.long or not rows.is_contiguous()):
+        rows = rows.to(torch.long).contiguous()
+    if nodes.dtype != torch.long or not nodes.is_contiguous():
+        nodes = nodes.to(torch.long).contiguous()
+    return _call_argmax(lib, children, rows, log_weights, nodes)
