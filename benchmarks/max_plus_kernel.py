@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,19 +31,10 @@ import torch
 from pcircuits.atomic import atomic_write
 from pcircuits.kernels import native, torch_ops
 
+sys.path.insert(0, str(Path(__file__).parent))
+from engine_hmm import timed_many  # noqa: E402  (round-robin medians, shared with the engine benchmark)
+
 BATCH = 256
-
-
-def _median_us(fns: dict, repeats: int) -> dict:
-    for fn in fns.values():
-        fn()
-    times: dict = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) * 1e6 for name, ts in times.items()}
 
 
 def bench(states: list[int], repeats: int) -> list[dict]:
@@ -63,12 +52,13 @@ def bench(states: list[int], repeats: int) -> list[dict]:
         compiled = native.max_plus(children, log_w_t)
         broadcast = torch_ops.broadcast_max_plus(children, log_w)
         assert torch.equal(compiled, broadcast), "the compiled kernel and the broadcast form differ"
-        t = _median_us({
+        t = timed_many({
             "compiled": lambda c=children, w=log_w_t: native.max_plus(c, w),
             "broadcast": lambda c=children, w=log_w: torch_ops.broadcast_max_plus(c, w),
             "sum_layer": lambda c=children, p=probs_t: torch_ops.single_group_dense_sum(c[:, 0], p),
             "blas": lambda e=e, p=probs_t: e @ p,
         }, repeats)
+        t = {name: seconds * 1e6 for name, seconds in t.items()}
         rows.append({"states": n, "batch": BATCH, "microseconds": t,
                      "compiled_vs_sum_layer": t["compiled"] / t["sum_layer"],
                      "broadcast_vs_sum_layer": t["broadcast"] / t["sum_layer"]})
