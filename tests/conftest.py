@@ -5,16 +5,25 @@ import atexit
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(1)
 
+#: Compiled test kernels live under the repository, not /tmp: a machine may mount /tmp noexec, and shared
+#: libraries must be loadable from where they are built (the virtualenv's own libraries load from here).
+KERNEL_CACHE_ROOT = tempfile.mkdtemp(prefix=".pcircuits-kernels-", dir=Path(__file__).resolve().parents[1])
+atexit.register(shutil.rmtree, KERNEL_CACHE_ROOT, ignore_errors=True)
 if "PCIRCUITS_CACHE_DIR" not in os.environ:
-    _cache = tempfile.mkdtemp(prefix="pcircuits-test-cache-")
-    os.environ["PCIRCUITS_CACHE_DIR"] = _cache
-    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["PCIRCUITS_CACHE_DIR"] = os.path.join(KERNEL_CACHE_ROOT, "session")
+
+
+@pytest.fixture
+def exec_tmp_path() -> Path:
+    """A fresh directory from which compiled libraries can be loaded (``tmp_path`` may be on a noexec mount)."""
+    return Path(tempfile.mkdtemp(dir=KERNEL_CACHE_ROOT))
 
 
 @pytest.fixture(autouse=True)

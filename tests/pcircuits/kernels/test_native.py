@@ -93,8 +93,8 @@ def test_no_compiler_means_torch_alone(monkeypatch):
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
-def test_a_cache_directory_others_can_write_is_refused(kernel, tmp_path, monkeypatch):
-    shared = tmp_path / "shared"
+def test_a_cache_directory_others_can_write_is_refused(kernel, exec_tmp_path, monkeypatch):
+    shared = exec_tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
     monkeypatch.setenv("PCIRCUITS_CACHE_DIR", str(shared))
@@ -104,8 +104,8 @@ def test_a_cache_directory_others_can_write_is_refused(kernel, tmp_path, monkeyp
     assert list(shared.iterdir()) == []  # nothing compiled into it
 
 
-def test_compiles_into_a_new_private_directory_atomically(kernel, tmp_path, monkeypatch):
-    cache = tmp_path / "a" / "b"
+def test_compiles_into_a_new_private_directory_atomically(kernel, exec_tmp_path, monkeypatch):
+    cache = exec_tmp_path / "a" / "b"
     monkeypatch.setenv("PCIRCUITS_CACHE_DIR", str(cache))
     assert native.available(), native.status()
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
@@ -116,9 +116,9 @@ def test_compiles_into_a_new_private_directory_atomically(kernel, tmp_path, monk
     assert native.available() and (cache / files[0]).stat().st_mtime_ns == mtime
 
 
-def test_a_library_that_computes_wrong_values_is_not_used(kernel, tmp_path, monkeypatch):
+def test_a_library_that_computes_wrong_values_is_not_used(kernel, exec_tmp_path, monkeypatch):
     """A library that fails the check against torch on first load is refused with a warning, never used."""
-    monkeypatch.setenv("PCIRCUITS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PCIRCUITS_CACHE_DIR", str(exec_tmp_path / "cache"))
     broken = native._SOURCE.replace("acc[r][j] > t ? acc[r][j] : t", "acc[r][j] < t ? acc[r][j] : t")
     assert broken != native._SOURCE
     monkeypatch.setattr(native, "_SOURCE", broken)
@@ -182,9 +182,9 @@ _X86 = __import__("platform").machine().lower() in ("x86_64", "amd64")
         pytest.param(("-O3", "-shared", "-fPIC"), id="portable-loops"),
     ],
 )
-def test_every_code_path_of_the_kernel_is_exact(kernel, tmp_path, monkeypatch, flags):
+def test_every_code_path_of_the_kernel_is_exact(kernel, exec_tmp_path, monkeypatch, flags):
     """The tiles for another instruction set, and the portable loops, give the broadcast values too."""
-    monkeypatch.setenv("PCIRCUITS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PCIRCUITS_CACHE_DIR", str(exec_tmp_path / "cache"))
     monkeypatch.setattr(native, "_FLAGS", flags)
     assert native.available(), native.status()  # compiled with these flags and passed its own check
     for dtype in (torch.float32, torch.float64):
@@ -194,9 +194,9 @@ def test_every_code_path_of_the_kernel_is_exact(kernel, tmp_path, monkeypatch, f
         assert torch.equal(native.max_plus(children, weights_t), _reference(children, weights_t))
 
 
-def test_a_compiler_that_writes_nothing_falls_back_with_a_reason(kernel, tmp_path, monkeypatch):
+def test_a_compiler_that_writes_nothing_falls_back_with_a_reason(kernel, exec_tmp_path, monkeypatch):
     """``CC=true`` exits 0 without writing a library: no crash, a warning, torch computes, status says why."""
-    monkeypatch.setenv("PCIRCUITS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PCIRCUITS_CACHE_DIR", str(exec_tmp_path / "cache"))
     monkeypatch.setenv("CC", "true")
     with pytest.warns(RuntimeWarning, match="wrote no library"):
         assert not native.available()
@@ -204,9 +204,9 @@ def test_a_compiler_that_writes_nothing_falls_back_with_a_reason(kernel, tmp_pat
     assert native.max_plus(torch.randn(4, 1, 3), torch.randn(1, 3, 2)) is None
 
 
-def test_a_corrupted_cached_library_is_rebuilt(kernel, tmp_path, monkeypatch):
+def test_a_corrupted_cached_library_is_rebuilt(kernel, exec_tmp_path, monkeypatch):
     """A cached file that does not load (truncated by a full disk, say) is compiled again, not left in the way."""
-    cache = tmp_path / "cache"
+    cache = exec_tmp_path / "cache"
     cache.mkdir(mode=0o700)
     monkeypatch.setenv("PCIRCUITS_CACHE_DIR", str(cache))
     lib = native._library_path(cache, native._compiler())
@@ -215,13 +215,13 @@ def test_a_corrupted_cached_library_is_rebuilt(kernel, tmp_path, monkeypatch):
     assert lib.read_bytes()[:4] != b"not "
 
 
-def test_compiler_command_with_arguments_and_a_home_relative_cache(kernel, tmp_path, monkeypatch):
+def test_compiler_command_with_arguments_and_a_home_relative_cache(kernel, exec_tmp_path, monkeypatch):
     """``CC`` may carry arguments (``ccache gcc``, ``gcc -O2``); ``~`` in the cache directory is the home."""
-    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HOME", str(exec_tmp_path))
     monkeypatch.setenv("PCIRCUITS_CACHE_DIR", "~/kernels")
     monkeypatch.setenv("CC", f"{native._compiler()[0]} -Wall")
     assert native.available(), native.status()
-    assert (tmp_path / "kernels").is_dir() and "-Wall" in native.status()
+    assert (exec_tmp_path / "kernels").is_dir() and "-Wall" in native.status()
 
 
 def test_nan_is_left_to_torch_which_propagates_it(kernel):
