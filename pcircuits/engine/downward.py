@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
@@ -58,6 +59,19 @@ class Selection:
     choices: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
+def _cached(circuit: TensorCircuit, key: tuple, build: Callable[[], Any]) -> Any:
+    """``build()``, computed once and kept with the circuit's buffers (cleared when they move)."""
+    cache = circuit.__dict__.setdefault("_buffer_cache", {})
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
+
+
+def _is_every_row(rows: torch.Tensor, count: int) -> bool:
+    """Whether ``rows`` is ``0..count-1`` in order."""
+    return rows.numel() == count and bool(torch.equal(rows, torch.arange(count, device=rows.device)))
+
+
 def gather_sources(circuit: TensorCircuit, li: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Where every child reference of inner layer ``li`` reads from.
 
@@ -65,11 +79,7 @@ def gather_sources(circuit: TensorCircuit, li: int) -> tuple[torch.Tensor, torch
         ``(layer [R], column [R])``: the layer index (``-1`` for the zero pad)
         and column of each of the layer's ``R`` child references.
     """
-    cache = circuit.__dict__.setdefault("_buffer_cache", {})  # cleared when the buffers move
-    key = ("gather_sources", li)
-    if key not in cache:
-        cache[key] = _gather_sources(circuit, li)
-    return cache[key]
+    return _cached(circuit, ("gather_sources", li), lambda: _gather_sources(circuit, li))
 
 
 def _gather_sources(circuit: TensorCircuit, li: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,9 +189,7 @@ class _Walk:
         # active node per row in row order (a chain); where the pass rows are the evidence rows themselves
         # (MPE), such a layer reads the upward outputs by slicing instead of gathering rows
         self.all_rows = torch.arange(row_source.numel(), device=row_source.device)
-        self.rows_are_evidence_rows = row_source.numel() == outs[-1].shape[0] and bool(
-            torch.equal(row_source, self.all_rows)
-        )
+        self.rows_are_evidence_rows = _is_every_row(row_source, outs[-1].shape[0])
 
     def layer(self, li: int, rows: torch.Tensor, cols: torch.Tensor, pending: list) -> None:
         """Activates the children of layer ``li``'s active nodes ``(rows [A], cols [A])`` in ``pending``."""
@@ -264,16 +272,14 @@ def _term_columns(circuit: TensorCircuit, li: int) -> list[torch.Tensor] | None:
 
     ``None`` unless every slot reads one source layer (see `_one_source_per_term`). Cached with the buffers.
     """
-    cache = circuit.__dict__.setdefault("_buffer_cache", {})
-    key = ("term_columns", li)
-    if key not in cache:
+    def build() -> list[torch.Tensor] | None:
         layer = circuit.layout.layers[li]
-        cols = None
-        if _one_source_per_term(layer):
-            ref_col = gather_sources(circuit, li)[1].view(-1, layer.k)  # [N, k]
-            cols = [ref_col[:, j].contiguous() for j in range(layer.k)]
-        cache[key] = cols
-    return cache[key]
+        if not _one_source_per_term(layer):
+            return None
+        ref_col = gather_sources(circuit, li)[1].view(-1, layer.k)  # [N, k]
+        return [ref_col[:, j].contiguous() for j in range(layer.k)]
+
+    return _cached(circuit, ("term_columns", li), build)
 
 
 def _choose(
@@ -339,10 +345,7 @@ class _Picked:
 def _leaf_context(circuit: TensorCircuit, ev: Evidence, row_source: torch.Tensor) -> tuple[int, bool]:
     """``(leaf layer size, whether row_source is 0..B-1)``: what `_picked_leaves` needs beyond one block."""
     size = sum(b.num_groups * b.num_nodes for b in circuit.leaf_blocks())
-    identity = row_source.numel() == ev.batch_size and bool(
-        torch.equal(row_source, torch.arange(ev.batch_size, device=row_source.device))
-    )
-    return size, identity
+    return size, _is_every_row(row_source, ev.batch_size)
 
 
 def _picked_leaves(
@@ -586,9 +589,7 @@ def _zero_flows(circuit: TensorCircuit, s: int, like: torch.Tensor) -> torch.Ten
 def _product_flow_routes(circuit: TensorCircuit, li: int) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
     """Per source layer ``s`` of product layer ``li``: ``(s, node [R_s], column [R_s])``, the node of each of its
     references into ``s`` and the column it reads there. Cached with the buffers."""
-    cache = circuit.__dict__.setdefault("_buffer_cache", {})
-    key = ("product_flow_routes", li)
-    if key not in cache:
+    def build() -> list[tuple[int, torch.Tensor, torch.Tensor]]:
         layer = circuit.layout.layers[li]
         ref_layer, ref_col = gather_sources(circuit, li)
         routes = []
@@ -596,8 +597,9 @@ def _product_flow_routes(circuit: TensorCircuit, li: int) -> list[tuple[int, tor
             pos = (ref_layer == s).nonzero(as_tuple=True)[0]
             node = torch.div(pos, layer.k, rounding_mode="floor")  # reference pos belongs to node pos // k
             routes.append((s, node, ref_col[pos]))
-        cache[key] = routes
-    return cache[key]
+        return routes
+
+    return _cached(circuit, ("product_flow_routes", li), build)
 
 
 def _product_flows(circuit: TensorCircuit, li: int, layer: ProductLayer, F: torch.Tensor, flows: list) -> None:
@@ -670,13 +672,12 @@ def _block_weights(
 
 def _sum_flow_route(circuit: TensorCircuit, li: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(position [R_s], column [R_s])`` of sum layer ``li``'s references into source layer ``s``. Cached."""
-    cache = circuit.__dict__.setdefault("_buffer_cache", {})
-    key = ("sum_flow_route", li, s)
-    if key not in cache:
+    def build() -> tuple[torch.Tensor, torch.Tensor]:
         ref_layer, ref_col = gather_sources(circuit, li)
         pos = (ref_layer == s).nonzero(as_tuple=True)[0]
-        cache[key] = (pos, ref_col[pos])
-    return cache[key]
+        return pos, ref_col[pos]
+
+    return _cached(circuit, ("sum_flow_route", li, s), build)
 
 
 def _add_ref_flows(circuit: TensorCircuit, li: int, g, ref_flow: torch.Tensor, flows: list) -> None:

@@ -32,6 +32,7 @@ from diffusion import CoDDPrior
 from diffusion.backbones import MaskedLMBackbone
 
 __all__ = [
+    "run_codd",
     "SHARED_DATA",
     "TableModel",
     "RandomModel",
@@ -326,4 +327,15 @@ def diffusion_lm_standin(tmp_path: Path, kind: str, texts: list[str], hidden_siz
     cfg = AutoConfig.from_pretrained(str(out), trust_remote_code=True, local_files_only=True)
     AutoModel.from_config(cfg, trust_remote_code=True).eval().save_pretrained(out)
     _standin_tokenizer(spec, texts).save_pretrained(out)
+    return out
+
+
+def run_codd(capsys, argv: list[str]) -> str:
+    """``codd argv`` must succeed (exit status 0, stderr shown otherwise); returns its stdout."""
+    from diffusion.cli import main
+
+    capsys.readouterr()
+    status = main(argv)
+    out, err = capsys.readouterr()
+    assert status == 0, err
     return out

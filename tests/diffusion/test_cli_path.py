@@ -21,20 +21,12 @@ from diffusion import CoDDPrior, generate, load_backbone
 from diffusion.cli import main
 from diffusion.data import BUNDLED_DATA_DIR, SHIPPED_BACKBONE_DIR, SHIPPED_PRIOR_FILE, encode_qa, load_gsm8k
 from diffusion.tokenizers import HFTokenizer, as_text_tokenizer
+from tests.diffusion.fixtures import run_codd
 
 ROOT = Path(__file__).parents[2]
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
 TINY_PRIOR = ["--data", str(BUNDLED_DATA_DIR), "--window", "8", "--states", "4", "--windows", "48", "--top-k", "8",
               "--epochs", "1", "--batch-size", "16", "--examples", "24", "--no-progress"]
-
-
-def _run(capsys, argv: list[str]) -> str:
-    """``codd argv`` must succeed; its stdout."""
-    capsys.readouterr()
-    status = main(argv)
-    out, err = capsys.readouterr()
-    assert status == 0, err
-    return out
 
 
 def _answer(out: str, question: str) -> str:
@@ -59,18 +51,18 @@ def _direct_answer(model: Path, prior_path: Path, question: str, gen_length: int
 def _full_path(model: Path, tmp_path: Path, capsys, vocab: int) -> dict:
     """train-prior -> generate --prior -> evaluate --prior on ``model``; returns the evaluation JSON."""
     prior = tmp_path / "prior.safetensors"
-    res = json.loads(_run(capsys, ["train-prior", str(model), "--output", str(prior), *TINY_PRIOR]))
+    res = json.loads(run_codd(capsys, ["train-prior", str(model), "--output", str(prior), *TINY_PRIOR]))
     assert res["output"] == str(prior) and len(res["heldout_nll"]) == 1
     loaded = CoDDPrior.load(prior)
     assert (loaded.window, loaded.vocab_size) == (8, vocab)
 
     gen = ["generate", str(model), "--prior", str(prior), "--prompt", QUESTION, "--gen-length", "16",
            "--tokens-per-step", "2", "--pc-temperature", "1.0", "--sampler", "latent"]
-    printed = _answer(_run(capsys, gen), QUESTION)
+    printed = _answer(run_codd(capsys, gen), QUESTION)
     assert printed == _direct_answer(model, prior, QUESTION, gen_length=16, steps=8)  # the CLI used this prior
 
     result = tmp_path / "eval.json"
-    _run(capsys, ["evaluate", str(model), "--prior", str(prior), "--data", str(BUNDLED_DATA_DIR), "--examples", "2",
+    run_codd(capsys, ["evaluate", str(model), "--prior", str(prior), "--data", str(BUNDLED_DATA_DIR), "--examples", "2",
                   "--questions", "2", "--gen-length", "16", "--tokens-per-step", "4", "--max-answer-tokens", "400",
                   "--pc-frac", "0.5", "--output", str(result)])
     evaluation = json.loads(result.read_text())
@@ -88,13 +80,13 @@ def test_full_path_on_the_shipped_backbone(tmp_path, capsys):
 
 def test_generate_without_a_model_uses_the_shipped_backbone_and_prior(capsys):
     argv = ["generate", "--prompt", QUESTION, "--gen-length", "16", "--tokens-per-step", "2"]
-    plain = _answer(_run(capsys, argv), QUESTION)
+    plain = _answer(run_codd(capsys, argv), QUESTION)
     backbone = load_backbone(SHIPPED_BACKBONE_DIR)
     tok = backbone.tokenizer
     prompt = torch.tensor([[tok.bos_id, *tok.encode(QUESTION), tok.sep_id]])  # the project's prompt layout
     out = generate(backbone, prompt, gen_length=16, steps=8, block_length=16)[0, prompt.shape[1]:].tolist()
     assert plain == tok.decode(out[: out.index(tok.eos_id)] if tok.eos_id in out else out)
-    with_prior = _answer(_run(capsys, [*argv, "--prior", "shipped"]), QUESTION)
+    with_prior = _answer(run_codd(capsys, [*argv, "--prior", "shipped"]), QUESTION)
     assert with_prior == _direct_answer(SHIPPED_BACKBONE_DIR, SHIPPED_PRIOR_FILE, QUESTION, gen_length=16, steps=8)
 
 
@@ -212,7 +204,7 @@ def test_help_names_the_chat_template_and_the_prior(name, capsys):
 # ---------------------------------------------------------------------------------- checkpoint directory
 def test_train_prior_writes_a_checkpoint_directory_that_generate_loads(tmp_path, capsys):
     ckpt = tmp_path / "runs" / "prior"  # no file suffix: a checkpoint directory, parents created
-    res = json.loads(_run(capsys, ["train-prior", "--output", str(ckpt), *TINY_PRIOR]))
+    res = json.loads(run_codd(capsys, ["train-prior", "--output", str(ckpt), *TINY_PRIOR]))
     assert res["output"] == str(ckpt)
     assert sorted(p.name for p in ckpt.iterdir()) == ["config.json", "prior.safetensors"]
     assert [p.name for p in ckpt.parent.iterdir()] == ["prior"]  # no temporary file left behind
@@ -223,7 +215,7 @@ def test_train_prior_writes_a_checkpoint_directory_that_generate_loads(tmp_path,
     assert config["training"]["num_windows"] == 48 and config["training"]["data"] == str(BUNDLED_DATA_DIR)
 
     gen = ["generate", "--prior", str(ckpt), "--prompt", QUESTION, "--gen-length", "16", "--tokens-per-step", "2"]
-    printed = _answer(_run(capsys, gen), QUESTION)
+    printed = _answer(run_codd(capsys, gen), QUESTION)
     assert printed == _direct_answer(SHIPPED_BACKBONE_DIR, ckpt, QUESTION, gen_length=16, steps=8)
 
     config["backbone"]["mask_token_id"] = (backbone.mask_token_id + 1) % 1024  # trained for another mask id

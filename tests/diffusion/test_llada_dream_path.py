@@ -20,7 +20,7 @@ from diffusion import CoDDPrior, generate, load_backbone
 from diffusion.backbones import DREAM_MASK_TOKEN_ID, LLADA_MASK_TOKEN_ID, DreamBackbone, LLaDABackbone
 from diffusion.cli import main
 from diffusion.tokenizers import HFTokenizer, as_text_tokenizer
-from tests.diffusion.fixtures import STANDIN_SPECS, diffusion_lm_standin
+from tests.diffusion.fixtures import STANDIN_SPECS, diffusion_lm_standin, run_codd
 
 QUESTION = "What is 2 plus 3?"
 KINDS = {"llada": (LLaDABackbone, LLADA_MASK_TOKEN_ID), "dream": (DreamBackbone, DREAM_MASK_TOKEN_ID)}
@@ -41,15 +41,6 @@ def _data(tmp_path: Path) -> Path:
 def _standin(tmp_path: Path, kind: str) -> Path:
     texts = [t for r in _qa_pairs() for t in (r["question"], r["answer"])]
     return diffusion_lm_standin(tmp_path, kind, texts)
-
-
-def _run(capsys, argv: list[str]) -> str:
-    """``codd argv`` must succeed; its stdout."""
-    capsys.readouterr()
-    status = main(argv)
-    out, err = capsys.readouterr()
-    assert status == 0, err
-    return out
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -85,7 +76,7 @@ def test_full_cli_path_on_a_stand_in(tmp_path, capsys, kind):
     train = ["train-prior", str(model), "--trust-remote-code", "--data", str(data), "--window", "4", "--states", "4",
              "--windows", "8", "--top-k", "8", "--epochs", "1", "--batch-size", "8", "--no-progress",
              "--device", "cpu", "--dtype", "float32", "--output", str(ckpt)]
-    res = json.loads(_run(capsys, train))
+    res = json.loads(run_codd(capsys, train))
     assert res["output"] == str(ckpt) and len(res["heldout_nll"]) == 1
     config = json.loads((ckpt / "config.json").read_text())
     assert config["backbone"] == {"vocab_size": spec["vocab_size"], "mask_token_id": spec["mask_token_id"]}
@@ -93,7 +84,7 @@ def test_full_cli_path_on_a_stand_in(tmp_path, capsys, kind):
 
     gen = ["generate", str(model), "--trust-remote-code", "--prior", str(ckpt), "--prompt", QUESTION,
            "--device", "cpu", "--dtype", "bfloat16", "--gen-length", "8", "--tokens-per-step", "2"]
-    printed = _run(capsys, gen).split(f"### {QUESTION}\n", 1)[1].rstrip("\n")
+    printed = run_codd(capsys, gen).split(f"### {QUESTION}\n", 1)[1].rstrip("\n")
     backbone = load_backbone(model, dtype=torch.bfloat16, trust_remote_code=True)
     prior = CoDDPrior.from_pretrained(ckpt, backbone=backbone)
     tok = as_text_tokenizer(backbone.tokenizer)
@@ -104,7 +95,7 @@ def test_full_cli_path_on_a_stand_in(tmp_path, capsys, kind):
     assert printed == tok.decode(out, skip_special_tokens=True)  # the CLI used this prior and dtype
 
     result = tmp_path / "eval.json"
-    _run(capsys, ["evaluate", str(model), "--trust-remote-code", "--prior", str(ckpt), "--data", str(data),
+    run_codd(capsys, ["evaluate", str(model), "--trust-remote-code", "--prior", str(ckpt), "--data", str(data),
                   "--examples", "2", "--questions", "2", "--batch-size", "2", "--gen-length", "8",
                   "--tokens-per-step", "4", "--max-answer-tokens", "400", "--pc-frac", "0.5", "--output", str(result)])
     evaluation = json.loads(result.read_text())
